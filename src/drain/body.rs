@@ -1,0 +1,249 @@
+use std::fmt;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+
+use http::{header, Response, Version};
+use http_body::{Body, Frame, SizeHint};
+use tokio::time::Instant;
+
+use super::hook::{DrainOutcome, SkipReason};
+use super::layer::Shared;
+use super::task::DrainTask;
+
+/// Frames read inline on drop, from what is already buffered, before the
+/// rest is left to a background task. Bounds the work done on the caller's
+/// thread even for a body that yields empty frames forever.
+const INLINE_FRAMES: usize = 16;
+
+/// A response body that, when dropped before its end, drains the rest so its
+/// connection can be reused.
+///
+/// Made by [`Drain`](super::Drain); see the [module docs](super). It forwards
+/// frames, [`size_hint`](Body::size_hint) and
+/// [`is_end_stream`](Body::is_end_stream) of the body it wraps, and is `Send`
+/// and `Sync` whenever that body is. The wrapped body lives in one heap
+/// allocation, so that it can be moved into a drain task whatever its type.
+pub struct DrainBody<B> {
+    /// `None` once the body is known to be complete, or has been handed to a
+    /// drain.
+    body: Option<Pin<Box<B>>>,
+    /// Bytes of data the caller has read.
+    read: u64,
+    /// The response's `Content-Length`, if any.
+    content_length: Option<u64>,
+    http2: bool,
+    shared: Arc<Shared>,
+    /// The drop logic, instantiated where `B: Body + Send + 'static` holds, so
+    /// that the type itself needs no bounds.
+    on_drop: fn(Pin<Box<B>>, Dropped),
+}
+
+/// What a [`DrainBody`] knows when it is dropped early.
+pub(crate) struct Dropped {
+    read: u64,
+    content_length: Option<u64>,
+    http2: bool,
+    shared: Arc<Shared>,
+}
+
+impl<B> DrainBody<B>
+where
+    B: Body + Send + 'static,
+{
+    pub(crate) fn wrap(response: Response<B>, shared: Arc<Shared>) -> Response<Self> {
+        let http2 = response.version() == Version::HTTP_2;
+        let content_length = response
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        response.map(|body| {
+            // A body already at its end when wrapped is complete from the
+            // start: it never needs a drain.
+            let body = (!body.is_end_stream()).then(|| Box::pin(body));
+            DrainBody {
+                body,
+                read: 0,
+                content_length,
+                http2,
+                shared,
+                on_drop: drop_early::<B>,
+            }
+        })
+    }
+}
+
+impl<B> DrainBody<B> {
+    /// Whether the wrapped body is known to have reached its end (and so
+    /// will not be drained when dropped).
+    pub fn is_complete(&self) -> bool {
+        self.body.is_none()
+    }
+}
+
+impl<B> Body for DrainBody<B>
+where
+    B: Body,
+{
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = self.get_mut();
+        let Some(body) = this.body.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let polled = body.as_mut().poll_frame(cx);
+        match &polled {
+            Poll::Pending => {}
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.read = this
+                        .read
+                        .saturating_add(bytes::Buf::remaining(data) as u64);
+                }
+                if body.is_end_stream() {
+                    this.body = None;
+                }
+            }
+            // The end, or an error: either way there is nothing to drain.
+            Poll::Ready(None) | Poll::Ready(Some(Err(_))) => this.body = None,
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.as_ref().is_none_or(|b| b.is_end_stream())
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.body {
+            Some(body) => body.size_hint(),
+            None => SizeHint::with_exact(0),
+        }
+    }
+}
+
+impl<B> Drop for DrainBody<B> {
+    fn drop(&mut self) {
+        if let Some(body) = self.body.take() {
+            (self.on_drop)(
+                body,
+                Dropped {
+                    read: self.read,
+                    content_length: self.content_length,
+                    http2: self.http2,
+                    shared: self.shared.clone(),
+                },
+            );
+        }
+    }
+}
+
+impl<B> fmt::Debug for DrainBody<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DrainBody")
+            .field("complete", &self.body.is_none())
+            .field("read", &self.read)
+            .field("content_length", &self.content_length)
+            .field("http2", &self.http2)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Decides what to do with a body dropped before its end, and does it.
+fn drop_early<B>(mut body: Pin<Box<B>>, dropped: Dropped)
+where
+    B: Body + Send + 'static,
+{
+    let shared = dropped.shared;
+    let report = |outcome: DrainOutcome| {
+        if !outcome.is_completed() {
+            tracing::debug!(?outcome, "response body dropped early and not drained");
+        }
+        shared.hook.on_drain(&outcome);
+    };
+    if body.is_end_stream() {
+        return;
+    }
+    if dropped.http2 {
+        return report(DrainOutcome::Skipped(SkipReason::Http2));
+    }
+    let config = shared.config;
+    let known_remaining = dropped
+        .content_length
+        .map_or(0, |len| len.saturating_sub(dropped.read))
+        .max(body.size_hint().lower());
+    if known_remaining > config.max_bytes {
+        return report(DrainOutcome::Skipped(SkipReason::TooLarge));
+    }
+
+    // Finish inline what is already buffered: a small body that arrived with
+    // its headers needs no task.
+    let start = Instant::now();
+    let mut bytes = 0u64;
+    let mut cx = Context::from_waker(Waker::noop());
+    for _ in 0..INLINE_FRAMES {
+        match body.as_mut().poll_frame(&mut cx) {
+            Poll::Pending => break,
+            Poll::Ready(None) => {
+                return report(DrainOutcome::Completed {
+                    bytes,
+                    elapsed: start.elapsed(),
+                    inline: true,
+                })
+            }
+            Poll::Ready(Some(Err(_))) => {
+                return report(DrainOutcome::Failed {
+                    bytes,
+                    elapsed: start.elapsed(),
+                })
+            }
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    bytes = bytes.saturating_add(bytes::Buf::remaining(data) as u64);
+                }
+                if bytes > config.max_bytes {
+                    return report(DrainOutcome::GaveUpBytes {
+                        bytes,
+                        elapsed: start.elapsed(),
+                    });
+                }
+                if body.is_end_stream() {
+                    return report(DrainOutcome::Completed {
+                        bytes,
+                        elapsed: start.elapsed(),
+                        inline: true,
+                    });
+                }
+            }
+        }
+    }
+
+    // Dropping during a panic must not risk a second one.
+    if std::thread::panicking() {
+        return report(DrainOutcome::Skipped(SkipReason::NoRuntime));
+    }
+    let Ok(handle) = tokio::runtime::Handle::try_current() else {
+        return report(DrainOutcome::Skipped(SkipReason::NoRuntime));
+    };
+    let acquired = shared
+        .running
+        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |running| {
+            (running < config.max_concurrent).then_some(running + 1)
+        })
+        .is_ok();
+    if !acquired {
+        return report(DrainOutcome::Skipped(SkipReason::TooManyDrains));
+    }
+    match DrainTask::new(body, shared.clone(), bytes, start) {
+        Some(task) => drop(handle.spawn(task)),
+        // The runtime has no timer: a drain without a deadline is a hole.
+        None => report(DrainOutcome::Skipped(SkipReason::NoRuntime)),
+    }
+}

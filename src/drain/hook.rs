@@ -1,0 +1,120 @@
+use std::fmt;
+use std::time::Duration;
+
+/// How a drain ended, reported to an [`OnDrain`] hook once per body dropped
+/// before its end.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DrainOutcome {
+    /// The body was read to its end: the connection can be reused.
+    Completed {
+        /// Bytes read and discarded.
+        bytes: u64,
+        /// Time from the drop to the end of the body.
+        elapsed: Duration,
+        /// `true` when the body was finished on drop, from what was already
+        /// buffered, without spawning a task.
+        inline: bool,
+    },
+    /// More than `max_bytes` would have been read: the body was dropped.
+    GaveUpBytes {
+        /// Bytes read and discarded before giving up.
+        bytes: u64,
+        /// Time from the drop to giving up.
+        elapsed: Duration,
+    },
+    /// `max_time` elapsed before the end of the body: the body was dropped.
+    GaveUpTime {
+        /// Bytes read and discarded before giving up.
+        bytes: u64,
+        /// Time from the drop to giving up.
+        elapsed: Duration,
+    },
+    /// The body returned an error while it was drained.
+    Failed {
+        /// Bytes read and discarded before the error.
+        bytes: u64,
+        /// Time from the drop to the error.
+        elapsed: Duration,
+    },
+    /// The drain task was dropped before it finished, because its runtime
+    /// shut down.
+    Aborted {
+        /// Bytes read and discarded before the task was dropped.
+        bytes: u64,
+        /// Time from the drop to the abort.
+        elapsed: Duration,
+    },
+    /// No drain was attempted; the body was dropped at once.
+    Skipped(SkipReason),
+}
+
+impl DrainOutcome {
+    /// Whether the body reached its end, so that its connection can be reused.
+    pub fn is_completed(&self) -> bool {
+        matches!(self, DrainOutcome::Completed { .. })
+    }
+
+    /// Bytes read and discarded by the drain (0 when skipped).
+    pub fn bytes(&self) -> u64 {
+        match self {
+            DrainOutcome::Completed { bytes, .. }
+            | DrainOutcome::GaveUpBytes { bytes, .. }
+            | DrainOutcome::GaveUpTime { bytes, .. }
+            | DrainOutcome::Failed { bytes, .. }
+            | DrainOutcome::Aborted { bytes, .. } => *bytes,
+            DrainOutcome::Skipped(_) => 0,
+        }
+    }
+}
+
+/// Why a body dropped before its end was not drained.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum SkipReason {
+    /// The response is HTTP/2: dropping a stream costs no connection.
+    Http2,
+    /// The known remaining length of the body exceeds `max_bytes`.
+    TooLarge,
+    /// No tokio runtime was current on the thread that dropped the body.
+    NoRuntime,
+    /// `max_concurrent` drains were already running.
+    TooManyDrains,
+}
+
+impl fmt::Display for SkipReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            SkipReason::Http2 => "http/2 response",
+            SkipReason::TooLarge => "remaining body larger than max_bytes",
+            SkipReason::NoRuntime => "no tokio runtime",
+            SkipReason::TooManyDrains => "max_concurrent drains running",
+        })
+    }
+}
+
+/// A hook told how each drain ended.
+///
+/// It is implemented for `()` (does nothing) and for any
+/// `Fn(&DrainOutcome) + Send + Sync + 'static` closure. It is called on the
+/// thread that dropped the body (skips and inline completions) or on the
+/// drain task; keep it short and never block in it.
+pub trait OnDrain: Send + Sync + 'static {
+    /// Called once for every body dropped before its end.
+    fn on_drain(&self, outcome: &DrainOutcome);
+}
+
+impl OnDrain for () {
+    #[inline]
+    fn on_drain(&self, _outcome: &DrainOutcome) {}
+}
+
+impl<F> OnDrain for F
+where
+    F: Fn(&DrainOutcome) + Send + Sync + 'static,
+{
+    #[inline]
+    fn on_drain(&self, outcome: &DrainOutcome) {
+        self(outcome)
+    }
+}

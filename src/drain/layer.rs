@@ -1,0 +1,144 @@
+use std::fmt;
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tower_layer::Layer;
+
+use super::hook::OnDrain;
+use super::service::Drain;
+
+/// Default byte budget of one drain: 64 KiB.
+pub(crate) const DEFAULT_MAX_BYTES: u64 = 64 * 1024;
+/// Default time budget of one drain: 100 ms.
+pub(crate) const DEFAULT_MAX_TIME: Duration = Duration::from_millis(100);
+/// Default bound on drains running at once.
+pub(crate) const DEFAULT_MAX_CONCURRENT: usize = 256;
+
+/// The budgets of a drain.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct DrainConfig {
+    pub(crate) max_bytes: u64,
+    pub(crate) max_time: Duration,
+    pub(crate) max_concurrent: usize,
+}
+
+/// What every [`Drain`] service and [`DrainBody`](super::DrainBody) made
+/// from one layer shares.
+pub(crate) struct Shared {
+    pub(crate) config: DrainConfig,
+    pub(crate) hook: Arc<dyn OnDrain>,
+    /// Background drains running now.
+    pub(crate) running: AtomicUsize,
+}
+
+impl fmt::Debug for Shared {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Shared")
+            .field("config", &self.config)
+            .field("running", &self.running)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Wraps response bodies in [`DrainBody`](super::DrainBody), which drains
+/// a body dropped before its end so its connection can be reused.
+///
+/// Clones of a layer, and every service made from it, share one bound on
+/// concurrent drains. A setter returns a layer with a bound of its own, so
+/// configure the layer before you clone it.
+///
+/// See the [module docs](super) for the behaviour and the defaults.
+#[derive(Clone)]
+#[must_use]
+pub struct DrainLayer {
+    shared: Arc<Shared>,
+}
+
+impl DrainLayer {
+    /// A layer with the default budgets: 64 KiB, 100 ms, 256 concurrent
+    /// drains, and no hook.
+    pub fn new() -> Self {
+        Self::with(
+            DrainConfig {
+                max_bytes: DEFAULT_MAX_BYTES,
+                max_time: DEFAULT_MAX_TIME,
+                max_concurrent: DEFAULT_MAX_CONCURRENT,
+            },
+            Arc::new(()),
+        )
+    }
+
+    fn with(config: DrainConfig, hook: Arc<dyn OnDrain>) -> Self {
+        DrainLayer {
+            shared: Arc::new(Shared {
+                config,
+                hook,
+                running: AtomicUsize::new(0),
+            }),
+        }
+    }
+
+    fn map_config(self, f: impl FnOnce(&mut DrainConfig)) -> Self {
+        let mut config = self.shared.config;
+        f(&mut config);
+        Self::with(config, self.shared.hook.clone())
+    }
+
+    /// The most bytes one drain reads and discards before it gives up and
+    /// drops the body (closing its connection). A body whose known remaining
+    /// length exceeds it is not drained at all. Default: 64 KiB.
+    pub fn max_bytes(self, max_bytes: u64) -> Self {
+        self.map_config(|c| c.max_bytes = max_bytes)
+    }
+
+    /// The longest one drain runs before it gives up. Keep it well below the
+    /// cost of a new connection. Default: 100 ms.
+    pub fn max_time(self, max_time: Duration) -> Self {
+        self.map_config(|c| c.max_time = max_time)
+    }
+
+    /// The most background drains running at once; a body dropped while
+    /// that many run is dropped at once. Default: 256.
+    pub fn max_concurrent(self, max_concurrent: usize) -> Self {
+        self.map_config(|c| c.max_concurrent = max_concurrent)
+    }
+
+    /// Sets the hook told how each drain ended (replacing any earlier one).
+    pub fn on_drain(self, hook: impl OnDrain) -> Self {
+        Self::with(self.shared.config, Arc::new(hook))
+    }
+
+    /// The number of background drains running now, across every service
+    /// and body made from this layer and its clones.
+    pub fn running(&self) -> usize {
+        self.shared
+            .running
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl Default for DrainLayer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Debug for DrainLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let c = &self.shared.config;
+        f.debug_struct("DrainLayer")
+            .field("max_bytes", &c.max_bytes)
+            .field("max_time", &c.max_time)
+            .field("max_concurrent", &c.max_concurrent)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S> Layer<S> for DrainLayer {
+    type Service = Drain<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Drain::from_shared(inner, self.shared.clone())
+    }
+}

@@ -1,0 +1,161 @@
+use std::future::Future;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http_body::Body;
+use pin_project_lite::pin_project;
+use tokio::time::{Instant, Sleep};
+
+use super::hook::DrainOutcome;
+use super::layer::Shared;
+
+/// Frames a drain reads in one poll before it yields to the runtime, so that
+/// a body that is always ready cannot monopolise a worker thread.
+const FRAMES_PER_POLL: usize = 64;
+
+pin_project! {
+    /// The background drain of one body: reads and discards frames until the
+    /// end, the byte budget, the deadline or an error.
+    pub(crate) struct DrainTask<B> {
+        #[pin]
+        deadline: Sleep,
+        body: Option<Pin<Box<B>>>,
+        guard: TaskGuard,
+    }
+}
+
+/// Holds one of the `max_concurrent` drain slots; reports an abort if the
+/// task is dropped before it finished (its runtime shut down).
+struct TaskGuard {
+    shared: Arc<Shared>,
+    bytes: u64,
+    start: Instant,
+    finished: bool,
+}
+
+impl TaskGuard {
+    fn finish(&mut self, outcome: DrainOutcome) {
+        self.finished = true;
+        if !outcome.is_completed() {
+            tracing::debug!(?outcome, "background drain gave up");
+        }
+        self.shared.hook.on_drain(&outcome);
+    }
+}
+
+impl Drop for TaskGuard {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.finish(DrainOutcome::Aborted {
+                bytes: self.bytes,
+                elapsed: self.start.elapsed(),
+            });
+        }
+        self.shared.running.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl<B> DrainTask<B>
+where
+    B: Body,
+{
+    /// A drain of `body`, which was dropped at `start` after `bytes` were
+    /// drained inline. The caller has taken one drain slot, which the task
+    /// gives back when it ends (or here, if it cannot be made).
+    ///
+    /// Returns `None` when the current runtime has no timer: a drain without
+    /// a deadline would let a slow peer pin it forever.
+    pub(crate) fn new(
+        body: Pin<Box<B>>,
+        shared: Arc<Shared>,
+        bytes: u64,
+        start: Instant,
+    ) -> Option<Self> {
+        let mut guard = TaskGuard {
+            bytes,
+            start,
+            finished: false,
+            shared,
+        };
+        let deadline = start + guard.shared.config.max_time;
+        // tokio panics when the runtime was built without `enable_time`.
+        match catch_unwind(AssertUnwindSafe(|| tokio::time::sleep_until(deadline))) {
+            Ok(deadline) => Some(DrainTask {
+                deadline,
+                body: Some(body),
+                guard,
+            }),
+            Err(_) => {
+                guard.finished = true;
+                None
+            }
+        }
+    }
+}
+
+impl<B> Future for DrainTask<B>
+where
+    B: Body,
+{
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let mut this = self.project();
+        let guard = this.guard;
+        for _ in 0..FRAMES_PER_POLL {
+            let Some(body) = this.body.as_mut() else {
+                return Poll::Ready(());
+            };
+            let outcome = if this.deadline.as_mut().poll(cx).is_ready() {
+                DrainOutcome::GaveUpTime {
+                    bytes: guard.bytes,
+                    elapsed: guard.start.elapsed(),
+                }
+            } else {
+                match body.as_mut().poll_frame(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(None) => DrainOutcome::Completed {
+                        bytes: guard.bytes,
+                        elapsed: guard.start.elapsed(),
+                        inline: false,
+                    },
+                    Poll::Ready(Some(Err(_))) => DrainOutcome::Failed {
+                        bytes: guard.bytes,
+                        elapsed: guard.start.elapsed(),
+                    },
+                    Poll::Ready(Some(Ok(frame))) => {
+                        if let Some(data) = frame.data_ref() {
+                            guard.bytes = guard
+                                .bytes
+                                .saturating_add(bytes::Buf::remaining(data) as u64);
+                        }
+                        if guard.bytes > guard.shared.config.max_bytes {
+                            DrainOutcome::GaveUpBytes {
+                                bytes: guard.bytes,
+                                elapsed: guard.start.elapsed(),
+                            }
+                        } else if body.is_end_stream() {
+                            DrainOutcome::Completed {
+                                bytes: guard.bytes,
+                                elapsed: guard.start.elapsed(),
+                                inline: false,
+                            }
+                        } else {
+                            continue;
+                        }
+                    }
+                }
+            };
+            // Drop the body (and whatever it holds) before reporting, so that
+            // a hook that sees the outcome sees the body gone.
+            *this.body = None;
+            guard.finish(outcome);
+            return Poll::Ready(());
+        }
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+}

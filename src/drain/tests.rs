@@ -1,0 +1,520 @@
+//! State-machine tests of the drain with scripted bodies and paused time.
+
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Response, Version};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::{BodyExt, Full};
+use tokio::sync::mpsc;
+use tower::ServiceExt;
+
+use super::{DrainBody, DrainLayer, DrainOutcome, SkipReason};
+
+#[derive(Debug)]
+struct MockError;
+
+impl std::fmt::Display for MockError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("mock error")
+    }
+}
+
+impl std::error::Error for MockError {}
+
+type Item = Result<Frame<Bytes>, MockError>;
+
+/// Probes shared between a test and its [`Scripted`] body.
+#[derive(Clone, Default)]
+struct Probe {
+    polls: Arc<AtomicUsize>,
+    dropped: Arc<AtomicBool>,
+    end: Arc<AtomicBool>,
+}
+
+/// A body whose frames the test sends through a channel; the body ends when
+/// the sender is dropped.
+struct Scripted {
+    rx: mpsc::UnboundedReceiver<Item>,
+    hint: SizeHint,
+    probe: Probe,
+}
+
+impl Body for Scripted {
+    type Data = Bytes;
+    type Error = MockError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, MockError>>> {
+        self.probe.polls.fetch_add(1, Ordering::SeqCst);
+        self.rx.poll_recv(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.probe.end.load(Ordering::SeqCst)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.hint.clone()
+    }
+}
+
+impl Drop for Scripted {
+    fn drop(&mut self) {
+        self.probe.dropped.store(true, Ordering::SeqCst);
+    }
+}
+
+fn scripted() -> (mpsc::UnboundedSender<Item>, Scripted, Probe) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let probe = Probe::default();
+    let body = Scripted {
+        rx,
+        hint: SizeHint::default(),
+        probe: probe.clone(),
+    };
+    (tx, body, probe)
+}
+
+fn data(n: usize) -> Item {
+    Ok(Frame::data(Bytes::from(vec![b'x'; n])))
+}
+
+/// A layer whose hook records every outcome.
+fn recording(layer: DrainLayer) -> (DrainLayer, Arc<Mutex<Vec<DrainOutcome>>>) {
+    let outcomes = Arc::new(Mutex::new(Vec::new()));
+    let sink = outcomes.clone();
+    let layer = layer.on_drain(move |o: &DrainOutcome| {
+        if let Ok(mut v) = sink.lock() {
+            v.push(o.clone());
+        }
+    });
+    (layer, outcomes)
+}
+
+fn taken(outcomes: &Mutex<Vec<DrainOutcome>>) -> Vec<DrainOutcome> {
+    std::mem::take(&mut *outcomes.lock().unwrap())
+}
+
+/// Passes `response` through a `Drain` service made by `layer`.
+async fn through<B>(layer: &DrainLayer, response: Response<B>) -> Response<DrainBody<B>>
+where
+    B: Body + Send + 'static,
+{
+    let response = Mutex::new(Some(response));
+    let svc = tower::ServiceBuilder::new()
+        .layer(layer.clone())
+        .service_fn(move |_: http::Request<()>| {
+            let response = response.lock().unwrap().take().unwrap();
+            async move { Ok::<_, Infallible>(response) }
+        });
+    svc.oneshot(http::Request::new(())).await.unwrap()
+}
+
+/// Lets spawned tasks run to their next await point.
+async fn settle() {
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn drop_before_eof_drains_the_rest_in_the_background() {
+    let (layer, outcomes) = recording(DrainLayer::new());
+    let (tx, body, probe) = scripted();
+    tx.send(data(100)).unwrap();
+    let mut resp = through(&layer, Response::new(body)).await;
+    let first = resp.body_mut().frame().await.unwrap().unwrap();
+    assert_eq!(first.into_data().unwrap().len(), 100);
+
+    drop(resp);
+    assert_eq!(layer.running(), 1, "a drain task was spawned");
+    assert!(!probe.dropped.load(Ordering::SeqCst));
+
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    tx.send(data(300)).unwrap();
+    tx.send(data(200)).unwrap();
+    drop(tx);
+    settle().await;
+
+    assert!(probe.dropped.load(Ordering::SeqCst), "body released at EOF");
+    assert_eq!(layer.running(), 0);
+    assert_eq!(
+        taken(&outcomes),
+        vec![DrainOutcome::Completed {
+            bytes: 500,
+            elapsed: Duration::from_millis(10),
+            inline: false
+        }]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn gives_up_exactly_at_max_time() {
+    let max_time = Duration::from_millis(100);
+    let (layer, outcomes) = recording(DrainLayer::new().max_time(max_time));
+    let (tx, body, probe) = scripted();
+    let resp = through(&layer, Response::new(body)).await;
+    drop(resp);
+
+    tokio::time::sleep(max_time - Duration::from_millis(1)).await;
+    tx.send(data(10)).unwrap();
+    settle().await;
+    assert!(!probe.dropped.load(Ordering::SeqCst), "still draining");
+    assert!(taken(&outcomes).is_empty());
+
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    settle().await;
+    assert!(probe.dropped.load(Ordering::SeqCst), "gave up and dropped");
+    assert_eq!(layer.running(), 0);
+    assert_eq!(
+        taken(&outcomes),
+        vec![DrainOutcome::GaveUpTime {
+            bytes: 10,
+            elapsed: max_time
+        }]
+    );
+    drop(tx);
+}
+
+#[tokio::test(start_paused = true)]
+async fn gives_up_past_max_bytes() {
+    let (layer, outcomes) = recording(DrainLayer::new().max_bytes(1000));
+    let (tx, body, probe) = scripted();
+    let resp = through(&layer, Response::new(body)).await;
+    drop(resp);
+
+    tx.send(data(600)).unwrap();
+    settle().await;
+    tx.send(data(400)).unwrap();
+    settle().await;
+    assert!(
+        !probe.dropped.load(Ordering::SeqCst),
+        "exactly max_bytes is within budget"
+    );
+    tx.send(data(1)).unwrap();
+    settle().await;
+    assert!(probe.dropped.load(Ordering::SeqCst));
+    assert_eq!(
+        taken(&outcomes),
+        vec![DrainOutcome::GaveUpBytes {
+            bytes: 1001,
+            elapsed: Duration::ZERO
+        }]
+    );
+    assert_eq!(layer.running(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn content_length_over_budget_is_skipped_unread() {
+    let (layer, outcomes) = recording(DrainLayer::new().max_bytes(1024));
+    let (tx, body, probe) = scripted();
+    tx.send(data(10)).unwrap();
+    let resp = Response::builder()
+        .header(http::header::CONTENT_LENGTH, "1025")
+        .body(body)
+        .unwrap();
+    let resp = through(&layer, resp).await;
+    drop(resp);
+    assert_eq!(probe.polls.load(Ordering::SeqCst), 0, "never read");
+    assert!(probe.dropped.load(Ordering::SeqCst));
+    assert_eq!(
+        taken(&outcomes),
+        vec![DrainOutcome::Skipped(SkipReason::TooLarge)]
+    );
+    assert_eq!(layer.running(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn content_length_counts_what_the_caller_read() {
+    let (layer, outcomes) = recording(DrainLayer::new().max_bytes(1024));
+    let (tx, body, _probe) = scripted();
+    tx.send(data(1000)).unwrap();
+    let resp = Response::builder()
+        .header(http::header::CONTENT_LENGTH, "2000")
+        .body(body)
+        .unwrap();
+    let mut resp = through(&layer, resp).await;
+    resp.body_mut().frame().await.unwrap().unwrap();
+    drop(resp); // 1000 remaining: within budget, drained in the background
+    assert_eq!(layer.running(), 1);
+    tx.send(data(1000)).unwrap();
+    drop(tx);
+    settle().await;
+    assert_eq!(
+        taken(&outcomes),
+        vec![DrainOutcome::Completed {
+            bytes: 1000,
+            elapsed: Duration::ZERO,
+            inline: false
+        }]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn size_hint_over_budget_is_skipped_unread() {
+    let (layer, outcomes) = recording(DrainLayer::new().max_bytes(10));
+    let (_tx, mut body, probe) = scripted();
+    body.hint = SizeHint::with_exact(11);
+    drop(through(&layer, Response::new(body)).await);
+    assert_eq!(probe.polls.load(Ordering::SeqCst), 0);
+    assert_eq!(
+        taken(&outcomes),
+        vec![DrainOutcome::Skipped(SkipReason::TooLarge)]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn http2_response_is_skipped() {
+    let (layer, outcomes) = recording(DrainLayer::new());
+    let (_tx, body, probe) = scripted();
+    let resp = Response::builder()
+        .version(Version::HTTP_2)
+        .body(body)
+        .unwrap();
+    drop(through(&layer, resp).await);
+    assert_eq!(probe.polls.load(Ordering::SeqCst), 0);
+    assert!(probe.dropped.load(Ordering::SeqCst));
+    assert_eq!(taken(&outcomes), vec![DrainOutcome::Skipped(SkipReason::Http2)]);
+    assert_eq!(layer.running(), 0);
+}
+
+#[test]
+fn no_runtime_no_panic_no_drain() {
+    let (layer, outcomes) = recording(DrainLayer::new());
+    let (tx, body, probe) = scripted();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let resp = rt.block_on(through(&layer, Response::new(body)));
+    drop(rt);
+    drop(resp); // no runtime is current here
+    assert!(probe.dropped.load(Ordering::SeqCst));
+    assert_eq!(
+        taken(&outcomes),
+        vec![DrainOutcome::Skipped(SkipReason::NoRuntime)]
+    );
+    assert_eq!(layer.running(), 0);
+    drop(tx);
+}
+
+#[test]
+fn runtime_without_timer_no_panic_no_drain() {
+    let (layer, outcomes) = recording(DrainLayer::new());
+    let (tx, body, probe) = scripted();
+    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    rt.block_on(async {
+        drop(through(&layer, Response::new(body)).await);
+    });
+    assert!(probe.dropped.load(Ordering::SeqCst));
+    assert_eq!(
+        taken(&outcomes),
+        vec![DrainOutcome::Skipped(SkipReason::NoRuntime)]
+    );
+    assert_eq!(layer.running(), 0);
+    drop(tx);
+}
+
+#[tokio::test(start_paused = true)]
+async fn body_already_at_end_costs_no_task() {
+    let (layer, outcomes) = recording(DrainLayer::new());
+    let (_tx, body, probe) = scripted();
+    probe.end.store(true, Ordering::SeqCst);
+    let resp = through(&layer, Response::new(body)).await;
+    assert!(resp.body().is_complete());
+    assert!(resp.body().is_end_stream());
+    drop(resp);
+    assert_eq!(layer.running(), 0);
+    assert_eq!(probe.polls.load(Ordering::SeqCst), 0);
+    assert!(taken(&outcomes).is_empty(), "nothing to report");
+}
+
+#[tokio::test(start_paused = true)]
+async fn body_read_to_end_costs_no_task() {
+    let (layer, outcomes) = recording(DrainLayer::new());
+    let (tx, body, probe) = scripted();
+    tx.send(data(5)).unwrap();
+    drop(tx);
+    let resp = through(&layer, Response::new(body)).await;
+    let collected = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(collected.len(), 5);
+    assert!(probe.dropped.load(Ordering::SeqCst), "released at its end");
+    assert_eq!(layer.running(), 0);
+    assert!(taken(&outcomes).is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn body_that_reaches_end_stream_is_complete() {
+    let (layer, outcomes) = recording(DrainLayer::new());
+    let (tx, body, probe) = scripted();
+    tx.send(data(5)).unwrap();
+    let mut resp = through(&layer, Response::new(body)).await;
+    assert!(!resp.body().is_end_stream());
+    resp.body_mut().frame().await.unwrap().unwrap();
+    probe.end.store(true, Ordering::SeqCst);
+    assert!(resp.body().is_end_stream(), "forwarded");
+    drop(resp);
+    assert!(taken(&outcomes).is_empty());
+    assert_eq!(layer.running(), 0);
+    drop(tx);
+}
+
+#[tokio::test(start_paused = true)]
+async fn small_buffered_body_is_finished_inline() {
+    let (layer, outcomes) = recording(DrainLayer::new());
+    let resp = through(&layer, Response::new(Full::new(Bytes::from("hello")))).await;
+    assert_eq!(resp.body().size_hint().exact(), Some(5), "forwarded");
+    drop(resp);
+    assert_eq!(layer.running(), 0, "no task");
+    assert_eq!(
+        taken(&outcomes),
+        vec![DrainOutcome::Completed {
+            bytes: 5,
+            elapsed: Duration::ZERO,
+            inline: true
+        }]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn max_concurrent_is_respected() {
+    let (layer, outcomes) = recording(DrainLayer::new().max_concurrent(2));
+    let mut senders = Vec::new();
+    let mut probes = Vec::new();
+    for _ in 0..3 {
+        let (tx, body, probe) = scripted();
+        drop(through(&layer, Response::new(body)).await);
+        senders.push(tx);
+        probes.push(probe);
+    }
+    assert_eq!(layer.running(), 2);
+    assert_eq!(
+        taken(&outcomes),
+        vec![DrainOutcome::Skipped(SkipReason::TooManyDrains)]
+    );
+    assert!(probes[2].dropped.load(Ordering::SeqCst));
+    assert!(!probes[0].dropped.load(Ordering::SeqCst));
+
+    // A finished drain frees its slot for the next one.
+    senders.remove(0);
+    settle().await;
+    assert_eq!(layer.running(), 1);
+    let (_tx, body, _probe) = scripted();
+    drop(through(&layer, Response::new(body)).await);
+    assert_eq!(layer.running(), 2);
+    assert_eq!(taken(&outcomes).len(), 1, "the finished drain only");
+}
+
+#[tokio::test(start_paused = true)]
+async fn body_error_during_drain_is_reported() {
+    let (layer, outcomes) = recording(DrainLayer::new());
+    let (tx, body, probe) = scripted();
+    drop(through(&layer, Response::new(body)).await);
+    tx.send(data(7)).unwrap();
+    tx.send(Err(MockError)).unwrap();
+    settle().await;
+    assert!(probe.dropped.load(Ordering::SeqCst));
+    assert_eq!(
+        taken(&outcomes),
+        vec![DrainOutcome::Failed {
+            bytes: 7,
+            elapsed: Duration::ZERO
+        }]
+    );
+    assert_eq!(layer.running(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn trailers_end_the_drain() {
+    let (layer, outcomes) = recording(DrainLayer::new());
+    let (tx, body, _probe) = scripted();
+    drop(through(&layer, Response::new(body)).await);
+    tx.send(data(3)).unwrap();
+    tx.send(Ok(Frame::trailers(http::HeaderMap::new())))
+        .unwrap();
+    drop(tx);
+    settle().await;
+    assert!(matches!(
+        taken(&outcomes).as_slice(),
+        [DrainOutcome::Completed { bytes: 3, .. }]
+    ));
+}
+
+#[tokio::test(start_paused = true)]
+async fn endless_empty_frames_are_bounded_by_time() {
+    /// Always ready, never ends, never yields data.
+    struct Empties;
+    impl Body for Empties {
+        type Data = Bytes;
+        type Error = Infallible;
+        fn poll_frame(
+            self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+            Poll::Ready(Some(Ok(Frame::data(Bytes::new()))))
+        }
+    }
+    let (layer, outcomes) = recording(DrainLayer::new().max_time(Duration::from_millis(5)));
+    drop(through(&layer, Response::new(Empties)).await);
+    assert_eq!(layer.running(), 1, "inline polling stopped after a few frames");
+    settle().await;
+    assert_eq!(layer.running(), 1, "the task yields but does not finish early");
+    // The always-ready task keeps the runtime busy, so the paused clock does
+    // not auto-advance: move it by hand.
+    tokio::time::advance(Duration::from_millis(5)).await;
+    settle().await;
+    assert_eq!(layer.running(), 0);
+    assert!(matches!(
+        taken(&outcomes).as_slice(),
+        [DrainOutcome::GaveUpTime { bytes: 0, .. }]
+    ));
+}
+
+#[test]
+fn runtime_shutdown_during_drain_aborts_without_panic() {
+    let (layer, outcomes) = recording(DrainLayer::new().max_time(Duration::from_secs(3600)));
+    let (tx, body, probe) = scripted();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        drop(through(&layer, Response::new(body)).await);
+    });
+    assert_eq!(layer.running(), 1);
+    drop(rt);
+    assert!(probe.dropped.load(Ordering::SeqCst));
+    assert_eq!(layer.running(), 0);
+    assert!(matches!(
+        taken(&outcomes).as_slice(),
+        [DrainOutcome::Aborted { bytes: 0, .. }]
+    ));
+    drop(tx);
+}
+
+#[tokio::test]
+async fn errors_pass_through_unchanged() {
+    let svc = tower::ServiceBuilder::new()
+        .layer(DrainLayer::new())
+        .service_fn(|_: http::Request<()>| async {
+            Err::<Response<Full<Bytes>>, _>(MockError)
+        });
+    let err = svc.oneshot(http::Request::new(())).await.unwrap_err();
+    assert_eq!(err.to_string(), "mock error");
+}
+
+#[test]
+fn drain_body_is_send_and_sync_when_its_body_is() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<DrainBody<Full<Bytes>>>();
+    assert_send_sync::<DrainBody<hyper::body::Incoming>>();
+}

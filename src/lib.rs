@@ -1,0 +1,61 @@
+//! Tower middleware that keeps HTTP client connection pools healthy.
+//!
+//! A keep-alive connection is only worth something if it is reused. HTTP
+//! clients built on hyper lose their connections in a few well-known ways,
+//! and then every request dials anew: latency grows, `TIME_WAIT` sockets pile
+//! up, and under load the process runs out of ephemeral ports or file
+//! descriptors. poolguard layers onto an existing client to stop that.
+//!
+//! - [`DrainLayer`]: when the caller drops a response body before its end,
+//!   the rest is read and discarded in the background within a byte budget
+//!   and a time budget, so the HTTP/1 connection goes back to the pool
+//!   instead of being closed. See [`drain`].
+//!
+//! # Example
+//!
+//! ```
+//! use std::time::Duration;
+//! use bytes::Bytes;
+//! use http_body_util::Full;
+//! use poolguard::DrainLayer;
+//! use tower::{Service, ServiceBuilder, ServiceExt};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), poolguard::BoxError> {
+//! // Any client that is a `tower::Service<http::Request<_>>` works here, for
+//! // instance hyper-util's legacy `Client`.
+//! let client = tower::service_fn(|_req: http::Request<()>| async {
+//!     Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(Bytes::from("hello"))))
+//! });
+//!
+//! let mut client = ServiceBuilder::new()
+//!     .layer(
+//!         DrainLayer::new()
+//!             .max_bytes(64 * 1024)
+//!             .max_time(Duration::from_millis(100))
+//!             .max_concurrent(256),
+//!     )
+//!     .service(client);
+//!
+//! let response = client.ready().await?.call(http::Request::new(())).await?;
+//! assert_eq!(response.status(), 200);
+//! // Dropping the body unread is now harmless: poolguard reads the rest.
+//! drop(response);
+//! # Ok(())
+//! # }
+//! ```
+#![forbid(unsafe_code)]
+#![warn(
+    missing_docs,
+    missing_debug_implementations,
+    rust_2018_idioms,
+    unreachable_pub
+)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+pub mod drain;
+
+pub use drain::{DrainBody, DrainLayer};
+
+/// Alias for a type-erased error type, as used throughout the Tower ecosystem.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
