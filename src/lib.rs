@@ -53,6 +53,10 @@
 )]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
+
 pub mod drain;
 
 pub use drain::{DrainBody, DrainLayer};

@@ -103,9 +103,7 @@ where
             Poll::Pending => {}
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
-                    this.read = this
-                        .read
-                        .saturating_add(bytes::Buf::remaining(data) as u64);
+                    this.read = this.read.saturating_add(bytes::Buf::remaining(data) as u64);
                 }
                 if body.is_end_stream() {
                     this.body = None;

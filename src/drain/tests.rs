@@ -62,7 +62,7 @@ impl Body for Scripted {
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.hint.clone()
+        self.hint
     }
 }
 
@@ -282,7 +282,10 @@ async fn http2_response_is_skipped() {
     drop(through(&layer, resp).await);
     assert_eq!(probe.polls.load(Ordering::SeqCst), 0);
     assert!(probe.dropped.load(Ordering::SeqCst));
-    assert_eq!(taken(&outcomes), vec![DrainOutcome::Skipped(SkipReason::Http2)]);
+    assert_eq!(
+        taken(&outcomes),
+        vec![DrainOutcome::Skipped(SkipReason::Http2)]
+    );
     assert_eq!(layer.running(), 0);
 }
 
@@ -310,7 +313,9 @@ fn no_runtime_no_panic_no_drain() {
 fn runtime_without_timer_no_panic_no_drain() {
     let (layer, outcomes) = recording(DrainLayer::new());
     let (tx, body, probe) = scripted();
-    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
     rt.block_on(async {
         drop(through(&layer, Response::new(body)).await);
     });
@@ -464,9 +469,17 @@ async fn endless_empty_frames_are_bounded_by_time() {
     }
     let (layer, outcomes) = recording(DrainLayer::new().max_time(Duration::from_millis(5)));
     drop(through(&layer, Response::new(Empties)).await);
-    assert_eq!(layer.running(), 1, "inline polling stopped after a few frames");
+    assert_eq!(
+        layer.running(),
+        1,
+        "inline polling stopped after a few frames"
+    );
     settle().await;
-    assert_eq!(layer.running(), 1, "the task yields but does not finish early");
+    assert_eq!(
+        layer.running(),
+        1,
+        "the task yields but does not finish early"
+    );
     // The always-ready task keeps the runtime busy, so the paused clock does
     // not auto-advance: move it by hand.
     tokio::time::advance(Duration::from_millis(5)).await;
@@ -505,9 +518,7 @@ fn runtime_shutdown_during_drain_aborts_without_panic() {
 async fn errors_pass_through_unchanged() {
     let svc = tower::ServiceBuilder::new()
         .layer(DrainLayer::new())
-        .service_fn(|_: http::Request<()>| async {
-            Err::<Response<Full<Bytes>>, _>(MockError)
-        });
+        .service_fn(|_: http::Request<()>| async { Err::<Response<Full<Bytes>>, _>(MockError) });
     let err = svc.oneshot(http::Request::new(())).await.unwrap_err();
     assert_eq!(err.to_string(), "mock error");
 }

@@ -103,14 +103,17 @@ pub async fn serve_with(options: Options) -> Server {
                     handle(req, stats.clone(), options.delay)
                 });
                 let io = TokioIo::new(stream);
-                if options.http2 {
-                    let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                let result = if options.http2 {
+                    hyper::server::conn::http2::Builder::new(TokioExecutor::new())
                         .serve_connection(io, svc)
-                        .await;
+                        .await
                 } else {
-                    let _ = hyper::server::conn::http1::Builder::new()
+                    hyper::server::conn::http1::Builder::new()
                         .serve_connection(io, svc)
-                        .await;
+                        .await
+                };
+                if let Err(e) = result {
+                    eprintln!("server connection error: {e:?}");
                 }
             });
         }

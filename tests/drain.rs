@@ -1,0 +1,176 @@
+//! DrainLayer against real hyper servers on loopback: the server's count of
+//! accepted connections is the truth about dials.
+
+mod support;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Request;
+use http_body::Body;
+use http_body_util::Empty;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use poolguard::drain::{DrainLayer, DrainOutcome};
+use tower::{Service, ServiceExt};
+
+fn client() -> Client<hyper_util::client::legacy::connect::HttpConnector, Empty<Bytes>> {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+fn get(uri: &http::Uri) -> Request<Empty<Bytes>> {
+    Request::get(uri.clone())
+        .body(Empty::new())
+        .expect("valid request")
+}
+
+/// Sends `n` sequential requests to `path`, dropping each body right after
+/// the headers, and returns how many connections the server accepted.
+async fn sequential_drops<S, B>(mut svc: S, path: &str, n: usize) -> usize
+where
+    S: Service<Request<Empty<Bytes>>, Response = http::Response<B>>,
+    S::Error: std::fmt::Debug,
+    B: Body,
+{
+    let server = support::serve().await;
+    let uri = server.uri(path);
+    for _ in 0..n {
+        let resp = svc
+            .ready()
+            .await
+            .expect("ready")
+            .call(get(&uri))
+            .await
+            .expect("response");
+        assert_eq!(resp.status(), 200);
+        drop(resp);
+    }
+    server.stats.accepted()
+}
+
+fn recording() -> (DrainLayer, Arc<Mutex<Vec<DrainOutcome>>>) {
+    let outcomes = Arc::new(Mutex::new(Vec::new()));
+    let sink = outcomes.clone();
+    let layer = DrainLayer::new().on_drain(move |o: &DrainOutcome| {
+        sink.lock().expect("not poisoned").push(o.clone());
+    });
+    (layer, outcomes)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_64k_bodies_reuse_connections() {
+    let bare = sequential_drops(client(), "/bytes/65536", 200).await;
+    let (layer, outcomes) = recording();
+    let guarded = sequential_drops(
+        tower::ServiceBuilder::new()
+            .layer(layer.clone())
+            .service(client()),
+        "/bytes/65536",
+        200,
+    )
+    .await;
+    println!(
+        "64 KiB bodies dropped: bare accepts {bare}, guarded accepts {guarded} (200 requests)"
+    );
+    // The problem: without the layer, nearly every request dials.
+    assert!(bare >= 100, "bare client reused more than expected: {bare}");
+    // The fix.
+    assert!(guarded <= 4, "guarded client dialed {guarded} times");
+    drains_finish(&layer).await;
+    let outcomes = outcomes.lock().expect("not poisoned");
+    assert_eq!(outcomes.len(), 200, "one outcome per early drop");
+    assert!(
+        outcomes.iter().all(DrainOutcome::is_completed),
+        "{outcomes:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_5_byte_bodies_keep_reusing() {
+    let bare = sequential_drops(client(), "/bytes/5", 200).await;
+    let (layer, outcomes) = recording();
+    let guarded = sequential_drops(
+        tower::ServiceBuilder::new()
+            .layer(layer.clone())
+            .service(client()),
+        "/bytes/5",
+        200,
+    )
+    .await;
+    println!("5 B bodies dropped: bare accepts {bare}, guarded accepts {guarded} (200 requests)");
+    assert!(guarded <= 4, "guarded client dialed {guarded} times");
+    drains_finish(&layer).await;
+    let outcomes = outcomes.lock().expect("not poisoned");
+    let inline = outcomes
+        .iter()
+        .filter(|o| matches!(o, DrainOutcome::Completed { inline: true, .. }))
+        .count();
+    println!(
+        "5 B bodies: {inline} of {} drains finished inline",
+        outcomes.len()
+    );
+    assert!(
+        outcomes.iter().all(DrainOutcome::is_completed),
+        "{outcomes:?}"
+    );
+}
+
+/// Waits (bounded) until no drain made by `layer` runs.
+async fn drains_finish(layer: &DrainLayer) {
+    for _ in 0..500 {
+        if layer.running() == 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("{} drains still running after 5 s", layer.running());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn never_ending_bodies_give_up_within_budget() {
+    let server = support::serve().await;
+    let max_time = Duration::from_millis(50);
+    let (layer, outcomes) = recording();
+    let layer = layer.max_time(max_time);
+    let mut svc = tower::ServiceBuilder::new()
+        .layer(layer.clone())
+        .service(client());
+
+    for path in ["/trickle", "/endless"] {
+        let uri = server.uri(path);
+        for _ in 0..10 {
+            let resp = svc
+                .ready()
+                .await
+                .expect("ready")
+                .call(get(&uri))
+                .await
+                .expect("response");
+            drop(resp);
+            // The drop returned while the drain still runs: it never waits
+            // for the peer.
+            assert!(layer.running() >= 1);
+        }
+    }
+    drains_finish(&layer).await;
+
+    let outcomes = outcomes.lock().expect("not poisoned");
+    assert_eq!(outcomes.len(), 20);
+    for outcome in outcomes.iter() {
+        match outcome {
+            DrainOutcome::GaveUpTime { elapsed, .. } => {
+                assert!(*elapsed >= max_time, "{elapsed:?}");
+                assert!(*elapsed < max_time + Duration::from_secs(1), "{elapsed:?}");
+            }
+            DrainOutcome::GaveUpBytes { bytes, .. } => assert!(*bytes > 64 * 1024),
+            other => panic!("unexpected outcome {other:?}"),
+        }
+    }
+    // The trickle can only run out of time; the endless body, of bytes.
+    let timed_out = outcomes
+        .iter()
+        .filter(|o| matches!(o, DrainOutcome::GaveUpTime { .. }))
+        .count();
+    assert_eq!(timed_out, 10, "{outcomes:?}");
+}
