@@ -10,6 +10,10 @@
 //!   the rest is read and discarded in the background within a byte budget
 //!   and a time budget, so the HTTP/1 connection goes back to the pool
 //!   instead of being closed. See [`drain`].
+//! - [`PerHostLimitLayer`]: at most N requests in flight to each host, each
+//!   holding its slot until its body is done; the surplus waits in a bounded,
+//!   FIFO, cancel-safe queue with a timeout instead of making the pool dial.
+//!   See [`limit`].
 //!
 //! # Example
 //!
@@ -58,8 +62,12 @@
 struct ReadmeDoctests;
 
 pub mod drain;
+mod key;
+pub mod limit;
 
 pub use drain::{DrainBody, DrainLayer};
+pub use key::HostKey;
+pub use limit::{PerHostLimitLayer, QueueFull, QueueTimeout};
 
 /// Alias for a type-erased error type, as used throughout the Tower ecosystem.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

@@ -1,0 +1,154 @@
+//! Future types of [`PerHostLimit`](super::PerHostLimit).
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use http::Response;
+use pin_project_lite::pin_project;
+use tower_service::Service;
+
+use super::registry::{Slot, TimedOut};
+use super::{QueueTimeout, QueueWait, ResponseBody};
+use crate::BoxError;
+
+type Wait = Pin<Box<dyn Future<Output = Result<Slot, TimedOut>> + Send>>;
+
+pin_project! {
+    /// Response future of [`PerHostLimit`](super::PerHostLimit): waits for a
+    /// slot of the request's host if need be, calls the inner service, and
+    /// moves the slot into the response body.
+    pub struct ResponseFuture<S, Req>
+    where
+        S: Service<Req>,
+    {
+        #[pin]
+        state: State<S, Req>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<S, Req>
+    where
+        S: Service<Req>,
+    {
+        Queued {
+            wait: Wait,
+            service: Option<S>,
+            request: Option<Req>,
+        },
+        Called {
+            #[pin]
+            future: S::Future,
+            slot: Option<Slot>,
+        },
+        Failed {
+            error: Option<BoxError>,
+        },
+    }
+}
+
+impl<S, Req> ResponseFuture<S, Req>
+where
+    S: Service<Req>,
+{
+    pub(crate) fn called(future: S::Future, slot: Option<Slot>) -> Self {
+        ResponseFuture {
+            state: State::Called { future, slot },
+        }
+    }
+
+    pub(crate) fn queued(
+        wait: impl Future<Output = Result<Slot, TimedOut>> + Send + 'static,
+        service: S,
+        request: Req,
+    ) -> Self {
+        ResponseFuture {
+            state: State::Queued {
+                wait: Box::pin(wait),
+                service: Some(service),
+                request: Some(request),
+            },
+        }
+    }
+
+    pub(crate) fn failed(error: BoxError) -> Self {
+        ResponseFuture {
+            state: State::Failed { error: Some(error) },
+        }
+    }
+}
+
+impl<S, Req, B> Future for ResponseFuture<S, Req>
+where
+    S: Service<Req, Response = Response<B>>,
+    S::Error: Into<BoxError>,
+    B: http_body::Body,
+{
+    type Output = Result<Response<ResponseBody<B>>, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            match this.state.as_mut().project() {
+                StateProj::Queued {
+                    wait,
+                    service,
+                    request,
+                } => {
+                    let slot = match ready!(wait.as_mut().poll(cx)) {
+                        Ok(slot) => slot,
+                        Err(TimedOut { key, waited }) => {
+                            return Poll::Ready(Err(QueueTimeout::new(key, waited).into()))
+                        }
+                    };
+                    let (Some(mut service), Some(request)) = (service.take(), request.take())
+                    else {
+                        return Poll::Ready(Err(
+                            "per-host limit future polled after completion".into()
+                        ));
+                    };
+                    let future = service.call(request);
+                    this.state.set(State::Called {
+                        future,
+                        slot: Some(slot),
+                    });
+                }
+                StateProj::Called { future, slot } => {
+                    let result = ready!(future.poll(cx));
+                    // An error releases the slot now, not when the future is
+                    // dropped.
+                    let slot = slot.take();
+                    let mut response = result.map_err(Into::into)?;
+                    if let Some(waited) = slot.as_ref().map(Slot::waited).filter(|w| !w.is_zero()) {
+                        response.extensions_mut().insert(QueueWait(waited));
+                    }
+                    return Poll::Ready(Ok(response.map(|body| ResponseBody::new(body, slot))));
+                }
+                StateProj::Failed { error } => {
+                    return Poll::Ready(Err(error.take().unwrap_or_else(|| {
+                        "per-host limit future polled after completion".into()
+                    })));
+                }
+            }
+        }
+    }
+}
+
+impl<S, Req> fmt::Debug for ResponseFuture<S, Req>
+where
+    S: Service<Req>,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = match &self.state {
+            State::Queued { .. } => "queued",
+            State::Called { .. } => "called",
+            State::Failed { .. } => "failed",
+        };
+        f.debug_struct("ResponseFuture")
+            .field("state", &state)
+            .finish()
+    }
+}

@@ -1,0 +1,95 @@
+use std::task::{Context, Poll};
+
+use http::{Request, Response};
+use tower_service::Service;
+
+use super::future::ResponseFuture;
+use super::layer::PerHostLimitLayer;
+use super::registry::Acquire;
+use super::{QueueFull, ResponseBody};
+use crate::key::HostKey;
+use crate::BoxError;
+
+/// Limits the requests in flight to each host; made by
+/// [`PerHostLimitLayer`].
+///
+/// `poll_ready` reflects the inner service only: the host is unknown until
+/// `call`, so a full host cannot push back there (hyper-util's pool map says
+/// the same of its per-key state). A request that must wait does so in its
+/// response future, holding a clone of the inner service that was ready.
+#[derive(Clone, Debug)]
+pub struct PerHostLimit<S> {
+    inner: S,
+    layer: PerHostLimitLayer,
+}
+
+impl<S> PerHostLimit<S> {
+    /// Wraps `inner`, with at most `max_per_host` requests in flight to each
+    /// host and the other defaults of [`PerHostLimitLayer::new`].
+    pub fn new(inner: S, max_per_host: usize) -> Self {
+        Self::from_layer(inner, PerHostLimitLayer::new(max_per_host))
+    }
+
+    /// A [`PerHostLimitLayer`]; see [`PerHostLimitLayer::new`].
+    pub fn layer(max_per_host: usize) -> PerHostLimitLayer {
+        PerHostLimitLayer::new(max_per_host)
+    }
+
+    pub(crate) fn from_layer(inner: S, layer: PerHostLimitLayer) -> Self {
+        PerHostLimit { inner, layer }
+    }
+
+    /// A reference to the inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// A mutable reference to the inner service.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Consumes `self`, returning the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S, ReqB, B> Service<Request<ReqB>> for PerHostLimit<S>
+where
+    S: Service<Request<ReqB>, Response = Response<B>> + Clone,
+    S::Error: Into<BoxError>,
+    B: http_body::Body,
+{
+    type Response = Response<ResponseBody<B>>;
+    type Error = BoxError;
+    type Future = ResponseFuture<S, Request<ReqB>>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, req: Request<ReqB>) -> Self::Future {
+        // A request without a host cannot be sent anyway; the inner service
+        // rejects it with its own error.
+        let Some(key) = HostKey::from_request(&req) else {
+            return ResponseFuture::called(self.inner.call(req), None);
+        };
+        match self.layer.registry.acquire(key) {
+            Acquire::Ready(slot) => ResponseFuture::called(self.inner.call(req), Some(slot)),
+            Acquire::Full(key) => ResponseFuture::failed(QueueFull::new(key).into()),
+            Acquire::Queued(waiter) => {
+                // Take the service that was made ready into the future, and
+                // leave a fresh clone behind for the next `poll_ready`.
+                let clone = self.inner.clone();
+                let ready = std::mem::replace(&mut self.inner, clone);
+                let deadline = self
+                    .layer
+                    .queue_timeout
+                    .map(|t| tokio::time::Instant::now() + t);
+                ResponseFuture::queued(waiter.wait(deadline), ready, req)
+            }
+        }
+    }
+}

@@ -1,0 +1,351 @@
+//! Logic tests of the per-host limit: tower-test mocks and paused time.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body::{Body, Frame};
+use http_body_util::{BodyExt, Full};
+use tokio_test::{assert_pending, assert_ready, task};
+use tower::{Layer, Service, ServiceExt};
+use tower_test::mock;
+
+use super::{PerHostLimit, PerHostLimitLayer, QueueFull, QueueTimeout, QueueWait};
+use crate::BoxError;
+
+/// A body of scripted frames, always ready.
+#[derive(Debug, Default)]
+struct Frames(VecDeque<Result<Frame<Bytes>, BoxError>>);
+
+impl Body for Frames {
+    type Data = Bytes;
+    type Error = BoxError;
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        Poll::Ready(self.0.pop_front())
+    }
+    fn is_end_stream(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+fn frames(items: Vec<Result<Frame<Bytes>, BoxError>>) -> Frames {
+    Frames(items.into())
+}
+
+fn some_data() -> Frames {
+    frames(vec![Ok(Frame::data(Bytes::from_static(b"abc")))])
+}
+
+type Mock = mock::Mock<Request<()>, Response<Frames>>;
+type Handle = mock::Handle<Request<()>, Response<Frames>>;
+
+fn limited(layer: &PerHostLimitLayer) -> (PerHostLimit<Mock>, Handle) {
+    let (svc, handle) = mock::pair();
+    (layer.layer(svc), handle)
+}
+
+fn get(uri: &str) -> Request<()> {
+    Request::get(uri).body(()).unwrap()
+}
+
+type Fut = super::future::ResponseFuture<Mock, Request<()>>;
+
+/// Calls the service (after `ready`) and returns the pending future, spawned
+/// for manual polling.
+async fn start(svc: &mut PerHostLimit<Mock>, uri: &str) -> task::Spawn<Fut> {
+    let svc = svc.ready().await.unwrap();
+    task::spawn(svc.call(get(uri)))
+}
+
+/// Answers the next request the mock sees, and returns its path.
+async fn answer(handle: &mut Handle, body: Frames) -> String {
+    let (req, send) = handle.next_request().await.expect("a request");
+    send.send_response(Response::new(body));
+    req.uri().path().to_owned()
+}
+
+#[tokio::test(start_paused = true)]
+async fn waiters_are_served_fifo() {
+    let layer = PerHostLimitLayer::new(1);
+    let (mut svc, mut handle) = limited(&layer);
+
+    let mut a = start(&mut svc, "http://h/a").await;
+    let mut waiting = Vec::new();
+    for path in ["b", "c", "d", "e"] {
+        let mut f = start(&mut svc, &format!("http://h/{path}")).await;
+        assert_pending!(f.poll());
+        waiting.push(f);
+    }
+    assert_eq!(layer.queued(), 4);
+    assert_eq!(layer.in_flight(), 1);
+
+    assert_pending!(a.poll());
+    assert_eq!(answer(&mut handle, some_data()).await, "/a");
+    let mut response = assert_ready!(a.poll()).unwrap();
+
+    let mut served = Vec::new();
+    for mut f in waiting {
+        // The previous body ends: the next waiter in line gets the slot.
+        drop(response);
+        assert!(f.is_woken());
+        assert_pending!(f.poll());
+        served.push(answer(&mut handle, some_data()).await);
+        response = assert_ready!(f.poll()).unwrap();
+        assert_eq!(layer.in_flight(), 1);
+    }
+    drop(response);
+    assert_eq!(served, ["/b", "/c", "/d", "/e"]);
+    assert_eq!(layer.in_flight(), 0);
+    assert_eq!(layer.queued(), 0);
+    assert_eq!(layer.hosts_tracked(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn full_queue_fails_at_once() {
+    let layer = PerHostLimitLayer::new(1).max_queued(1);
+    let (mut svc, _handle) = limited(&layer);
+    let _a = start(&mut svc, "http://h:8080/a").await;
+    let mut b = start(&mut svc, "http://h:8080/b").await;
+    assert_pending!(b.poll());
+    let mut c = start(&mut svc, "http://h:8080/c").await;
+    let err = assert_ready!(c.poll()).unwrap_err();
+    let full = err.downcast_ref::<QueueFull>().expect("QueueFull");
+    assert_eq!(full.host().to_string(), "http://h:8080");
+    assert_eq!(err.to_string(), "per-host queue full for http://h:8080");
+    assert_eq!(layer.queued(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn zero_queue_never_waits() {
+    let layer = PerHostLimitLayer::new(1).max_queued(0);
+    let (mut svc, _handle) = limited(&layer);
+    let _a = start(&mut svc, "http://h/a").await;
+    let mut b = start(&mut svc, "http://h/b").await;
+    assert!(assert_ready!(b.poll()).unwrap_err().is::<QueueFull>());
+}
+
+#[tokio::test(start_paused = true)]
+async fn waiting_too_long_times_out() {
+    let layer = PerHostLimitLayer::new(1).queue_timeout(Duration::from_secs(1));
+    let (mut svc, _handle) = limited(&layer);
+    let _a = start(&mut svc, "http://h/a").await;
+    let mut b = start(&mut svc, "http://h/b").await;
+    assert_pending!(b.poll());
+
+    tokio::time::sleep(Duration::from_millis(999)).await;
+    assert_pending!(b.poll());
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    let err = assert_ready!(b.poll()).unwrap_err();
+    let timeout = err.downcast_ref::<QueueTimeout>().expect("QueueTimeout");
+    assert_eq!(timeout.waited(), Duration::from_secs(1));
+    assert_eq!(timeout.host().to_string(), "http://h:80");
+    assert_eq!(
+        err.to_string(),
+        "timed out after 1s in the per-host queue for http://h:80"
+    );
+    assert_eq!(layer.queued(), 0);
+    assert_eq!(layer.in_flight(), 1);
+    assert_eq!(layer.hosts_tracked(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn cancelled_waiter_leaves_the_queue() {
+    let layer = PerHostLimitLayer::new(1);
+    let (mut svc, mut handle) = limited(&layer);
+    let mut a = start(&mut svc, "http://h/a").await;
+    let mut b = start(&mut svc, "http://h/b").await;
+    let mut c = start(&mut svc, "http://h/c").await;
+    assert_pending!(b.poll());
+    assert_pending!(c.poll());
+    assert_eq!(layer.queued(), 2);
+
+    drop(b);
+    assert_eq!(layer.queued(), 1, "left the queue at once");
+
+    assert_pending!(a.poll());
+    answer(&mut handle, some_data()).await;
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    drop(assert_ready!(a.poll()).unwrap());
+    assert!(c.is_woken(), "the next waiter proceeds");
+    assert_pending!(c.poll());
+    assert_eq!(answer(&mut handle, some_data()).await, "/c");
+    let response = assert_ready!(c.poll()).unwrap();
+    assert_eq!(
+        response.extensions().get::<QueueWait>(),
+        Some(&QueueWait(Duration::from_millis(5)))
+    );
+    drop(response);
+    assert_eq!(layer.in_flight(), 0);
+    assert_eq!(layer.hosts_tracked(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn slot_is_held_until_the_body_ends() {
+    let layer = PerHostLimitLayer::new(1);
+    let (mut svc, mut handle) = limited(&layer);
+    let mut a = start(&mut svc, "http://h/a").await;
+    assert_pending!(a.poll());
+    answer(
+        &mut handle,
+        frames(vec![
+            Ok(Frame::data(Bytes::from_static(b"x"))),
+            Ok(Frame::data(Bytes::from_static(b"y"))),
+        ]),
+    )
+    .await;
+    let response = assert_ready!(a.poll()).unwrap();
+    assert_eq!(layer.in_flight(), 1, "not released with the headers");
+    assert!(response.body().holds_slot());
+    let mut body = response.into_body();
+    body.frame().await.unwrap().unwrap();
+    assert_eq!(layer.in_flight(), 1);
+    body.frame().await.unwrap().unwrap();
+    assert_eq!(layer.in_flight(), 0, "released at end of stream");
+    assert!(!body.holds_slot());
+    assert_eq!(layer.hosts_tracked(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn slot_is_released_on_body_error() {
+    let layer = PerHostLimitLayer::new(1);
+    let (mut svc, mut handle) = limited(&layer);
+    let mut a = start(&mut svc, "http://h/a").await;
+    assert_pending!(a.poll());
+    answer(
+        &mut handle,
+        frames(vec![Err("boom".into()), Ok(Frame::data(Bytes::new()))]),
+    )
+    .await;
+    let mut body = assert_ready!(a.poll()).unwrap().into_body();
+    assert_eq!(layer.in_flight(), 1);
+    assert!(body.frame().await.unwrap().is_err());
+    assert_eq!(layer.in_flight(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn slot_is_released_on_body_drop() {
+    let layer = PerHostLimitLayer::new(1);
+    let (mut svc, mut handle) = limited(&layer);
+    let mut a = start(&mut svc, "http://h/a").await;
+    assert_pending!(a.poll());
+    answer(&mut handle, some_data()).await;
+    let response = assert_ready!(a.poll()).unwrap();
+    assert_eq!(layer.in_flight(), 1);
+    drop(response);
+    assert_eq!(layer.in_flight(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn empty_body_releases_at_once() {
+    let layer = PerHostLimitLayer::new(1);
+    let (mut svc, mut handle) = limited(&layer);
+    let mut a = start(&mut svc, "http://h/a").await;
+    assert_pending!(a.poll());
+    answer(&mut handle, Frames::default()).await;
+    let response = assert_ready!(a.poll()).unwrap();
+    assert!(!response.body().holds_slot());
+    assert_eq!(layer.in_flight(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn slot_is_released_when_the_future_is_dropped() {
+    let layer = PerHostLimitLayer::new(1);
+    let (mut svc, _handle) = limited(&layer);
+    let mut a = start(&mut svc, "http://h/a").await;
+    assert_pending!(a.poll());
+    let mut b = start(&mut svc, "http://h/b").await;
+    assert_pending!(b.poll());
+    let mut c = start(&mut svc, "http://h/c").await;
+    assert_pending!(c.poll());
+
+    drop(a);
+    assert!(b.is_woken());
+    assert_pending!(b.poll(), "b holds the slot and calls the service");
+    assert_eq!(layer.in_flight(), 1);
+    assert_eq!(layer.queued(), 1);
+
+    // b is dropped while it holds the slot; c is handed the slot and then
+    // dropped before it was polled: the slot must not leak either way.
+    drop(b);
+    assert!(c.is_woken());
+    drop(c);
+    assert_eq!(layer.in_flight(), 0);
+    assert_eq!(layer.queued(), 0);
+    assert_eq!(layer.hosts_tracked(), 0);
+    let mut d = start(&mut svc, "http://h/d").await;
+    assert_pending!(d.poll());
+    assert_eq!(layer.in_flight(), 1, "d got the slot at once");
+    assert_eq!(layer.queued(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn inner_errors_pass_through_and_release() {
+    let layer = PerHostLimitLayer::new(1);
+    let (mut svc, mut handle) = limited(&layer);
+    let mut a = start(&mut svc, "http://h/a").await;
+    assert_pending!(a.poll());
+    let (_req, send) = handle.next_request().await.unwrap();
+    send.send_error("connect refused");
+    let err = assert_ready!(a.poll()).unwrap_err();
+    assert_eq!(err.to_string(), "connect refused");
+    assert_eq!(layer.in_flight(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn hosts_are_independent() {
+    let layer = PerHostLimitLayer::new(1);
+    let (mut svc, mut handle) = limited(&layer);
+    let _a = start(&mut svc, "http://one/a").await;
+    let (_req, _unanswered) = handle.next_request().await.unwrap();
+    let mut same = start(&mut svc, "http://one/b").await;
+    assert_pending!(same.poll());
+    for uri in ["http://two/", "https://one/", "http://one:8080/"] {
+        let mut other = start(&mut svc, uri).await;
+        assert_pending!(other.poll());
+        answer(&mut handle, some_data()).await;
+        assert!(assert_ready!(other.poll()).is_ok(), "{uri} did not wait");
+    }
+    // The other hosts' responses are gone, and so is their state.
+    assert_eq!(layer.hosts_tracked(), 1);
+    assert_eq!(layer.queued(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn idle_hosts_are_forgotten() {
+    let layer = PerHostLimitLayer::new(2);
+    let (mut svc, mut handle) = limited(&layer);
+    for i in 0..1000 {
+        let mut f = start(&mut svc, &format!("http://host-{i}.example/")).await;
+        assert_pending!(f.poll());
+        answer(&mut handle, some_data()).await;
+        let response = assert_ready!(f.poll()).unwrap();
+        assert_eq!(layer.hosts_tracked(), 1);
+        drop(response);
+    }
+    assert_eq!(layer.hosts_tracked(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn host_header_is_used_for_origin_form() {
+    let layer = PerHostLimitLayer::new(1);
+    let (mut svc, _handle) = limited(&layer);
+    let svc = svc.ready().await.unwrap();
+    let req = Request::get("/a").header("host", "h").body(()).unwrap();
+    let _a = task::spawn(svc.call(req));
+    let mut b = start(&mut svc.clone(), "http://h/b").await;
+    assert_pending!(b.poll(), "same host as the Host header");
+}
+
+#[test]
+fn bodies_are_send_and_sync_when_theirs_are() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<super::ResponseBody<Full<Bytes>>>();
+    let _: Option<Infallible> = None;
+}
