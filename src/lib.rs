@@ -61,6 +61,7 @@
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
 
+mod client;
 pub mod drain;
 mod key;
 pub mod limit;
@@ -68,6 +69,10 @@ pub mod limit;
 pub use drain::{DrainBody, DrainLayer};
 pub use key::HostKey;
 pub use limit::{PerHostLimitLayer, QueueFull, QueueTimeout};
+
+#[cfg(feature = "hyper-util")]
+#[cfg_attr(docsrs, doc(cfg(feature = "hyper-util")))]
+pub use client::hyper_util::{ConnectFuture, GuardedConnector, GuardedIo};
 
 /// Alias for a type-erased error type, as used throughout the Tower ecosystem.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

@@ -2,7 +2,6 @@
 //! hosts that holds only hosts with something in flight or queued.
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -123,6 +122,7 @@ impl Registry {
             }
             if host.users == 0 {
                 hosts.remove(key);
+                shrink(&mut hosts);
             }
         }
     }
@@ -140,6 +140,15 @@ impl Registry {
     /// Waiters now, across hosts.
     pub(crate) fn queued(&self) -> usize {
         self.queued.load(Ordering::Relaxed)
+    }
+}
+
+/// Gives memory back after a burst of hosts: a map at a quarter of its
+/// capacity is halved. Amortised, this costs O(1) per removal.
+fn shrink(hosts: &mut HashMap<HostKey, Host>) {
+    const MIN_CAPACITY: usize = 64;
+    if hosts.capacity() > MIN_CAPACITY && hosts.len() < hosts.capacity() / 4 {
+        hosts.shrink_to((hosts.len() * 2).max(MIN_CAPACITY));
     }
 }
 
@@ -192,26 +201,21 @@ pub(crate) struct TimedOut {
 impl Waiter {
     /// Waits for a slot, at most until `deadline`. Cancel-safe: dropping the
     /// future leaves the queue at once.
-    pub(crate) fn wait(
-        self,
-        deadline: Option<Instant>,
-    ) -> impl Future<Output = Result<Slot, TimedOut>> + Send + 'static {
-        async move {
-            let acquire = self.semaphore.clone().acquire_owned();
-            let permit = match deadline {
-                Some(deadline) => tokio::time::timeout_at(deadline, acquire).await.ok(),
-                None => Some(acquire.await),
-            };
-            let waited = self.since.elapsed();
-            // The semaphore is never closed, so `acquire_owned` cannot fail;
-            // were it to, the request times out rather than panics.
-            match permit.and_then(Result::ok) {
-                Some(permit) => Ok(self.into_slot(permit, waited)),
-                None => Err(TimedOut {
-                    key: self.key.clone(),
-                    waited,
-                }),
-            }
+    pub(crate) async fn wait(self, deadline: Option<Instant>) -> Result<Slot, TimedOut> {
+        let acquire = self.semaphore.clone().acquire_owned();
+        let permit = match deadline {
+            Some(deadline) => tokio::time::timeout_at(deadline, acquire).await.ok(),
+            None => Some(acquire.await),
+        };
+        let waited = self.since.elapsed();
+        // The semaphore is never closed, so `acquire_owned` cannot fail;
+        // were it to, the request times out rather than panics.
+        match permit.and_then(Result::ok) {
+            Some(permit) => Ok(self.into_slot(permit, waited)),
+            None => Err(TimedOut {
+                key: self.key.clone(),
+                waited,
+            }),
         }
     }
 

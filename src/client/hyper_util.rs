@@ -1,0 +1,263 @@
+//! The connection-level half of the per-host limit for hyper-util's legacy
+//! client.
+
+use std::fmt;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::Uri;
+use hyper::rt::{Read, ReadBufCursor, Write};
+use hyper_util::client::legacy::connect::{Connected, Connection};
+use tower_service::Service;
+
+use crate::key::HostKey;
+use crate::limit::registry::{Acquire, Bounds, Registry, Slot};
+use crate::BoxError;
+
+/// A connector for hyper-util's legacy `Client` that never has more than
+/// `max_per_host` connections to a host: dialing, in use and idle together.
+///
+/// Wrap the connector you would give the client. A dial beyond the cap waits
+/// (FIFO) until one of the host's connections closes; it never fails a
+/// request because of the cap. The slot is held by the [`GuardedIo`] and
+/// released when hyper drops the connection.
+///
+/// Why a connector, and not only a request limit: the legacy client races a
+/// pool checkout against a new connect, and when the checkout wins, the
+/// started connect still completes and is pooled. With
+/// [`PerHostLimitLayer`](crate::PerHostLimitLayer) at `N`, this connector at
+/// `N` and `pool_max_idle_per_host(N)` or more, the client never opens more
+/// than `N` connections to a host.
+///
+/// Clones share one set of per-host slots, as the client's clones share
+/// one pool.
+///
+/// # Example
+///
+/// ```
+/// use bytes::Bytes;
+/// use http_body_util::Empty;
+/// use hyper_util::client::legacy::{connect::HttpConnector, Client};
+/// use hyper_util::rt::TokioExecutor;
+/// use poolguard::{GuardedConnector, PerHostLimitLayer};
+///
+/// # fn main() {
+/// let client = Client::builder(TokioExecutor::new())
+///     .pool_max_idle_per_host(10)
+///     .build::<_, Empty<Bytes>>(GuardedConnector::new(HttpConnector::new(), 10));
+/// let client = tower::ServiceBuilder::new()
+///     .layer(PerHostLimitLayer::new(10))
+///     .service(client);
+/// # drop(client);
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct GuardedConnector<C> {
+    inner: C,
+    registry: Arc<Registry>,
+}
+
+impl<C> GuardedConnector<C> {
+    /// Wraps `inner` with a cap of `max_per_host` connections per host (a
+    /// value of 0 is taken as 1).
+    pub fn new(inner: C, max_per_host: usize) -> Self {
+        GuardedConnector {
+            inner,
+            registry: Arc::new(Registry::new(Bounds {
+                max_per_host,
+                max_queued: usize::MAX,
+            })),
+        }
+    }
+
+    /// Connections open or being dialed now, across hosts.
+    pub fn connections(&self) -> usize {
+        self.registry.in_flight()
+    }
+
+    /// Dials waiting for a free slot now, across hosts.
+    pub fn waiting(&self) -> usize {
+        self.registry.queued()
+    }
+
+    /// Hosts with connections open, dialing or waiting.
+    pub fn hosts_tracked(&self) -> usize {
+        self.registry.hosts_tracked()
+    }
+
+    /// A reference to the inner connector.
+    pub fn get_ref(&self) -> &C {
+        &self.inner
+    }
+
+    /// Consumes `self`, returning the inner connector.
+    pub fn into_inner(self) -> C {
+        self.inner
+    }
+}
+
+impl<C: fmt::Debug> fmt::Debug for GuardedConnector<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GuardedConnector")
+            .field("inner", &self.inner)
+            .field("max_per_host", &self.registry.bounds().max_per_host)
+            .field("connections", &self.registry.in_flight())
+            .finish()
+    }
+}
+
+impl<C> Service<Uri> for GuardedConnector<C>
+where
+    C: Service<Uri> + Clone + Send + 'static,
+    C::Response: Send + 'static,
+    C::Error: Into<BoxError>,
+    C::Future: Send + 'static,
+{
+    type Response = GuardedIo<C::Response>;
+    type Error = BoxError;
+    type Future = ConnectFuture<C::Response>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, dst: Uri) -> Self::Future {
+        let Some(key) = HostKey::from_uri(&dst) else {
+            // The client rejects such a URI before it dials; pass it on.
+            let connect = self.inner.call(dst);
+            return ConnectFuture::new(async move {
+                let io = connect.await.map_err(Into::into)?;
+                Ok(GuardedIo { io, slot: None })
+            });
+        };
+        match self.registry.acquire(key) {
+            Acquire::Ready(slot) => {
+                let connect = self.inner.call(dst);
+                ConnectFuture::new(async move {
+                    let io = connect.await.map_err(Into::into)?;
+                    Ok(GuardedIo {
+                        io,
+                        slot: Some(slot),
+                    })
+                })
+            }
+            Acquire::Queued(waiter) => {
+                // Take the connector that was made ready into the future.
+                let clone = self.inner.clone();
+                let mut ready = std::mem::replace(&mut self.inner, clone);
+                ConnectFuture::new(async move {
+                    let slot = waiter
+                        .wait(None)
+                        .await
+                        .map_err(|_| BoxError::from("connection slot unavailable"))?;
+                    let io = ready.call(dst).await.map_err(Into::into)?;
+                    Ok(GuardedIo {
+                        io,
+                        slot: Some(slot),
+                    })
+                })
+            }
+            // The queue of a connector is unbounded; kept total all the same.
+            Acquire::Full(key) => {
+                ConnectFuture::new(async move { Err(crate::QueueFull::new(key).into()) })
+            }
+        }
+    }
+}
+
+/// Future of [`GuardedConnector`]: waits for a slot, then dials.
+pub struct ConnectFuture<T> {
+    inner: Pin<Box<dyn Future<Output = Result<GuardedIo<T>, BoxError>> + Send>>,
+}
+
+impl<T> ConnectFuture<T> {
+    fn new(f: impl Future<Output = Result<GuardedIo<T>, BoxError>> + Send + 'static) -> Self {
+        ConnectFuture { inner: Box::pin(f) }
+    }
+}
+
+impl<T> Future for ConnectFuture<T> {
+    type Output = Result<GuardedIo<T>, BoxError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.inner.as_mut().poll(cx)
+    }
+}
+
+impl<T> fmt::Debug for ConnectFuture<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConnectFuture").finish_non_exhaustive()
+    }
+}
+
+/// A connection made by [`GuardedConnector`]: holds its host's connection
+/// slot until hyper drops it.
+pub struct GuardedIo<T> {
+    io: T,
+    slot: Option<Slot>,
+}
+
+impl<T> GuardedIo<T> {
+    /// A reference to the wrapped connection.
+    pub fn get_ref(&self) -> &T {
+        &self.io
+    }
+}
+
+impl<T: fmt::Debug> fmt::Debug for GuardedIo<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GuardedIo")
+            .field("io", &self.io)
+            .field("holds_slot", &self.slot.is_some())
+            .finish()
+    }
+}
+
+impl<T: Connection> Connection for GuardedIo<T> {
+    fn connected(&self) -> Connected {
+        self.io.connected()
+    }
+}
+
+impl<T: Read + Unpin> Read for GuardedIo<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: ReadBufCursor<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<T: Write + Unpin> Write for GuardedIo<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+}

@@ -1,0 +1,4 @@
+//! Glue for HTTP clients, behind cargo features.
+
+#[cfg(feature = "hyper-util")]
+pub(crate) mod hyper_util;
