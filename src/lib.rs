@@ -14,6 +14,10 @@
 //!   holding its slot until its body is done; the surplus waits in a bounded,
 //!   FIFO, cancel-safe queue with a timeout instead of making the pool dial.
 //!   See [`limit`].
+//! - [`ReuseMetricsLayer`]: per response, whether its connection was reused
+//!   ([`ConnInfo`]); in aggregate ([`Metrics`]), requests, connections opened
+//!   and closed with a [`CloseReason`] each, drains and queue figures. See
+//!   [`metrics`].
 //!
 //! # Example
 //!
@@ -65,10 +69,12 @@ mod client;
 pub mod drain;
 mod key;
 pub mod limit;
+pub mod metrics;
 
 pub use drain::{DrainBody, DrainLayer};
 pub use key::HostKey;
 pub use limit::{PerHostLimitLayer, QueueFull, QueueTimeout};
+pub use metrics::{CloseReason, ConnInfo, Metrics, ReuseMetricsLayer, Snapshot};
 
 #[cfg(feature = "hyper-util")]
 #[cfg_attr(docsrs, doc(cfg(feature = "hyper-util")))]

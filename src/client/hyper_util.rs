@@ -15,6 +15,8 @@ use tower_service::Service;
 
 use crate::key::HostKey;
 use crate::limit::registry::{Acquire, Bounds, Registry, Slot};
+use crate::metrics::conn::{ConnHandle, ConnState};
+use crate::metrics::Metrics;
 use crate::BoxError;
 
 /// A connector for hyper-util's legacy `Client` that never has more than
@@ -58,6 +60,7 @@ use crate::BoxError;
 pub struct GuardedConnector<C> {
     inner: C,
     registry: Arc<Registry>,
+    metrics: Option<Metrics>,
 }
 
 impl<C> GuardedConnector<C> {
@@ -66,11 +69,25 @@ impl<C> GuardedConnector<C> {
     pub fn new(inner: C, max_per_host: usize) -> Self {
         GuardedConnector {
             inner,
-            registry: Arc::new(Registry::new(Bounds {
-                max_per_host,
-                max_queued: usize::MAX,
-            })),
+            registry: Arc::new(Registry::new(
+                Bounds {
+                    max_per_host,
+                    max_queued: usize::MAX,
+                },
+                None,
+            )),
+            metrics: None,
         }
+    }
+
+    /// Tracks every connection in `metrics`: counts connections opened and
+    /// closed with a [`CloseReason`](crate::CloseReason) each, and gives
+    /// every response a [`ConnInfo`](crate::ConnInfo) (with a
+    /// [`ReuseMetricsLayer`](crate::ReuseMetricsLayer) reporting to the same
+    /// `metrics`).
+    pub fn metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// Connections open or being dialed now, across hosts.
@@ -130,18 +147,16 @@ where
             let connect = self.inner.call(dst);
             return ConnectFuture::new(async move {
                 let io = connect.await.map_err(Into::into)?;
-                Ok(GuardedIo { io, slot: None })
+                Ok(GuardedIo::new(io, None, None))
             });
         };
+        let track = self.metrics.clone().map(|m| (m, key.clone()));
         match self.registry.acquire(key) {
             Acquire::Ready(slot) => {
                 let connect = self.inner.call(dst);
                 ConnectFuture::new(async move {
                     let io = connect.await.map_err(Into::into)?;
-                    Ok(GuardedIo {
-                        io,
-                        slot: Some(slot),
-                    })
+                    Ok(GuardedIo::new(io, Some(slot), track))
                 })
             }
             Acquire::Queued(waiter) => {
@@ -154,10 +169,7 @@ where
                         .await
                         .map_err(|_| BoxError::from("connection slot unavailable"))?;
                     let io = ready.call(dst).await.map_err(Into::into)?;
-                    Ok(GuardedIo {
-                        io,
-                        slot: Some(slot),
-                    })
+                    Ok(GuardedIo::new(io, Some(slot), track))
                 })
             }
             // The queue of a connector is unbounded; kept total all the same.
@@ -194,13 +206,20 @@ impl<T> fmt::Debug for ConnectFuture<T> {
 }
 
 /// A connection made by [`GuardedConnector`]: holds its host's connection
-/// slot until hyper drops it.
+/// slot until hyper drops it, and, when tracked, tells its
+/// [`Metrics`] what it sees and when it closes.
 pub struct GuardedIo<T> {
     io: T,
     slot: Option<Slot>,
+    conn: Option<Arc<ConnState>>,
 }
 
 impl<T> GuardedIo<T> {
+    fn new(io: T, slot: Option<Slot>, track: Option<(Metrics, HostKey)>) -> Self {
+        let conn = track.map(|(metrics, key)| ConnState::open(&metrics, key));
+        GuardedIo { io, slot, conn }
+    }
+
     /// A reference to the wrapped connection.
     pub fn get_ref(&self) -> &T {
         &self.io
@@ -212,23 +231,71 @@ impl<T: fmt::Debug> fmt::Debug for GuardedIo<T> {
         f.debug_struct("GuardedIo")
             .field("io", &self.io)
             .field("holds_slot", &self.slot.is_some())
+            .field("connection", &self.conn.as_ref().map(|c| c.id))
             .finish()
+    }
+}
+
+impl<T> Drop for GuardedIo<T> {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            conn.on_close();
+        }
     }
 }
 
 impl<T: Connection> Connection for GuardedIo<T> {
     fn connected(&self) -> Connected {
-        self.io.connected()
+        let connected = self.io.connected();
+        match &self.conn {
+            Some(conn) => connected.extra(ConnHandle(conn.clone())),
+            None => connected,
+        }
     }
 }
+
+/// Reads made through a buffer of our own while a connection waits for a
+/// response (idle or busy), so that an end of file can be seen.
+const WATCH_BUF: usize = 8 * 1024;
 
 impl<T: Read + Unpin> Read for GuardedIo<T> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-        buf: ReadBufCursor<'_>,
+        mut buf: ReadBufCursor<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_read(cx, buf)
+        let this = &mut *self;
+        let Some(conn) = this.conn.as_ref().filter(|c| c.watches_reads()) else {
+            // Untracked, or streaming a body: straight through.
+            let polled = Pin::new(&mut this.io).poll_read(cx, buf);
+            if let (Some(conn), Poll::Ready(Err(e))) = (&this.conn, &polled) {
+                conn.on_io_error(e);
+            }
+            return polled;
+        };
+        // hyper's cursor cannot be reborrowed, so what a read filled can only
+        // be seen by reading into a buffer of our own and copying.
+        let room = buf.remaining().min(WATCH_BUF);
+        if room == 0 {
+            return Poll::Ready(Ok(()));
+        }
+        let mut tmp = [std::mem::MaybeUninit::<u8>::uninit(); WATCH_BUF];
+        let mut own = hyper::rt::ReadBuf::uninit(&mut tmp[..room]);
+        match Pin::new(&mut this.io).poll_read(cx, own.unfilled()) {
+            Poll::Ready(Ok(())) => {
+                let filled = own.filled();
+                if filled.is_empty() {
+                    conn.on_eof();
+                }
+                buf.put_slice(filled);
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(e)) => {
+                conn.on_io_error(&e);
+                Poll::Ready(Err(e))
+            }
+            Poll::Pending => Poll::Pending,
+        }
     }
 }
 
@@ -238,7 +305,16 @@ impl<T: Write + Unpin> Write for GuardedIo<T> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.io).poll_write(cx, buf);
+        if let Some(conn) = &this.conn {
+            match &polled {
+                Poll::Ready(Ok(n)) if *n > 0 => conn.on_write(),
+                Poll::Ready(Err(e)) => conn.on_io_error(e),
+                _ => {}
+            }
+        }
+        polled
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

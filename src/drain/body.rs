@@ -11,6 +11,7 @@ use tokio::time::Instant;
 use super::hook::{DrainOutcome, SkipReason};
 use super::layer::Shared;
 use super::task::DrainTask;
+use crate::metrics::conn::ConnHandle;
 
 /// Frames read inline on drop, from what is already buffered, before the
 /// rest is left to a background task. Bounds the work done on the caller's
@@ -35,6 +36,8 @@ pub struct DrainBody<B> {
     content_length: Option<u64>,
     http2: bool,
     shared: Arc<Shared>,
+    /// The tracked connection the body arrives on, told how a drain ends.
+    conn: Option<ConnHandle>,
     /// The drop logic, instantiated where `B: Body + Send + 'static` holds, so
     /// that the type itself needs no bounds.
     on_drop: fn(Pin<Box<B>>, Dropped),
@@ -46,6 +49,7 @@ pub(crate) struct Dropped {
     content_length: Option<u64>,
     http2: bool,
     shared: Arc<Shared>,
+    conn: Option<ConnHandle>,
 }
 
 impl<B> DrainBody<B>
@@ -59,6 +63,7 @@ where
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok());
+        let conn = response.extensions().get::<ConnHandle>().cloned();
         response.map(|body| {
             // A body already at its end when wrapped is complete from the
             // start: it never needs a drain.
@@ -69,6 +74,7 @@ where
                 content_length,
                 http2,
                 shared,
+                conn,
                 on_drop: drop_early::<B>,
             }
         })
@@ -137,6 +143,7 @@ impl<B> Drop for DrainBody<B> {
                     content_length: self.content_length,
                     http2: self.http2,
                     shared: self.shared.clone(),
+                    conn: self.conn.take(),
                 },
             );
         }
@@ -160,9 +167,13 @@ where
     B: Body + Send + 'static,
 {
     let shared = dropped.shared;
+    let conn = dropped.conn;
     let report = |outcome: DrainOutcome| {
         if !outcome.is_completed() {
             tracing::debug!(?outcome, "response body dropped early and not drained");
+        }
+        if let Some(conn) = &conn {
+            conn.0.on_drain(&outcome);
         }
         shared.hook.on_drain(&outcome);
     };
@@ -239,7 +250,7 @@ where
     if !acquired {
         return report(DrainOutcome::Skipped(SkipReason::TooManyDrains));
     }
-    match DrainTask::new(body, shared.clone(), bytes, start) {
+    match DrainTask::new(body, shared.clone(), conn.clone(), bytes, start) {
         Some(task) => drop(handle.spawn(task)),
         // The runtime has no timer: a drain without a deadline is a hole.
         None => report(DrainOutcome::Skipped(SkipReason::NoRuntime)),

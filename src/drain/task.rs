@@ -11,6 +11,7 @@ use tokio::time::{Instant, Sleep};
 
 use super::hook::DrainOutcome;
 use super::layer::Shared;
+use crate::metrics::conn::ConnHandle;
 
 /// Frames a drain reads in one poll before it yields to the runtime, so that
 /// a body that is always ready cannot monopolise a worker thread.
@@ -31,12 +32,21 @@ pin_project! {
 /// task is dropped before it finished (its runtime shut down).
 struct TaskGuard {
     shared: Arc<Shared>,
+    conn: Option<ConnHandle>,
     bytes: u64,
     start: Instant,
     finished: bool,
 }
 
 impl TaskGuard {
+    /// Tells the body's connection first: dropping the body may close the
+    /// connection, whose close reason must already know the outcome.
+    fn tell_connection(&self, outcome: &DrainOutcome) {
+        if let Some(conn) = &self.conn {
+            conn.0.on_drain(outcome);
+        }
+    }
+
     fn finish(&mut self, outcome: DrainOutcome) {
         self.finished = true;
         if !outcome.is_completed() {
@@ -49,10 +59,12 @@ impl TaskGuard {
 impl Drop for TaskGuard {
     fn drop(&mut self) {
         if !self.finished {
-            self.finish(DrainOutcome::Aborted {
+            let outcome = DrainOutcome::Aborted {
                 bytes: self.bytes,
                 elapsed: self.start.elapsed(),
-            });
+            };
+            self.tell_connection(&outcome);
+            self.finish(outcome);
         }
         self.shared.running.fetch_sub(1, Ordering::AcqRel);
     }
@@ -71,10 +83,12 @@ where
     pub(crate) fn new(
         body: Pin<Box<B>>,
         shared: Arc<Shared>,
+        conn: Option<ConnHandle>,
         bytes: u64,
         start: Instant,
     ) -> Option<Self> {
         let mut guard = TaskGuard {
+            conn,
             bytes,
             start,
             finished: false,
@@ -149,8 +163,9 @@ where
                     }
                 }
             };
-            // Drop the body (and whatever it holds) before reporting, so that
-            // a hook that sees the outcome sees the body gone.
+            // Drop the body (and whatever it holds) before reporting to the
+            // hook, so that a hook that sees the outcome sees the body gone.
+            guard.tell_connection(&outcome);
             *this.body = None;
             guard.finish(outcome);
             return Poll::Ready(());

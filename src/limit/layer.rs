@@ -6,6 +6,7 @@ use tower_layer::Layer;
 
 use super::registry::{Bounds, Registry};
 use super::service::PerHostLimit;
+use crate::metrics::Metrics;
 
 /// Default bound on requests waiting per host.
 pub(crate) const DEFAULT_MAX_QUEUED: usize = 1024;
@@ -40,10 +41,25 @@ impl PerHostLimitLayer {
     }
 
     fn with(bounds: Bounds, queue_timeout: Option<Duration>) -> Self {
+        Self::build(bounds, queue_timeout, None)
+    }
+
+    fn build(bounds: Bounds, queue_timeout: Option<Duration>, observer: Option<Metrics>) -> Self {
         PerHostLimitLayer {
-            registry: Arc::new(Registry::new(bounds)),
+            registry: Arc::new(Registry::new(bounds, observer)),
             queue_timeout,
         }
+    }
+
+    fn rebuild(self, bounds: Bounds, queue_timeout: Option<Duration>) -> Self {
+        let observer = self.registry.observer().cloned();
+        Self::build(bounds, queue_timeout, observer)
+    }
+
+    /// Reports queue figures (waited, wait time, queue full, timeouts,
+    /// cancellations, the queued gauge) to `metrics`.
+    pub fn metrics(self, metrics: Metrics) -> Self {
+        Self::build(self.registry.bounds(), self.queue_timeout, Some(metrics))
     }
 
     /// The most requests waiting for each host; one more fails at once with
@@ -53,13 +69,15 @@ impl PerHostLimitLayer {
             max_queued,
             ..self.registry.bounds()
         };
-        Self::with(bounds, self.queue_timeout)
+        let queue_timeout = self.queue_timeout;
+        self.rebuild(bounds, queue_timeout)
     }
 
     /// The longest a request waits for its host's slot before it fails with
     /// [`QueueTimeout`](super::QueueTimeout). Default: 30 s.
     pub fn queue_timeout(self, queue_timeout: Duration) -> Self {
-        Self::with(self.registry.bounds(), Some(queue_timeout))
+        let bounds = self.registry.bounds();
+        self.rebuild(bounds, Some(queue_timeout))
     }
 
     /// Requests in flight now (holding a slot), across hosts.

@@ -10,6 +10,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use crate::key::HostKey;
+use crate::metrics::Metrics;
 
 /// The bounds of one registry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -24,6 +25,8 @@ pub(crate) struct Bounds {
 #[derive(Debug)]
 pub(crate) struct Registry {
     bounds: Bounds,
+    /// Told of queue events, if set.
+    observer: Option<Metrics>,
     hosts: Mutex<HashMap<HostKey, Host>>,
     in_flight: AtomicUsize,
     queued: AtomicUsize,
@@ -51,12 +54,13 @@ pub(crate) enum Acquire {
 }
 
 impl Registry {
-    pub(crate) fn new(bounds: Bounds) -> Self {
+    pub(crate) fn new(bounds: Bounds, observer: Option<Metrics>) -> Self {
         Registry {
             bounds: Bounds {
                 max_per_host: bounds.max_per_host.clamp(1, Semaphore::MAX_PERMITS),
                 max_queued: bounds.max_queued,
             },
+            observer,
             hosts: Mutex::new(HashMap::new()),
             in_flight: AtomicUsize::new(0),
             queued: AtomicUsize::new(0),
@@ -65,6 +69,10 @@ impl Registry {
 
     pub(crate) fn bounds(&self) -> Bounds {
         self.bounds
+    }
+
+    pub(crate) fn observer(&self) -> Option<&Metrics> {
+        self.observer.as_ref()
     }
 
     fn hosts(&self) -> MutexGuard<'_, HashMap<HostKey, Host>> {
@@ -96,6 +104,10 @@ impl Registry {
             if host.users == 0 {
                 hosts.remove(&key);
             }
+            drop(hosts);
+            if let Some(m) = &self.observer {
+                m.inner.queue_full.fetch_add(1, Ordering::Relaxed);
+            }
             return Acquire::Full(key);
         }
         host.users += 1;
@@ -103,10 +115,14 @@ impl Registry {
         let semaphore = host.semaphore.clone();
         drop(hosts);
         self.queued.fetch_add(1, Ordering::Relaxed);
+        if let Some(m) = &self.observer {
+            m.inner.queue_entered();
+        }
         Acquire::Queued(Waiter {
             semaphore,
             key,
             queued: true,
+            timed_out: false,
             registry: self.clone(),
             since: Instant::now(),
         })
@@ -187,6 +203,8 @@ pub(crate) struct Waiter {
     key: HostKey,
     /// Still counted as a waiter of its host.
     queued: bool,
+    /// Left the queue because its deadline passed.
+    timed_out: bool,
     registry: Arc<Registry>,
     since: Instant,
 }
@@ -201,7 +219,7 @@ pub(crate) struct TimedOut {
 impl Waiter {
     /// Waits for a slot, at most until `deadline`. Cancel-safe: dropping the
     /// future leaves the queue at once.
-    pub(crate) async fn wait(self, deadline: Option<Instant>) -> Result<Slot, TimedOut> {
+    pub(crate) async fn wait(mut self, deadline: Option<Instant>) -> Result<Slot, TimedOut> {
         let acquire = self.semaphore.clone().acquire_owned();
         let permit = match deadline {
             Some(deadline) => tokio::time::timeout_at(deadline, acquire).await.ok(),
@@ -212,10 +230,13 @@ impl Waiter {
         // were it to, the request times out rather than panics.
         match permit.and_then(Result::ok) {
             Some(permit) => Ok(self.into_slot(permit, waited)),
-            None => Err(TimedOut {
-                key: self.key.clone(),
-                waited,
-            }),
+            None => {
+                self.timed_out = true;
+                Err(TimedOut {
+                    key: self.key.clone(),
+                    waited,
+                })
+            }
         }
     }
 
@@ -229,6 +250,9 @@ impl Waiter {
         }
         self.registry.queued.fetch_sub(1, Ordering::Relaxed);
         self.registry.in_flight.fetch_add(1, Ordering::Relaxed);
+        if let Some(m) = &self.registry.observer {
+            m.inner.queue_left(Some(waited), false);
+        }
         // The host's `users` count passes from the waiter to the slot.
         Slot {
             permit: Some(permit),
@@ -243,6 +267,9 @@ impl Drop for Waiter {
     fn drop(&mut self) {
         if self.queued {
             self.registry.queued.fetch_sub(1, Ordering::Relaxed);
+            if let Some(m) = &self.registry.observer {
+                m.inner.queue_left(None, self.timed_out);
+            }
             self.registry.leave(&self.key, true);
         }
     }

@@ -1,0 +1,218 @@
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::hosts::HostTable;
+use super::snapshot::{CloseCounts, DrainSkips, Snapshot};
+use super::CloseReason;
+use crate::drain::{DrainOutcome, OnDrain, SkipReason};
+
+/// The shared figures of poolguard: a cheap, cloneable handle.
+///
+/// All clones see the same figures. Give clones to
+/// [`ReuseMetricsLayer`](super::ReuseMetricsLayer), to
+/// [`DrainLayer::on_drain`](crate::DrainLayer::on_drain) (a `Metrics` is an
+/// [`OnDrain`] hook), to
+/// [`PerHostLimitLayer::metrics`](crate::PerHostLimitLayer::metrics) and, with
+/// the `hyper-util` feature, to `GuardedConnector::metrics`; read them with
+/// [`Metrics::snapshot`]. Every update is an atomic add: no lock is taken per
+/// request.
+#[derive(Clone, Default)]
+pub struct Metrics {
+    pub(crate) inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Inner {
+    epoch: Instant,
+    pub(crate) requests: AtomicU64,
+    pub(crate) responses: AtomicU64,
+    pub(crate) errors: AtomicU64,
+    pub(crate) reused: AtomicU64,
+    pub(crate) reuse_unknown: AtomicU64,
+    pub(crate) connections_opened: AtomicU64,
+    pub(crate) connections_closed: AtomicU64,
+    pub(crate) closes: [AtomicU64; CloseReason::ALL.len()],
+    pub(crate) drains_completed: AtomicU64,
+    pub(crate) drains_inline: AtomicU64,
+    pub(crate) drains_gave_up_bytes: AtomicU64,
+    pub(crate) drains_gave_up_time: AtomicU64,
+    pub(crate) drains_failed: AtomicU64,
+    pub(crate) drains_aborted: AtomicU64,
+    pub(crate) drains_skipped: [AtomicU64; 4],
+    pub(crate) bytes_drained: AtomicU64,
+    pub(crate) queue_waited: AtomicU64,
+    pub(crate) queue_wait_nanos: AtomicU64,
+    pub(crate) queue_full: AtomicU64,
+    pub(crate) queue_timeout: AtomicU64,
+    pub(crate) queue_cancelled: AtomicU64,
+    pub(crate) in_flight: AtomicUsize,
+    pub(crate) queued: AtomicUsize,
+    pub(crate) next_connection: AtomicU64,
+    /// A `ReuseMetricsLayer` reports responses to this handle.
+    pub(crate) layer_attached: AtomicBool,
+    pub(crate) hosts: HostTable,
+    #[cfg(feature = "hyper-util")]
+    pub(crate) addrs: super::addrs::AddrTracker,
+}
+
+impl Default for Inner {
+    fn default() -> Self {
+        Inner {
+            epoch: Instant::now(),
+            requests: AtomicU64::new(0),
+            responses: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            reused: AtomicU64::new(0),
+            reuse_unknown: AtomicU64::new(0),
+            connections_opened: AtomicU64::new(0),
+            connections_closed: AtomicU64::new(0),
+            closes: Default::default(),
+            drains_completed: AtomicU64::new(0),
+            drains_inline: AtomicU64::new(0),
+            drains_gave_up_bytes: AtomicU64::new(0),
+            drains_gave_up_time: AtomicU64::new(0),
+            drains_failed: AtomicU64::new(0),
+            drains_aborted: AtomicU64::new(0),
+            drains_skipped: Default::default(),
+            bytes_drained: AtomicU64::new(0),
+            queue_waited: AtomicU64::new(0),
+            queue_wait_nanos: AtomicU64::new(0),
+            queue_full: AtomicU64::new(0),
+            queue_timeout: AtomicU64::new(0),
+            queue_cancelled: AtomicU64::new(0),
+            in_flight: AtomicUsize::new(0),
+            queued: AtomicUsize::new(0),
+            next_connection: AtomicU64::new(1),
+            layer_attached: AtomicBool::new(false),
+            hosts: HostTable::default(),
+            #[cfg(feature = "hyper-util")]
+            addrs: Default::default(),
+        }
+    }
+}
+
+pub(crate) fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+impl Inner {
+    /// Nanoseconds since this handle was made: a timestamp that fits an
+    /// atomic. 0 is never returned, so that it can mean "unset".
+    pub(crate) fn now(&self) -> u64 {
+        nanos(self.epoch.elapsed()).max(1)
+    }
+
+    pub(crate) fn closed(&self, reason: CloseReason) {
+        self.connections_closed.fetch_add(1, Relaxed);
+        self.closes[reason.index()].fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn queue_entered(&self) {
+        self.queued.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn queue_left(&self, waited: Option<Duration>, timed_out: bool) {
+        self.queued.fetch_sub(1, Relaxed);
+        match waited {
+            Some(waited) => {
+                self.queue_waited.fetch_add(1, Relaxed);
+                self.queue_wait_nanos.fetch_add(nanos(waited), Relaxed);
+            }
+            None if timed_out => {
+                self.queue_timeout.fetch_add(1, Relaxed);
+            }
+            None => {
+                self.queue_cancelled.fetch_add(1, Relaxed);
+            }
+        }
+    }
+}
+
+impl Metrics {
+    /// A new handle with every figure at 0.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The figures now. Each figure is read atomically; figures that move
+    /// together (say `requests` and `responses`) may be a request apart.
+    pub fn snapshot(&self) -> Snapshot {
+        let i = &*self.inner;
+        let load = |a: &AtomicU64| a.load(Relaxed);
+        let mut closes = CloseCounts::default();
+        for reason in CloseReason::ALL {
+            closes.set(reason, load(&i.closes[reason.index()]));
+        }
+        Snapshot {
+            requests: load(&i.requests),
+            responses: load(&i.responses),
+            errors: load(&i.errors),
+            reused: load(&i.reused),
+            reuse_unknown: load(&i.reuse_unknown),
+            connections_opened: load(&i.connections_opened),
+            connections_closed: load(&i.connections_closed),
+            closes,
+            drains_completed: load(&i.drains_completed),
+            drains_inline: load(&i.drains_inline),
+            drains_gave_up_bytes: load(&i.drains_gave_up_bytes),
+            drains_gave_up_time: load(&i.drains_gave_up_time),
+            drains_failed: load(&i.drains_failed),
+            drains_aborted: load(&i.drains_aborted),
+            drains_skipped: DrainSkips {
+                http2: load(&i.drains_skipped[0]),
+                too_large: load(&i.drains_skipped[1]),
+                no_runtime: load(&i.drains_skipped[2]),
+                too_many_drains: load(&i.drains_skipped[3]),
+            },
+            bytes_drained: load(&i.bytes_drained),
+            queue_waited: load(&i.queue_waited),
+            queue_wait_total: Duration::from_nanos(load(&i.queue_wait_nanos)),
+            queue_full: load(&i.queue_full),
+            queue_timeout: load(&i.queue_timeout),
+            queue_cancelled: load(&i.queue_cancelled),
+            in_flight: i.in_flight.load(Relaxed) as u64,
+            queued: i.queued.load(Relaxed) as u64,
+            hosts: i.hosts.snapshot(),
+        }
+    }
+}
+
+impl fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("Metrics").field(&self.snapshot()).finish()
+    }
+}
+
+fn skip_index(reason: SkipReason) -> usize {
+    match reason {
+        SkipReason::Http2 => 0,
+        SkipReason::TooLarge => 1,
+        SkipReason::NoRuntime => 2,
+        SkipReason::TooManyDrains => 3,
+    }
+}
+
+impl OnDrain for Metrics {
+    fn on_drain(&self, outcome: &DrainOutcome) {
+        let i = &*self.inner;
+        i.bytes_drained.fetch_add(outcome.bytes(), Relaxed);
+        let counter = match outcome {
+            DrainOutcome::Completed { inline, .. } => {
+                if *inline {
+                    i.drains_inline.fetch_add(1, Relaxed);
+                }
+                &i.drains_completed
+            }
+            DrainOutcome::GaveUpBytes { .. } => &i.drains_gave_up_bytes,
+            DrainOutcome::GaveUpTime { .. } => &i.drains_gave_up_time,
+            DrainOutcome::Failed { .. } => &i.drains_failed,
+            DrainOutcome::Aborted { .. } => &i.drains_aborted,
+            DrainOutcome::Skipped(reason) => &i.drains_skipped[skip_index(*reason)],
+        };
+        counter.fetch_add(1, Relaxed);
+    }
+}

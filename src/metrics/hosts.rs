@@ -1,0 +1,62 @@
+//! Per-host connection figures for a bounded number of hosts.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use super::snapshot::HostSnapshot;
+use crate::key::HostKey;
+
+/// Hosts that get a row of their own; later hosts share the "other" row, so
+/// that label cardinality stays bounded whatever a crawler contacts.
+pub(crate) const MAX_HOSTS: usize = 64;
+
+#[derive(Debug, Default)]
+pub(crate) struct HostCounters {
+    pub(crate) responses: AtomicU64,
+    pub(crate) reused: AtomicU64,
+    pub(crate) opened: AtomicU64,
+    pub(crate) closed: AtomicU64,
+}
+
+/// The first [`MAX_HOSTS`] hosts seen, each with its counters, and one row
+/// for the rest. Looked up once per connection, never per request.
+#[derive(Debug, Default)]
+pub(crate) struct HostTable {
+    rows: Mutex<Vec<(HostKey, Arc<HostCounters>)>>,
+    other: Arc<HostCounters>,
+}
+
+impl HostTable {
+    pub(crate) fn counters(&self, key: &HostKey) -> Arc<HostCounters> {
+        let mut rows = self.rows.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((_, c)) = rows.iter().find(|(k, _)| k == key) {
+            return c.clone();
+        }
+        if rows.len() < MAX_HOSTS {
+            let c = Arc::new(HostCounters::default());
+            rows.push((key.clone(), c.clone()));
+            return c;
+        }
+        self.other.clone()
+    }
+
+    pub(crate) fn snapshot(&self) -> Vec<HostSnapshot> {
+        let row = |host: Option<HostKey>, c: &HostCounters| HostSnapshot {
+            host,
+            responses: c.responses.load(Relaxed),
+            reused: c.reused.load(Relaxed),
+            connections_opened: c.opened.load(Relaxed),
+            connections_closed: c.closed.load(Relaxed),
+        };
+        let rows = self.rows.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut out: Vec<HostSnapshot> =
+            rows.iter().map(|(k, c)| row(Some(k.clone()), c)).collect();
+        drop(rows);
+        let other = row(None, &self.other);
+        if other.connections_opened > 0 {
+            out.push(other);
+        }
+        out.sort_by(|a, b| b.responses.cmp(&a.responses));
+        out
+    }
+}

@@ -1,0 +1,300 @@
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::Ordering::Relaxed;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use http::{header, HeaderMap, Request, Response};
+use http_body::{Body, Frame, SizeHint};
+use pin_project_lite::pin_project;
+use tower_layer::Layer;
+use tower_service::Service;
+
+use super::conn::{ConnHandle, ConnInfo};
+use super::Metrics;
+use crate::limit::QueueWait;
+
+/// Counts requests, responses and connection reuse into a [`Metrics`].
+///
+/// See the [module docs](super).
+#[derive(Clone, Debug)]
+#[must_use]
+pub struct ReuseMetricsLayer {
+    metrics: Metrics,
+}
+
+impl ReuseMetricsLayer {
+    /// A layer that reports to `metrics` (and so to all its clones).
+    pub fn new(metrics: Metrics) -> Self {
+        metrics.inner.layer_attached.store(true, Relaxed);
+        ReuseMetricsLayer { metrics }
+    }
+
+    /// The handle this layer reports to.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+}
+
+impl<S> Layer<S> for ReuseMetricsLayer {
+    type Service = ReuseMetrics<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        ReuseMetrics {
+            inner,
+            metrics: self.metrics.clone(),
+        }
+    }
+}
+
+/// Counts requests, responses and connection reuse; made by
+/// [`ReuseMetricsLayer`]. Errors of the inner service pass through
+/// unchanged.
+#[derive(Clone, Debug)]
+pub struct ReuseMetrics<S> {
+    inner: S,
+    metrics: Metrics,
+}
+
+impl<S> ReuseMetrics<S> {
+    /// Wraps `inner`, reporting to `metrics`.
+    pub fn new(inner: S, metrics: Metrics) -> Self {
+        ReuseMetricsLayer::new(metrics).layer(inner)
+    }
+
+    /// A [`ReuseMetricsLayer`] reporting to `metrics`.
+    pub fn layer(metrics: Metrics) -> ReuseMetricsLayer {
+        ReuseMetricsLayer::new(metrics)
+    }
+
+    /// A reference to the inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// A mutable reference to the inner service.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Consumes `self`, returning the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+fn says_close(headers: &HeaderMap) -> bool {
+    headers.get_all(header::CONNECTION).iter().any(|v| {
+        v.to_str()
+            .map(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("close")))
+            .unwrap_or(false)
+    })
+}
+
+impl<S, ReqB, B> Service<Request<ReqB>> for ReuseMetrics<S>
+where
+    S: Service<Request<ReqB>, Response = Response<B>>,
+    B: Body,
+{
+    type Response = Response<ResponseBody<B>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<ReqB>) -> Self::Future {
+        let inner = &self.metrics.inner;
+        inner.requests.fetch_add(1, Relaxed);
+        inner.in_flight.fetch_add(1, Relaxed);
+        let close = says_close(req.headers());
+        ResponseFuture {
+            inner: self.inner.call(req),
+            flight: Some(Flight {
+                metrics: self.metrics.clone(),
+                conn: None,
+            }),
+            started: inner.now(),
+            close,
+        }
+    }
+}
+
+/// A request in flight: counted down when dropped, and tells its connection
+/// how its body ended.
+#[derive(Debug)]
+struct Flight {
+    metrics: Metrics,
+    conn: Option<ConnHandle>,
+}
+
+impl Flight {
+    fn body_ended(mut self) {
+        if let Some(conn) = self.conn.take() {
+            conn.0.on_body_end();
+        }
+    }
+}
+
+impl Drop for Flight {
+    fn drop(&mut self) {
+        self.metrics.inner.in_flight.fetch_sub(1, Relaxed);
+        // Still here: the body was dropped before its end.
+        if let Some(conn) = self.conn.take() {
+            conn.0.on_body_dropped();
+        }
+    }
+}
+
+pin_project! {
+    /// Response future of [`ReuseMetrics`].
+    #[derive(Debug)]
+    pub struct ResponseFuture<F> {
+        #[pin]
+        inner: F,
+        flight: Option<Flight>,
+        started: u64,
+        close: bool,
+    }
+}
+
+impl<F, B, E> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+    B: Body,
+{
+    type Output = Result<Response<ResponseBody<B>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let result = ready!(this.inner.poll(cx));
+        let mut flight = this.flight.take();
+        let Some(f) = flight.as_mut() else {
+            return Poll::Ready(result.map(|r| r.map(|b| ResponseBody::new(b, None))));
+        };
+        let inner = &f.metrics.inner;
+        let mut response = match result {
+            Ok(response) => response,
+            Err(e) => {
+                inner.errors.fetch_add(1, Relaxed);
+                return Poll::Ready(Err(e));
+            }
+        };
+        inner.responses.fetch_add(1, Relaxed);
+        let close = *this.close || says_close(response.headers());
+        let queue_wait = response
+            .extensions()
+            .get::<QueueWait>()
+            .map_or(Duration::ZERO, |q| q.0);
+        let reused = if let Some(info) = response.extensions().get::<ConnInfo>() {
+            Some(info.reused)
+        } else if let Some(conn) = response.extensions().get::<ConnHandle>().cloned() {
+            let info = conn.0.on_response(*this.started, close, queue_wait);
+            response.extensions_mut().insert(info);
+            f.conn = Some(conn);
+            Some(info.reused)
+        } else {
+            reused_by_address(&f.metrics, &response)
+        };
+        match reused {
+            Some(true) => {
+                inner.reused.fetch_add(1, Relaxed);
+            }
+            Some(false) => {}
+            None => {
+                inner.reuse_unknown.fetch_add(1, Relaxed);
+            }
+        }
+        Poll::Ready(Ok(response.map(|b| ResponseBody::new(b, flight))))
+    }
+}
+
+#[cfg(feature = "hyper-util")]
+fn reused_by_address<B>(metrics: &Metrics, response: &Response<B>) -> Option<bool> {
+    let info = response
+        .extensions()
+        .get::<hyper_util::client::legacy::connect::HttpInfo>()?;
+    Some(
+        metrics
+            .inner
+            .addrs
+            .seen_before(info.local_addr(), info.remote_addr()),
+    )
+}
+
+#[cfg(not(feature = "hyper-util"))]
+fn reused_by_address<B>(_metrics: &Metrics, _response: &Response<B>) -> Option<bool> {
+    None
+}
+
+pin_project! {
+    /// Response body of [`ReuseMetrics`]: counts the request in flight until
+    /// the body ends or is dropped, and tells a tracked connection which.
+    /// `Send` and `Sync` whenever the body it wraps is.
+    #[derive(Debug)]
+    pub struct ResponseBody<B> {
+        #[pin]
+        inner: B,
+        flight: Option<Flight>,
+    }
+}
+
+impl<B: Body> ResponseBody<B> {
+    fn new(inner: B, flight: Option<Flight>) -> Self {
+        let flight = match flight {
+            Some(f) if inner.is_end_stream() => {
+                f.body_ended();
+                None
+            }
+            other => other,
+        };
+        ResponseBody { inner, flight }
+    }
+}
+
+impl<B: Body> Body for ResponseBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = self.project();
+        let mut inner = this.inner;
+        let polled = inner.as_mut().poll_frame(cx);
+        match &polled {
+            Poll::Pending => {}
+            Poll::Ready(Some(Ok(_))) => {
+                if inner.is_end_stream() {
+                    if let Some(f) = this.flight.take() {
+                        f.body_ended();
+                    }
+                }
+            }
+            Poll::Ready(None) => {
+                if let Some(f) = this.flight.take() {
+                    f.body_ended();
+                }
+            }
+            Poll::Ready(Some(Err(_))) => {
+                // A failed body is no early drop: the connection's IO tells
+                // what happened to it.
+                if let Some(mut f) = this.flight.take() {
+                    f.conn = None;
+                }
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

@@ -1,0 +1,82 @@
+//! Reuse-rate metrics: per response, whether its connection was reused; in
+//! aggregate, requests, connections opened and closed and why, drains and
+//! queue figures.
+//!
+//! Users can't fix churn they can't see. [`ReuseMetricsLayer`] reports into
+//! a shared [`Metrics`] handle; [`Metrics::snapshot`] reads it as a plain
+//! [`Snapshot`].
+//!
+//! # Where the figures come from
+//!
+//! - **Tracked connections** (hyper-util with a `GuardedConnector` given the
+//!   same `Metrics`): the connector numbers each connection and watches its
+//!   IO; every response carries a [`ConnInfo`] (connection id, reused,
+//!   requests so far, idle time, queue wait). Connections opened and closed
+//!   are exact, and each close gets a [`CloseReason`] from what poolguard saw
+//!   last on that connection: the last response's `Connection: close`, its
+//!   body dropped unread or a drain that gave up, an end of file or a reset
+//!   from the peer, an I/O error, a request whose caller left, or the pool
+//!   closing it while idle. Where none of these was seen, the reason is
+//!   [`CloseReason::Unknown`], counted as such rather than guessed.
+//! - **Untracked clients** (reqwest, or hyper-util without the connector):
+//!   reuse comes from hyper-util's `HttpInfo` extension when present (a
+//!   local/remote address pair seen before means a reused connection), else
+//!   the response counts in `reuse_unknown`, never as reused.
+//! - **Drains** come through the [`OnDrain`](crate::drain::OnDrain) hook: a
+//!   `Metrics` is one, so `DrainLayer::new().on_drain(metrics.clone())`.
+//! - **Queues** come from `PerHostLimitLayer::metrics(metrics.clone())`.
+//!
+//! Updates are atomic adds; no lock is taken per request on the tracked
+//! path. Per-host rows exist for the first 64 hosts that opened a tracked
+//! connection; later hosts share one row, so label cardinality is bounded.
+//!
+//! # Example
+//!
+//! ```
+//! use bytes::Bytes;
+//! use http_body_util::{BodyExt, Full};
+//! use poolguard::{ConnInfo, Metrics, ReuseMetricsLayer};
+//! use tower::{Service, ServiceBuilder, ServiceExt};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), poolguard::BoxError> {
+//! let metrics = Metrics::new();
+//! let mut client = ServiceBuilder::new()
+//!     .layer(ReuseMetricsLayer::new(metrics.clone()))
+//!     .service_fn(|_req: http::Request<()>| async {
+//!         Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(Bytes::from("ok"))))
+//!     });
+//!
+//! let response = client.ready().await?.call(http::Request::new(())).await?;
+//! // With a tracking connector, each response says which connection it used.
+//! if let Some(info) = response.extensions().get::<ConnInfo>() {
+//!     println!("connection {} reused: {}", info.id, info.reused);
+//! }
+//! response.into_body().collect().await?;
+//!
+//! let snap = metrics.snapshot();
+//! assert_eq!(snap.requests, 1);
+//! assert_eq!(snap.responses, 1);
+//! assert_eq!(snap.in_flight, 0);
+//! // A mock has no connection: its reuse is unknown, never counted as reused.
+//! assert_eq!(snap.reuse_unknown, 1);
+//! assert_eq!(snap.reuse_rate(), 0.0);
+//! # Ok(())
+//! # }
+//! ```
+
+#[cfg(feature = "hyper-util")]
+mod addrs;
+#[cfg_attr(not(feature = "hyper-util"), allow(dead_code))]
+pub(crate) mod conn;
+mod handle;
+mod hosts;
+mod layer;
+mod reason;
+mod snapshot;
+
+pub use self::conn::ConnInfo;
+pub use self::handle::Metrics;
+pub use self::layer::{ResponseBody, ResponseFuture, ReuseMetrics, ReuseMetricsLayer};
+pub use self::reason::CloseReason;
+pub use self::snapshot::{CloseCounts, DrainSkips, HostSnapshot, Snapshot};

@@ -1,0 +1,68 @@
+use std::fmt;
+
+/// Why a connection was closed, from what poolguard saw last on it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
+pub enum CloseReason {
+    /// A response body was dropped before its end and not drained.
+    BodyDroppedUnread,
+    /// A response body was dropped before its end and the drain gave up
+    /// (over its byte or time budget, or the body failed).
+    DrainGaveUp,
+    /// The peer closed the connection (end of file, or a reset).
+    PeerClosed,
+    /// The request or the response said `Connection: close`.
+    ConnectionClose,
+    /// The pool closed the connection while it was idle (idle timeout, or
+    /// more idle connections than the pool keeps).
+    ClosedIdle,
+    /// Reading or writing the connection failed.
+    IoError,
+    /// The caller dropped the request before its response arrived.
+    RequestCancelled,
+    /// None of the above could be told.
+    Unknown,
+}
+
+impl CloseReason {
+    /// Every reason, in the order of [`CloseReason::index`].
+    pub const ALL: [CloseReason; 8] = [
+        CloseReason::BodyDroppedUnread,
+        CloseReason::DrainGaveUp,
+        CloseReason::PeerClosed,
+        CloseReason::ConnectionClose,
+        CloseReason::ClosedIdle,
+        CloseReason::IoError,
+        CloseReason::RequestCancelled,
+        CloseReason::Unknown,
+    ];
+
+    /// A dense index, for arrays of counters.
+    pub(crate) fn index(self) -> usize {
+        self as usize
+    }
+
+    pub(crate) fn from_index(i: u8) -> Option<CloseReason> {
+        CloseReason::ALL.get(usize::from(i)).copied()
+    }
+
+    /// A short snake_case name, as used in metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CloseReason::BodyDroppedUnread => "body_dropped_unread",
+            CloseReason::DrainGaveUp => "drain_gave_up",
+            CloseReason::PeerClosed => "peer_closed",
+            CloseReason::ConnectionClose => "connection_close",
+            CloseReason::ClosedIdle => "closed_idle",
+            CloseReason::IoError => "io_error",
+            CloseReason::RequestCancelled => "request_cancelled",
+            CloseReason::Unknown => "unknown",
+        }
+    }
+}
+
+impl fmt::Display for CloseReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
