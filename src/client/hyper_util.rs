@@ -286,6 +286,8 @@ impl<T: Read + Unpin> Read for GuardedIo<T> {
                 let filled = own.filled();
                 if filled.is_empty() {
                     conn.on_eof();
+                } else {
+                    conn.on_read();
                 }
                 buf.put_slice(filled);
                 Poll::Ready(Ok(()))
@@ -334,6 +336,15 @@ impl<T: Write + Unpin> Write for GuardedIo<T> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
+        if let Some(conn) = &this.conn {
+            match &polled {
+                Poll::Ready(Ok(n)) if *n > 0 => conn.on_write(),
+                Poll::Ready(Err(e)) => conn.on_io_error(e),
+                _ => {}
+            }
+        }
+        polled
     }
 }

@@ -167,13 +167,17 @@ where
     B: Body + Send + 'static,
 {
     let shared = dropped.shared;
-    let conn = dropped.conn;
+    // The body's response is the connection's latest while the body lives.
+    let conn = dropped.conn.map(|c| {
+        let seq = c.0.seq();
+        (c, seq)
+    });
     let report = |outcome: DrainOutcome| {
         if !outcome.is_completed() {
             tracing::debug!(?outcome, "response body dropped early and not drained");
         }
-        if let Some(conn) = &conn {
-            conn.0.on_drain(&outcome);
+        if let Some((conn, seq)) = &conn {
+            conn.0.on_drain(*seq, &outcome);
         }
         shared.hook.on_drain(&outcome);
     };

@@ -32,7 +32,7 @@ pin_project! {
 /// task is dropped before it finished (its runtime shut down).
 struct TaskGuard {
     shared: Arc<Shared>,
-    conn: Option<ConnHandle>,
+    conn: Option<(ConnHandle, u64)>,
     bytes: u64,
     start: Instant,
     finished: bool,
@@ -42,8 +42,8 @@ impl TaskGuard {
     /// Tells the body's connection first: dropping the body may close the
     /// connection, whose close reason must already know the outcome.
     fn tell_connection(&self, outcome: &DrainOutcome) {
-        if let Some(conn) = &self.conn {
-            conn.0.on_drain(outcome);
+        if let Some((conn, seq)) = &self.conn {
+            conn.0.on_drain(*seq, outcome);
         }
     }
 
@@ -83,7 +83,7 @@ where
     pub(crate) fn new(
         body: Pin<Box<B>>,
         shared: Arc<Shared>,
-        conn: Option<ConnHandle>,
+        conn: Option<(ConnHandle, u64)>,
         bytes: u64,
         start: Instant,
     ) -> Option<Self> {

@@ -33,6 +33,14 @@ impl std::fmt::Debug for AddrTracker {
 }
 
 impl AddrTracker {
+    /// Forgets the pair: its connection is closing.
+    pub(crate) fn forget(&self, local: SocketAddr, remote: SocketAddr) {
+        let shard = &self.shards[usize::from(local.port()) % SHARDS];
+        let mut shard = shard.lock().unwrap_or_else(PoisonError::into_inner);
+        shard.seen.remove(&(local, remote));
+        // The stale entry in `order` is skipped when it comes up.
+    }
+
     /// Records the pair and returns whether it was seen before.
     pub(crate) fn seen_before(&self, local: SocketAddr, remote: SocketAddr) -> bool {
         let shard = &self.shards[usize::from(local.port()) % SHARDS];
@@ -41,9 +49,12 @@ impl AddrTracker {
         if shard.seen.contains(&pair) {
             return true;
         }
-        if shard.order.len() >= PER_SHARD {
-            if let Some(old) = shard.order.pop_front() {
-                shard.seen.remove(&old);
+        while shard.order.len() >= PER_SHARD {
+            match shard.order.pop_front() {
+                Some(old) => {
+                    shard.seen.remove(&old);
+                }
+                None => break,
             }
         }
         shard.seen.insert(pair);

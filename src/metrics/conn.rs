@@ -1,7 +1,7 @@
 //! What poolguard knows of one connection, shared by the connector's IO
 //! wrapper, the metrics layer and the drain.
 
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -38,7 +38,12 @@ const IO_NONE: u8 = 0;
 const IO_EOF: u8 = 1;
 const IO_ERROR: u8 = 2;
 
-const NO_REASON: u8 = u8::MAX;
+/// No reason pending (no request has sequence number 0).
+const NO_PENDING: u64 = 0;
+
+fn tag(seq: u64, reason: CloseReason) -> u64 {
+    (seq << 8) | reason.index() as u64
+}
 
 /// Shared state of one tracked connection.
 #[derive(Debug)]
@@ -48,15 +53,30 @@ pub(crate) struct ConnState {
     metrics: Metrics,
     counters: Arc<HostCounters>,
     requests: AtomicU64,
+    /// Requests written, counted by the IO: a write after a read (or the
+    /// first write) starts a new request. Events of a response's body
+    /// count only while no later request was written.
+    written: AtomicU64,
+    /// The last IO operation was a read that returned data.
+    read_last: AtomicBool,
     /// Idle in the pool, busy with a request, or streaming a response body.
     phase: AtomicU8,
     /// An explicit reason the connection is about to close, reset by each
     /// new response.
-    pending: AtomicU8,
+    /// Tagged with the request it belongs to (`seq << 8 | reason`), so that
+    /// a late event of an earlier response cannot stand for a later one.
+    pending: AtomicU64,
     /// What the IO saw: end of file or an error.
     io: AtomicU8,
     /// When the connection last became idle (`Metrics` clock, 0 = never).
     idle_since: AtomicU64,
+    /// A request or response on it said `Connection: close`: it is the last
+    /// one, whichever order the metrics layer saw the responses in.
+    close_said: AtomicBool,
+    /// hyper dropped the connection.
+    closed: AtomicBool,
+    /// The close was counted.
+    counted: AtomicBool,
 }
 
 /// A handle to a tracked connection; hyper-util copies it into the
@@ -76,21 +96,50 @@ impl ConnState {
             metrics: metrics.clone(),
             counters,
             requests: AtomicU64::new(0),
+            written: AtomicU64::new(0),
+            read_last: AtomicBool::new(true),
             // Idle until hyper writes a request: a connection that loses the
             // pool's checkout race goes to the pool unused.
             phase: AtomicU8::new(PHASE_IDLE),
-            pending: AtomicU8::new(NO_REASON),
+            pending: AtomicU64::new(NO_PENDING),
             io: AtomicU8::new(IO_NONE),
             idle_since: AtomicU64::new(0),
+            close_said: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
+            counted: AtomicBool::new(false),
         })
     }
 
-    /// The IO wrote bytes: an idle connection is busy with a new request.
+    /// The IO wrote bytes. The first write after a read starts a new
+    /// request: the connection is busy, and whatever was pending from the
+    /// last response is stale (the connection outlived it).
     #[inline]
     pub(crate) fn on_write(&self) {
-        let _ = self
-            .phase
-            .compare_exchange(PHASE_IDLE, PHASE_BUSY, Relaxed, Relaxed);
+        if self.read_last.swap(false, Relaxed) {
+            self.written.fetch_add(1, Relaxed);
+            self.phase.store(PHASE_BUSY, Relaxed);
+        }
+    }
+
+    /// The IO read some bytes.
+    #[inline]
+    pub(crate) fn on_read(&self) {
+        if !self.read_last.load(Relaxed) {
+            self.read_last.store(true, Relaxed);
+        }
+    }
+
+    /// Responses seen on this connection so far: the sequence number of the
+    /// latest one, which later events of its body must match.
+    pub(crate) fn seq(&self) -> u64 {
+        self.requests.load(Relaxed)
+    }
+
+    /// Whether response `seq` is still the connection's latest request:
+    /// the pool may hand the connection to the next request before the
+    /// last body's reader has seen its end.
+    fn is_current(&self, seq: u64) -> bool {
+        self.written.load(Relaxed) <= seq
     }
 
     /// Whether reads should be watched for an end of file: not while a
@@ -120,15 +169,14 @@ impl ConnState {
     /// clock and `close` whether either side said `Connection: close`.
     pub(crate) fn on_response(&self, started: u64, close: bool, queue_wait: Duration) -> ConnInfo {
         let previous = self.requests.fetch_add(1, Relaxed);
-        self.phase.store(PHASE_BODY, Relaxed);
-        self.pending.store(
-            if close {
-                CloseReason::ConnectionClose.index() as u8
-            } else {
-                NO_REASON
-            },
-            Relaxed,
-        );
+        if close {
+            self.close_said.store(true, Relaxed);
+        }
+        // If a later request is already on the wire, this response's events
+        // no longer describe the connection.
+        if self.is_current(previous + 1) {
+            self.phase.store(PHASE_BODY, Relaxed);
+        }
         let idle_since = self.idle_since.load(Relaxed);
         let idle_for = (previous > 0 && idle_since > 0)
             .then(|| Duration::from_nanos(started.saturating_sub(idle_since)));
@@ -136,6 +184,7 @@ impl ConnState {
         if previous > 0 {
             self.counters.reused.fetch_add(1, Relaxed);
         }
+        self.settle();
         ConnInfo {
             id: self.id,
             reused: previous > 0,
@@ -145,46 +194,78 @@ impl ConnState {
         }
     }
 
-    /// The response body reached its end: the connection goes back to the
-    /// pool.
-    pub(crate) fn on_body_end(&self) {
-        self.idle_since.store(self.metrics.inner.now(), Relaxed);
-        self.phase.store(PHASE_IDLE, Relaxed);
+    /// The body of response `seq` reached its end: the connection goes back
+    /// to the pool. Ignored if a later request already uses the connection.
+    pub(crate) fn on_body_end(&self, seq: u64) {
+        if self.is_current(seq)
+            && self
+                .phase
+                .compare_exchange(PHASE_BODY, PHASE_IDLE, Relaxed, Relaxed)
+                .is_ok()
+        {
+            self.idle_since.store(self.metrics.inner.now(), Relaxed);
+        }
+        self.settle();
     }
 
-    /// The caller dropped the body before its end. A drain, if one runs,
-    /// reports later through [`ConnState::on_drain`].
-    pub(crate) fn on_body_dropped(&self) {
-        self.set_pending(CloseReason::BodyDroppedUnread);
+    /// The caller dropped the body of response `seq` before its end. A
+    /// drain, if one runs, reports later through [`ConnState::on_drain`].
+    pub(crate) fn on_body_dropped(&self, seq: u64) {
+        if self.is_current(seq) {
+            self.set_pending(seq, CloseReason::BodyDroppedUnread);
+        }
+        self.settle();
     }
 
-    /// How the drain of a body on this connection ended.
-    pub(crate) fn on_drain(&self, outcome: &DrainOutcome) {
+    /// How the drain of the body of response `seq` ended.
+    pub(crate) fn on_drain(&self, seq: u64, outcome: &DrainOutcome) {
+        if !self.is_current(seq) {
+            return;
+        }
         match outcome {
             DrainOutcome::Completed { .. } => {
-                self.pending.store(NO_REASON, Relaxed);
-                self.on_body_end();
+                let _ = self.pending.compare_exchange(
+                    tag(seq, CloseReason::BodyDroppedUnread),
+                    NO_PENDING,
+                    Relaxed,
+                    Relaxed,
+                );
+                self.on_body_end(seq);
             }
             DrainOutcome::GaveUpBytes { .. }
             | DrainOutcome::GaveUpTime { .. }
-            | DrainOutcome::Failed { .. } => self.set_pending(CloseReason::DrainGaveUp),
+            | DrainOutcome::Failed { .. } => self.set_pending(seq, CloseReason::DrainGaveUp),
             DrainOutcome::Aborted { .. } | DrainOutcome::Skipped(_) => {
-                self.set_pending(CloseReason::BodyDroppedUnread)
+                self.set_pending(seq, CloseReason::BodyDroppedUnread)
             }
         }
+        self.settle();
     }
 
-    fn set_pending(&self, reason: CloseReason) {
+    fn set_pending(&self, seq: u64, reason: CloseReason) {
         // `Connection: close` was said first and stays the reason.
-        let close = CloseReason::ConnectionClose.index() as u8;
+        let close = tag(seq, CloseReason::ConnectionClose);
         let _ = self.pending.fetch_update(Relaxed, Relaxed, |p| {
-            (p != close).then_some(reason.index() as u8)
+            (p != close).then_some(tag(seq, reason))
         });
+    }
+
+    /// The reason pending for the current request, if any.
+    fn pending(&self) -> Option<CloseReason> {
+        if self.close_said.load(Relaxed) {
+            return Some(CloseReason::ConnectionClose);
+        }
+        let p = self.pending.load(Relaxed);
+        let seq = p >> 8;
+        if p == NO_PENDING || !self.is_current(seq) {
+            return None;
+        }
+        CloseReason::from_index((p & 0xff) as u8)
     }
 
     /// Why the connection closed, from what was seen last.
     pub(crate) fn reason(&self) -> CloseReason {
-        if let Some(reason) = CloseReason::from_index(self.pending.load(Relaxed)) {
+        if let Some(reason) = self.pending() {
             return reason;
         }
         match self.io.load(Relaxed) {
@@ -205,8 +286,35 @@ impl ConnState {
         }
     }
 
-    /// The connection is gone: count it once.
+    /// hyper dropped the connection. While a request or its response body
+    /// is still on its way through the metrics layer (hyper may close the
+    /// socket as soon as it has read a `Connection: close` response, or the
+    /// pool may close it before the caller polled the body's end), counting
+    /// waits for what the metrics layer will say, or for the last handle.
     pub(crate) fn on_close(&self) {
+        self.closed.store(true, Relaxed);
+        self.settle();
+    }
+
+    /// Counts the close once its reason is known.
+    fn settle(&self) {
+        if !self.closed.load(Relaxed) {
+            return;
+        }
+        let known = !self.metrics.inner.layer_attached.load(Relaxed)
+            || self.pending().is_some()
+            || self.io.load(Relaxed) != IO_NONE
+            || self.phase.load(Relaxed) == PHASE_IDLE;
+        if known {
+            self.count_close();
+        }
+    }
+
+    /// Counts the close, once.
+    fn count_close(&self) {
+        if self.counted.swap(true, Relaxed) {
+            return;
+        }
         let reason = self.reason();
         self.metrics.inner.closed(reason);
         self.counters.closed.fetch_add(1, Relaxed);
@@ -217,5 +325,12 @@ impl ConnState {
             requests = self.requests.load(Relaxed),
             "connection closed"
         );
+    }
+}
+
+impl Drop for ConnState {
+    fn drop(&mut self) {
+        // The last handle is gone: a response that never came will not.
+        self.count_close();
     }
 }

@@ -127,13 +127,14 @@ where
 #[derive(Debug)]
 struct Flight {
     metrics: Metrics,
-    conn: Option<ConnHandle>,
+    /// The tracked connection and the response's sequence number on it.
+    conn: Option<(ConnHandle, u64)>,
 }
 
 impl Flight {
     fn body_ended(mut self) {
-        if let Some(conn) = self.conn.take() {
-            conn.0.on_body_end();
+        if let Some((conn, seq)) = self.conn.take() {
+            conn.0.on_body_end(seq);
         }
     }
 }
@@ -142,8 +143,8 @@ impl Drop for Flight {
     fn drop(&mut self) {
         self.metrics.inner.in_flight.fetch_sub(1, Relaxed);
         // Still here: the body was dropped before its end.
-        if let Some(conn) = self.conn.take() {
-            conn.0.on_body_dropped();
+        if let Some((conn, seq)) = self.conn.take() {
+            conn.0.on_body_dropped(seq);
         }
     }
 }
@@ -193,10 +194,10 @@ where
         } else if let Some(conn) = response.extensions().get::<ConnHandle>().cloned() {
             let info = conn.0.on_response(*this.started, close, queue_wait);
             response.extensions_mut().insert(info);
-            f.conn = Some(conn);
+            f.conn = Some((conn, info.requests));
             Some(info.reused)
         } else {
-            reused_by_address(&f.metrics, &response)
+            reused_by_address(&f.metrics, &response, close)
         };
         match reused {
             Some(true) => {
@@ -211,21 +212,25 @@ where
     }
 }
 
+/// Reuse from hyper-util's `HttpInfo`: the address pair was seen before. A
+/// connection that will close (`Connection: close`) is forgotten, so that a
+/// later connection on the same local port counts as new.
 #[cfg(feature = "hyper-util")]
-fn reused_by_address<B>(metrics: &Metrics, response: &Response<B>) -> Option<bool> {
+fn reused_by_address<B>(metrics: &Metrics, response: &Response<B>, close: bool) -> Option<bool> {
     let info = response
         .extensions()
         .get::<hyper_util::client::legacy::connect::HttpInfo>()?;
-    Some(
-        metrics
-            .inner
-            .addrs
-            .seen_before(info.local_addr(), info.remote_addr()),
-    )
+    let addrs = &metrics.inner.addrs;
+    let pair = (info.local_addr(), info.remote_addr());
+    let seen = addrs.seen_before(pair.0, pair.1);
+    if close {
+        addrs.forget(pair.0, pair.1);
+    }
+    Some(seen)
 }
 
 #[cfg(not(feature = "hyper-util"))]
-fn reused_by_address<B>(_metrics: &Metrics, _response: &Response<B>) -> Option<bool> {
+fn reused_by_address<B>(_metrics: &Metrics, _response: &Response<B>, _close: bool) -> Option<bool> {
     None
 }
 
@@ -235,9 +240,11 @@ pin_project! {
     /// `Send` and `Sync` whenever the body it wraps is.
     #[derive(Debug)]
     pub struct ResponseBody<B> {
+        // Declared first so that it is dropped first: an early drop is
+        // recorded before a drain inside reports how it ended.
+        flight: Option<Flight>,
         #[pin]
         inner: B,
-        flight: Option<Flight>,
     }
 }
 

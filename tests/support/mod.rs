@@ -204,3 +204,44 @@ impl Body for Chunks {
 }
 
 use std::future::Future as _;
+
+/// A raw HTTP/1.1 server that answers every request on a connection with a
+/// 2-byte keep-alive response, and closes the connection silently `after`
+/// the first response (a stale pooled connection, from the client's side).
+pub async fn serve_closing_idle(after: Duration) -> Server {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("local addr");
+    let stats = Arc::new(Stats::default());
+    let task_stats = stats.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                continue;
+            };
+            task_stats.accepted.fetch_add(1, Ordering::SeqCst);
+            let stats = task_stats.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let mut seen = Vec::new();
+                loop {
+                    let n = match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => n,
+                    };
+                    seen.extend_from_slice(&buf[..n]);
+                    if seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                        break;
+                    }
+                }
+                stats.requests.fetch_add(1, Ordering::SeqCst);
+                let _ = stream
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                    .await;
+                tokio::time::sleep(after).await;
+                // Dropping the stream closes it: no `Connection: close`.
+            });
+        }
+    });
+    Server { addr, stats, task }
+}

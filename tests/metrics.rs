@@ -1,0 +1,404 @@
+//! Reuse metrics against real servers on loopback: every figure is checked
+//! against what the server counted.
+
+mod support;
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use poolguard::{
+    BoxError, CloseReason, ConnInfo, DrainLayer, GuardedConnector, Metrics, ReuseMetricsLayer,
+};
+use tower::{Layer, ServiceExt};
+
+type Tracked = Client<GuardedConnector<HttpConnector>, Empty<Bytes>>;
+
+fn tracked(metrics: &Metrics, idle: usize) -> Tracked {
+    Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(idle)
+        .build(GuardedConnector::new(HttpConnector::new(), 64).metrics(metrics.clone()))
+}
+
+fn get(uri: http::Uri) -> Request<Empty<Bytes>> {
+    Request::get(uri).body(Empty::new()).expect("valid request")
+}
+
+/// Waits (bounded) until every opened connection is closed.
+async fn all_closed(metrics: &Metrics) {
+    for _ in 0..500 {
+        let s = metrics.snapshot();
+        if s.connections_closed == s.connections_opened {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("connections still open: {:?}", metrics.snapshot());
+}
+
+fn within_half_a_point(rate: f64, accepts: usize, requests: u64) {
+    let expected = 1.0 - accepts as f64 / requests as f64;
+    assert!(
+        (rate - expected).abs() <= 0.005,
+        "reuse rate {rate:.4}, server says {expected:.4}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mixed_run_matches_the_server() {
+    const TASKS: usize = 8;
+    const PER_TASK: usize = 150;
+    let server = support::serve().await;
+    let metrics = Metrics::new();
+    let client = tracked(&metrics, 64);
+    let drained = tower::ServiceBuilder::new()
+        .layer(ReuseMetricsLayer::new(metrics.clone()))
+        .layer(DrainLayer::new().on_drain(metrics.clone()))
+        .service(client.clone());
+    let undrained = tower::ServiceBuilder::new()
+        .layer(ReuseMetricsLayer::new(metrics.clone()))
+        .service(client.clone());
+    let ids = Arc::new(std::sync::Mutex::new(std::collections::HashSet::new()));
+
+    let mut tasks = Vec::new();
+    for t in 0..TASKS {
+        let (drained, undrained, ids) = (drained.clone(), undrained.clone(), ids.clone());
+        let urls = [
+            server.uri("/bytes/4096"),
+            server.uri("/bytes/65536"),
+            server.uri("/bytes/65536"),
+            server.uri("/close/512"),
+        ];
+        tasks.push(tokio::spawn(async move {
+            for i in 0..PER_TASK {
+                let kind = (t + i) % 4;
+                let uri = urls[kind].clone();
+                let info = if kind == 1 {
+                    // Dropped early, through the drain.
+                    let response = drained.clone().oneshot(get(uri)).await.expect("response");
+                    *response.extensions().get::<ConnInfo>().expect("ConnInfo")
+                } else {
+                    let response = undrained.clone().oneshot(get(uri)).await.expect("response");
+                    let info = *response.extensions().get::<ConnInfo>().expect("ConnInfo");
+                    if kind == 2 {
+                        // Dropped early, without a drain.
+                        drop(response);
+                    } else {
+                        // Read to the end (one in two says `Connection: close`).
+                        response.into_body().collect().await.expect("body");
+                    }
+                    info
+                };
+                ids.lock().unwrap().insert(info.id);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("task");
+    }
+    drop((drained, undrained, client));
+    all_closed(&metrics).await;
+
+    let snap = metrics.snapshot();
+    let accepts = server.stats.accepted();
+    println!(
+        "mixed run: server accepts {accepts}, connections_opened {}",
+        snap.connections_opened
+    );
+    for (reason, n) in snap.closes.iter() {
+        println!("  closed {reason}: {n}");
+    }
+    println!("  reuse rate {:.4}; {snap:?}", snap.reuse_rate());
+    let requests = (TASKS * PER_TASK) as u64;
+    assert_eq!(snap.requests, requests);
+    assert_eq!(snap.responses, requests);
+    assert_eq!(snap.errors, 0);
+    assert_eq!(snap.reuse_unknown, 0);
+    assert_eq!(snap.connections_opened, accepts as u64);
+    // Connections that served no request (opened by a connect that lost the
+    // pool's checkout race) count as opened but are never "not reused".
+    let used = ids.lock().unwrap().len() as u64;
+    assert_eq!(snap.reused, snap.responses - used);
+    assert!(snap.connections_opened - used <= 2, "unused connections");
+    within_half_a_point(snap.reuse_rate(), accepts, requests);
+    assert_eq!(snap.closes.total(), snap.connections_opened);
+    assert_eq!(snap.in_flight, 0);
+    let closes = |r| snap.closes.get(r);
+    let table: Vec<_> = snap.closes.iter().collect();
+    assert_eq!(
+        closes(CloseReason::ConnectionClose),
+        requests / 4,
+        "{table:?}"
+    );
+    assert_eq!(closes(CloseReason::BodyDroppedUnread), requests / 4);
+    assert_eq!(closes(CloseReason::Unknown), 0);
+    assert_eq!(snap.drains_completed, requests / 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn untracked_reuse_comes_from_socket_addresses() {
+    // Reuse from `HttpInfo` cannot see connections the pool closes by itself
+    // (see the `metrics` module docs), so this run has none: the pool keeps
+    // every idle connection; connections end by `Connection: close`.
+    let server = support::serve().await;
+    let metrics = Metrics::new();
+    let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
+    let drained = tower::ServiceBuilder::new()
+        .layer(ReuseMetricsLayer::new(metrics.clone()))
+        .layer(DrainLayer::new().on_drain(metrics.clone()))
+        .service(client.clone());
+    let plain = ReuseMetricsLayer::new(metrics.clone()).layer(client);
+    let mut tasks = Vec::new();
+    for t in 0..8 {
+        let (drained, plain) = (drained.clone(), plain.clone());
+        let urls = [
+            server.uri("/bytes/512"),
+            server.uri("/bytes/65536"),
+            server.uri("/close/512"),
+        ];
+        tasks.push(tokio::spawn(async move {
+            for i in 0..150usize {
+                let kind = (t + i) % 3;
+                if kind == 1 {
+                    let response = drained.clone().oneshot(get(urls[1].clone())).await;
+                    drop(response.expect("response"));
+                } else {
+                    let response = plain.clone().oneshot(get(urls[kind].clone())).await;
+                    let body = response.expect("response").into_body();
+                    body.collect().await.expect("body");
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("task");
+    }
+    let snap = metrics.snapshot();
+    let accepts = server.stats.accepted();
+    println!(
+        "untracked: accepts {accepts}, reuse rate {:.4}",
+        snap.reuse_rate()
+    );
+    assert_eq!(snap.reuse_unknown, 0, "HttpInfo is there");
+    assert_eq!(snap.responses, 1200);
+    within_half_a_point(snap.reuse_rate(), accepts, snap.responses);
+}
+
+/// Sends one request through a metrics stack over `client`, handles its
+/// body with `f`, waits for the connection to close and returns the reasons.
+async fn close_reasons(metrics: &Metrics) -> Vec<(CloseReason, u64)> {
+    all_closed(metrics).await;
+    metrics
+        .snapshot()
+        .closes
+        .iter()
+        .filter(|(_, n)| *n > 0)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_reason_body_dropped_unread() {
+    let server = support::serve().await;
+    let metrics = Metrics::new();
+    let svc = ReuseMetricsLayer::new(metrics.clone()).layer(tracked(&metrics, 8));
+    let response = svc.oneshot(get(server.uri("/bytes/65536"))).await.unwrap();
+    drop(response);
+    assert_eq!(
+        close_reasons(&metrics).await,
+        [(CloseReason::BodyDroppedUnread, 1)]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_reason_drain_gave_up() {
+    let server = support::serve().await;
+    let metrics = Metrics::new();
+    let svc = tower::ServiceBuilder::new()
+        .layer(ReuseMetricsLayer::new(metrics.clone()))
+        .layer(DrainLayer::new().max_bytes(1024).on_drain(metrics.clone()))
+        .service(tracked(&metrics, 8));
+    let response = svc.oneshot(get(server.uri("/endless"))).await.unwrap();
+    drop(response);
+    assert_eq!(
+        close_reasons(&metrics).await,
+        [(CloseReason::DrainGaveUp, 1)]
+    );
+    assert_eq!(metrics.snapshot().drains_gave_up_bytes, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_reason_peer_closed() {
+    let server = support::serve_closing_idle(Duration::from_millis(20)).await;
+    let metrics = Metrics::new();
+    let svc = ReuseMetricsLayer::new(metrics.clone()).layer(tracked(&metrics, 8));
+    // Keep the client (and its pool) alive: dropping it would close the
+    // idle connection first.
+    let response = svc.clone().oneshot(get(server.uri("/"))).await.unwrap();
+    response.into_body().collect().await.unwrap();
+    assert_eq!(
+        close_reasons(&metrics).await,
+        [(CloseReason::PeerClosed, 1)]
+    );
+    drop(svc);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_reason_connection_close() {
+    let server = support::serve().await;
+    let metrics = Metrics::new();
+    let svc = ReuseMetricsLayer::new(metrics.clone()).layer(tracked(&metrics, 8));
+    let response = svc
+        .clone()
+        .oneshot(get(server.uri("/close/10")))
+        .await
+        .unwrap();
+    response.into_body().collect().await.unwrap();
+    // Said by the request this time.
+    let mut req = get(server.uri("/bytes/10"));
+    req.headers_mut().insert(
+        http::header::CONNECTION,
+        http::HeaderValue::from_static("close"),
+    );
+    let response = svc.oneshot(req).await.unwrap();
+    response.into_body().collect().await.unwrap();
+    assert_eq!(
+        close_reasons(&metrics).await,
+        [(CloseReason::ConnectionClose, 2)]
+    );
+    assert_eq!(server.stats.accepted(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_reason_closed_idle() {
+    let server = support::serve().await;
+    let metrics = Metrics::new();
+    // A pool that keeps nothing idle closes each connection after use.
+    let svc = ReuseMetricsLayer::new(metrics.clone()).layer(tracked(&metrics, 0));
+    let response = svc.oneshot(get(server.uri("/bytes/10"))).await.unwrap();
+    response.into_body().collect().await.unwrap();
+    assert_eq!(
+        close_reasons(&metrics).await,
+        [(CloseReason::ClosedIdle, 1)]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_reason_request_cancelled() {
+    let server = support::serve_with(support::Options {
+        delay: Duration::from_secs(5),
+        ..Default::default()
+    })
+    .await;
+    let metrics = Metrics::new();
+    let svc = ReuseMetricsLayer::new(metrics.clone()).layer(tracked(&metrics, 8));
+    let call = svc.oneshot(get(server.uri("/bytes/10")));
+    // Wait until the server has the request, then give up on it.
+    let call = tokio::spawn(call);
+    while server.stats.requests() == 0 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    call.abort();
+    assert_eq!(
+        close_reasons(&metrics).await,
+        [(CloseReason::RequestCancelled, 1)]
+    );
+    assert_eq!(metrics.snapshot().in_flight, 0);
+}
+
+/// A connection whose reads fail with an I/O error once it has read
+/// something and `fail` is set: its first response arrives, the next read
+/// (hyper watching the idle connection) fails.
+struct Failing {
+    io: TokioIo<tokio::net::TcpStream>,
+    fail: Arc<AtomicBool>,
+    read_some: bool,
+}
+
+impl Connection for Failing {
+    fn connected(&self) -> Connected {
+        Connected::new()
+    }
+}
+
+impl hyper::rt::Read for Failing {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        if self.read_some && self.fail.load(Ordering::SeqCst) {
+            return Poll::Ready(Err(std::io::Error::other("injected")));
+        }
+        let before = buf.remaining();
+        // Probe whether this read returns data by the cursor's room after.
+        let polled = Pin::new(&mut self.io).poll_read(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(()))) && before > 0 {
+            self.read_some = true;
+        }
+        polled
+    }
+}
+
+impl hyper::rt::Write for Failing {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_reason_io_error() {
+    let server = support::serve().await;
+    let metrics = Metrics::new();
+    let fail = Arc::new(AtomicBool::new(false));
+    let dials = Arc::new(AtomicUsize::new(0));
+    let (f, d) = (fail.clone(), dials.clone());
+    let connector = tower::service_fn(move |uri: http::Uri| {
+        let (fail, dials) = (f.clone(), d.clone());
+        async move {
+            dials.fetch_add(1, Ordering::SeqCst);
+            let addr = format!(
+                "{}:{}",
+                uri.host().unwrap_or("127.0.0.1"),
+                uri.port_u16().unwrap_or(80)
+            );
+            let stream = tokio::net::TcpStream::connect(addr).await?;
+            Ok::<_, BoxError>(Failing {
+                io: TokioIo::new(stream),
+                fail,
+                read_some: false,
+            })
+        }
+    });
+    let client = Client::builder(TokioExecutor::new())
+        .build::<_, Empty<Bytes>>(GuardedConnector::new(connector, 8).metrics(metrics.clone()));
+    let svc = ReuseMetricsLayer::new(metrics.clone()).layer(client);
+    // Armed before the request: the read after the response fails.
+    fail.store(true, Ordering::SeqCst);
+    let response = svc
+        .clone()
+        .oneshot(get(server.uri("/bytes/10")))
+        .await
+        .unwrap();
+    response.into_body().collect().await.unwrap();
+    assert_eq!(close_reasons(&metrics).await, [(CloseReason::IoError, 1)]);
+    assert_eq!(dials.load(Ordering::SeqCst), 1);
+    drop(svc);
+}
