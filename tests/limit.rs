@@ -1,6 +1,8 @@
 //! The per-host limit against real hyper servers on loopback. The server's
 //! count of accepted connections is the truth about dials.
 
+#![cfg(feature = "hyper-util")]
+
 mod support;
 
 use std::sync::atomic::{AtomicUsize, Ordering};

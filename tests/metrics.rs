@@ -1,6 +1,8 @@
 //! Reuse metrics against real servers on loopback: every figure is checked
 //! against what the server counted.
 
+#![cfg(feature = "hyper-util")]
+
 mod support;
 
 use std::pin::Pin;
@@ -71,10 +73,14 @@ async fn mixed_run_matches_the_server() {
     let mut tasks = Vec::new();
     for t in 0..TASKS {
         let (drained, undrained, ids) = (drained.clone(), undrained.clone(), ids.clone());
+        // Undrained drops use 1 MiB bodies: hyper can then never finish the
+        // body in its one read on drop, so each of them closes its connection
+        // (a smaller rest may be read and the connection kept; see
+        // `CloseReason::BodyDroppedUnread`).
         let urls = [
             server.uri("/bytes/4096"),
             server.uri("/bytes/65536"),
-            server.uri("/bytes/65536"),
+            server.uri("/bytes/1048576"),
             server.uri("/close/512"),
         ];
         tasks.push(tokio::spawn(async move {
@@ -138,7 +144,11 @@ async fn mixed_run_matches_the_server() {
         requests / 4,
         "{table:?}"
     );
-    assert_eq!(closes(CloseReason::BodyDroppedUnread), requests / 4);
+    assert_eq!(
+        closes(CloseReason::BodyDroppedUnread),
+        requests / 4,
+        "{table:?}"
+    );
     assert_eq!(closes(CloseReason::Unknown), 0);
     assert_eq!(snap.drains_completed, requests / 4);
 }

@@ -129,17 +129,21 @@ impl ConnState {
         }
     }
 
-    /// Responses seen on this connection so far: the sequence number of the
-    /// latest one, which later events of its body must match.
+    /// Requests written on this connection so far, as the IO counted them:
+    /// a response's body events carry the count taken when the response
+    /// arrived, and count only while no later request was written. (The
+    /// metrics layer may see responses out of order: a small body can be
+    /// read whole, and its connection handed to the next request, before
+    /// the first caller's task polls its response.)
     pub(crate) fn seq(&self) -> u64 {
-        self.requests.load(Relaxed)
+        self.written.load(Relaxed)
     }
 
     /// Whether response `seq` is still the connection's latest request:
     /// the pool may hand the connection to the next request before the
     /// last body's reader has seen its end.
     fn is_current(&self, seq: u64) -> bool {
-        self.written.load(Relaxed) <= seq
+        self.written.load(Relaxed) == seq
     }
 
     /// Whether reads should be watched for an end of file: not while a
@@ -174,9 +178,9 @@ impl ConnState {
         }
         // If a later request is already on the wire, this response's events
         // no longer describe the connection.
-        if self.is_current(previous + 1) {
-            self.phase.store(PHASE_BODY, Relaxed);
-        }
+        let _ = self
+            .phase
+            .compare_exchange(PHASE_BUSY, PHASE_BODY, Relaxed, Relaxed);
         let idle_since = self.idle_since.load(Relaxed);
         let idle_for = (previous > 0 && idle_since > 0)
             .then(|| Duration::from_nanos(started.saturating_sub(idle_since)));

@@ -121,6 +121,8 @@ impl Inner {
             Some(waited) => {
                 self.queue_waited.fetch_add(1, Relaxed);
                 self.queue_wait_nanos.fetch_add(nanos(waited), Relaxed);
+                #[cfg(feature = "metrics")]
+                super::export::record_queue_wait(waited);
             }
             None if timed_out => {
                 self.queue_timeout.fetch_add(1, Relaxed);
@@ -214,5 +216,16 @@ impl OnDrain for Metrics {
             DrainOutcome::Skipped(reason) => &i.drains_skipped[skip_index(*reason)],
         };
         counter.fetch_add(1, Relaxed);
+        #[cfg(feature = "metrics")]
+        if let Some((name, elapsed)) = match outcome {
+            DrainOutcome::Completed { elapsed, .. } => Some(("completed", *elapsed)),
+            DrainOutcome::GaveUpBytes { elapsed, .. } => Some(("gave_up_bytes", *elapsed)),
+            DrainOutcome::GaveUpTime { elapsed, .. } => Some(("gave_up_time", *elapsed)),
+            DrainOutcome::Failed { elapsed, .. } => Some(("failed", *elapsed)),
+            DrainOutcome::Aborted { elapsed, .. } => Some(("aborted", *elapsed)),
+            DrainOutcome::Skipped(_) => None,
+        } {
+            super::export::record_drain(name, elapsed);
+        }
     }
 }

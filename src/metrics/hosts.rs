@@ -56,7 +56,7 @@ impl HostTable {
         if other.connections_opened > 0 {
             out.push(other);
         }
-        out.sort_by(|a, b| b.responses.cmp(&a.responses));
+        out.sort_by_key(|row| std::cmp::Reverse(row.responses));
         out
     }
 }

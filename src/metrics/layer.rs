@@ -194,7 +194,8 @@ where
         } else if let Some(conn) = response.extensions().get::<ConnHandle>().cloned() {
             let info = conn.0.on_response(*this.started, close, queue_wait);
             response.extensions_mut().insert(info);
-            f.conn = Some((conn, info.requests));
+            let seq = conn.0.seq();
+            f.conn = Some((conn, seq));
             Some(info.reused)
         } else {
             reused_by_address(&f.metrics, &response, close)

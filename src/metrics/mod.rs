@@ -26,6 +26,12 @@
 //!   `Metrics` is one, so `DrainLayer::new().on_drain(metrics.clone())`.
 //! - **Queues** come from `PerHostLimitLayer::metrics(metrics.clone())`.
 //!
+//! With the `metrics` feature, [`Metrics::publish`] exports the figures to
+//! the `metrics` facade crate as `poolguard_*` counters and gauges, and the
+//! queue wait and drain times are recorded as histograms when they happen.
+//! `tracing` events at debug level tell when a connection closes (id, host,
+//! reason, requests served) and when a drain gives up.
+//!
 //! Updates are atomic adds; no lock is taken per request on the tracked
 //! path. Per-host rows exist for the first 64 hosts that opened a tracked
 //! connection; later hosts share one row, so label cardinality is bounded.
@@ -69,6 +75,8 @@
 mod addrs;
 #[cfg_attr(not(feature = "hyper-util"), allow(dead_code))]
 pub(crate) mod conn;
+#[cfg(feature = "metrics")]
+mod export;
 mod handle;
 mod hosts;
 mod layer;
@@ -80,3 +88,6 @@ pub use self::handle::Metrics;
 pub use self::layer::{ResponseBody, ResponseFuture, ReuseMetrics, ReuseMetricsLayer};
 pub use self::reason::CloseReason;
 pub use self::snapshot::{CloseCounts, DrainSkips, HostSnapshot, Snapshot};
+
+#[cfg(test)]
+mod tests;

@@ -5,6 +5,10 @@ use std::fmt;
 #[non_exhaustive]
 pub enum CloseReason {
     /// A response body was dropped before its end and not drained.
+    ///
+    /// hyper reads once more when a body is dropped and keeps the connection
+    /// if that finished the body; such a connection, closed later without
+    /// another request, still counts here: it is what was seen last.
     BodyDroppedUnread,
     /// A response body was dropped before its end and the drain gave up
     /// (over its byte or time budget, or the body failed).
@@ -25,7 +29,7 @@ pub enum CloseReason {
 }
 
 impl CloseReason {
-    /// Every reason, in the order of [`CloseReason::index`].
+    /// Every reason, in a fixed order.
     pub const ALL: [CloseReason; 8] = [
         CloseReason::BodyDroppedUnread,
         CloseReason::DrainGaveUp,

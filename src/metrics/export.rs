@@ -1,0 +1,102 @@
+//! Export to the [`metrics`](https://docs.rs/metrics) facade crate.
+
+use std::time::Duration;
+
+use super::{Metrics, Snapshot};
+
+/// Histogram of the time requests waited in a per-host queue, in seconds.
+pub(crate) fn record_queue_wait(waited: Duration) {
+    ::metrics::histogram!("poolguard_queue_wait_seconds").record(waited.as_secs_f64());
+}
+
+/// Histogram of the time background drains ran, in seconds, by outcome.
+pub(crate) fn record_drain(outcome: &'static str, elapsed: Duration) {
+    ::metrics::histogram!("poolguard_drain_seconds", "outcome" => outcome)
+        .record(elapsed.as_secs_f64());
+}
+
+impl Metrics {
+    /// Publishes the figures to the `metrics` facade: counters
+    /// (`poolguard_requests_total`, `poolguard_connections_closed_total` with
+    /// a `reason` label, ...) set to their absolute values, and gauges
+    /// (`poolguard_in_flight`, `poolguard_queued`). With `per_host`, also
+    /// the per-host connection figures with a `host` label: at most one
+    /// label value per row of [`Snapshot::hosts`], so cardinality is bounded.
+    ///
+    /// The histograms `poolguard_queue_wait_seconds` and
+    /// `poolguard_drain_seconds` are recorded as events happen. Call this
+    /// periodically, for instance from the task that serves your scrape
+    /// endpoint, or use [`Metrics::spawn_exporter`].
+    #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+    pub fn publish(&self, per_host: bool) {
+        publish(&self.snapshot(), per_host);
+    }
+
+    /// Spawns a task on the current tokio runtime that calls
+    /// [`Metrics::publish`] every `every`, until the returned handle is
+    /// aborted or the runtime shuts down.
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime, like `tokio::spawn`.
+    #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+    pub fn spawn_exporter(&self, every: Duration, per_host: bool) -> tokio::task::JoinHandle<()> {
+        let metrics = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every.max(Duration::from_millis(10)));
+            loop {
+                tick.tick().await;
+                metrics.publish(per_host);
+            }
+        })
+    }
+}
+
+fn publish(s: &Snapshot, per_host: bool) {
+    use ::metrics::{counter, gauge};
+    counter!("poolguard_requests_total").absolute(s.requests);
+    counter!("poolguard_responses_total").absolute(s.responses);
+    counter!("poolguard_errors_total").absolute(s.errors);
+    counter!("poolguard_reused_total").absolute(s.reused);
+    counter!("poolguard_reuse_unknown_total").absolute(s.reuse_unknown);
+    counter!("poolguard_connections_opened_total").absolute(s.connections_opened);
+    for (reason, n) in s.closes.iter() {
+        counter!("poolguard_connections_closed_total", "reason" => reason.as_str()).absolute(n);
+    }
+    for (outcome, n) in [
+        ("completed", s.drains_completed),
+        ("gave_up_bytes", s.drains_gave_up_bytes),
+        ("gave_up_time", s.drains_gave_up_time),
+        ("failed", s.drains_failed),
+        ("aborted", s.drains_aborted),
+        ("skipped_http2", s.drains_skipped.http2),
+        ("skipped_too_large", s.drains_skipped.too_large),
+        ("skipped_no_runtime", s.drains_skipped.no_runtime),
+        ("skipped_too_many", s.drains_skipped.too_many_drains),
+    ] {
+        counter!("poolguard_drains_total", "outcome" => outcome).absolute(n);
+    }
+    counter!("poolguard_drained_bytes_total").absolute(s.bytes_drained);
+    counter!("poolguard_queue_waited_total").absolute(s.queue_waited);
+    counter!("poolguard_queue_full_total").absolute(s.queue_full);
+    counter!("poolguard_queue_timeout_total").absolute(s.queue_timeout);
+    counter!("poolguard_queue_cancelled_total").absolute(s.queue_cancelled);
+    gauge!("poolguard_in_flight").set(s.in_flight as f64);
+    gauge!("poolguard_queued").set(s.queued as f64);
+    gauge!("poolguard_reuse_rate").set(s.reuse_rate());
+    if per_host {
+        for row in &s.hosts {
+            let host = row
+                .host
+                .as_ref()
+                .map_or_else(|| "other".to_owned(), |h| h.to_string());
+            counter!("poolguard_host_responses_total", "host" => host.clone())
+                .absolute(row.responses);
+            counter!("poolguard_host_reused_total", "host" => host.clone()).absolute(row.reused);
+            counter!("poolguard_host_connections_opened_total", "host" => host.clone())
+                .absolute(row.connections_opened);
+            counter!("poolguard_host_connections_closed_total", "host" => host)
+                .absolute(row.connections_closed);
+        }
+    }
+}
