@@ -67,11 +67,16 @@ struct ReadmeDoctests;
 
 mod client;
 pub mod drain;
+mod guard;
 mod key;
 pub mod limit;
 pub mod metrics;
 
+#[cfg(feature = "reqwest")]
+#[cfg_attr(docsrs, doc(cfg(feature = "reqwest")))]
+pub use client::reqwest;
 pub use drain::{DrainBody, DrainLayer};
+pub use guard::{Guarded, PoolGuard, PoolGuardBuilder, PoolGuardLayer};
 pub use key::HostKey;
 pub use limit::{PerHostLimitLayer, QueueFull, QueueTimeout};
 pub use metrics::{CloseReason, ConnInfo, Metrics, ReuseMetricsLayer, Snapshot};

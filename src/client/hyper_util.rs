@@ -80,6 +80,14 @@ impl<C> GuardedConnector<C> {
         }
     }
 
+    pub(crate) fn from_parts(inner: C, registry: Arc<Registry>, metrics: Option<Metrics>) -> Self {
+        GuardedConnector {
+            inner,
+            registry,
+            metrics,
+        }
+    }
+
     /// Tracks every connection in `metrics`: counts connections opened and
     /// closed with a [`CloseReason`](crate::CloseReason) each, and gives
     /// every response a [`ConnInfo`](crate::ConnInfo) (with a

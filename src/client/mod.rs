@@ -2,3 +2,6 @@
 
 #[cfg(feature = "hyper-util")]
 pub(crate) mod hyper_util;
+
+#[cfg(feature = "reqwest")]
+pub mod reqwest;

@@ -81,7 +81,7 @@
 
 mod body;
 mod hook;
-mod layer;
+pub(crate) mod layer;
 mod service;
 mod task;
 

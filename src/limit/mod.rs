@@ -82,7 +82,7 @@
 //! ```
 
 mod body;
-mod layer;
+pub(crate) mod layer;
 pub(crate) mod registry;
 mod service;
 

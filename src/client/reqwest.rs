@@ -1,0 +1,229 @@
+//! The guarded stack for [reqwest](https://docs.rs/reqwest) clients.
+//!
+//! reqwest keeps its connection pool and its connections to itself: its
+//! connector layer sees each dial but neither the host of the request nor
+//! the connection after the dial. So with reqwest:
+//!
+//! - the per-host cap is **request level** ([`PerHostLimitLayer`](crate::PerHostLimitLayer)):
+//!   at most N requests in flight per host, but reqwest's pool (hyper-util's,
+//!   inside) can still dial more connections than N when a pool checkout
+//!   races a connect; there is no connection-level cap as with
+//!   [`GuardedConnector`](crate::GuardedConnector);
+//! - reuse comes from hyper-util's `HttpInfo` (socket addresses), not from
+//!   connection tracking, and connections closed are not counted;
+//! - dials are counted, per remote address, by
+//!   [`PoolGuard::reqwest_connector_layer`](crate::PoolGuard::reqwest_connector_layer).
+//!
+//! # Example
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), poolguard::BoxError> {
+//! let guard = poolguard::PoolGuard::builder().max_per_host(10).build();
+//! let client = guard.reqwest(
+//!     reqwest::Client::builder()
+//!         .pool_max_idle_per_host(10)
+//!         .connector_layer(guard.reqwest_connector_layer())
+//!         .build()?,
+//! );
+//! let request = reqwest::Request::new(reqwest::Method::GET, "http://127.0.0.1:8080/".parse()?);
+//! let response: reqwest::Response = client.execute(request).await?;
+//! println!("{}", response.status());
+//! # Ok(())
+//! # }
+//! ```
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::Ordering::Relaxed;
+use std::task::{Context, Poll};
+
+use http::Extensions;
+use hyper_util::client::legacy::connect::{Connection, HttpInfo};
+use tower::ServiceExt;
+use tower_layer::Layer;
+use tower_service::Service;
+
+use crate::guard::{Guarded, PoolGuard};
+use crate::key::HostKey;
+use crate::metrics::Metrics;
+use crate::BoxError;
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+
+/// A reqwest client behind a [`PoolGuard`]'s layers; made by
+/// [`PoolGuard::reqwest`].
+///
+/// Cheap to clone; clones share the client's pool and the guard's state,
+/// like `reqwest::Client`. Errors are boxed: the guard's own
+/// ([`QueueFull`](crate::QueueFull), [`QueueTimeout`](crate::QueueTimeout))
+/// and reqwest's, recovered with `downcast_ref`.
+#[derive(Clone)]
+pub struct GuardedClient {
+    inner: Guarded<Execute>,
+}
+
+impl fmt::Debug for GuardedClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GuardedClient").finish_non_exhaustive()
+    }
+}
+
+impl GuardedClient {
+    /// Sends a request through the guard's layers and the reqwest client.
+    pub async fn execute(
+        &self,
+        request: ::reqwest::Request,
+    ) -> Result<::reqwest::Response, BoxError> {
+        call_reqwest(self.inner.clone(), request).await
+    }
+}
+
+impl Service<::reqwest::Request> for GuardedClient {
+    type Response = ::reqwest::Response;
+    type Error = BoxError;
+    type Future = BoxFuture<Result<::reqwest::Response, BoxError>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: ::reqwest::Request) -> Self::Future {
+        Box::pin(call_reqwest(self.inner.clone(), request))
+    }
+}
+
+async fn call_reqwest(
+    svc: Guarded<Execute>,
+    request: ::reqwest::Request,
+) -> Result<::reqwest::Response, BoxError> {
+    let url = request.url().clone();
+    let request: http::Request<::reqwest::Body> = request.try_into()?;
+    let response = svc.oneshot(request).await?;
+    let (parts, body) = response.into_parts();
+    // The wrapped body keeps its drain and its slot; reqwest gets it back as
+    // its own body.
+    let mut builder = http::Response::builder()
+        .status(parts.status)
+        .version(parts.version);
+    builder = ::reqwest::ResponseBuilderExt::url(builder, url);
+    if let Some(headers) = builder.headers_mut() {
+        *headers = parts.headers;
+    }
+    if let Some(extensions) = builder.extensions_mut() {
+        extensions.extend(parts.extensions);
+    }
+    let response = builder.body(::reqwest::Body::wrap(body))?;
+    Ok(::reqwest::Response::from(response))
+}
+
+/// The innermost service of a [`GuardedClient`]: hands the request to
+/// reqwest and the response back as an `http::Response`.
+#[derive(Clone, Debug)]
+pub struct Execute {
+    client: ::reqwest::Client,
+}
+
+impl Service<http::Request<::reqwest::Body>> for Execute {
+    type Response = http::Response<::reqwest::Body>;
+    type Error = BoxError;
+    type Future = BoxFuture<Result<Self::Response, BoxError>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<::reqwest::Body>) -> Self::Future {
+        let client = self.client.clone();
+        Box::pin(async move {
+            let request = ::reqwest::Request::try_from(request)?;
+            let response = client.execute(request).await?;
+            Ok(http::Response::from(response))
+        })
+    }
+}
+
+impl PoolGuard {
+    /// Puts `client` behind this guard's layers (metrics, drain, per-host
+    /// request limit). Build the client with
+    /// [`reqwest_connector_layer`](PoolGuard::reqwest_connector_layer) so
+    /// that its dials are counted. See the [`reqwest`](crate::reqwest)
+    /// module for what differs from hyper-util.
+    #[cfg_attr(docsrs, doc(cfg(feature = "reqwest")))]
+    pub fn reqwest(&self, client: ::reqwest::Client) -> GuardedClient {
+        GuardedClient {
+            inner: self.layer().layer(Execute { client }),
+        }
+    }
+
+    /// A layer for `reqwest::ClientBuilder::connector_layer` that counts
+    /// every connection reqwest opens (in `connections_opened`, and per
+    /// remote address in the per-host rows).
+    #[cfg_attr(docsrs, doc(cfg(feature = "reqwest")))]
+    pub fn reqwest_connector_layer(&self) -> DialCountLayer {
+        DialCountLayer {
+            metrics: self.metrics().clone(),
+        }
+    }
+}
+
+/// Counts the dials of a reqwest client; made by
+/// [`PoolGuard::reqwest_connector_layer`].
+#[derive(Clone, Debug)]
+pub struct DialCountLayer {
+    metrics: Metrics,
+}
+
+impl<S> Layer<S> for DialCountLayer {
+    type Service = DialCount<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        DialCount {
+            inner,
+            metrics: self.metrics.clone(),
+        }
+    }
+}
+
+/// Counts the dials of a reqwest connector; made by [`DialCountLayer`].
+#[derive(Clone, Debug)]
+pub struct DialCount<S> {
+    inner: S,
+    metrics: Metrics,
+}
+
+impl<S, R> Service<R> for DialCount<S>
+where
+    S: Service<R>,
+    S::Response: Connection,
+    S::Future: Send + 'static,
+    S::Error: 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = BoxFuture<Result<S::Response, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: R) -> Self::Future {
+        let dial = self.inner.call(request);
+        let metrics = self.metrics.clone();
+        Box::pin(async move {
+            let conn = dial.await?;
+            let inner = &metrics.inner;
+            inner.connections_opened.fetch_add(1, Relaxed);
+            let mut extensions = Extensions::new();
+            conn.connected().get_extras(&mut extensions);
+            let key = extensions
+                .get::<HttpInfo>()
+                .and_then(|info| format!("tcp://{}", info.remote_addr()).parse().ok())
+                .and_then(|uri: http::Uri| HostKey::from_uri(&uri));
+            if let Some(key) = key {
+                inner.hosts.counters(&key).opened.fetch_add(1, Relaxed);
+            }
+            Ok(conn)
+        })
+    }
+}
