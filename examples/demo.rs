@@ -1,0 +1,452 @@
+//! poolguard's demo: the failure modes that make it necessary, each replayed
+//! bare and guarded against the same loopback server, in one table.
+//!
+//! ```sh
+//! cargo run --release --example demo --all-features
+//! cargo run --release --example demo --all-features -- --scale 0.5 --only bursty
+//! ```
+//!
+//! Flags: `--scale F` multiplies every request count (default 1.0);
+//! `--only NAME` runs one workload: `drop-5b`, `drop-64k`, `bursty`, `flood`,
+//! `crawler`, `endless`.
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use poolguard::{BoxError, Metrics, PoolGuard, ReuseMetricsLayer};
+use tower::ServiceExt;
+
+type BoxFuture = Pin<Box<dyn Future<Output = Result<(), BoxError>> + Send>>;
+type Send_ = Arc<dyn Fn(usize) -> BoxFuture + Send + Sync>;
+
+/// What the caller does with a response body.
+#[derive(Clone, Copy)]
+enum Use {
+    Read,
+    Drop,
+}
+
+/// A workload: how many tasks send how many requests, pausing how long,
+/// to which servers and paths.
+struct Workload {
+    name: &'static str,
+    tasks: usize,
+    requests: usize,
+    pause_ms: u64,
+    path: &'static str,
+    usage: Use,
+    hosts: usize,
+    delay: Duration,
+    bare_idle: usize,
+    max_per_host: usize,
+}
+
+struct Row {
+    workload: &'static str,
+    client: &'static str,
+    requests: usize,
+    errors: usize,
+    accepts: usize,
+    time_wait: Option<usize>,
+    rps: f64,
+    p50: Duration,
+    p99: Duration,
+    reuse: Option<f64>,
+}
+
+fn raise_nofile_limit() {
+    #[cfg(unix)]
+    {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit/setrlimit with a valid pointer to a local struct.
+        unsafe {
+            if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
+                lim.rlim_cur = lim.rlim_max.min(65536);
+                libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+            }
+        }
+    }
+}
+
+/// Client sockets in TIME_WAIT towards any of `ports` (Linux only).
+fn time_wait_to(ports: &[u16]) -> Option<usize> {
+    let mut count = 0;
+    let mut readable = false;
+    for file in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(file) else {
+            continue;
+        };
+        readable = true;
+        for line in text.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (Some(remote), Some(state)) = (fields.get(2), fields.get(3)) else {
+                continue;
+            };
+            let port = remote
+                .rsplit(':')
+                .next()
+                .and_then(|p| u16::from_str_radix(p, 16).ok());
+            if *state == "06" && port.is_some_and(|p| ports.contains(&p)) {
+                count += 1;
+            }
+        }
+    }
+    readable.then_some(count)
+}
+
+/// Runs `total` requests over `tasks` tasks; returns errors, latencies and
+/// the wall time.
+async fn drive(
+    tasks: usize,
+    total: usize,
+    pause_ms: u64,
+    send: Send_,
+) -> (usize, Vec<Duration>, Duration) {
+    let next = Arc::new(AtomicUsize::new(0));
+    let errors = Arc::new(AtomicUsize::new(0));
+    let latencies = Arc::new(Mutex::new(Vec::with_capacity(total)));
+    let start = Instant::now();
+    let mut handles = Vec::new();
+    for t in 0..tasks {
+        let (send, next, errors, latencies) = (
+            send.clone(),
+            next.clone(),
+            errors.clone(),
+            latencies.clone(),
+        );
+        handles.push(tokio::spawn(async move {
+            let mut x = 0x9E37_79B9_7F4A_7C15_u64 ^ (t as u64 + 1);
+            let mut mine = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= total {
+                    break;
+                }
+                let begun = Instant::now();
+                // Each request is bounded: nothing in the demo can hang.
+                match tokio::time::timeout(Duration::from_secs(10), send(i)).await {
+                    Ok(Ok(())) => mine.push(begun.elapsed()),
+                    _ => {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                if pause_ms > 0 {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    tokio::time::sleep(Duration::from_millis(x % pause_ms)).await;
+                }
+            }
+            if let Ok(mut all) = latencies.lock() {
+                all.extend(mine);
+            }
+        }));
+    }
+    for h in handles {
+        let _ = h.await;
+    }
+    let elapsed = start.elapsed();
+    let mut latencies = std::mem::take(&mut *latencies.lock().unwrap_or_else(|e| e.into_inner()));
+    latencies.sort();
+    (errors.load(Ordering::Relaxed), latencies, elapsed)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn hyper_client<C>(connector: C, idle: usize) -> Client<C, Empty<Bytes>>
+where
+    C: hyper_util::client::legacy::connect::Connect + Clone,
+{
+    Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(idle)
+        .build(connector)
+}
+
+fn urls(servers: &[support::Server], path: &str) -> Arc<Vec<String>> {
+    Arc::new(servers.iter().map(|s| s.url(path)).collect())
+}
+
+/// The four clients of one workload, as request senders.
+fn senders(
+    w: &Workload,
+    servers: &[support::Server],
+) -> Vec<(&'static str, Send_, Option<Metrics>)> {
+    let urls = urls(servers, w.path);
+    let usage = w.usage;
+    let mut out: Vec<(&'static str, Send_, Option<Metrics>)> = Vec::new();
+
+    // Bare hyper-util; a metrics layer (which changes nothing) reads reuse
+    // from socket addresses.
+    let metrics = Metrics::new();
+    let svc = tower::ServiceBuilder::new()
+        .layer(ReuseMetricsLayer::new(metrics.clone()))
+        .service(hyper_client(HttpConnector::new(), w.bare_idle));
+    let u = urls.clone();
+    out.push((
+        "hyper-util bare",
+        Arc::new(move |i| {
+            let (svc, uri) = (svc.clone(), u[i % u.len()].clone());
+            Box::pin(async move {
+                let req = http::Request::get(uri).body(Empty::new())?;
+                let resp = svc.oneshot(req).await?;
+                if let Use::Read = usage {
+                    resp.into_body().collect().await?;
+                }
+                Ok(())
+            })
+        }),
+        Some(metrics),
+    ));
+
+    let guard = PoolGuard::builder().max_per_host(w.max_per_host).build();
+    let svc = tower::ServiceBuilder::new()
+        .layer(guard.layer())
+        .service(hyper_client(
+            guard.connector(HttpConnector::new()),
+            w.max_per_host,
+        ));
+    let u = urls.clone();
+    out.push((
+        "hyper-util guarded",
+        Arc::new(move |i| {
+            let (svc, uri) = (svc.clone(), u[i % u.len()].clone());
+            Box::pin(async move {
+                let req = http::Request::get(uri).body(Empty::new())?;
+                let resp = svc.oneshot(req).await?;
+                if let Use::Read = usage {
+                    resp.into_body().collect().await?;
+                }
+                Ok(())
+            })
+        }),
+        Some(guard.metrics().clone()),
+    ));
+
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(w.bare_idle)
+        .build()
+        .expect("reqwest client");
+    let u = urls.clone();
+    out.push((
+        "reqwest bare",
+        Arc::new(move |i| {
+            let (client, url) = (client.clone(), u[i % u.len()].clone());
+            Box::pin(async move {
+                let resp = client.get(url).send().await?;
+                if let Use::Read = usage {
+                    resp.bytes().await?;
+                }
+                Ok(())
+            })
+        }),
+        None,
+    ));
+
+    let guard = PoolGuard::builder().max_per_host(w.max_per_host).build();
+    let client = guard.reqwest(
+        reqwest::Client::builder()
+            .pool_max_idle_per_host(w.max_per_host)
+            .connector_layer(guard.reqwest_connector_layer())
+            .build()
+            .expect("reqwest client"),
+    );
+    let u = urls;
+    out.push((
+        "reqwest guarded",
+        Arc::new(move |i| {
+            let (client, url) = (client.clone(), u[i % u.len()].clone());
+            Box::pin(async move {
+                let req = reqwest::Request::new(reqwest::Method::GET, url.parse()?);
+                let resp = client.execute(req).await?;
+                if let Use::Read = usage {
+                    resp.bytes().await?;
+                }
+                Ok(())
+            })
+        }),
+        Some(guard.metrics().clone()),
+    ));
+    out
+}
+
+async fn run(w: &Workload) -> Vec<Row> {
+    let mut rows = Vec::new();
+    let clients = 4;
+    for c in 0..clients {
+        // A fresh server (or servers) per client: its accept count is the
+        // client's own.
+        let mut servers = Vec::new();
+        for _ in 0..w.hosts {
+            servers.push(
+                support::serve_with(support::Options {
+                    delay: w.delay,
+                    ..Default::default()
+                })
+                .await,
+            );
+        }
+        let (name, send, metrics) = senders(w, &servers).swap_remove(c);
+        eprint!("  {:<9} {:<19} ...", w.name, name);
+        let (errors, latencies, elapsed) = drive(w.tasks, w.requests, w.pause_ms, send).await;
+        // Let closing connections reach TIME_WAIT before counting.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let ports: Vec<u16> = servers.iter().map(|s| s.addr.port()).collect();
+        let accepts = servers.iter().map(|s| s.stats.accepted()).sum();
+        let row = Row {
+            workload: w.name,
+            client: name,
+            requests: w.requests,
+            errors,
+            accepts,
+            time_wait: time_wait_to(&ports),
+            rps: w.requests as f64 / elapsed.as_secs_f64(),
+            p50: percentile(&latencies, 0.50),
+            p99: percentile(&latencies, 0.99),
+            reuse: metrics.map(|m| m.snapshot().reuse_rate()),
+        };
+        eprintln!(" {:.1} s", elapsed.as_secs_f64());
+        rows.push(row);
+    }
+    rows
+}
+
+fn workloads(scale: f64) -> Vec<Workload> {
+    let n = |base: usize| ((base as f64 * scale).round() as usize).max(1);
+    let base = Workload {
+        name: "",
+        tasks: 8,
+        requests: n(2000),
+        pause_ms: 0,
+        path: "/bytes/5",
+        usage: Use::Drop,
+        hosts: 1,
+        delay: Duration::ZERO,
+        bare_idle: usize::MAX,
+        max_per_host: 10,
+    };
+    vec![
+        Workload {
+            name: "drop-5b",
+            ..base
+        },
+        Workload {
+            name: "drop-64k",
+            path: "/bytes/65536",
+            requests: n(2000),
+            ..base
+        },
+        Workload {
+            name: "bursty",
+            tasks: 100,
+            requests: n(4000),
+            pause_ms: 20,
+            path: "/bytes/512",
+            usage: Use::Read,
+            bare_idle: 2,
+            ..base
+        },
+        Workload {
+            name: "flood",
+            tasks: 1000,
+            requests: n(5000),
+            path: "/bytes/512",
+            usage: Use::Read,
+            delay: Duration::from_millis(5),
+            ..base
+        },
+        Workload {
+            name: "crawler",
+            tasks: 64,
+            requests: n(3000),
+            path: "/bytes/2048",
+            usage: Use::Read,
+            hosts: 48,
+            bare_idle: 1,
+            max_per_host: 2,
+            ..base
+        },
+        Workload {
+            name: "endless",
+            tasks: 8,
+            requests: n(200),
+            path: "/trickle",
+            usage: Use::Drop,
+            ..base
+        },
+    ]
+}
+
+fn print_table(rows: &[Row]) {
+    println!(
+        "| workload | client | requests | errors | accepts | TIME_WAIT | req/s | p50 | p99 | reuse |"
+    );
+    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for r in rows {
+        println!(
+            "| {} | {} | {} | {} | {} | {} | {:.0} | {:.2} ms | {:.2} ms | {} |",
+            r.workload,
+            r.client,
+            r.requests,
+            r.errors,
+            r.accepts,
+            r.time_wait.map_or("n/a".to_owned(), |n| n.to_string()),
+            r.rps,
+            r.p50.as_secs_f64() * 1e3,
+            r.p99.as_secs_f64() * 1e3,
+            r.reuse
+                .map_or("-".to_owned(), |x| format!("{:.1} %", x * 100.0)),
+        );
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let mut scale = 1.0;
+    let mut only: Option<String> = None;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--scale" => scale = args.next().and_then(|s| s.parse().ok()).unwrap_or(1.0),
+            "--only" => only = args.next(),
+            "-h" | "--help" => {
+                println!("usage: demo [--scale F] [--only drop-5b|drop-64k|bursty|flood|crawler|endless]");
+                return;
+            }
+            other => {
+                eprintln!("unknown argument {other}; try --help");
+                std::process::exit(2);
+            }
+        }
+    }
+    raise_nofile_limit();
+    let started = Instant::now();
+    let mut rows = Vec::new();
+    for w in workloads(scale) {
+        if only.as_deref().is_some_and(|o| o != w.name) {
+            continue;
+        }
+        rows.extend(run(&w).await);
+    }
+    eprintln!("done in {:.1} s", started.elapsed().as_secs_f64());
+    print_table(&rows);
+}
