@@ -65,23 +65,6 @@ struct Row {
     reuse: Option<f64>,
 }
 
-fn raise_nofile_limit() {
-    #[cfg(unix)]
-    {
-        let mut lim = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        // SAFETY: getrlimit/setrlimit with a valid pointer to a local struct.
-        unsafe {
-            if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
-                lim.rlim_cur = lim.rlim_max.min(65536);
-                libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-            }
-        }
-    }
-}
-
 /// Client sockets in TIME_WAIT towards any of `ports` (Linux only).
 fn time_wait_to(ports: &[u16]) -> Option<usize> {
     let mut count = 0;
@@ -438,7 +421,7 @@ async fn main() {
             }
         }
     }
-    raise_nofile_limit();
+    support::raise_nofile_limit();
     let started = Instant::now();
     let mut rows = Vec::new();
     for w in workloads(scale) {

@@ -65,6 +65,7 @@
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
 
+mod body_end;
 mod client;
 pub mod drain;
 mod guard;

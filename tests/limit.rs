@@ -19,22 +19,6 @@ use hyper_util::rt::TokioExecutor;
 use poolguard::{BoxError, GuardedConnector, PerHostLimitLayer};
 use tower::{Service, ServiceExt};
 
-/// Raises the soft limit on open files to the hard limit: the bare flood
-/// opens more connections than the default soft limit of 1024 allows.
-fn raise_nofile_limit() {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit with a valid pointer to a local struct.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
-            lim.rlim_cur = lim.rlim_max.min(65536);
-            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-        }
-    }
-}
-
 /// A small deterministic generator for pauses.
 struct XorShift(u64);
 
@@ -153,7 +137,7 @@ async fn bursty_load_stays_within_n_connections() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flood_request_limit_alone_is_not_a_connection_cap() {
-    raise_nofile_limit();
+    support::raise_nofile_limit();
     const TASKS: usize = 1000;
     const REQUESTS: usize = 10_000;
     let options = support::Options {

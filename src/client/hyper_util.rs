@@ -244,6 +244,19 @@ impl<T: fmt::Debug> fmt::Debug for GuardedIo<T> {
     }
 }
 
+impl<T> GuardedIo<T> {
+    /// Tells a tracked connection what a write did.
+    fn saw_write(&self, polled: &Poll<io::Result<usize>>) {
+        if let Some(conn) = &self.conn {
+            match polled {
+                Poll::Ready(Ok(n)) if *n > 0 => conn.on_write(),
+                Poll::Ready(Err(e)) => conn.on_io_error(e),
+                _ => {}
+            }
+        }
+    }
+}
+
 impl<T> Drop for GuardedIo<T> {
     fn drop(&mut self) {
         if let Some(conn) = self.conn.take() {
@@ -315,15 +328,8 @@ impl<T: Write + Unpin> Write for GuardedIo<T> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let this = &mut *self;
-        let polled = Pin::new(&mut this.io).poll_write(cx, buf);
-        if let Some(conn) = &this.conn {
-            match &polled {
-                Poll::Ready(Ok(n)) if *n > 0 => conn.on_write(),
-                Poll::Ready(Err(e)) => conn.on_io_error(e),
-                _ => {}
-            }
-        }
+        let polled = Pin::new(&mut self.io).poll_write(cx, buf);
+        self.saw_write(&polled);
         polled
     }
 
@@ -344,15 +350,8 @@ impl<T: Write + Unpin> Write for GuardedIo<T> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let this = &mut *self;
-        let polled = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
-        if let Some(conn) = &this.conn {
-            match &polled {
-                Poll::Ready(Ok(n)) if *n > 0 => conn.on_write(),
-                Poll::Ready(Err(e)) => conn.on_io_error(e),
-                _ => {}
-            }
-        }
+        let polled = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        self.saw_write(&polled);
         polled
     }
 }

@@ -11,6 +11,7 @@ use tokio::time::Instant;
 use super::hook::{DrainOutcome, SkipReason};
 use super::layer::Shared;
 use super::task::DrainTask;
+use crate::body_end::Polled;
 use crate::metrics::conn::ConnHandle;
 
 /// Frames read inline on drop, from what is already buffered, before the
@@ -105,18 +106,11 @@ where
             return Poll::Ready(None);
         };
         let polled = body.as_mut().poll_frame(cx);
-        match &polled {
-            Poll::Pending => {}
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Some(data) = frame.data_ref() {
-                    this.read = this.read.saturating_add(bytes::Buf::remaining(data) as u64);
-                }
-                if body.is_end_stream() {
-                    this.body = None;
-                }
-            }
-            // The end, or an error: either way there is nothing to drain.
-            Poll::Ready(None) | Poll::Ready(Some(Err(_))) => this.body = None,
+        let step = Polled::of(&polled, || body.is_end_stream());
+        this.read = this.read.saturating_add(step.data());
+        // At the end, or failed: either way there is nothing to drain.
+        if step.is_done() {
+            this.body = None;
         }
         polled
     }
@@ -202,39 +196,24 @@ where
     let mut bytes = 0u64;
     let mut cx = Context::from_waker(Waker::noop());
     for _ in 0..INLINE_FRAMES {
-        match body.as_mut().poll_frame(&mut cx) {
-            Poll::Pending => break,
-            Poll::Ready(None) => {
+        let polled = body.as_mut().poll_frame(&mut cx);
+        let step = Polled::of(&polled, || body.is_end_stream());
+        bytes = bytes.saturating_add(step.data());
+        let elapsed = start.elapsed();
+        match step {
+            Polled::Pending => break,
+            Polled::Error => return report(DrainOutcome::Failed { bytes, elapsed }),
+            _ if bytes > config.max_bytes => {
+                return report(DrainOutcome::GaveUpBytes { bytes, elapsed })
+            }
+            done if done.is_done() => {
                 return report(DrainOutcome::Completed {
                     bytes,
-                    elapsed: start.elapsed(),
+                    elapsed,
                     inline: true,
                 })
             }
-            Poll::Ready(Some(Err(_))) => {
-                return report(DrainOutcome::Failed {
-                    bytes,
-                    elapsed: start.elapsed(),
-                })
-            }
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Some(data) = frame.data_ref() {
-                    bytes = bytes.saturating_add(bytes::Buf::remaining(data) as u64);
-                }
-                if bytes > config.max_bytes {
-                    return report(DrainOutcome::GaveUpBytes {
-                        bytes,
-                        elapsed: start.elapsed(),
-                    });
-                }
-                if body.is_end_stream() {
-                    return report(DrainOutcome::Completed {
-                        bytes,
-                        elapsed: start.elapsed(),
-                        inline: true,
-                    });
-                }
-            }
+            _ => {}
         }
     }
 

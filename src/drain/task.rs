@@ -11,6 +11,7 @@ use tokio::time::{Instant, Sleep};
 
 use super::hook::DrainOutcome;
 use super::layer::Shared;
+use crate::body_end::Polled;
 use crate::metrics::conn::ConnHandle;
 
 /// Frames a drain reads in one poll before it yields to the runtime, so that
@@ -129,38 +130,22 @@ where
                     elapsed: guard.start.elapsed(),
                 }
             } else {
-                match body.as_mut().poll_frame(cx) {
-                    Poll::Pending => return Poll::Pending,
-                    Poll::Ready(None) => DrainOutcome::Completed {
-                        bytes: guard.bytes,
-                        elapsed: guard.start.elapsed(),
+                let polled = body.as_mut().poll_frame(cx);
+                let step = Polled::of(&polled, || body.is_end_stream());
+                guard.bytes = guard.bytes.saturating_add(step.data());
+                let (bytes, elapsed) = (guard.bytes, guard.start.elapsed());
+                match step {
+                    Polled::Pending => return Poll::Pending,
+                    Polled::Error => DrainOutcome::Failed { bytes, elapsed },
+                    _ if bytes > guard.shared.config.max_bytes => {
+                        DrainOutcome::GaveUpBytes { bytes, elapsed }
+                    }
+                    done if done.is_done() => DrainOutcome::Completed {
+                        bytes,
+                        elapsed,
                         inline: false,
                     },
-                    Poll::Ready(Some(Err(_))) => DrainOutcome::Failed {
-                        bytes: guard.bytes,
-                        elapsed: guard.start.elapsed(),
-                    },
-                    Poll::Ready(Some(Ok(frame))) => {
-                        if let Some(data) = frame.data_ref() {
-                            guard.bytes = guard
-                                .bytes
-                                .saturating_add(bytes::Buf::remaining(data) as u64);
-                        }
-                        if guard.bytes > guard.shared.config.max_bytes {
-                            DrainOutcome::GaveUpBytes {
-                                bytes: guard.bytes,
-                                elapsed: guard.start.elapsed(),
-                            }
-                        } else if body.is_end_stream() {
-                            DrainOutcome::Completed {
-                                bytes: guard.bytes,
-                                elapsed: guard.start.elapsed(),
-                                inline: false,
-                            }
-                        } else {
-                            continue;
-                        }
-                    }
+                    _ => continue,
                 }
             };
             // Drop the body (and whatever it holds) before reporting to the

@@ -5,6 +5,7 @@ use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
 use super::registry::Slot;
+use crate::body_end::Polled;
 
 pin_project! {
     /// Response body of [`PerHostLimit`](super::PerHostLimit): holds the
@@ -58,12 +59,7 @@ where
         let this = self.project();
         let mut inner = this.inner;
         let polled = inner.as_mut().poll_frame(cx);
-        let ended = match &polled {
-            Poll::Pending => false,
-            Poll::Ready(Some(Ok(_))) => inner.is_end_stream(),
-            Poll::Ready(None) | Poll::Ready(Some(Err(_))) => true,
-        };
-        if ended {
+        if Polled::of(&polled, || inner.is_end_stream()).is_done() {
             this.slot.take();
         }
         polled

@@ -12,6 +12,7 @@ use tower_service::Service;
 
 use super::conn::{ConnHandle, ConnInfo};
 use super::Metrics;
+use crate::body_end::Polled;
 use crate::limit::QueueWait;
 
 /// Counts requests, responses and connection reuse into a [`Metrics`].
@@ -273,27 +274,20 @@ impl<B: Body> Body for ResponseBody<B> {
         let this = self.project();
         let mut inner = this.inner;
         let polled = inner.as_mut().poll_frame(cx);
-        match &polled {
-            Poll::Pending => {}
-            Poll::Ready(Some(Ok(_))) => {
-                if inner.is_end_stream() {
-                    if let Some(f) = this.flight.take() {
-                        f.body_ended();
-                    }
-                }
-            }
-            Poll::Ready(None) => {
-                if let Some(f) = this.flight.take() {
-                    f.body_ended();
-                }
-            }
-            Poll::Ready(Some(Err(_))) => {
+        match Polled::of(&polled, || inner.is_end_stream()) {
+            Polled::Error => {
                 // A failed body is no early drop: the connection's IO tells
                 // what happened to it.
                 if let Some(mut f) = this.flight.take() {
                     f.conn = None;
                 }
             }
+            done if done.is_done() => {
+                if let Some(f) = this.flight.take() {
+                    f.body_ended();
+                }
+            }
+            _ => {}
         }
         polled
     }
