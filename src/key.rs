@@ -1,6 +1,9 @@
 //! The host a request goes to: the key of per-host state.
 
-use std::fmt;
+use std::collections::hash_map::RandomState;
+use std::fmt::{self, Write as _};
+use std::hash::{BuildHasher, Hash, Hasher};
+use std::sync::{Arc, OnceLock};
 
 use http::uri::{Authority, Scheme};
 use http::{header, Request, Uri};
@@ -12,10 +15,16 @@ use http::{header, Request, Uri};
 /// limit of [`PerHostLimitLayer`](crate::PerHostLimitLayer) and, with the
 /// `hyper-util` feature, the connection cap of `GuardedConnector`, so that a
 /// request and the connection it is sent on count against the same host.
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone)]
 pub struct HostKey {
-    scheme: Box<str>,
-    host: Box<str>,
+    /// `scheme://host:port`, in lower case: one allocation, shared by clones.
+    repr: Arc<str>,
+    /// The hash of `repr`, keyed per process (so hosts a peer names cannot
+    /// be chosen to collide), computed once: per-host maps look a key up
+    /// several times per request.
+    hash: u64,
+    scheme_len: usize,
+    host_end: usize,
     port: u16,
 }
 
@@ -39,30 +48,39 @@ impl HostKey {
     }
 
     fn new(scheme: &Scheme, authority: &Authority) -> Option<Self> {
-        let scheme = scheme.as_str().to_ascii_lowercase();
-        let port = match authority.port_u16() {
-            Some(port) => port,
-            None => default_port(&scheme)?,
-        };
+        let scheme = scheme.as_str();
         let host = authority.host();
         if host.is_empty() {
             return None;
         }
+        let port = match authority.port_u16() {
+            Some(port) => port,
+            None => default_port(scheme)?,
+        };
+        let mut repr = String::with_capacity(scheme.len() + host.len() + 9);
+        repr.extend(scheme.chars().map(|c| c.to_ascii_lowercase()));
+        repr.push_str("://");
+        repr.extend(host.chars().map(|c| c.to_ascii_lowercase()));
+        let host_end = repr.len();
+        repr.push(':');
+        let _ = write!(repr, "{port}");
         Some(HostKey {
-            scheme: scheme.into_boxed_str(),
-            host: host.to_ascii_lowercase().into_boxed_str(),
+            hash: hash_of(&repr),
+            repr: Arc::from(repr),
+            scheme_len: scheme.len(),
+            host_end,
             port,
         })
     }
 
     /// The scheme, in lower case.
     pub fn scheme(&self) -> &str {
-        &self.scheme
+        &self.repr[..self.scheme_len]
     }
 
     /// The host, in lower case (an IPv6 address keeps its brackets).
     pub fn host(&self) -> &str {
-        &self.host
+        &self.repr[self.scheme_len + 3..self.host_end]
     }
 
     /// The port, the scheme's default if the URI named none.
@@ -71,17 +89,73 @@ impl HostKey {
     }
 }
 
+fn hash_of(repr: &str) -> u64 {
+    static KEYS: OnceLock<RandomState> = OnceLock::new();
+    KEYS.get_or_init(RandomState::new).hash_one(repr)
+}
+
+impl PartialEq for HostKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.hash == other.hash && (Arc::ptr_eq(&self.repr, &other.repr) || self.repr == other.repr)
+    }
+}
+
+impl Eq for HostKey {}
+
+impl Hash for HostKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u64(self.hash);
+    }
+}
+
+impl PartialOrd for HostKey {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for HostKey {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.repr.cmp(&other.repr)
+    }
+}
+
+/// A hasher for maps keyed by [`HostKey`], whose hash is already computed.
+#[derive(Default)]
+pub(crate) struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `write_u64` is used by `HostKey`; fold anything else in.
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+/// `BuildHasher` of [`KeyHasher`].
+pub(crate) type BuildKeyHasher = std::hash::BuildHasherDefault<KeyHasher>;
+
 fn default_port(scheme: &str) -> Option<u16> {
-    match scheme {
-        "http" | "ws" => Some(80),
-        "https" | "wss" => Some(443),
-        _ => None,
+    let is = |name: &str| scheme.eq_ignore_ascii_case(name);
+    if is("http") || is("ws") {
+        Some(80)
+    } else if is("https") || is("wss") {
+        Some(443)
+    } else {
+        None
     }
 }
 
 impl fmt::Display for HostKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}://{}:{}", self.scheme, self.host, self.port)
+        f.write_str(&self.repr)
     }
 }
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
-use crate::key::HostKey;
+use crate::key::{BuildKeyHasher, HostKey};
 use crate::metrics::Metrics;
 
 /// The bounds of one registry.
@@ -27,7 +27,7 @@ pub(crate) struct Registry {
     bounds: Bounds,
     /// Told of queue events, if set.
     observer: Option<Metrics>,
-    hosts: Mutex<HashMap<HostKey, Host>>,
+    state: Mutex<State>,
     in_flight: AtomicUsize,
     queued: AtomicUsize,
 }
@@ -61,7 +61,7 @@ impl Registry {
                 max_queued: bounds.max_queued,
             },
             observer,
-            hosts: Mutex::new(HashMap::new()),
+            state: Mutex::new(State::default()),
             in_flight: AtomicUsize::new(0),
             queued: AtomicUsize::new(0),
         }
@@ -75,23 +75,26 @@ impl Registry {
         self.observer.as_ref()
     }
 
-    fn hosts(&self) -> MutexGuard<'_, HashMap<HostKey, Host>> {
+    fn state(&self) -> MutexGuard<'_, State> {
         // The map is consistent after every statement that touches it, so a
         // panic elsewhere while it was held leaves nothing to repair.
-        self.hosts.lock().unwrap_or_else(PoisonError::into_inner)
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Takes a slot for `key`, or a place in its queue.
     pub(crate) fn acquire(self: &Arc<Self>, key: HostKey) -> Acquire {
-        let mut hosts = self.hosts();
+        let mut state = self.state();
+        let State { hosts, spare } = &mut *state;
         let host = hosts.entry(key.clone()).or_insert_with(|| Host {
-            semaphore: Arc::new(Semaphore::new(self.bounds.max_per_host)),
+            semaphore: spare
+                .pop()
+                .unwrap_or_else(|| Arc::new(Semaphore::new(self.bounds.max_per_host))),
             users: 0,
             queued: 0,
         });
         if let Ok(permit) = host.semaphore.clone().try_acquire_owned() {
             host.users += 1;
-            drop(hosts);
+            drop(state);
             self.in_flight.fetch_add(1, Ordering::Relaxed);
             return Acquire::Ready(Slot {
                 permit: Some(permit),
@@ -102,9 +105,9 @@ impl Registry {
         }
         if host.queued >= self.bounds.max_queued {
             if host.users == 0 {
-                hosts.remove(&key);
+                state.remove(&key, self.bounds.max_per_host);
             }
-            drop(hosts);
+            drop(state);
             if let Some(m) = &self.observer {
                 m.inner.queue_full.fetch_add(1, Ordering::Relaxed);
             }
@@ -113,7 +116,7 @@ impl Registry {
         host.users += 1;
         host.queued += 1;
         let semaphore = host.semaphore.clone();
-        drop(hosts);
+        drop(state);
         self.queued.fetch_add(1, Ordering::Relaxed);
         if let Some(m) = &self.observer {
             m.inner.queue_entered();
@@ -130,22 +133,21 @@ impl Registry {
 
     /// One user of `key` is gone; forget the host when it was the last.
     fn leave(&self, key: &HostKey, was_queued: bool) {
-        let mut hosts = self.hosts();
-        if let Some(host) = hosts.get_mut(key) {
+        let mut state = self.state();
+        if let Some(host) = state.hosts.get_mut(key) {
             host.users = host.users.saturating_sub(1);
             if was_queued {
                 host.queued = host.queued.saturating_sub(1);
             }
             if host.users == 0 {
-                hosts.remove(key);
-                shrink(&mut hosts);
+                state.remove(key, self.bounds.max_per_host);
             }
         }
     }
 
     /// Hosts with something in flight or queued.
     pub(crate) fn hosts_tracked(&self) -> usize {
-        self.hosts().len()
+        self.state().hosts.len()
     }
 
     /// Slots held now, across hosts.
@@ -159,12 +161,35 @@ impl Registry {
     }
 }
 
-/// Gives memory back after a burst of hosts: a map at a quarter of its
-/// capacity is halved. Amortised, this costs O(1) per removal.
-fn shrink(hosts: &mut HashMap<HostKey, Host>) {
-    const MIN_CAPACITY: usize = 64;
-    if hosts.capacity() > MIN_CAPACITY && hosts.len() < hosts.capacity() / 4 {
-        hosts.shrink_to((hosts.len() * 2).max(MIN_CAPACITY));
+/// The hosts, and semaphores of forgotten hosts kept for the next ones: a
+/// host that comes and goes with every request costs no allocation.
+#[derive(Debug, Default)]
+struct State {
+    hosts: HashMap<HostKey, Host, BuildKeyHasher>,
+    spare: Vec<Arc<Semaphore>>,
+}
+
+/// Semaphores kept for reuse.
+const SPARE: usize = 64;
+
+impl State {
+    /// Forgets `key`, keeps its semaphore if it is whole and unshared, and
+    /// gives memory back after a burst of hosts: a map at a quarter of its
+    /// capacity is halved (amortised, O(1) per removal).
+    fn remove(&mut self, key: &HostKey, max_per_host: usize) {
+        if let Some(host) = self.hosts.remove(key) {
+            if self.spare.len() < SPARE
+                && Arc::strong_count(&host.semaphore) == 1
+                && host.semaphore.available_permits() == max_per_host
+            {
+                self.spare.push(host.semaphore);
+            }
+        }
+        const MIN_CAPACITY: usize = 64;
+        let hosts = &mut self.hosts;
+        if hosts.capacity() > MIN_CAPACITY && hosts.len() < hosts.capacity() / 4 {
+            hosts.shrink_to((hosts.len() * 2).max(MIN_CAPACITY));
+        }
     }
 }
 
@@ -243,8 +268,8 @@ impl Waiter {
     fn into_slot(mut self, permit: OwnedSemaphorePermit, waited: Duration) -> Slot {
         self.queued = false;
         {
-            let mut hosts = self.registry.hosts();
-            if let Some(host) = hosts.get_mut(&self.key) {
+            let mut state = self.registry.state();
+            if let Some(host) = state.hosts.get_mut(&self.key) {
                 host.queued = host.queued.saturating_sub(1);
             }
         }
