@@ -22,10 +22,13 @@ use tower::{Layer, Service, ServiceExt};
 type Req = Request<()>;
 
 /// A ready service answering with 16 bytes in memory.
-fn origin() -> impl Service<Req, Response = Response<Full<Bytes>>, Error = Infallible, Future: Send> + Clone + Send
+fn origin(
+) -> impl Service<Req, Response = Response<Full<Bytes>>, Error = Infallible, Future: Send> + Clone + Send
 {
     tower::service_fn(|_req: Req| async {
-        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"0123456789abcdef"))))
+        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(
+            b"0123456789abcdef",
+        ))))
     })
 }
 
@@ -69,7 +72,9 @@ fn layers(c: &mut Criterion) {
         group.warm_up_time(Duration::from_millis(500));
 
         let bare = origin();
-        group.bench_function("bare", |b| b.to_async(&rt).iter(|| one(&bare, next(), 1, read)));
+        group.bench_function("bare", |b| {
+            b.to_async(&rt).iter(|| one(&bare, next(), 1, read))
+        });
 
         let svc = ConcurrencyLimitLayer::new(64).layer(origin());
         let svc = tower::util::BoxCloneService::new(svc.map_err(|e| e));
@@ -78,13 +83,17 @@ fn layers(c: &mut Criterion) {
         });
 
         let svc = DrainLayer::new().layer(origin());
-        group.bench_function("DrainLayer", |b| b.to_async(&rt).iter(|| one(&svc, next(), 1, read)));
+        group.bench_function("DrainLayer", |b| {
+            b.to_async(&rt).iter(|| one(&svc, next(), 1, read))
+        });
 
         let svc = PerHostLimitLayer::new(64).layer(origin());
         for hosts in [1, 10_000] {
-            group.bench_with_input(BenchmarkId::new("PerHostLimitLayer hosts", hosts), &hosts, |b, &h| {
-                b.to_async(&rt).iter(|| one(&svc, next(), h, read))
-            });
+            group.bench_with_input(
+                BenchmarkId::new("PerHostLimitLayer hosts", hosts),
+                &hosts,
+                |b, &h| b.to_async(&rt).iter(|| one(&svc, next(), h, read)),
+            );
         }
 
         let svc = ReuseMetricsLayer::new(Metrics::new()).layer(origin());
@@ -160,7 +169,9 @@ fn loopback(c: &mut Criterion) {
         .build()
         .expect("runtime");
     let addr = rt.block_on(async {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         let addr = listener.local_addr().expect("addr");
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
@@ -184,25 +195,30 @@ fn loopback(c: &mut Criterion) {
     let guard = PoolGuard::builder().max_per_host(8).build();
     let guarded = guard.layer().layer(
         hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-            .build::<_, Empty<Bytes>>(guard.connector(hyper_util::client::legacy::connect::HttpConnector::new())),
+            .build::<_, Empty<Bytes>>(
+                guard.connector(hyper_util::client::legacy::connect::HttpConnector::new()),
+            ),
     );
     let mut group = c.benchmark_group("loopback round trip");
     group.measurement_time(Duration::from_secs(3));
-    let send = |svc: tower::util::BoxCloneService<Request<Empty<Bytes>>, (), poolguard::BoxError>| {
-        let uri = uri.clone();
-        async move {
-            let req = Request::get(uri).body(Empty::new()).expect("request");
-            svc.oneshot(req).await.expect("response");
-        }
-    };
+    let send =
+        |svc: tower::util::BoxCloneService<Request<Empty<Bytes>>, (), poolguard::BoxError>| {
+            let uri = uri.clone();
+            async move {
+                let req = Request::get(uri).body(Empty::new()).expect("request");
+                svc.oneshot(req).await.expect("response");
+            }
+        };
     let bare = tower::util::BoxCloneService::new(
-        client
-            .map_err(poolguard::BoxError::from)
-            .and_then(collect),
+        client.map_err(poolguard::BoxError::from).and_then(collect),
     );
-    group.bench_function("hyper-util bare", |b| b.to_async(&rt).iter(|| send(bare.clone())));
+    group.bench_function("hyper-util bare", |b| {
+        b.to_async(&rt).iter(|| send(bare.clone()))
+    });
     let guarded = tower::util::BoxCloneService::new(guarded.and_then(collect));
-    group.bench_function("hyper-util guarded", |b| b.to_async(&rt).iter(|| send(guarded.clone())));
+    group.bench_function("hyper-util guarded", |b| {
+        b.to_async(&rt).iter(|| send(guarded.clone()))
+    });
     group.finish();
 }
 

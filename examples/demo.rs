@@ -7,8 +7,11 @@
 //! ```
 //!
 //! Flags: `--scale F` multiplies every request count (default 1.0);
-//! `--only NAME` runs one workload: `drop-5b`, `drop-64k`, `bursty`, `flood`,
-//! `crawler`, `endless`.
+//! `--only NAME` runs one workload: `drop-5b`, `drop-64k`, `read-64k`,
+//! `bursty`, `flood`, `slow-100`, `crawler`, `endless`; `--rounds N` repeats every workload N times, the
+//! clients in a different order each round, and reports the median with the
+//! spread (min–max) of req/s (this is the loopback benchmark of
+//! BENCHMARKS.md).
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -272,10 +275,12 @@ fn senders(
     out
 }
 
-async fn run(w: &Workload) -> Vec<Row> {
+async fn run(w: &Workload, round: usize) -> Vec<Row> {
     let mut rows = Vec::new();
     let clients = 4;
-    for c in 0..clients {
+    for k in 0..clients {
+        // Alternate the order of the clients from round to round.
+        let c = (k + round) % clients;
         // A fresh server (or servers) per client: its accept count is the
         // client's own.
         let mut servers = Vec::new();
@@ -310,6 +315,7 @@ async fn run(w: &Workload) -> Vec<Row> {
         eprintln!(" {:.1} s", elapsed.as_secs_f64());
         rows.push(row);
     }
+    rows.sort_by_key(|r| r.client);
     rows
 }
 
@@ -339,6 +345,12 @@ fn workloads(scale: f64) -> Vec<Workload> {
             ..base
         },
         Workload {
+            name: "read-64k",
+            path: "/bytes/65536",
+            usage: Use::Read,
+            ..base
+        },
+        Workload {
             name: "bursty",
             tasks: 100,
             requests: n(4000),
@@ -355,6 +367,15 @@ fn workloads(scale: f64) -> Vec<Workload> {
             path: "/bytes/512",
             usage: Use::Read,
             delay: Duration::from_millis(5),
+            ..base
+        },
+        Workload {
+            name: "slow-100",
+            tasks: 100,
+            requests: n(1000),
+            path: "/bytes/512",
+            usage: Use::Read,
+            delay: Duration::from_millis(20),
             ..base
         },
         Workload {
@@ -377,6 +398,67 @@ fn workloads(scale: f64) -> Vec<Workload> {
             ..base
         },
     ]
+}
+
+/// The median row of each (workload, client) over the rounds, with the
+/// spread of req/s.
+fn summarize(rounds: Vec<Vec<Row>>) -> Vec<(Row, f64, f64)> {
+    let Some(first) = rounds.first() else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for i in 0..first.len() {
+        let mut same: Vec<&Row> = rounds.iter().filter_map(|r| r.get(i)).collect();
+        same.sort_by(|a, b| a.rps.total_cmp(&b.rps));
+        let (min, max) = (same[0].rps, same[same.len() - 1].rps);
+        let m = same[same.len() / 2];
+        let median = |f: &dyn Fn(&Row) -> f64| {
+            let mut v: Vec<f64> = same.iter().map(|r| f(r)).collect();
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        out.push((
+            Row {
+                workload: m.workload,
+                client: m.client,
+                requests: m.requests,
+                errors: same.iter().map(|r| r.errors).max().unwrap_or(0),
+                accepts: median(&|r| r.accepts as f64) as usize,
+                time_wait: m.time_wait,
+                rps: median(&|r| r.rps),
+                p50: Duration::from_secs_f64(median(&|r| r.p50.as_secs_f64())),
+                p99: Duration::from_secs_f64(median(&|r| r.p99.as_secs_f64())),
+                reuse: m.reuse,
+            },
+            min,
+            max,
+        ));
+    }
+    out
+}
+
+fn print_rounds(rows: &[(Row, f64, f64)], rounds: usize) {
+    println!(
+        "| workload | client | requests | errors (max) | accepts | req/s median | req/s min–max ({rounds} rounds) | p50 | p99 | reuse |"
+    );
+    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for (r, min, max) in rows {
+        println!(
+            "| {} | {} | {} | {} | {} | {:.0} | {:.0}–{:.0} | {:.2} ms | {:.2} ms | {} |",
+            r.workload,
+            r.client,
+            r.requests,
+            r.errors,
+            r.accepts,
+            r.rps,
+            min,
+            max,
+            r.p50.as_secs_f64() * 1e3,
+            r.p99.as_secs_f64() * 1e3,
+            r.reuse
+                .map_or("-".to_owned(), |x| format!("{:.1} %", x * 100.0)),
+        );
+    }
 }
 
 fn print_table(rows: &[Row]) {
@@ -405,14 +487,16 @@ fn print_table(rows: &[Row]) {
 #[tokio::main]
 async fn main() {
     let mut scale = 1.0;
+    let mut rounds = 1usize;
     let mut only: Option<String> = None;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--scale" => scale = args.next().and_then(|s| s.parse().ok()).unwrap_or(1.0),
             "--only" => only = args.next(),
+            "--rounds" => rounds = args.next().and_then(|s| s.parse().ok()).unwrap_or(1).max(1),
             "-h" | "--help" => {
-                println!("usage: demo [--scale F] [--only drop-5b|drop-64k|bursty|flood|crawler|endless]");
+                println!("usage: demo [--scale F] [--rounds N] [--only drop-5b|drop-64k|read-64k|bursty|flood|slow-100|crawler|endless]");
                 return;
             }
             other => {
@@ -423,13 +507,24 @@ async fn main() {
     }
     support::raise_nofile_limit();
     let started = Instant::now();
-    let mut rows = Vec::new();
-    for w in workloads(scale) {
-        if only.as_deref().is_some_and(|o| o != w.name) {
-            continue;
+    let mut all = Vec::new();
+    for round in 0..rounds {
+        if rounds > 1 {
+            eprintln!("round {} of {rounds}", round + 1);
         }
-        rows.extend(run(&w).await);
+        let mut rows = Vec::new();
+        for w in workloads(scale) {
+            if only.as_deref().is_some_and(|o| o != w.name) {
+                continue;
+            }
+            rows.extend(run(&w, round).await);
+        }
+        all.push(rows);
     }
     eprintln!("done in {:.1} s", started.elapsed().as_secs_f64());
-    print_table(&rows);
+    if rounds == 1 {
+        print_table(&all.swap_remove(0));
+    } else {
+        print_rounds(&summarize(all), rounds);
+    }
 }

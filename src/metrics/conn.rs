@@ -146,11 +146,17 @@ impl ConnState {
         self.written.load(Relaxed) == seq
     }
 
-    /// Whether reads should be watched for an end of file: not while a
-    /// response body streams, when the copy would cost the most.
+    /// Whether reads should be watched for an end of file (through a copy):
+    /// while the connection is idle, and for the first read after a request
+    /// was written (a stale connection's end of file, or the response head).
+    /// Not once response data flows, when the copy would cost the most.
     #[inline]
     pub(crate) fn watches_reads(&self) -> bool {
-        self.phase.load(Relaxed) != PHASE_BODY
+        match self.phase.load(Relaxed) {
+            PHASE_IDLE => true,
+            PHASE_BUSY => !self.read_last.load(Relaxed),
+            _ => false,
+        }
     }
 
     /// The IO read end of file.
