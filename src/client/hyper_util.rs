@@ -61,6 +61,23 @@ pub struct GuardedConnector<C> {
     inner: C,
     registry: Arc<Registry>,
     metrics: Option<Metrics>,
+    life: Arc<Life>,
+}
+
+/// Alive while a client holds a clone of the connector. A dial waiting for
+/// a slot does not keep it alive: hyper-util's pool races a checkout
+/// against a connect and lets the started connect run in the background,
+/// holding the pool; were that dial to wait for ever, the pool, and its
+/// connections, would outlive the client.
+#[derive(Debug, Default)]
+struct Life {
+    gone: Arc<tokio::sync::Notify>,
+}
+
+impl Drop for Life {
+    fn drop(&mut self) {
+        self.gone.notify_waiters();
+    }
 }
 
 impl<C> GuardedConnector<C> {
@@ -77,6 +94,7 @@ impl<C> GuardedConnector<C> {
                 None,
             )),
             metrics: None,
+            life: Arc::default(),
         }
     }
 
@@ -85,6 +103,7 @@ impl<C> GuardedConnector<C> {
             inner,
             registry,
             metrics,
+            life: Arc::default(),
         }
     }
 
@@ -171,11 +190,29 @@ where
                 // Take the connector that was made ready into the future.
                 let clone = self.inner.clone();
                 let mut ready = std::mem::replace(&mut self.inner, clone);
+                let life = Arc::downgrade(&self.life);
+                let gone = self.life.gone.clone();
                 ConnectFuture::new(async move {
-                    let slot = waiter
-                        .wait(None)
-                        .await
-                        .map_err(|_| BoxError::from("connection slot unavailable"))?;
+                    let mut notified = std::pin::pin!(gone.notified());
+                    notified.as_mut().enable();
+                    if life.upgrade().is_none() {
+                        return Err(BoxError::from("client dropped while the dial waited"));
+                    }
+                    let mut wait = std::pin::pin!(waiter.wait(None));
+                    let slot = std::future::poll_fn(|cx| {
+                        if let Poll::Ready(slot) = wait.as_mut().poll(cx) {
+                            return Poll::Ready(
+                                slot.map_err(|_| BoxError::from("connection slot unavailable")),
+                            );
+                        }
+                        if notified.as_mut().poll(cx).is_ready() {
+                            return Poll::Ready(Err(BoxError::from(
+                                "client dropped while the dial waited",
+                            )));
+                        }
+                        Poll::Pending
+                    })
+                    .await?;
                     let io = ready.call(dst).await.map_err(Into::into)?;
                     Ok(GuardedIo::new(io, Some(slot), track))
                 })

@@ -45,6 +45,8 @@ pub struct Stats {
     pub in_flight: AtomicUsize,
     /// The most requests handled at once.
     pub peak: AtomicUsize,
+    /// Connections the client closed (raw servers only).
+    pub closed_by_peer: AtomicUsize,
 }
 
 impl Stats {
@@ -255,6 +257,73 @@ pub async fn serve_closing_idle(after: Duration) -> Server {
                     .await;
                 tokio::time::sleep(after).await;
                 // Dropping the stream closes it: no `Connection: close`.
+            });
+        }
+    });
+    Server { addr, stats, task }
+}
+
+/// What a [`serve_raw`] server does after writing a response.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum After {
+    /// Wait for the next request on the connection.
+    KeepAlive,
+    /// Close the connection (FIN).
+    Close,
+    /// Reset the connection (RST, with `SO_LINGER` 0).
+    Reset,
+}
+
+/// A raw HTTP/1.1 server that answers each request with the bytes
+/// `respond` returns, then does what it says: a peer that breaks the rules.
+pub async fn serve_raw<F>(respond: F) -> Server
+where
+    F: Fn() -> (Vec<u8>, After) + Send + Sync + 'static,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("local addr");
+    let stats = Arc::new(Stats::default());
+    let task_stats = stats.clone();
+    let respond = Arc::new(respond);
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                continue;
+            };
+            task_stats.accepted.fetch_add(1, Ordering::SeqCst);
+            let (stats, respond) = (task_stats.clone(), respond.clone());
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 8192];
+                let mut seen = Vec::new();
+                loop {
+                    // Read one request head.
+                    while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match stream.read(&mut buf).await {
+                            Ok(0) | Err(_) => {
+                                stats.closed_by_peer.fetch_add(1, Ordering::SeqCst);
+                                return;
+                            }
+                            Ok(n) => seen.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    if let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                        seen.drain(..end + 4);
+                    }
+                    stats.requests.fetch_add(1, Ordering::SeqCst);
+                    let (bytes, after) = respond();
+                    if stream.write_all(&bytes).await.is_err() {
+                        return;
+                    }
+                    match after {
+                        After::KeepAlive => continue,
+                        After::Close => return,
+                        After::Reset => {
+                            let _ = stream.set_zero_linger();
+                            return;
+                        }
+                    }
+                }
             });
         }
     });
