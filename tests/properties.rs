@@ -85,7 +85,7 @@ fn run_limit(ops: Vec<Op>) -> Result<(), TestCaseError> {
                     held.remove(i % held.len());
                 }
                 Op::Cancel(i) if !pending.is_empty() => {
-                    pending.remove(i % pending.len());
+                    drop(pending.remove(i % pending.len()));
                 }
                 Op::Advance(ms) => tokio::time::advance(Duration::from_millis(ms)).await,
                 _ => {}
