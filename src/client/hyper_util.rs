@@ -326,8 +326,14 @@ impl<T: Read + Unpin> Read for GuardedIo<T> {
         let Some(conn) = this.conn.as_ref().filter(|c| c.watches_reads()) else {
             // Untracked, or streaming a body: straight through.
             let polled = Pin::new(&mut this.io).poll_read(cx, buf);
-            if let (Some(conn), Poll::Ready(Err(e))) = (&this.conn, &polled) {
-                conn.on_io_error(e);
+            if let Some(conn) = &this.conn {
+                match &polled {
+                    Poll::Ready(Err(e)) => conn.on_io_error(e),
+                    // Data (or an end of file, which ends the request too):
+                    // the next write starts a new request.
+                    Poll::Ready(Ok(())) => conn.on_read(),
+                    Poll::Pending => {}
+                }
             }
             return polled;
         };

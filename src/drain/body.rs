@@ -37,8 +37,10 @@ pub struct DrainBody<B> {
     content_length: Option<u64>,
     http2: bool,
     shared: Arc<Shared>,
-    /// The tracked connection the body arrives on, told how a drain ends.
-    conn: Option<ConnHandle>,
+    /// The tracked connection the body arrives on, and the request it
+    /// answers there (taken when the response arrived), told how a drain
+    /// ends.
+    conn: Option<(ConnHandle, u64)>,
     /// The drop logic, instantiated where `B: Body + Send + 'static` holds, so
     /// that the type itself needs no bounds.
     on_drop: fn(Pin<Box<B>>, Dropped),
@@ -50,7 +52,7 @@ pub(crate) struct Dropped {
     content_length: Option<u64>,
     http2: bool,
     shared: Arc<Shared>,
-    conn: Option<ConnHandle>,
+    conn: Option<(ConnHandle, u64)>,
 }
 
 impl<B> DrainBody<B>
@@ -64,7 +66,12 @@ where
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok());
-        let conn = response.extensions().get::<ConnHandle>().cloned();
+        let conn = response.extensions().get::<ConnHandle>().map(|c| {
+            // Wrapped before the metrics layer sees the response: it will be
+            // response number `responses() + 1`.
+            let seq = c.0.response_seq(c.0.responses() + 1);
+            (c.clone(), seq)
+        });
         response.map(|body| {
             // A body already at its end when wrapped is complete from the
             // start: it never needs a drain.
@@ -161,11 +168,7 @@ where
     B: Body + Send + 'static,
 {
     let shared = dropped.shared;
-    // The body's response is the connection's latest while the body lives.
-    let conn = dropped.conn.map(|c| {
-        let seq = c.0.seq();
-        (c, seq)
-    });
+    let conn = dropped.conn;
     let report = |outcome: DrainOutcome| {
         if !outcome.is_completed() {
             tracing::debug!(?outcome, "response body dropped early and not drained");

@@ -129,14 +129,19 @@ impl ConnState {
         }
     }
 
-    /// Requests written on this connection so far, as the IO counted them:
-    /// a response's body events carry the count taken when the response
-    /// arrived, and count only while no later request was written. (The
-    /// metrics layer may see responses out of order: a small body can be
-    /// read whole, and its connection handed to the next request, before
-    /// the first caller's task polls its response.)
-    pub(crate) fn seq(&self) -> u64 {
-        self.written.load(Relaxed)
+    /// The request a response arriving now answers: the latest written,
+    /// unless fewer responses than writes have been seen, when a caller's
+    /// task polls its response late (a small body can be read whole and its
+    /// connection handed to the next request first): a late response must
+    /// not claim the next request's events. `seen` counts this response if
+    /// `on_response` already did.
+    pub(crate) fn response_seq(&self, seen: u64) -> u64 {
+        self.written.load(Relaxed).min(seen)
+    }
+
+    /// Responses seen so far.
+    pub(crate) fn responses(&self) -> u64 {
+        self.requests.load(Relaxed)
     }
 
     /// Whether response `seq` is still the connection's latest request:

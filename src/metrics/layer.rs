@@ -195,7 +195,7 @@ where
         } else if let Some(conn) = response.extensions().get::<ConnHandle>().cloned() {
             let info = conn.0.on_response(*this.started, close, queue_wait);
             response.extensions_mut().insert(info);
-            let seq = conn.0.seq();
+            let seq = conn.0.response_seq(info.requests);
             f.conn = Some((conn, seq));
             Some(info.reused)
         } else {
