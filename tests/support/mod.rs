@@ -16,7 +16,7 @@ use http_body::{Body, Frame};
 use http_body_util::{combinators::BoxBody, BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 
 /// Raises the soft limit on open files to the hard limit (at most 65536):
 /// floods open more connections than the default soft limit of 1024.
@@ -104,6 +104,35 @@ pub async fn serve() -> Server {
 }
 
 pub async fn serve_with(options: Options) -> Server {
+    listen(move |stream, stats| {
+        let options = options.clone();
+        async move {
+            let svc =
+                hyper::service::service_fn(move |req| handle(req, stats.clone(), options.delay));
+            let io = TokioIo::new(stream);
+            // A client that drops a connection mid-body makes the server
+            // side fail with an incomplete message: expected, not logged.
+            let _ = if options.http2 {
+                hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(io, svc)
+                    .await
+            } else {
+                hyper::server::conn::http1::Builder::new()
+                    .serve_connection(io, svc)
+                    .await
+            };
+        }
+    })
+    .await
+}
+
+/// Binds 127.0.0.1:0, counts every accepted connection, and serves each
+/// with `serve_conn` on a task of its own.
+async fn listen<F, Fut>(serve_conn: F) -> Server
+where
+    F: Fn(TcpStream, Arc<Stats>) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("local addr");
     let stats = Arc::new(Stats::default());
@@ -114,25 +143,7 @@ pub async fn serve_with(options: Options) -> Server {
                 continue;
             };
             task_stats.accepted.fetch_add(1, Ordering::SeqCst);
-            let stats = task_stats.clone();
-            let options = options.clone();
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |req| {
-                    handle(req, stats.clone(), options.delay)
-                });
-                let io = TokioIo::new(stream);
-                // A client that drops a connection mid-body makes the server
-                // side fail with an incomplete message: expected, not logged.
-                let _ = if options.http2 {
-                    hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                        .serve_connection(io, svc)
-                        .await
-                } else {
-                    hyper::server::conn::http1::Builder::new()
-                        .serve_connection(io, svc)
-                        .await
-                };
-            });
+            tokio::spawn(serve_conn(stream, task_stats.clone()));
         }
     });
     Server { addr, stats, task }
@@ -222,45 +233,17 @@ impl Body for Chunks {
 
 use std::future::Future as _;
 
-/// A raw HTTP/1.1 server that answers every request on a connection with a
-/// 2-byte keep-alive response, and closes the connection silently `after`
-/// the first response (a stale pooled connection, from the client's side).
+/// A raw HTTP/1.1 server that answers a request with a 2-byte keep-alive
+/// response, and closes the connection silently `after` it (a stale pooled
+/// connection, from the client's side).
 pub async fn serve_closing_idle(after: Duration) -> Server {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("local addr");
-    let stats = Arc::new(Stats::default());
-    let task_stats = stats.clone();
-    let task = tokio::spawn(async move {
-        loop {
-            let Ok((mut stream, _)) = listener.accept().await else {
-                continue;
-            };
-            task_stats.accepted.fetch_add(1, Ordering::SeqCst);
-            let stats = task_stats.clone();
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 4096];
-                let mut seen = Vec::new();
-                loop {
-                    let n = match stream.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => n,
-                    };
-                    seen.extend_from_slice(&buf[..n]);
-                    if seen.windows(4).any(|w| w == b"\r\n\r\n") {
-                        break;
-                    }
-                }
-                stats.requests.fetch_add(1, Ordering::SeqCst);
-                let _ = stream
-                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
-                    .await;
-                tokio::time::sleep(after).await;
-                // Dropping the stream closes it: no `Connection: close`.
-            });
-        }
-    });
-    Server { addr, stats, task }
+    serve_raw(move || {
+        (
+            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok".to_vec(),
+            After::CloseLater(after),
+        )
+    })
+    .await
 }
 
 /// What a [`serve_raw`] server does after writing a response.
@@ -270,6 +253,8 @@ pub enum After {
     KeepAlive,
     /// Close the connection (FIN).
     Close,
+    /// Close the connection (FIN) after a pause, without saying so.
+    CloseLater(Duration),
     /// Reset the connection (RST, with `SO_LINGER` 0).
     Reset,
 }
@@ -281,51 +266,45 @@ where
     F: Fn() -> (Vec<u8>, After) + Send + Sync + 'static,
 {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("local addr");
-    let stats = Arc::new(Stats::default());
-    let task_stats = stats.clone();
     let respond = Arc::new(respond);
-    let task = tokio::spawn(async move {
-        loop {
-            let Ok((mut stream, _)) = listener.accept().await else {
-                continue;
-            };
-            task_stats.accepted.fetch_add(1, Ordering::SeqCst);
-            let (stats, respond) = (task_stats.clone(), respond.clone());
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 8192];
-                let mut seen = Vec::new();
-                loop {
-                    // Read one request head.
-                    while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match stream.read(&mut buf).await {
-                            Ok(0) | Err(_) => {
-                                stats.closed_by_peer.fetch_add(1, Ordering::SeqCst);
-                                return;
-                            }
-                            Ok(n) => seen.extend_from_slice(&buf[..n]),
-                        }
-                    }
-                    if let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
-                        seen.drain(..end + 4);
-                    }
-                    stats.requests.fetch_add(1, Ordering::SeqCst);
-                    let (bytes, after) = respond();
-                    if stream.write_all(&bytes).await.is_err() {
-                        return;
-                    }
-                    match after {
-                        After::KeepAlive => continue,
-                        After::Close => return,
-                        After::Reset => {
-                            let _ = stream.set_zero_linger();
+    listen(move |mut stream, stats| {
+        let respond = respond.clone();
+        async move {
+            let mut buf = vec![0u8; 8192];
+            let mut seen = Vec::new();
+            loop {
+                // Read one request head.
+                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => {
+                            stats.closed_by_peer.fetch_add(1, Ordering::SeqCst);
                             return;
                         }
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
                     }
                 }
-            });
+                if let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                    seen.drain(..end + 4);
+                }
+                stats.requests.fetch_add(1, Ordering::SeqCst);
+                let (bytes, after) = respond();
+                if stream.write_all(&bytes).await.is_err() {
+                    return;
+                }
+                match after {
+                    After::KeepAlive => continue,
+                    After::Close => return,
+                    After::CloseLater(pause) => {
+                        tokio::time::sleep(pause).await;
+                        return;
+                    }
+                    After::Reset => {
+                        let _ = stream.set_zero_linger();
+                        return;
+                    }
+                }
+            }
         }
-    });
-    Server { addr, stats, task }
+    })
+    .await
 }
