@@ -9,9 +9,10 @@ use tower_layer::Layer;
 use crate::drain::{Drain, DrainLayer};
 use crate::limit::{PerHostLimit, PerHostLimitLayer};
 use crate::metrics::{Metrics, ReuseMetrics, ReuseMetricsLayer};
+use crate::retry::{RetryStale, RetryStaleLayer};
 
 /// The service [`PoolGuard::layer`] makes of a client `S`.
-pub type Guarded<S> = ReuseMetrics<Drain<PerHostLimit<S>>>;
+pub type Guarded<S> = ReuseMetrics<RetryStale<Drain<PerHostLimit<S>>>>;
 
 /// Drain-on-drop bodies, a per-host limit and reuse metrics for one client,
 /// sharing one state.
@@ -51,6 +52,8 @@ pub type Guarded<S> = ReuseMetrics<Drain<PerHostLimit<S>>>;
 #[derive(Clone)]
 pub struct PoolGuard {
     pub(crate) max_per_host: usize,
+    #[cfg_attr(not(feature = "hyper-util"), allow(dead_code))]
+    honor_keep_alive: bool,
     metrics: Metrics,
     layer: PoolGuardLayer,
     #[cfg(feature = "hyper-util")]
@@ -60,13 +63,14 @@ pub struct PoolGuard {
 impl PoolGuard {
     /// A builder with the defaults of every layer: 10 per host, 1024
     /// queued, 30 s queue timeout, drains of 64 KiB within 100 ms, 256 at
-    /// once.
+    /// once, one retry of a request that failed on a stale connection, and
+    /// `Keep-Alive` headers honoured.
     pub fn builder() -> PoolGuardBuilder {
         PoolGuardBuilder::default()
     }
 
-    /// The layer to put on the client: metrics, then drain, then the
-    /// per-host limit, around the client. See [`PoolGuardLayer`] for why
+    /// The layer to put on the client: metrics, then the stale-connection
+    /// retry, then drain, then the per-host limit, around the client. See [`PoolGuardLayer`] for why
     /// that order.
     pub fn layer(&self) -> PoolGuardLayer {
         self.layer.clone()
@@ -78,8 +82,10 @@ impl PoolGuard {
     }
 
     /// Wraps a hyper-util connector: at most `max_per_host` connections per
-    /// host, tracked in [`PoolGuard::metrics`]. Every connector made by one
-    /// guard (and its clones) shares the same connection slots.
+    /// host, tracked in [`PoolGuard::metrics`], retired on the server's
+    /// `Keep-Alive` limits unless [`honor_keep_alive(false)`](PoolGuardBuilder::honor_keep_alive).
+    /// Every connector made by one guard (and its clones) shares the same
+    /// connection slots.
     #[cfg(feature = "hyper-util")]
     #[cfg_attr(docsrs, doc(cfg(feature = "hyper-util")))]
     pub fn connector<C>(&self, inner: C) -> crate::GuardedConnector<C> {
@@ -87,6 +93,7 @@ impl PoolGuard {
             inner,
             self.connections.clone(),
             Some(self.metrics.clone()),
+            self.honor_keep_alive,
         )
     }
 }
@@ -110,6 +117,8 @@ pub struct PoolGuardBuilder {
     drain_max_bytes: u64,
     drain_max_time: Duration,
     drain_max_concurrent: usize,
+    retry_stale: bool,
+    honor_keep_alive: bool,
 }
 
 impl Default for PoolGuardBuilder {
@@ -121,6 +130,8 @@ impl Default for PoolGuardBuilder {
             drain_max_bytes: crate::drain::layer::DEFAULT_MAX_BYTES,
             drain_max_time: crate::drain::layer::DEFAULT_MAX_TIME,
             drain_max_concurrent: crate::drain::layer::DEFAULT_MAX_CONCURRENT,
+            retry_stale: true,
+            honor_keep_alive: true,
         }
     }
 }
@@ -163,11 +174,32 @@ impl PoolGuardBuilder {
         self
     }
 
+    /// Whether to send a request once more when it failed on a stale pooled
+    /// connection (the server closed it as the request went out), when that
+    /// is safe: see [`retry`](crate::retry). Default: yes.
+    pub fn retry_stale(mut self, yes: bool) -> Self {
+        self.retry_stale = yes;
+        self
+    }
+
+    /// Whether connections made by [`PoolGuard::connector`] are retired
+    /// before the server's advertised `Keep-Alive: timeout=N, max=M` would
+    /// close them: see
+    /// [`GuardedConnector::honor_keep_alive`](crate::GuardedConnector::honor_keep_alive).
+    /// Default: yes.
+    pub fn honor_keep_alive(mut self, yes: bool) -> Self {
+        self.honor_keep_alive = yes;
+        self
+    }
+
     /// Builds the guard and its shared state.
     pub fn build(self) -> PoolGuard {
         let metrics = Metrics::new();
         let layer = PoolGuardLayer {
             metrics: ReuseMetricsLayer::new(metrics.clone()),
+            retry: RetryStaleLayer::new()
+                .max_retries(u32::from(self.retry_stale))
+                .metrics(metrics.clone()),
             drain: DrainLayer::new()
                 .max_bytes(self.drain_max_bytes)
                 .max_time(self.drain_max_time)
@@ -180,6 +212,7 @@ impl PoolGuardBuilder {
         };
         PoolGuard {
             max_per_host: self.max_per_host,
+            honor_keep_alive: self.honor_keep_alive,
             #[cfg(feature = "hyper-util")]
             connections: std::sync::Arc::new(crate::limit::registry::Registry::new(
                 crate::limit::registry::Bounds {
@@ -194,23 +227,27 @@ impl PoolGuardBuilder {
     }
 }
 
-/// The three layers of a [`PoolGuard`], in this order from the caller in:
+/// The layers of a [`PoolGuard`], in this order from the caller in:
 ///
 /// 1. [`ReuseMetricsLayer`], outermost: it counts every request, including
 ///    those the limit refuses or times out, keeps a request in flight while
 ///    it waits in a queue, and reads the queue wait and the connection the
-///    response came on.
-/// 2. [`DrainLayer`], outside the limit: the limit's body is inside the
+///    response came on. A retried request counts once.
+/// 2. [`RetryStaleLayer`]: a retry goes through the per-host limit like any
+///    request (it takes a slot, and may queue), and its response through
+///    the drain.
+/// 3. [`DrainLayer`], outside the limit: the limit's body is inside the
 ///    [`DrainBody`](crate::DrainBody), so a body dropped early keeps its
 ///    per-host slot until the background drain ends (the connection is busy
 ///    until then), and the drain's outcome reaches the metrics through the
 ///    shared [`Metrics`] hook.
-/// 3. [`PerHostLimitLayer`], innermost: its slot covers the client's call,
+/// 4. [`PerHostLimitLayer`], innermost: its slot covers the client's call,
 ///    and its queue time is measured next to the client.
 #[derive(Clone, Debug)]
 #[must_use]
 pub struct PoolGuardLayer {
     metrics: ReuseMetricsLayer,
+    retry: RetryStaleLayer,
     drain: DrainLayer,
     limit: PerHostLimitLayer,
 }
@@ -231,7 +268,8 @@ impl<S> Layer<S> for PoolGuardLayer {
     type Service = Guarded<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
+        let limited = self.limit.layer(inner);
         self.metrics
-            .layer(self.drain.layer(self.limit.layer(inner)))
+            .layer(self.retry.layer(self.drain.layer(limited)))
     }
 }

@@ -72,6 +72,8 @@ mod guard;
 mod key;
 pub mod limit;
 pub mod metrics;
+pub mod retry;
+mod timer;
 
 #[cfg(feature = "reqwest")]
 #[cfg_attr(docsrs, doc(cfg(feature = "reqwest")))]
@@ -81,6 +83,7 @@ pub use guard::{Guarded, PoolGuard, PoolGuardBuilder, PoolGuardLayer};
 pub use key::HostKey;
 pub use limit::{PerHostLimitLayer, QueueFull, QueueTimeout};
 pub use metrics::{CloseReason, ConnInfo, Metrics, ReuseMetricsLayer, Snapshot};
+pub use retry::RetryStaleLayer;
 
 #[cfg(feature = "hyper-util")]
 #[cfg_attr(docsrs, doc(cfg(feature = "hyper-util")))]

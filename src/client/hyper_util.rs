@@ -15,7 +15,7 @@ use tower_service::Service;
 
 use crate::key::HostKey;
 use crate::limit::registry::{Acquire, Bounds, Registry, Slot};
-use crate::metrics::conn::{ConnHandle, ConnState};
+use crate::metrics::conn::{ConnHandle, ConnState, Retire};
 use crate::metrics::Metrics;
 use crate::BoxError;
 
@@ -61,6 +61,7 @@ pub struct GuardedConnector<C> {
     inner: C,
     registry: Arc<Registry>,
     metrics: Option<Metrics>,
+    honor_keep_alive: bool,
     life: Arc<Life>,
 }
 
@@ -94,15 +95,22 @@ impl<C> GuardedConnector<C> {
                 None,
             )),
             metrics: None,
+            honor_keep_alive: true,
             life: Arc::default(),
         }
     }
 
-    pub(crate) fn from_parts(inner: C, registry: Arc<Registry>, metrics: Option<Metrics>) -> Self {
+    pub(crate) fn from_parts(
+        inner: C,
+        registry: Arc<Registry>,
+        metrics: Option<Metrics>,
+        honor_keep_alive: bool,
+    ) -> Self {
         GuardedConnector {
             inner,
             registry,
             metrics,
+            honor_keep_alive,
             life: Arc::default(),
         }
     }
@@ -114,6 +122,20 @@ impl<C> GuardedConnector<C> {
     /// `metrics`).
     pub fn metrics(mut self, metrics: Metrics) -> Self {
         self.metrics = Some(metrics);
+        self
+    }
+
+    /// Whether to honour `Keep-Alive: timeout=N, max=M` response headers
+    /// (default: yes): a tracked connection is closed before it has been
+    /// idle for the advertised timeout (less a margin of a quarter of it,
+    /// at most 1 s), and after the last request the server said it would
+    /// take, so that the pool never hands out a connection the server is
+    /// about to close. Needs [`metrics`](GuardedConnector::metrics) and a
+    /// [`ReuseMetricsLayer`](crate::ReuseMetricsLayer) on the client, which
+    /// see the responses. Retired connections count as
+    /// [`CloseReason::Retired`](crate::CloseReason::Retired).
+    pub fn honor_keep_alive(mut self, yes: bool) -> Self {
+        self.honor_keep_alive = yes;
         self
     }
 
@@ -177,7 +199,10 @@ where
                 Ok(GuardedIo::new(io, None, None))
             });
         };
-        let track = self.metrics.clone().map(|m| (m, key.clone()));
+        let track = self
+            .metrics
+            .clone()
+            .map(|m| Track(m, key.clone(), self.honor_keep_alive));
         match self.registry.acquire(key) {
             Acquire::Ready(slot) => {
                 let connect = self.inner.call(dst);
@@ -250,6 +275,10 @@ impl<T> fmt::Debug for ConnectFuture<T> {
     }
 }
 
+/// How a new connection is to be tracked: its metrics, its host, and
+/// whether `Keep-Alive` headers are honoured.
+struct Track(Metrics, HostKey, bool);
+
 /// A connection made by [`GuardedConnector`]: holds its host's connection
 /// slot until hyper drops it, and, when tracked, tells its
 /// [`Metrics`] what it sees and when it closes.
@@ -257,12 +286,19 @@ pub struct GuardedIo<T> {
     io: T,
     slot: Option<Slot>,
     conn: Option<Arc<ConnState>>,
+    /// When the `Keep-Alive` timeout retires the idle connection.
+    retire_at: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl<T> GuardedIo<T> {
-    fn new(io: T, slot: Option<Slot>, track: Option<(Metrics, HostKey)>) -> Self {
-        let conn = track.map(|(metrics, key)| ConnState::open(&metrics, key));
-        GuardedIo { io, slot, conn }
+    fn new(io: T, slot: Option<Slot>, track: Option<Track>) -> Self {
+        let conn = track.map(|Track(metrics, key, ka)| ConnState::open(&metrics, key, ka));
+        GuardedIo {
+            io,
+            slot,
+            conn,
+            retire_at: None,
+        }
     }
 
     /// A reference to the wrapped connection.
@@ -282,13 +318,64 @@ impl<T: fmt::Debug> fmt::Debug for GuardedIo<T> {
 }
 
 impl<T> GuardedIo<T> {
+    /// Tells a tracked connection that hyper writes.
+    #[inline]
+    fn will_write(&self) {
+        if let Some(conn) = &self.conn {
+            conn.on_write();
+        }
+    }
+
     /// Tells a tracked connection what a write did.
     fn saw_write(&self, polled: &Poll<io::Result<usize>>) {
-        if let Some(conn) = &self.conn {
-            match polled {
-                Poll::Ready(Ok(n)) if *n > 0 => conn.on_write(),
-                Poll::Ready(Err(e)) => conn.on_io_error(e),
-                _ => {}
+        if let (Some(conn), Poll::Ready(Err(e))) = (&self.conn, polled) {
+            conn.on_io_error(e);
+        }
+    }
+
+    /// Whether a `Keep-Alive` limit ends the connection now. Registers the
+    /// task to be woken at the limit (or when the connection goes idle).
+    fn poll_retire(&mut self, cx: &mut Context<'_>) -> bool {
+        let Some(conn) = &self.conn else {
+            return false;
+        };
+        let mut registered = false;
+        loop {
+            match conn.retire_check() {
+                Retire::Keep => {
+                    self.retire_at = None;
+                    return false;
+                }
+                Retire::Now => {
+                    self.retire_at = None;
+                    conn.retire();
+                    return true;
+                }
+                Retire::At(at) => {
+                    let deadline = conn.metrics().inner.instant(at);
+                    match &mut self.retire_at {
+                        Some(sleep) if sleep.deadline() == deadline => {}
+                        Some(sleep) => sleep.as_mut().reset(deadline),
+                        None => self.retire_at = crate::timer::sleep_until(deadline).map(Box::pin),
+                    }
+                    // Without a timer the limit is checked on the next read.
+                    let fired = self
+                        .retire_at
+                        .as_mut()
+                        .is_some_and(|sleep| sleep.as_mut().poll(cx).is_ready());
+                    if fired {
+                        self.retire_at = None;
+                        conn.retire();
+                    }
+                    return fired;
+                }
+                // Register, then look again: the connection may have gone
+                // idle in between.
+                Retire::Later if !registered => {
+                    conn.wake_when_idle(cx.waker());
+                    registered = true;
+                }
+                Retire::Later => return false,
             }
         }
     }
@@ -323,6 +410,11 @@ impl<T: Read + Unpin> Read for GuardedIo<T> {
         mut buf: ReadBufCursor<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
+        if this.conn.as_ref().is_some_and(|c| c.has_keep_alive_limit()) && this.poll_retire(cx) {
+            // An end of file: hyper closes the idle connection as if the
+            // server had, but before the server would.
+            return Poll::Ready(Ok(()));
+        }
         let Some(conn) = this.conn.as_ref().filter(|c| c.watches_reads()) else {
             // Untracked, or streaming a body: straight through.
             let polled = Pin::new(&mut this.io).poll_read(cx, buf);
@@ -371,6 +463,7 @@ impl<T: Write + Unpin> Write for GuardedIo<T> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
+        self.will_write();
         let polled = Pin::new(&mut self.io).poll_write(cx, buf);
         self.saw_write(&polled);
         polled
@@ -393,6 +486,7 @@ impl<T: Write + Unpin> Write for GuardedIo<T> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        self.will_write();
         let polled = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
         self.saw_write(&polled);
         polled

@@ -1,5 +1,4 @@
 use std::future::Future;
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -97,13 +96,13 @@ where
         };
         let deadline = start + guard.shared.config.max_time;
         // tokio panics when the runtime was built without `enable_time`.
-        match catch_unwind(AssertUnwindSafe(|| tokio::time::sleep_until(deadline))) {
-            Ok(deadline) => Some(DrainTask {
+        match crate::timer::sleep_until(deadline) {
+            Some(deadline) => Some(DrainTask {
                 deadline,
                 body: Some(body),
                 guard,
             }),
-            Err(_) => {
+            None => {
                 guard.finished = true;
                 None
             }

@@ -41,6 +41,13 @@ impl AddrTracker {
         // The stale entry in `order` is skipped when it comes up.
     }
 
+    /// Whether the pair was seen before (without recording it).
+    pub(crate) fn contains(&self, local: SocketAddr, remote: SocketAddr) -> bool {
+        let shard = &self.shards[usize::from(local.port()) % SHARDS];
+        let shard = shard.lock().unwrap_or_else(PoisonError::into_inner);
+        shard.seen.contains(&(local, remote))
+    }
+
     /// Records the pair and returns whether it was seen before.
     pub(crate) fn seen_before(&self, local: SocketAddr, remote: SocketAddr) -> bool {
         let shard = &self.shards[usize::from(local.port()) % SHARDS];

@@ -2,8 +2,11 @@
 //! wrapper, the metrics layer and the drain.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering::Relaxed};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::Waker;
 use std::time::Duration;
+
+use http::HeaderMap;
 
 use super::hosts::HostCounters;
 use super::{CloseReason, Metrics};
@@ -28,6 +31,9 @@ pub struct ConnInfo {
     pub idle_for: Option<Duration>,
     /// How long the request waited in its host's queue.
     pub queue_wait: Duration,
+    /// Attempts before this one that failed on a stale pooled connection
+    /// and were retried (see [`RetryStaleLayer`](crate::retry::RetryStaleLayer)).
+    pub retries: u32,
 }
 
 const PHASE_IDLE: u8 = 0;
@@ -40,6 +46,63 @@ const IO_ERROR: u8 = 2;
 
 /// No reason pending (no request has sequence number 0).
 const NO_PENDING: u64 = 0;
+
+/// No `Keep-Alive` limit of this kind was advertised.
+const NO_LIMIT: u64 = u64::MAX;
+
+/// What a `Keep-Alive` response header advertises: how long the server
+/// keeps an idle connection, and how many more requests it takes on it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct KeepAlive {
+    pub(crate) timeout: Option<Duration>,
+    pub(crate) max: Option<u64>,
+}
+
+impl KeepAlive {
+    /// Reads `Keep-Alive: timeout=N, max=M` (RFC 2068, as Apache and
+    /// nginx send it). Unknown or malformed parameters are ignored.
+    pub(crate) fn parse(headers: &HeaderMap) -> Option<KeepAlive> {
+        let mut ka = KeepAlive::default();
+        for value in headers.get_all("keep-alive") {
+            let Ok(value) = value.to_str() else { continue };
+            for param in value.split(',') {
+                let Some((name, n)) = param.split_once('=') else {
+                    continue;
+                };
+                let Ok(n) = n.trim().trim_matches('"').parse::<u64>() else {
+                    continue;
+                };
+                let name = name.trim();
+                if name.eq_ignore_ascii_case("timeout") {
+                    ka.timeout = Some(Duration::from_secs(n));
+                } else if name.eq_ignore_ascii_case("max") {
+                    ka.max = Some(n);
+                }
+            }
+        }
+        (ka != KeepAlive::default()).then_some(ka)
+    }
+
+    /// How long a connection may sit idle before poolguard retires it: the
+    /// advertised timeout less a margin of a quarter of it, at most 1 s,
+    /// for the next request to reach the server before its timer fires.
+    pub(crate) fn retire_after(timeout: Duration) -> Duration {
+        timeout - (timeout / 4).min(Duration::from_secs(1))
+    }
+}
+
+/// What the IO should do about a `Keep-Alive` limit now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Retire {
+    /// No limit applies: read on.
+    Keep,
+    /// The connection is idle and past its limit: end it.
+    Now,
+    /// Idle, to be retired at this time (`Metrics` clock).
+    At(u64),
+    /// A request or response is under way; check again when it is idle.
+    Later,
+}
 
 fn tag(seq: u64, reason: CloseReason) -> u64 {
     (seq << 8) | reason.index() as u64
@@ -77,6 +140,22 @@ pub(crate) struct ConnState {
     closed: AtomicBool,
     /// The close was counted.
     counted: AtomicBool,
+    /// Honour `Keep-Alive` response headers (set by the connector).
+    honor_keep_alive: bool,
+    /// A `Keep-Alive` limit was advertised: the IO checks the two below.
+    ka_rule: AtomicBool,
+    /// Retire after this long idle (nanoseconds; `NO_LIMIT` for none).
+    ka_idle: AtomicU64,
+    /// Retire once this many responses were seen (`NO_LIMIT` for none).
+    ka_last: AtomicU64,
+    /// poolguard ended the connection itself, before the server would.
+    retired: AtomicBool,
+    /// A response on it was HTTP/2: the counters above describe no single
+    /// request.
+    http2: AtomicBool,
+    /// The IO's task, to wake when the connection goes idle with a
+    /// `Keep-Alive` limit pending.
+    idle_waker: Mutex<Option<Waker>>,
 }
 
 /// A handle to a tracked connection; hyper-util copies it into the
@@ -85,7 +164,7 @@ pub(crate) struct ConnState {
 pub(crate) struct ConnHandle(pub(crate) Arc<ConnState>);
 
 impl ConnState {
-    pub(crate) fn open(metrics: &Metrics, host: HostKey) -> Arc<Self> {
+    pub(crate) fn open(metrics: &Metrics, host: HostKey, honor_keep_alive: bool) -> Arc<Self> {
         let inner = &metrics.inner;
         let counters = inner.hosts.counters(&host);
         inner.connections_opened.fetch_add(1, Relaxed);
@@ -107,12 +186,20 @@ impl ConnState {
             close_said: AtomicBool::new(false),
             closed: AtomicBool::new(false),
             counted: AtomicBool::new(false),
+            honor_keep_alive,
+            ka_rule: AtomicBool::new(false),
+            ka_idle: AtomicU64::new(NO_LIMIT),
+            ka_last: AtomicU64::new(NO_LIMIT),
+            retired: AtomicBool::new(false),
+            http2: AtomicBool::new(false),
+            idle_waker: Mutex::new(None),
         })
     }
 
-    /// The IO wrote bytes. The first write after a read starts a new
-    /// request: the connection is busy, and whatever was pending from the
-    /// last response is stale (the connection outlived it).
+    /// hyper is about to write. The first write after a read (or the first
+    /// of all) starts a new request, whether or not the write succeeds: the
+    /// connection is busy, and whatever was pending from the last response
+    /// is stale (the connection outlived it).
     #[inline]
     pub(crate) fn on_write(&self) {
         if self.read_last.swap(false, Relaxed) {
@@ -126,6 +213,101 @@ impl ConnState {
     pub(crate) fn on_read(&self) {
         if !self.read_last.load(Relaxed) {
             self.read_last.store(true, Relaxed);
+        }
+    }
+
+    /// Whether the request that just failed on this connection is safe to
+    /// send again on another: the connection served a request before (it
+    /// came from the pool), and no byte of a response to the failed request
+    /// arrived. `canceled` is hyper's word that the request was never
+    /// written. Never for HTTP/2, where the counters describe no single
+    /// request.
+    pub(crate) fn failed_before_response(&self, canceled: bool) -> bool {
+        if self.http2.load(Relaxed) {
+            return false;
+        }
+        let written = self.written.load(Relaxed);
+        if canceled {
+            // Not written: an earlier request was, and was answered.
+            return written >= 1 && self.read_last.load(Relaxed);
+        }
+        written >= 2 && !self.read_last.load(Relaxed)
+    }
+
+    /// A response said `Keep-Alive: ..` after `served` responses on the
+    /// connection (this one included).
+    pub(crate) fn on_keep_alive(&self, served: u64, ka: KeepAlive) {
+        if !self.honor_keep_alive {
+            return;
+        }
+        if let Some(timeout) = ka.timeout {
+            let after = super::handle::nanos(KeepAlive::retire_after(timeout));
+            self.ka_idle.store(after, Relaxed);
+        }
+        if let Some(max) = ka.max {
+            // `max` more requests are allowed after this one (Apache counts
+            // down to 1 and then says `Connection: close`).
+            self.ka_last.store(served.saturating_add(max), Relaxed);
+        }
+        self.ka_rule.store(true, Relaxed);
+    }
+
+    /// Whether a `Keep-Alive` limit may retire the connection: one load,
+    /// on every read.
+    #[inline]
+    pub(crate) fn has_keep_alive_limit(&self) -> bool {
+        self.ka_rule.load(Relaxed)
+    }
+
+    /// What the `Keep-Alive` limit says now.
+    pub(crate) fn retire_check(&self) -> Retire {
+        if !self.ka_rule.load(Relaxed) || self.retired.load(Relaxed) {
+            return Retire::Keep;
+        }
+        if self.phase.load(Relaxed) != PHASE_IDLE {
+            return Retire::Later;
+        }
+        if self.requests.load(Relaxed) >= self.ka_last.load(Relaxed) {
+            return Retire::Now;
+        }
+        let idle = self.ka_idle.load(Relaxed);
+        let since = self.idle_since.load(Relaxed);
+        if idle == NO_LIMIT || since == 0 {
+            return Retire::Keep;
+        }
+        let at = since.saturating_add(idle);
+        if self.metrics.inner.now() >= at {
+            Retire::Now
+        } else {
+            Retire::At(at)
+        }
+    }
+
+    /// Asks to be woken when the connection goes idle.
+    pub(crate) fn wake_when_idle(&self, waker: &Waker) {
+        let mut slot = self.idle_waker.lock().unwrap_or_else(PoisonError::into_inner);
+        match slot.as_ref() {
+            Some(w) if w.will_wake(waker) => {}
+            _ => *slot = Some(waker.clone()),
+        }
+    }
+
+    /// The IO ends the connection on a `Keep-Alive` limit.
+    pub(crate) fn retire(&self) {
+        if !self.retired.swap(true, Relaxed) {
+            tracing::debug!(connection = self.id, host = %self.host, "connection retired (Keep-Alive)");
+        }
+    }
+
+    /// The `Metrics` this connection reports to.
+    pub(crate) fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// A response on the connection was HTTP/2.
+    pub(crate) fn on_http2(&self) {
+        if !self.http2.load(Relaxed) {
+            self.http2.store(true, Relaxed);
         }
     }
 
@@ -182,7 +364,13 @@ impl ConnState {
     /// A response arrived on this connection: returns what the metrics layer
     /// reports of it, with `started` the request's start on the `Metrics`
     /// clock and `close` whether either side said `Connection: close`.
-    pub(crate) fn on_response(&self, started: u64, close: bool, queue_wait: Duration) -> ConnInfo {
+    pub(crate) fn on_response(
+        &self,
+        started: u64,
+        close: bool,
+        queue_wait: Duration,
+        retries: u32,
+    ) -> ConnInfo {
         let previous = self.requests.fetch_add(1, Relaxed);
         if close {
             self.close_said.store(true, Relaxed);
@@ -206,6 +394,7 @@ impl ConnState {
             requests: previous + 1,
             idle_for,
             queue_wait,
+            retries,
         }
     }
 
@@ -219,6 +408,16 @@ impl ConnState {
                 .is_ok()
         {
             self.idle_since.store(self.metrics.inner.now(), Relaxed);
+            if self.ka_rule.load(Relaxed) {
+                let waker = self
+                    .idle_waker
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .take();
+                if let Some(waker) = waker {
+                    waker.wake();
+                }
+            }
         }
         self.settle();
     }
@@ -280,6 +479,9 @@ impl ConnState {
 
     /// Why the connection closed, from what was seen last.
     pub(crate) fn reason(&self) -> CloseReason {
+        if self.retired.load(Relaxed) {
+            return CloseReason::Retired;
+        }
         if let Some(reason) = self.pending() {
             return reason;
         }

@@ -81,6 +81,9 @@ fn publish(s: &Snapshot, per_host: bool) {
     counter!("poolguard_queue_full_total").absolute(s.queue_full);
     counter!("poolguard_queue_timeout_total").absolute(s.queue_timeout);
     counter!("poolguard_queue_cancelled_total").absolute(s.queue_cancelled);
+    counter!("poolguard_retries_total").absolute(s.retries);
+    counter!("poolguard_retries_succeeded_total").absolute(s.retries_succeeded);
+    counter!("poolguard_retries_failed_total").absolute(s.retries_failed);
     gauge!("poolguard_in_flight").set(s.in_flight as f64);
     gauge!("poolguard_queued").set(s.queued as f64);
     gauge!("poolguard_reuse_rate").set(s.reuse_rate());

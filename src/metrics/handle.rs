@@ -51,6 +51,9 @@ pub(crate) struct Inner {
     pub(crate) queue_cancelled: AtomicU64,
     pub(crate) in_flight: AtomicUsize,
     pub(crate) queued: AtomicUsize,
+    pub(crate) retries: AtomicU64,
+    pub(crate) retries_succeeded: AtomicU64,
+    pub(crate) retries_failed: AtomicU64,
     pub(crate) next_connection: AtomicU64,
     /// A `ReuseMetricsLayer` reports responses to this handle.
     pub(crate) layer_attached: AtomicBool,
@@ -86,6 +89,9 @@ impl Default for Inner {
             queue_cancelled: AtomicU64::new(0),
             in_flight: AtomicUsize::new(0),
             queued: AtomicUsize::new(0),
+            retries: AtomicU64::new(0),
+            retries_succeeded: AtomicU64::new(0),
+            retries_failed: AtomicU64::new(0),
             next_connection: AtomicU64::new(1),
             layer_attached: AtomicBool::new(false),
             hosts: HostTable::default(),
@@ -104,6 +110,21 @@ impl Inner {
     /// atomic. 0 is never returned, so that it can mean "unset".
     pub(crate) fn now(&self) -> u64 {
         nanos(self.epoch.elapsed()).max(1)
+    }
+
+    /// The instant of a timestamp from [`Inner::now`].
+    pub(crate) fn instant(&self, at: u64) -> Instant {
+        self.epoch + Duration::from_nanos(at)
+    }
+
+    /// A retry got a response (`ok`) or failed.
+    pub(crate) fn retry_ended(&self, ok: bool) {
+        let counter = if ok {
+            &self.retries_succeeded
+        } else {
+            &self.retries_failed
+        };
+        counter.fetch_add(1, Relaxed);
     }
 
     pub(crate) fn closed(&self, reason: CloseReason) {
@@ -178,6 +199,9 @@ impl Metrics {
             queue_cancelled: load(&i.queue_cancelled),
             in_flight: i.in_flight.load(Relaxed) as u64,
             queued: i.queued.load(Relaxed) as u64,
+            retries: load(&i.retries),
+            retries_succeeded: load(&i.retries_succeeded),
+            retries_failed: load(&i.retries_failed),
             hosts: i.hosts.snapshot(),
         }
     }

@@ -10,7 +10,7 @@ use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use super::conn::{ConnHandle, ConnInfo};
+use super::conn::{ConnHandle, ConnInfo, KeepAlive};
 use super::Metrics;
 use crate::body_end::Polled;
 use crate::limit::QueueWait;
@@ -193,7 +193,16 @@ where
         let reused = if let Some(info) = response.extensions().get::<ConnInfo>() {
             Some(info.reused)
         } else if let Some(conn) = response.extensions().get::<ConnHandle>().cloned() {
-            let info = conn.0.on_response(*this.started, close, queue_wait);
+            let retries = response
+                .extensions()
+                .get::<crate::retry::Retried>()
+                .map_or(0, |r| r.retries);
+            let info = conn.0.on_response(*this.started, close, queue_wait, retries);
+            if response.version() == http::Version::HTTP_2 {
+                conn.0.on_http2();
+            } else if let Some(ka) = KeepAlive::parse(response.headers()) {
+                conn.0.on_keep_alive(info.requests, ka);
+            }
             response.extensions_mut().insert(info);
             let seq = conn.0.response_seq(info.requests);
             f.conn = Some((conn, seq));

@@ -24,13 +24,17 @@ pub enum CloseReason {
     IoError,
     /// The caller dropped the request before its response arrived.
     RequestCancelled,
+    /// poolguard retired the idle connection before the server would close
+    /// it: past the timeout, or after the last request, that the server's
+    /// `Keep-Alive` header advertised.
+    Retired,
     /// None of the above could be told.
     Unknown,
 }
 
 impl CloseReason {
     /// Every reason, in a fixed order.
-    pub const ALL: [CloseReason; 8] = [
+    pub const ALL: [CloseReason; 9] = [
         CloseReason::BodyDroppedUnread,
         CloseReason::DrainGaveUp,
         CloseReason::PeerClosed,
@@ -38,6 +42,7 @@ impl CloseReason {
         CloseReason::ClosedIdle,
         CloseReason::IoError,
         CloseReason::RequestCancelled,
+        CloseReason::Retired,
         CloseReason::Unknown,
     ];
 
@@ -60,6 +65,7 @@ impl CloseReason {
             CloseReason::ClosedIdle => "closed_idle",
             CloseReason::IoError => "io_error",
             CloseReason::RequestCancelled => "request_cancelled",
+            CloseReason::Retired => "retired",
             CloseReason::Unknown => "unknown",
         }
     }

@@ -1,0 +1,146 @@
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::Ordering::Relaxed;
+use std::task::{ready, Context, Poll};
+
+use http::{Request, Response};
+use pin_project_lite::pin_project;
+use tower_service::Service;
+
+use super::{service::replay, stale, ReplayBody, Retried};
+use crate::metrics::Metrics;
+use crate::BoxError;
+
+pin_project! {
+    /// Response future of [`RetryStale`](super::RetryStale).
+    pub struct ResponseFuture<S, B>
+    where
+        S: Service<Request<B>>,
+    {
+        #[pin]
+        state: State<S::Future>,
+        // A ready-to-be copy of the inner service and the request to send
+        // again; `None` when the request is not to be retried.
+        retry: Option<(S, Request<B>)>,
+        // Retries left.
+        left: u32,
+        // Retries made.
+        retries: u32,
+        metrics: Option<Metrics>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<F> {
+        Called {
+            #[pin]
+            future: F,
+        },
+        // Waiting for the copy of the service to be ready for the retry.
+        Retrying,
+    }
+}
+
+impl<S, B> ResponseFuture<S, B>
+where
+    S: Service<Request<B>>,
+{
+    pub(crate) fn new(
+        future: S::Future,
+        retry: Option<(S, Request<B>)>,
+        left: u32,
+        metrics: Option<Metrics>,
+    ) -> Self {
+        ResponseFuture {
+            state: State::Called { future },
+            retry,
+            left,
+            retries: 0,
+            metrics,
+        }
+    }
+}
+
+impl<S, B> fmt::Debug for ResponseFuture<S, B>
+where
+    S: Service<Request<B>>,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture")
+            .field("retryable", &self.retry.is_some())
+            .field("left", &self.left)
+            .field("retries", &self.retries)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, B, ResB> Future for ResponseFuture<S, B>
+where
+    S: Service<Request<B>, Response = Response<ResB>> + Clone,
+    S::Error: Into<BoxError>,
+    B: ReplayBody,
+{
+    type Output = Result<Response<ResB>, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            match this.state.as_mut().project() {
+                StateProj::Called { future } => {
+                    let result = ready!(future.poll(cx));
+                    let retried = *this.retries > 0;
+                    if retried {
+                        if let Some(m) = this.metrics.as_ref() {
+                            m.inner.retry_ended(result.is_ok());
+                        }
+                    }
+                    let error = match result {
+                        Ok(mut response) => {
+                            if retried {
+                                response.extensions_mut().insert(Retried {
+                                    retries: *this.retries,
+                                });
+                            }
+                            return Poll::Ready(Ok(response));
+                        }
+                        Err(error) => error.into(),
+                    };
+                    let stale = *this.left > 0
+                        && this.retry.is_some()
+                        && stale::is_stale(&*error, this.metrics.as_ref());
+                    if !stale {
+                        return Poll::Ready(Err(error));
+                    }
+                    tracing::debug!(%error, "request failed on a stale pooled connection; sending it again");
+                    this.state.set(State::Retrying);
+                }
+                StateProj::Retrying => {
+                    let Some((service, _)) = this.retry.as_mut() else {
+                        return Poll::Ready(Err(MISSING.into()));
+                    };
+                    ready!(service.poll_ready(cx)).map_err(Into::into)?;
+                    let Some((mut service, req)) = this.retry.take() else {
+                        return Poll::Ready(Err(MISSING.into()));
+                    };
+                    *this.left -= 1;
+                    *this.retries += 1;
+                    if let Some(m) = this.metrics.as_ref() {
+                        m.inner.retries.fetch_add(1, Relaxed);
+                    }
+                    if *this.left > 0 {
+                        if let Some(next) = replay(&req) {
+                            *this.retry = Some((service.clone(), next));
+                        }
+                    }
+                    let future = service.call(req);
+                    this.state.set(State::Called { future });
+                }
+            }
+        }
+    }
+}
+
+/// Cannot happen: the state is `Retrying` only with a request to send.
+const MISSING: &str = "poolguard: retry without a request";

@@ -1,0 +1,103 @@
+//! Safe retry of requests that fail on a stale pooled connection.
+//!
+//! Every client that reuses connections meets this race: the server closes
+//! an idle keep-alive connection just as the client sends a new request on
+//! it. The request fails (hyper-util: "client error (SendRequest)") though
+//! the server never answered it; hyper-util's own
+//! `retry_canceled_requests` covers only requests that were not written
+//! yet. [`RetryStaleLayer`] sends such a request once more (by default),
+//! on another connection, when all of these hold:
+//!
+//! - the connection had served a request before (it came from the pool):
+//!   a failure on a new connection is the server's answer, not a race;
+//! - no byte of a response to the request arrived;
+//! - the request is idempotent: `GET`, `HEAD`, `OPTIONS`, `TRACE`, `PUT`,
+//!   `DELETE`, or any method with an `Idempotency-Key` (or
+//!   `X-Idempotency-Key`) header, as Go's `net/http` does;
+//! - its body can be replayed ([`ReplayBody`]): a copy is taken before the
+//!   first attempt (with the method, URI, version, headers and extensions);
+//! - over HTTP/1: an HTTP/2 connection's failure is about no one request.
+//!
+//! The retry goes through the inner service like any request: under a
+//! [`PerHostLimitLayer`](crate::PerHostLimitLayer) it takes a slot (and may
+//! queue), and the pool never hands out the failed connection again. A
+//! response that came from a retry carries a [`Retried`] extension (and
+//! [`ConnInfo::retries`](crate::ConnInfo::retries) with the metrics layer);
+//! [`Snapshot`](crate::Snapshot) counts retries, and those that succeeded
+//! and failed.
+//!
+//! How the failure is told apart:
+//!
+//! - **hyper-util with a tracking [`GuardedConnector`](crate::GuardedConnector)**
+//!   (built with [`metrics`](crate::GuardedConnector::metrics), as
+//!   [`PoolGuard::connector`](crate::PoolGuard::connector) does): exactly.
+//!   hyper-util gives the failed connection's `Connected` with its error,
+//!   and the connector's IO counted the requests written on it and saw
+//!   whether any byte came back after the last one.
+//! - **reqwest, or a client without a tracking connector**: the connection
+//!   is known to be reused when its socket address pair was seen on an
+//!   earlier response (with a [`Metrics`](crate::Metrics) given by
+//!   [`RetryStaleLayer::metrics`], fed by a
+//!   [`ReuseMetricsLayer`](crate::ReuseMetricsLayer)), and "no response
+//!   byte" is read from hyper's error: an end of file before the response
+//!   completed, or a reset or broken pipe. hyper reports an end of file in
+//!   the middle of a response head the same way, so there, and only there,
+//!   a request could be sent again after a partial response head.
+//! - Anything else (another client, a connect error, a timeout): never.
+//!
+//! Retrying repairs the race; to avoid it, a tracking
+//! [`GuardedConnector`](crate::GuardedConnector) also honours the server's
+//! `Keep-Alive: timeout=N, max=M` header
+//! ([`honor_keep_alive`](crate::GuardedConnector::honor_keep_alive)).
+//!
+//! # Differences from `tower::retry`
+//!
+//! `tower::retry::Retry` retries on a policy of your own and needs to clone
+//! every request. `RetryStale` knows one failure, the stale connection,
+//! tells it apart from every other failure (which it never retries), and
+//! never sends a request twice when the server may have answered it.
+//!
+//! # Example
+//!
+//! ```
+//! use bytes::Bytes;
+//! use http::{Request, Response};
+//! use http_body_util::{Empty, Full};
+//! use poolguard::RetryStaleLayer;
+//! use tower::{service_fn, ServiceBuilder, ServiceExt};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), poolguard::BoxError> {
+//! let client = service_fn(|_req: Request<Empty<Bytes>>| async {
+//!     Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from("ok"))))
+//! });
+//! let svc = ServiceBuilder::new()
+//!     .layer(RetryStaleLayer::new().max_retries(1))
+//!     .service(client);
+//! let response = svc.oneshot(Request::new(Empty::new())).await?;
+//! assert!(response.extensions().get::<poolguard::retry::Retried>().is_none());
+//! # Ok(())
+//! # }
+//! ```
+
+mod future;
+mod layer;
+mod replay;
+mod service;
+mod stale;
+#[cfg(test)]
+mod tests;
+
+pub use future::ResponseFuture;
+pub use layer::RetryStaleLayer;
+pub use replay::ReplayBody;
+pub use service::RetryStale;
+
+/// Response extension: the response came from a retry of a request that
+/// failed on a stale pooled connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Retried {
+    /// Attempts that failed before this one.
+    pub retries: u32,
+}

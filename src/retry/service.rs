@@ -1,0 +1,108 @@
+use std::task::{Context, Poll};
+
+use http::{header::HeaderName, Method, Request, Response};
+use tower_layer::Layer;
+use tower_service::Service;
+
+use super::future::ResponseFuture;
+use super::{ReplayBody, RetryStaleLayer};
+use crate::metrics::Metrics;
+use crate::BoxError;
+
+/// Retries requests that fail on a stale pooled connection; made by
+/// [`RetryStaleLayer`].
+///
+/// Clones share the [`Metrics`], if any. Errors are boxed; an error that is
+/// not retried, or the last one, is the inner service's, unchanged.
+#[derive(Clone, Debug)]
+pub struct RetryStale<S> {
+    pub(crate) inner: S,
+    pub(crate) max_retries: u32,
+    pub(crate) metrics: Option<Metrics>,
+}
+
+impl<S> RetryStale<S> {
+    /// Wraps `inner`: one retry, without metrics.
+    pub fn new(inner: S) -> Self {
+        RetryStaleLayer::new().layer(inner)
+    }
+
+    /// A [`RetryStaleLayer`] with its defaults.
+    pub fn layer() -> RetryStaleLayer {
+        RetryStaleLayer::new()
+    }
+
+    /// A reference to the inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// A mutable reference to the inner service.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Consumes `self`, returning the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S, B, ResB> Service<Request<B>> for RetryStale<S>
+where
+    S: Service<Request<B>, Response = Response<ResB>> + Clone,
+    S::Error: Into<BoxError>,
+    B: ReplayBody,
+{
+    type Response = Response<ResB>;
+    type Error = BoxError;
+    type Future = ResponseFuture<S, B>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let replay = if self.max_retries > 0 && is_idempotent(&req) {
+            replay(&req)
+        } else {
+            None
+        };
+        // The copy of the service is made ready when a retry needs it.
+        let retry = replay.map(|req| (self.inner.clone(), req));
+        let metrics = retry.as_ref().and(self.metrics.clone());
+        ResponseFuture::new(
+            self.inner.call(req),
+            retry,
+            self.max_retries,
+            metrics,
+        )
+    }
+}
+
+static IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
+static X_IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("x-idempotency-key");
+
+/// Whether sending the request twice means the same as sending it once:
+/// the methods RFC 9110 calls idempotent (`CONNECT` and `PATCH` and `POST`
+/// are not), or a request the caller marked with an idempotency key.
+pub(crate) fn is_idempotent<B>(req: &Request<B>) -> bool {
+    matches!(
+        *req.method(),
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    ) || req.headers().contains_key(&IDEMPOTENCY_KEY)
+        || req.headers().contains_key(&X_IDEMPOTENCY_KEY)
+}
+
+/// A copy of the request to send again, if its body can be replayed.
+pub(crate) fn replay<B: ReplayBody>(req: &Request<B>) -> Option<Request<B>> {
+    let body = req.body().replay()?;
+    let mut copy = Request::new(body);
+    *copy.method_mut() = req.method().clone();
+    *copy.uri_mut() = req.uri().clone();
+    *copy.version_mut() = req.version();
+    *copy.headers_mut() = req.headers().clone();
+    *copy.extensions_mut() = req.extensions().clone();
+    Some(copy)
+}

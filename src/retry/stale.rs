@@ -1,0 +1,88 @@
+//! Telling a failure on a stale pooled connection from every other failure.
+
+use std::error::Error;
+
+use crate::metrics::Metrics;
+
+/// Whether `error` is a failure on a connection that had served a request
+/// before, with no byte of a response to this request: the one failure
+/// [`RetryStale`](super::RetryStale) sends again. See the
+/// [module docs](super) for how each client is read.
+pub(crate) fn is_stale(error: &(dyn Error + 'static), metrics: Option<&Metrics>) -> bool {
+    #[cfg(feature = "hyper-util")]
+    {
+        let mut source = Some(error);
+        while let Some(e) = source {
+            if let Some(e) = e.downcast_ref::<hyper_util::client::legacy::Error>() {
+                return hyper_util_stale(e, metrics);
+            }
+            source = e.source();
+        }
+        false
+    }
+    #[cfg(not(feature = "hyper-util"))]
+    {
+        let _ = (error, metrics);
+        false
+    }
+}
+
+#[cfg(feature = "hyper-util")]
+fn hyper_util_stale(error: &hyper_util::client::legacy::Error, metrics: Option<&Metrics>) -> bool {
+    use hyper_util::client::legacy::connect::HttpInfo;
+
+    use crate::metrics::conn::ConnHandle;
+
+    if error.is_connect() {
+        return false;
+    }
+    // Present when a connection was checked out for the request.
+    let Some(connected) = error.connect_info() else {
+        return false;
+    };
+    let hyper = hyper_error(error);
+    let canceled = hyper.is_some_and(hyper::Error::is_canceled);
+    let mut extras = http::Extensions::new();
+    connected.get_extras(&mut extras);
+    if let Some(conn) = extras.get::<ConnHandle>() {
+        // A tracking connector: what its IO saw decides.
+        return conn.0.failed_before_response(canceled);
+    }
+    // Untracked (reqwest): reuse from the addresses seen on responses, and
+    // "nothing came back" from hyper's error.
+    let (Some(metrics), Some(info)) = (metrics, extras.get::<HttpInfo>()) else {
+        return false;
+    };
+    if connected.is_negotiated_h2() {
+        return false;
+    }
+    let nothing_back = hyper.is_some_and(|e| {
+        e.is_canceled() || e.is_incomplete_message() || closed_by_peer(e)
+    });
+    let addrs = &metrics.inner.addrs;
+    let (local, remote) = (info.local_addr(), info.remote_addr());
+    let reused = addrs.contains(local, remote);
+    // The connection is gone: a later one on the same local port is new.
+    addrs.forget(local, remote);
+    reused && nothing_back
+}
+
+/// The hyper error under hyper-util's.
+#[cfg(feature = "hyper-util")]
+fn hyper_error(error: &hyper_util::client::legacy::Error) -> Option<&hyper::Error> {
+    error.source()?.downcast_ref::<hyper::Error>()
+}
+
+/// A reset or broken pipe under hyper's error.
+#[cfg(feature = "hyper-util")]
+fn closed_by_peer(error: &hyper::Error) -> bool {
+    use std::io::ErrorKind::*;
+    let mut source = error.source();
+    while let Some(e) = source {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            return matches!(io.kind(), ConnectionReset | ConnectionAborted | BrokenPipe);
+        }
+        source = e.source();
+    }
+    false
+}

@@ -1,0 +1,107 @@
+//! Logic tests of the retry rules with mocks. The stale-connection path
+//! itself needs hyper-util's errors: `tests/retry.rs` runs it on loopback.
+
+use bytes::Bytes;
+use http::{Method, Request, Response};
+use http_body::Body as _;
+use http_body_util::{BodyExt, Either, Empty, Full};
+use tokio_test::{assert_ready, task};
+use tower::{Layer, Service, ServiceExt};
+use tower_test::mock;
+
+use super::service::{is_idempotent, replay};
+use super::{ReplayBody, RetryStaleLayer};
+use crate::metrics::Metrics;
+
+fn request(method: Method, key: Option<&str>) -> Request<Empty<Bytes>> {
+    let mut builder = Request::builder().method(method).uri("http://h/");
+    if let Some(key) = key {
+        builder = builder.header(key, "k-1");
+    }
+    builder.body(Empty::new()).unwrap()
+}
+
+#[test]
+fn idempotent_methods_and_keys() {
+    for m in [
+        Method::GET,
+        Method::HEAD,
+        Method::OPTIONS,
+        Method::TRACE,
+        Method::PUT,
+        Method::DELETE,
+    ] {
+        assert!(is_idempotent(&request(m.clone(), None)), "{m}");
+    }
+    for m in [Method::POST, Method::PATCH, Method::CONNECT] {
+        assert!(!is_idempotent(&request(m.clone(), None)), "{m}");
+        assert!(is_idempotent(&request(m.clone(), Some("Idempotency-Key"))));
+        assert!(is_idempotent(&request(m.clone(), Some("x-idempotency-key"))));
+        assert!(!is_idempotent(&request(m, Some("x-request-id"))));
+    }
+}
+
+#[tokio::test]
+async fn replayed_bodies_yield_the_same_bytes() {
+    let full = Full::new(Bytes::from_static(b"payload"));
+    let copy = full.replay().unwrap();
+    assert_eq!(copy.collect().await.unwrap().to_bytes(), "payload");
+    let s = String::from("text");
+    assert_eq!(s.replay().unwrap(), "text");
+    assert!(Empty::<Bytes>::new().replay().unwrap().is_end_stream());
+
+    let empty: http_body_util::combinators::BoxBody<Bytes, std::io::Error> =
+        Empty::new().map_err(|never| match never {}).boxed();
+    assert!(empty.replay().unwrap().is_end_stream());
+    let streaming: http_body_util::combinators::BoxBody<Bytes, std::io::Error> =
+        Full::new(Bytes::from("x")).map_err(|never| match never {}).boxed();
+    assert!(streaming.replay().is_none(), "a non-empty box is a stream");
+
+    let either: Either<Full<Bytes>, Empty<Bytes>> = Either::Left(Full::new(Bytes::from("l")));
+    let copy = either.replay().unwrap();
+    assert_eq!(copy.collect().await.unwrap().to_bytes(), "l");
+}
+
+#[test]
+fn the_copy_keeps_method_uri_version_headers_and_extensions() {
+    #[derive(Clone, Debug, PartialEq)]
+    struct Tag(u8);
+    let mut req = Request::put("http://h:8080/p?q=1")
+        .version(http::Version::HTTP_10)
+        .header("x-a", "1")
+        .body(Full::new(Bytes::from("b")))
+        .unwrap();
+    req.extensions_mut().insert(Tag(7));
+    let copy = replay(&req).unwrap();
+    assert_eq!(copy.method(), Method::PUT);
+    assert_eq!(copy.uri(), req.uri());
+    assert_eq!(copy.version(), http::Version::HTTP_10);
+    assert_eq!(copy.headers(), req.headers());
+    assert_eq!(copy.extensions().get::<Tag>(), Some(&Tag(7)));
+}
+
+#[tokio::test]
+async fn other_errors_are_never_retried() {
+    let metrics = Metrics::new();
+    let (svc, mut handle) = mock::pair::<Request<Empty<Bytes>>, Response<Empty<Bytes>>>();
+    let mut svc = RetryStaleLayer::new()
+        .max_retries(3)
+        .metrics(metrics.clone())
+        .layer(svc);
+    let mut call = task::spawn(
+        svc.ready()
+            .await
+            .unwrap()
+            .call(request(Method::GET, None)),
+    );
+    let (_, send) = handle.next_request().await.unwrap();
+    send.send_error("connection refused");
+    let err = assert_ready!(call.poll()).unwrap_err();
+    assert_eq!(err.to_string(), "connection refused", "the error passes unchanged");
+    drop((call, svc));
+    assert!(
+        handle.next_request().await.is_none(),
+        "the service saw one call"
+    );
+    assert_eq!(metrics.snapshot().retries, 0);
+}
