@@ -17,19 +17,8 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use poolguard::{BoxError, GuardedConnector, PerHostLimitLayer};
+use support::XorShift;
 use tower::{Service, ServiceExt};
-
-/// A small deterministic generator for pauses.
-struct XorShift(u64);
-
-impl XorShift {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
-}
 
 #[derive(Debug, Default)]
 struct Run {

@@ -4,8 +4,6 @@
 
 mod support;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -14,6 +12,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use poolguard::{PoolGuard, QueueFull, QueueTimeout};
+use support::drive;
 use tower::ServiceExt;
 
 fn guard(n: usize) -> PoolGuard {
@@ -49,53 +48,6 @@ enum Use {
     Drop,
     /// Read the body to its end.
     Read,
-}
-
-#[derive(Debug, Default)]
-struct Run {
-    ok: usize,
-    errors: usize,
-}
-
-/// `tasks` tasks share `total` requests; each pauses a random `0..pause_ms`
-/// between requests. `send` sends one request and uses its response.
-async fn drive<F, Fut>(tasks: usize, total: usize, pause_ms: u64, send: F) -> Run
-where
-    F: Fn() -> Fut + Clone + Send + 'static,
-    Fut: std::future::Future<Output = Result<(), poolguard::BoxError>> + Send,
-{
-    let next = Arc::new(AtomicUsize::new(0));
-    let ok = Arc::new(AtomicUsize::new(0));
-    let errors = Arc::new(AtomicUsize::new(0));
-    let mut handles = Vec::new();
-    for t in 0..tasks {
-        let (send, next, ok, errors) = (send.clone(), next.clone(), ok.clone(), errors.clone());
-        handles.push(tokio::spawn(async move {
-            let mut x = 0x2545_F491_4F6C_DD1D_u64 ^ (t as u64 + 1);
-            while next.fetch_add(1, Ordering::Relaxed) < total {
-                match send().await {
-                    Ok(()) => ok.fetch_add(1, Ordering::Relaxed),
-                    Err(e) => {
-                        eprintln!("request failed: {e}");
-                        errors.fetch_add(1, Ordering::Relaxed)
-                    }
-                };
-                if pause_ms > 0 {
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
-                    tokio::time::sleep(Duration::from_millis(x % pause_ms)).await;
-                }
-            }
-        }));
-    }
-    for h in handles {
-        h.await.expect("task");
-    }
-    Run {
-        ok: ok.load(Ordering::Relaxed),
-        errors: errors.load(Ordering::Relaxed),
-    }
 }
 
 fn hyper_send(

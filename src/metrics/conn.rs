@@ -285,7 +285,10 @@ impl ConnState {
 
     /// Asks to be woken when the connection goes idle.
     pub(crate) fn wake_when_idle(&self, waker: &Waker) {
-        let mut slot = self.idle_waker.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut slot = self
+            .idle_waker
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         match slot.as_ref() {
             Some(w) if w.will_wake(waker) => {}
             _ => *slot = Some(waker.clone()),

@@ -197,7 +197,9 @@ where
                 .extensions()
                 .get::<crate::retry::Retried>()
                 .map_or(0, |r| r.retries);
-            let info = conn.0.on_response(*this.started, close, queue_wait, retries);
+            let info = conn
+                .0
+                .on_response(*this.started, close, queue_wait, retries);
             if response.version() == http::Version::HTTP_2 {
                 conn.0.on_http2();
             } else if let Some(ka) = KeepAlive::parse(response.headers()) {

@@ -16,6 +16,7 @@ use http_body_util::{BodyExt, Either, Empty, Full};
 ///
 /// | body | replayable |
 /// |------|------------|
+/// | `()` (a bodiless request, as in mocks) | always |
 /// | `Empty<D>` | always |
 /// | `Full<D>` (`D: Clone`, such as `Bytes`) | always (a clone: no copy of the bytes for `Bytes`) |
 /// | `String` | always (a copy) |
@@ -26,10 +27,16 @@ use http_body_util::{BodyExt, Either, Empty, Full};
 ///
 /// Implement it for a body type of your own; `None` is always a correct
 /// answer.
-pub trait ReplayBody: Body + Sized {
+pub trait ReplayBody: Sized {
     /// A body yielding the same bytes as `self` from its start, if one can
     /// be made without consuming `self`.
     fn replay(&self) -> Option<Self>;
+}
+
+impl ReplayBody for () {
+    fn replay(&self) -> Option<Self> {
+        Some(())
+    }
 }
 
 impl<D: Buf> ReplayBody for Empty<D> {
@@ -76,14 +83,7 @@ fn never<E>(never: Infallible) -> E {
     match never {}
 }
 
-impl<L, R, D> ReplayBody for Either<L, R>
-where
-    L: ReplayBody<Data = D>,
-    R: ReplayBody<Data = D>,
-    D: Buf,
-    L::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    R::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
+impl<L: ReplayBody, R: ReplayBody> ReplayBody for Either<L, R> {
     fn replay(&self) -> Option<Self> {
         match self {
             Either::Left(l) => l.replay().map(Either::Left),

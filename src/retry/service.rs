@@ -72,12 +72,7 @@ where
         // The copy of the service is made ready when a retry needs it.
         let retry = replay.map(|req| (self.inner.clone(), req));
         let metrics = retry.as_ref().and(self.metrics.clone());
-        ResponseFuture::new(
-            self.inner.call(req),
-            retry,
-            self.max_retries,
-            metrics,
-        )
+        ResponseFuture::new(self.inner.call(req), retry, self.max_retries, metrics)
     }
 }
 

@@ -56,9 +56,8 @@ fn hyper_util_stale(error: &hyper_util::client::legacy::Error, metrics: Option<&
     if connected.is_negotiated_h2() {
         return false;
     }
-    let nothing_back = hyper.is_some_and(|e| {
-        e.is_canceled() || e.is_incomplete_message() || closed_by_peer(e)
-    });
+    let nothing_back =
+        hyper.is_some_and(|e| e.is_canceled() || e.is_incomplete_message() || closed_by_peer(e));
     let addrs = &metrics.inner.addrs;
     let (local, remote) = (info.local_addr(), info.remote_addr());
     let reused = addrs.contains(local, remote);

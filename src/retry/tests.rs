@@ -36,7 +36,10 @@ fn idempotent_methods_and_keys() {
     for m in [Method::POST, Method::PATCH, Method::CONNECT] {
         assert!(!is_idempotent(&request(m.clone(), None)), "{m}");
         assert!(is_idempotent(&request(m.clone(), Some("Idempotency-Key"))));
-        assert!(is_idempotent(&request(m.clone(), Some("x-idempotency-key"))));
+        assert!(is_idempotent(&request(
+            m.clone(),
+            Some("x-idempotency-key")
+        )));
         assert!(!is_idempotent(&request(m, Some("x-request-id"))));
     }
 }
@@ -54,7 +57,9 @@ async fn replayed_bodies_yield_the_same_bytes() {
         Empty::new().map_err(|never| match never {}).boxed();
     assert!(empty.replay().unwrap().is_end_stream());
     let streaming: http_body_util::combinators::BoxBody<Bytes, std::io::Error> =
-        Full::new(Bytes::from("x")).map_err(|never| match never {}).boxed();
+        Full::new(Bytes::from("x"))
+            .map_err(|never| match never {})
+            .boxed();
     assert!(streaming.replay().is_none(), "a non-empty box is a stream");
 
     let either: Either<Full<Bytes>, Empty<Bytes>> = Either::Left(Full::new(Bytes::from("l")));
@@ -88,16 +93,15 @@ async fn other_errors_are_never_retried() {
         .max_retries(3)
         .metrics(metrics.clone())
         .layer(svc);
-    let mut call = task::spawn(
-        svc.ready()
-            .await
-            .unwrap()
-            .call(request(Method::GET, None)),
-    );
+    let mut call = task::spawn(svc.ready().await.unwrap().call(request(Method::GET, None)));
     let (_, send) = handle.next_request().await.unwrap();
     send.send_error("connection refused");
     let err = assert_ready!(call.poll()).unwrap_err();
-    assert_eq!(err.to_string(), "connection refused", "the error passes unchanged");
+    assert_eq!(
+        err.to_string(),
+        "connection refused",
+        "the error passes unchanged"
+    );
     drop((call, svc));
     assert!(
         handle.next_request().await.is_none(),

@@ -47,6 +47,9 @@ pub struct Stats {
     pub peak: AtomicUsize,
     /// Connections the client closed (raw servers only).
     pub closed_by_peer: AtomicUsize,
+    /// Connections the server closed after an idle timeout (raw servers
+    /// with [`After::IdleTimeout`] only).
+    pub idle_closed: AtomicUsize,
 }
 
 impl Stats {
@@ -257,6 +260,34 @@ pub enum After {
     CloseLater(Duration),
     /// Reset the connection (RST, with `SO_LINGER` 0).
     Reset,
+    /// Wait for the next request, but close the connection (FIN, counted
+    /// in `idle_closed`) if its first byte does not come within this time:
+    /// a server's keep-alive idle timeout.
+    IdleTimeout(Duration),
+}
+
+/// A request head as a [`serve_raw_with`] server read it.
+#[derive(Debug)]
+pub struct Head {
+    /// The head, as text.
+    pub text: String,
+    /// The request's number on its connection, from 1.
+    pub nth: usize,
+}
+
+impl Head {
+    /// The value of the first header called `name`.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.text.lines().skip(1).find_map(|line| {
+            let (n, v) = line.split_once(':')?;
+            n.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+        })
+    }
+
+    /// The request method.
+    pub fn method(&self) -> &str {
+        self.text.split(' ').next().unwrap_or("")
+    }
 }
 
 /// A raw HTTP/1.1 server that answers each request with the bytes
@@ -265,6 +296,14 @@ pub async fn serve_raw<F>(respond: F) -> Server
 where
     F: Fn() -> (Vec<u8>, After) + Send + Sync + 'static,
 {
+    serve_raw_with(move |_| respond()).await
+}
+
+/// [`serve_raw`], answering each request by its head.
+pub async fn serve_raw_with<F>(respond: F) -> Server
+where
+    F: Fn(&Head) -> (Vec<u8>, After) + Send + Sync + 'static,
+{
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let respond = Arc::new(respond);
     listen(move |mut stream, stats| {
@@ -272,10 +311,25 @@ where
         async move {
             let mut buf = vec![0u8; 8192];
             let mut seen = Vec::new();
+            let mut idle_timeout = None;
+            let mut nth = 0;
             loop {
-                // Read one request head.
+                // Read one request head, within the idle timeout if the
+                // last response set one.
                 while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match stream.read(&mut buf).await {
+                    let read = match idle_timeout.take().filter(|_| seen.is_empty()) {
+                        Some(limit) => {
+                            match tokio::time::timeout(limit, stream.read(&mut buf)).await {
+                                Ok(read) => read,
+                                Err(_) => {
+                                    stats.idle_closed.fetch_add(1, Ordering::SeqCst);
+                                    return;
+                                }
+                            }
+                        }
+                        None => stream.read(&mut buf).await,
+                    };
+                    match read {
                         Ok(0) | Err(_) => {
                             stats.closed_by_peer.fetch_add(1, Ordering::SeqCst);
                             return;
@@ -283,16 +337,35 @@ where
                         Ok(n) => seen.extend_from_slice(&buf[..n]),
                     }
                 }
-                if let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
-                    seen.drain(..end + 4);
+                let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") else {
+                    return;
+                };
+                nth += 1;
+                let head = Head {
+                    text: String::from_utf8_lossy(&seen[..end]).into_owned(),
+                    nth,
+                };
+                seen.drain(..end + 4);
+                // Skip the request body (Content-Length only).
+                let body: usize = head
+                    .header("content-length")
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0);
+                while seen.len() < body {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
                 }
+                seen.drain(..body);
                 stats.requests.fetch_add(1, Ordering::SeqCst);
-                let (bytes, after) = respond();
+                let (bytes, after) = respond(&head);
                 if stream.write_all(&bytes).await.is_err() {
                     return;
                 }
                 match after {
                     After::KeepAlive => continue,
+                    After::IdleTimeout(limit) => idle_timeout = Some(limit),
                     After::Close => return,
                     After::CloseLater(pause) => {
                         tokio::time::sleep(pause).await;
@@ -307,4 +380,61 @@ where
         }
     })
     .await
+}
+
+/// A small deterministic generator (for pauses).
+pub struct XorShift(pub u64);
+
+impl XorShift {
+    /// A number in `0..n`.
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct Run {
+    pub ok: usize,
+    pub errors: usize,
+}
+
+/// `tasks` tasks share `total` requests; each pauses a random `0..pause_ms`
+/// between requests. `send` sends one request and uses its response.
+pub async fn drive<F, Fut>(tasks: usize, total: usize, pause_ms: u64, send: F) -> Run
+where
+    F: Fn() -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = Result<(), poolguard::BoxError>> + Send,
+{
+    let next = Arc::new(AtomicUsize::new(0));
+    let ok = Arc::new(AtomicUsize::new(0));
+    let errors = Arc::new(AtomicUsize::new(0));
+    let mut handles = Vec::new();
+    for t in 0..tasks {
+        let (send, next, ok, errors) = (send.clone(), next.clone(), ok.clone(), errors.clone());
+        handles.push(tokio::spawn(async move {
+            let mut rng = XorShift(0x2545_F491_4F6C_DD1D_u64 ^ (t as u64 + 1));
+            while next.fetch_add(1, Ordering::Relaxed) < total {
+                match send().await {
+                    Ok(()) => ok.fetch_add(1, Ordering::Relaxed),
+                    Err(e) => {
+                        eprintln!("request failed: {e}");
+                        errors.fetch_add(1, Ordering::Relaxed)
+                    }
+                };
+                if pause_ms > 0 {
+                    tokio::time::sleep(Duration::from_millis(rng.below(pause_ms))).await;
+                }
+            }
+        }));
+    }
+    for h in handles {
+        h.await.expect("task");
+    }
+    Run {
+        ok: ok.load(Ordering::Relaxed),
+        errors: errors.load(Ordering::Relaxed),
+    }
 }

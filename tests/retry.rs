@@ -1,0 +1,447 @@
+//! Stale pooled connections on loopback: a server that closes idle
+//! connections races the client's next request. Guarded clients lose no
+//! request to it, retry only what is safe, and retire connections before a
+//! server's advertised `Keep-Alive` timeout. The server counts what it saw.
+#![cfg(all(feature = "hyper-util", feature = "reqwest"))]
+
+mod support;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use poolguard::retry::Retried;
+use poolguard::{BoxError, CloseReason, ConnInfo, Guarded, GuardedConnector, PoolGuard};
+use support::{After, Head, Server};
+use tower::ServiceExt;
+
+type Body = Full<Bytes>;
+type Stack = Guarded<Client<GuardedConnector<HttpConnector>, Body>>;
+
+const OK: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+
+fn stack(guard: &PoolGuard) -> Stack {
+    let client = Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(10)
+        .build(guard.connector(HttpConnector::new()));
+    tower::ServiceBuilder::new()
+        .layer(guard.layer())
+        .service(client)
+}
+
+fn guarded_reqwest(guard: &PoolGuard) -> poolguard::reqwest::GuardedClient {
+    guard.reqwest(
+        reqwest::Client::builder()
+            .pool_max_idle_per_host(10)
+            .connector_layer(guard.reqwest_connector_layer())
+            .build()
+            .expect("reqwest client"),
+    )
+}
+
+/// A server whose keep-alive idle timeout is `idle`.
+async fn idle_timeout_server(idle: Duration) -> Server {
+    support::serve_raw(move || (OK.to_vec(), After::IdleTimeout(idle))).await
+}
+
+async fn get_hyper(svc: &Stack, uri: http::Uri) -> Result<(), BoxError> {
+    let response = svc
+        .clone()
+        .oneshot(Request::get(uri).body(Body::default())?)
+        .await?;
+    response.into_body().collect().await?;
+    Ok(())
+}
+
+async fn get_reqwest(client: &reqwest::Client, url: &str) -> Result<(), BoxError> {
+    client.get(url).send().await?.bytes().await?;
+    Ok(())
+}
+
+const TASKS: usize = 8;
+const REQUESTS: usize = 3000;
+const PAUSE_MS: u64 = 40;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hyper_util_loses_no_request_to_a_server_idle_timeout() {
+    let server = idle_timeout_server(Duration::from_millis(20)).await;
+    let uri = server.uri("/");
+
+    let bare = Client::builder(TokioExecutor::new()).build_http::<Body>();
+    let u = uri.clone();
+    let bare_run = support::drive(TASKS, REQUESTS, PAUSE_MS, move || {
+        let (bare, u) = (bare.clone(), u.clone());
+        async move {
+            let response = bare.request(Request::get(u).body(Body::default())?).await?;
+            response.into_body().collect().await?;
+            Ok(())
+        }
+    })
+    .await;
+
+    let guard = PoolGuard::builder().build();
+    let svc = stack(&guard);
+    let u = uri.clone();
+    let run = support::drive(TASKS, REQUESTS, PAUSE_MS, move || {
+        let (svc, u) = (svc.clone(), u.clone());
+        async move { get_hyper(&svc, u).await }
+    })
+    .await;
+    let snap = guard.metrics().snapshot();
+    eprintln!(
+        "hyper-util, 20 ms idle timeout, {REQUESTS} GETs: bare lost {}, guarded lost {} \
+         (retries {}, succeeded {}, failed {})",
+        bare_run.errors, run.errors, snap.retries, snap.retries_succeeded, snap.retries_failed
+    );
+    assert_eq!(run.errors, 0, "guarded lost requests");
+    assert_eq!(run.ok, REQUESTS);
+    assert_eq!(snap.retries, snap.retries_succeeded);
+    assert_eq!(snap.retries_failed, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reqwest_loses_no_request_to_a_server_idle_timeout() {
+    let server = idle_timeout_server(Duration::from_millis(20)).await;
+    let url = server.url("/");
+
+    let bare = reqwest::Client::new();
+    let u = url.clone();
+    let bare_run = support::drive(TASKS, REQUESTS, PAUSE_MS, move || {
+        let (bare, u) = (bare.clone(), u.clone());
+        async move { get_reqwest(&bare, &u).await }
+    })
+    .await;
+
+    let guard = PoolGuard::builder().build();
+    let client = guarded_reqwest(&guard);
+    let u: reqwest::Url = url.parse().expect("url");
+    let run = support::drive(TASKS, REQUESTS, PAUSE_MS, move || {
+        let (client, u) = (client.clone(), u.clone());
+        async move {
+            let request = reqwest::Request::new(reqwest::Method::GET, u);
+            client.execute(request).await?.bytes().await?;
+            Ok(())
+        }
+    })
+    .await;
+    let snap = guard.metrics().snapshot();
+    eprintln!(
+        "reqwest, 20 ms idle timeout, {REQUESTS} GETs: bare lost {}, guarded lost {} \
+         (retries {}, succeeded {}, failed {})",
+        bare_run.errors, run.errors, snap.retries, snap.retries_succeeded, snap.retries_failed
+    );
+    assert_eq!(run.errors, 0, "guarded lost requests");
+    assert_eq!(run.ok, REQUESTS);
+    assert_eq!(snap.retries_failed, 0);
+}
+
+/// Pauses around a 1 s `Keep-Alive` timeout: some connections sit idle
+/// longer than the server keeps them.
+const KA_PAUSES_MS: [u64; 6] = [100, 1200, 300, 900, 1500, 50];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_alive_timeout_retires_connections_before_the_server_closes_them() {
+    // Advertises 1 s and closes idle connections after 1 s, as Apache does.
+    let server = support::serve_raw(|| {
+        (
+            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nkeep-alive: timeout=1, max=100\r\n\r\nok"
+                .to_vec(),
+            After::IdleTimeout(Duration::from_secs(1)),
+        )
+    })
+    .await;
+    let guard = PoolGuard::builder().retry_stale(false).build();
+    let svc = stack(&guard);
+    let mut tasks = tokio::task::JoinSet::new();
+    for t in 0..3 {
+        let (svc, uri) = (svc.clone(), server.uri("/"));
+        tasks.spawn(async move {
+            for i in 0..KA_PAUSES_MS.len() {
+                get_hyper(&svc, uri.clone()).await?;
+                let pause = KA_PAUSES_MS[(i + t) % KA_PAUSES_MS.len()];
+                tokio::time::sleep(Duration::from_millis(pause)).await;
+            }
+            Ok::<_, BoxError>(())
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.expect("task").expect("no request fails");
+    }
+    let snap = guard.metrics().snapshot();
+    let retired = snap.closes.get(CloseReason::Retired);
+    eprintln!(
+        "Keep-Alive timeout=1: {} requests, {} accepts, {retired} connections retired, \
+         {} closed by the server's idle timeout",
+        snap.requests,
+        server.stats.accepted(),
+        server
+            .stats
+            .idle_closed
+            .load(std::sync::atomic::Ordering::SeqCst)
+    );
+    assert!(retired >= 3, "the pauses over 750 ms retire connections");
+    assert_eq!(
+        server
+            .stats
+            .idle_closed
+            .load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "the client closed every idle connection before the server did"
+    );
+    assert_eq!(snap.retries, 0, "no retry needed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_alive_max_retires_connections_after_their_last_request() {
+    // Allows 3 requests per connection (Apache's count down: `max` more
+    // after this one) but does not close: a client that ignored `max`
+    // would send a 4th.
+    let over = Arc::new(Mutex::new(0usize));
+    let o = over.clone();
+    let server = support::serve_raw_with(move |head: &Head| {
+        if head.nth > 3 {
+            *o.lock().unwrap() += 1;
+        }
+        let left = 3usize.saturating_sub(head.nth);
+        let response = format!(
+            "HTTP/1.1 200 OK\r\ncontent-length: 2\r\nkeep-alive: timeout=5, max={left}\r\n\r\nok"
+        );
+        (response.into_bytes(), After::KeepAlive)
+    })
+    .await;
+    let guard = PoolGuard::builder().build();
+    let svc = stack(&guard);
+    for _ in 0..9 {
+        get_hyper(&svc, server.uri("/")).await.expect("request");
+    }
+    assert_eq!(*over.lock().unwrap(), 0, "no request past the server's max");
+    assert_eq!(server.stats.accepted(), 3, "3 connections of 3 requests");
+    drop(svc);
+    let retired = guard.metrics().snapshot().closes.get(CloseReason::Retired);
+    assert!(retired >= 2, "retired {retired}");
+}
+
+/// What a request id was seen doing at the server.
+type Seen = Arc<Mutex<HashMap<String, usize>>>;
+
+/// A server that misbehaves on requests whose path says so, counting each
+/// `x-id` it sees:
+/// - `/close-reused`: on the 2nd and later request of a connection, reads
+///   the request and closes without a byte (a stale connection);
+/// - `/close-new`: the same on the 1st request of a connection;
+/// - `/partial`: on the 2nd and later, writes half a status line, closes.
+async fn misbehaving() -> (Server, Seen) {
+    let seen: Seen = Arc::default();
+    let s = seen.clone();
+    let server = support::serve_raw_with(move |head: &Head| {
+        if let Some(id) = head.header("x-id") {
+            *s.lock().unwrap().entry(id.to_string()).or_default() += 1;
+        }
+        let path = head.text.split(' ').nth(1).unwrap_or("/");
+        match path {
+            "/close-reused" if head.nth > 1 => (Vec::new(), After::Close),
+            "/close-new" if head.nth == 1 => (Vec::new(), After::Close),
+            "/partial" if head.nth > 1 => (b"HTTP/1.1 20".to_vec(), After::Close),
+            _ => (OK.to_vec(), After::KeepAlive),
+        }
+    })
+    .await;
+    (server, seen)
+}
+
+fn request(method: &str, server: &Server, path: &str, id: &str, key: bool) -> Request<Body> {
+    let mut builder = Request::builder()
+        .method(method)
+        .uri(server.uri(path))
+        .header("x-id", id);
+    if key {
+        builder = builder.header("idempotency-key", id);
+    }
+    builder.body(Body::from("payload")).expect("request")
+}
+
+/// Opens `n` pooled connections with one request each.
+async fn warm(svc: &Stack, server: &Server, n: usize) {
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..n {
+        let (svc, uri) = (svc.clone(), server.uri("/slow"));
+        set.spawn(async move { get_hyper(&svc, uri).await });
+    }
+    while let Some(done) = set.join_next().await {
+        done.expect("task").expect("warm-up");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_safe_requests_are_retried_and_at_most_once() {
+    let (server, seen) = misbehaving().await;
+    let count = |id: &str| seen.lock().unwrap().get(id).copied().unwrap_or(0);
+    let guard = PoolGuard::builder().max_per_host(1).build();
+    let svc = stack(&guard);
+    warm(&svc, &server, 1).await;
+
+    // A GET that meets a stale connection: sent again, on a new one.
+    let response = svc
+        .clone()
+        .oneshot(request("GET", &server, "/close-reused", "get-1", false))
+        .await
+        .expect("GET retried");
+    assert_eq!(count("get-1"), 2);
+    assert_eq!(
+        response.extensions().get::<Retried>().map(|r| r.retries),
+        Some(1)
+    );
+    assert_eq!(
+        response.extensions().get::<ConnInfo>().map(|c| c.retries),
+        Some(1)
+    );
+    let info = response.extensions().get::<ConnInfo>().copied();
+    assert_eq!(
+        info.map(|c| c.reused),
+        Some(false),
+        "the retry used a new connection"
+    );
+    response.into_body().collect().await.expect("body");
+
+    // A POST without an idempotency key: never sent again.
+    warm(&svc, &server, 1).await;
+    let err = svc
+        .clone()
+        .oneshot(request("POST", &server, "/close-reused", "post-1", false))
+        .await
+        .expect_err("POST fails");
+    assert_eq!(count("post-1"), 1, "{err}");
+
+    // With a key: sent again.
+    warm(&svc, &server, 1).await;
+    svc.clone()
+        .oneshot(request("POST", &server, "/close-reused", "post-2", true))
+        .await
+        .expect("keyed POST retried");
+    assert_eq!(count("post-2"), 2);
+
+    // A response byte arrived: never sent again.
+    warm(&svc, &server, 1).await;
+    svc.clone()
+        .oneshot(request("GET", &server, "/partial", "partial-1", false))
+        .await
+        .expect_err("partial response fails");
+    assert_eq!(count("partial-1"), 1);
+
+    // The connection was new: never sent again.
+    svc.clone()
+        .oneshot(request("GET", &server, "/close-new", "new-1", false))
+        .await
+        .expect_err("a new connection's failure is an answer");
+    assert_eq!(count("new-1"), 1);
+
+    let snap = guard.metrics().snapshot();
+    assert_eq!(
+        (snap.retries, snap.retries_succeeded, snap.retries_failed),
+        (2, 2, 0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_that_meets_a_stale_connection_too_is_not_retried_again() {
+    let (server, seen) = misbehaving().await;
+    let guard = PoolGuard::builder().max_per_host(2).build();
+    let svc = stack(&guard);
+    // Two pooled connections, both of which close on their next request.
+    let mut set = tokio::task::JoinSet::new();
+    let both = Arc::new(tokio::sync::Barrier::new(2));
+    for _ in 0..2 {
+        let (svc, server_uri, both) = (svc.clone(), server.uri("/"), both.clone());
+        set.spawn(async move {
+            let response = svc
+                .oneshot(Request::get(server_uri).body(Body::default())?)
+                .await?;
+            // Hold the response (and its slot) until both have one: two
+            // connections.
+            both.wait().await;
+            response.into_body().collect().await?;
+            Ok::<_, BoxError>(())
+        });
+    }
+    while let Some(done) = set.join_next().await {
+        done.expect("task").expect("warm-up");
+    }
+    assert_eq!(server.stats.accepted(), 2);
+    svc.clone()
+        .oneshot(request("POST", &server, "/close-reused", "twice", true))
+        .await
+        .expect_err("both attempts meet a stale connection");
+    assert_eq!(seen.lock().unwrap().get("twice").copied(), Some(2));
+    let snap = guard.metrics().snapshot();
+    assert_eq!((snap.retries, snap.retries_failed), (1, 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reqwest_retries_only_safe_requests() {
+    let (server, seen) = misbehaving().await;
+    let count = |id: &str| seen.lock().unwrap().get(id).copied().unwrap_or(0);
+    let guard = PoolGuard::builder().max_per_host(1).build();
+    let client = guarded_reqwest(&guard);
+    let send = |method: reqwest::Method, path: &str, id: &str, key: bool| {
+        let mut request = reqwest::Request::new(method, server.url(path).parse().expect("url"));
+        request
+            .headers_mut()
+            .insert("x-id", id.parse().expect("header"));
+        if key {
+            request
+                .headers_mut()
+                .insert("idempotency-key", id.parse().expect("header"));
+        }
+        *request.body_mut() = Some(reqwest::Body::from("payload"));
+        client.execute(request)
+    };
+    let warm = || async {
+        send(reqwest::Method::GET, "/", "warm", false)
+            .await
+            .expect("warm-up")
+            .bytes()
+            .await
+            .expect("body");
+    };
+
+    warm().await;
+    let response = send(reqwest::Method::GET, "/close-reused", "get-1", false)
+        .await
+        .expect("GET retried");
+    assert_eq!(count("get-1"), 2);
+    assert!(response.extensions().get::<Retried>().is_some());
+    response.bytes().await.expect("body");
+
+    warm().await;
+    send(reqwest::Method::POST, "/close-reused", "post-1", false)
+        .await
+        .expect_err("POST fails");
+    assert_eq!(count("post-1"), 1);
+
+    warm().await;
+    send(reqwest::Method::POST, "/close-reused", "post-2", true)
+        .await
+        .expect("keyed POST retried");
+    assert_eq!(count("post-2"), 2);
+
+    // A fresh client: its first connection is new.
+    let fresh = guarded_reqwest(&PoolGuard::builder().build());
+    let mut request = reqwest::Request::new(
+        reqwest::Method::GET,
+        server.url("/close-new").parse().expect("url"),
+    );
+    request
+        .headers_mut()
+        .insert("x-id", "new-1".parse().expect("header"));
+    fresh
+        .execute(request)
+        .await
+        .expect_err("a new connection's failure is an answer");
+    assert_eq!(count("new-1"), 1);
+}
