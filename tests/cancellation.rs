@@ -158,5 +158,10 @@ fn runtime_shutdown_while_drains_run() {
     rt.shutdown_timeout(Duration::from_secs(5));
     assert_eq!(drain.running(), 0);
     let s = guard.metrics().snapshot();
-    assert_eq!(s.drains_aborted, 8, "{s:?}");
+    // The order in which a runtime drops its tasks at shutdown is not
+    // specified: a drain dropped with its task is aborted; one whose
+    // connection task went first sees its body fail. Either way it ended,
+    // and none completed.
+    assert_eq!(s.drains_aborted + s.drains_failed, 8, "{s:?}");
+    assert_eq!(s.drains_completed, 0, "{s:?}");
 }

@@ -372,7 +372,7 @@ impl<T> GuardedIo<T> {
                 // Register, then look again: the connection may have gone
                 // idle in between.
                 Retire::Later if !registered => {
-                    conn.wake_when_idle(cx.waker());
+                    conn.park_reader(cx.waker());
                     registered = true;
                 }
                 Retire::Later => return false,
@@ -424,7 +424,7 @@ impl<T: Read + Unpin> Read for GuardedIo<T> {
                     // Data (or an end of file, which ends the request too):
                     // the next write starts a new request.
                     Poll::Ready(Ok(())) => conn.on_read(),
-                    Poll::Pending => {}
+                    Poll::Pending => conn.park_reader(cx.waker()),
                 }
             }
             return polled;
@@ -452,7 +452,10 @@ impl<T: Read + Unpin> Read for GuardedIo<T> {
                 conn.on_io_error(&e);
                 Poll::Ready(Err(e))
             }
-            Poll::Pending => Poll::Pending,
+            Poll::Pending => {
+                conn.park_reader(cx.waker());
+                Poll::Pending
+            }
         }
     }
 }

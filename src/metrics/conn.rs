@@ -283,8 +283,14 @@ impl ConnState {
         }
     }
 
-    /// Asks to be woken when the connection goes idle.
-    pub(crate) fn wake_when_idle(&self, waker: &Waker) {
+    /// The IO's read is pending: remember its task, to wake it when the
+    /// connection goes idle with a `Keep-Alive` limit (hyper reads an idle
+    /// connection once and waits; the limit may be learnt after that read).
+    /// Nothing to do when `Keep-Alive` is not honoured.
+    pub(crate) fn park_reader(&self, waker: &Waker) {
+        if !self.honor_keep_alive {
+            return;
+        }
         let mut slot = self
             .idle_waker
             .lock()
@@ -412,6 +418,8 @@ impl ConnState {
         {
             self.idle_since.store(self.metrics.inner.now(), Relaxed);
             if self.ka_rule.load(Relaxed) {
+                // The IO checks the limit, and arms its timer, on its next
+                // read.
                 let waker = self
                     .idle_waker
                     .lock()
