@@ -18,6 +18,12 @@
 //!   ([`ConnInfo`]); in aggregate ([`Metrics`]), requests, connections opened
 //!   and closed with a [`CloseReason`] each, drains and queue figures. See
 //!   [`metrics`].
+//! - [`RetryStaleLayer`]: a request that failed on a stale pooled connection
+//!   (closed by the server as the request went out) is sent once more when
+//!   that is safe; with hyper-util, [`GuardedConnector`] also retires
+//!   connections before the server's advertised `Keep-Alive` timeout. See
+//!   [`retry`].
+//! - [`PoolGuard`]: all of them in the right order, with one shared state.
 //!
 //! # Example
 //!

@@ -7,6 +7,7 @@
 mod support;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -202,12 +203,15 @@ async fn keep_alive_max_retires_connections_after_their_last_request() {
     // Allows 3 requests per connection (Apache's count down: `max` more
     // after this one) but does not close: a client that ignored `max`
     // would send a 4th.
-    let over = Arc::new(Mutex::new(0usize));
-    let o = over.clone();
+    let over = Arc::new(AtomicUsize::new(0));
+    let full = Arc::new(AtomicUsize::new(0));
+    let (o, f) = (over.clone(), full.clone());
     let server = support::serve_raw_with(move |head: &Head| {
-        if head.nth > 3 {
-            *o.lock().unwrap() += 1;
-        }
+        match head.nth {
+            3 => f.fetch_add(1, SeqCst),
+            n if n > 3 => o.fetch_add(1, SeqCst),
+            _ => 0,
+        };
         let left = 3usize.saturating_sub(head.nth);
         let response = format!(
             "HTTP/1.1 200 OK\r\ncontent-length: 2\r\nkeep-alive: timeout=5, max={left}\r\n\r\nok"
@@ -220,11 +224,32 @@ async fn keep_alive_max_retires_connections_after_their_last_request() {
     for _ in 0..9 {
         get_hyper(&svc, server.uri("/")).await.expect("request");
     }
-    assert_eq!(*over.lock().unwrap(), 0, "no request past the server's max");
-    assert_eq!(server.stats.accepted(), 3, "3 connections of 3 requests");
+    assert_eq!(over.load(SeqCst), 0, "no request past the server's max");
+    // 9 requests at 3 per connection; hyper-util's checkout/connect race
+    // can add a connection when the pool gets a connection back late (seen
+    // under CPU load), so only the floor is exact.
+    assert!(server.stats.accepted() >= 3);
     drop(svc);
-    let retired = guard.metrics().snapshot().closes.get(CloseReason::Retired);
-    assert!(retired >= 2, "retired {retired}");
+    // Closes are counted when hyper drops the connections.
+    let settled = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let s = guard.metrics().snapshot();
+            if s.connections_closed == s.connections_opened {
+                return s;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("every connection closes");
+    let retired = settled.closes.get(CloseReason::Retired);
+    let full = full.load(SeqCst) as u64;
+    // Every connection that served its 3rd request was retired, but the
+    // last one may be closed by the client's drop first.
+    assert!(
+        retired + 1 >= full && retired <= full,
+        "retired {retired} of {full} full connections"
+    );
 }
 
 /// What a request id was seen doing at the server.
@@ -240,9 +265,15 @@ async fn misbehaving() -> (Server, Seen) {
     let seen: Seen = Arc::default();
     let s = seen.clone();
     let server = support::serve_raw_with(move |head: &Head| {
+        let mut seen = s.lock().unwrap();
         if let Some(id) = head.header("x-id") {
-            *s.lock().unwrap().entry(id.to_string()).or_default() += 1;
+            *seen.entry(id.to_string()).or_default() += 1;
         }
+        if head.nth == 1 {
+            // Connections that served a request.
+            *seen.entry("first requests".to_string()).or_default() += 1;
+        }
+        drop(seen);
         let path = head.text.split(' ').nth(1).unwrap_or("/");
         match path {
             "/close-reused" if head.nth > 1 => (Vec::new(), After::Close),
@@ -353,25 +384,27 @@ async fn a_retry_that_meets_a_stale_connection_too_is_not_retried_again() {
     let (server, seen) = misbehaving().await;
     let guard = PoolGuard::builder().max_per_host(2).build();
     let svc = stack(&guard);
-    // Two pooled connections, both of which close on their next request.
-    let mut set = tokio::task::JoinSet::new();
-    let both = Arc::new(tokio::sync::Barrier::new(2));
-    for _ in 0..2 {
-        let (svc, server_uri, both) = (svc.clone(), server.uri("/"), both.clone());
-        set.spawn(async move {
-            let response = svc
-                .oneshot(Request::get(server_uri).body(Body::default())?)
-                .await?;
-            // Hold the response (and its slot) until both have one: two
-            // connections.
-            both.wait().await;
-            response.into_body().collect().await?;
-            Ok::<_, BoxError>(())
-        });
+    // Two pooled connections (the cap) that served a request each, so
+    // that both close on their next request. A 2-byte body is read with its
+    // head, so a connection is free before its caller reads it, and
+    // hyper-util may pool a connection that lost its checkout race unused:
+    // pairs of requests are sent until the server saw both connections
+    // serve.
+    let served = || seen.lock().unwrap().get("first requests").copied();
+    for _ in 0..50 {
+        if served() == Some(2) {
+            break;
+        }
+        let mut set = tokio::task::JoinSet::new();
+        for _ in 0..2 {
+            let (svc, uri) = (svc.clone(), server.uri("/"));
+            set.spawn(async move { get_hyper(&svc, uri).await });
+        }
+        while let Some(done) = set.join_next().await {
+            done.expect("task").expect("warm-up");
+        }
     }
-    while let Some(done) = set.join_next().await {
-        done.expect("task").expect("warm-up");
-    }
+    assert_eq!(served(), Some(2));
     assert_eq!(server.stats.accepted(), 2);
     svc.clone()
         .oneshot(request("POST", &server, "/close-reused", "twice", true))
@@ -410,25 +443,51 @@ async fn reqwest_retries_only_safe_requests() {
             .expect("body");
     };
 
-    warm().await;
-    let response = send(reqwest::Method::GET, "/close-reused", "get-1", false)
-        .await
-        .expect("GET retried");
-    assert_eq!(count("get-1"), 2);
-    assert!(response.extensions().get::<Retried>().is_some());
-    response.bytes().await.expect("body");
+    // reqwest's cap is request level: its pool may dial a new connection
+    // when the warmed one comes back late (under CPU load), and then the
+    // request meets no stale connection. Each case is tried until it meets
+    // one (the server sees the request on a reused connection), and what
+    // the server saw is checked every time.
+    let mut met = [0usize; 3];
+    for attempt in 0..20 {
+        warm().await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let id = format!("get-{attempt}");
+        let response = send(reqwest::Method::GET, "/close-reused", &id, false)
+            .await
+            .expect("a GET never fails here");
+        let retried = response.extensions().get::<Retried>().is_some();
+        assert_eq!(count(&id), 1 + usize::from(retried));
+        met[0] += usize::from(retried);
+        response.bytes().await.expect("body");
 
-    warm().await;
-    send(reqwest::Method::POST, "/close-reused", "post-1", false)
-        .await
-        .expect_err("POST fails");
-    assert_eq!(count("post-1"), 1);
+        warm().await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let id = format!("post-{attempt}");
+        let failed = send(reqwest::Method::POST, "/close-reused", &id, false)
+            .await
+            .is_err();
+        assert_eq!(count(&id), 1, "a POST without a key is sent once");
+        met[1] += usize::from(failed);
 
-    warm().await;
-    send(reqwest::Method::POST, "/close-reused", "post-2", true)
-        .await
-        .expect("keyed POST retried");
-    assert_eq!(count("post-2"), 2);
+        warm().await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let id = format!("keyed-{attempt}");
+        let response = send(reqwest::Method::POST, "/close-reused", &id, true)
+            .await
+            .expect("a keyed POST never fails here");
+        let retried = response.extensions().get::<Retried>().is_some();
+        assert_eq!(count(&id), 1 + usize::from(retried));
+        met[2] += usize::from(retried);
+        response.bytes().await.expect("body");
+        if met.iter().all(|&m| m > 0) {
+            break;
+        }
+    }
+    assert!(
+        met.iter().all(|&m| m > 0),
+        "each case met a stale connection: {met:?}"
+    );
 
     // A fresh client: its first connection is new.
     let fresh = guarded_reqwest(&PoolGuard::builder().build());
