@@ -1,7 +1,7 @@
 //! The host a request goes to: the key of per-host state.
 
 use std::collections::hash_map::RandomState;
-use std::fmt::{self, Write as _};
+use std::fmt;
 use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::{Arc, OnceLock};
 
@@ -57,15 +57,48 @@ impl HostKey {
             Some(port) => port,
             None => default_port(scheme)?,
         };
-        let mut repr = String::with_capacity(scheme.len() + host.len() + 9);
-        repr.extend(scheme.chars().map(|c| c.to_ascii_lowercase()));
-        repr.push_str("://");
-        repr.extend(host.chars().map(|c| c.to_ascii_lowercase()));
-        let host_end = repr.len();
-        repr.push(':');
-        let _ = write!(repr, "{port}");
+        // "scheme://host:port", lower case, built on the stack: one
+        // allocation, for the `Arc`.
+        let mut port_digits = [0u8; 5];
+        let port_at = port_digits.len() - {
+            let mut n = port;
+            let mut len = 0;
+            loop {
+                len += 1;
+                port_digits[port_digits.len() - len] = b'0' + (n % 10) as u8;
+                n /= 10;
+                if n == 0 {
+                    break len;
+                }
+            }
+        };
+        let parts: [&[u8]; 5] = [
+            scheme.as_bytes(),
+            b"://",
+            host.as_bytes(),
+            b":",
+            &port_digits[port_at..],
+        ];
+        let mut buf = [0u8; 128];
+        let mut heap = Vec::new();
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        let out: &mut [u8] = if len <= buf.len() {
+            &mut buf[..len]
+        } else {
+            heap.resize(len, 0);
+            &mut heap
+        };
+        let mut at = 0;
+        for part in parts {
+            out[at..at + part.len()].copy_from_slice(part);
+            at += part.len();
+        }
+        out.make_ascii_lowercase();
+        let host_end = scheme.len() + 3 + host.len();
+        // Scheme and authority are ASCII once parsed by `http`.
+        let repr = std::str::from_utf8(out).ok()?;
         Some(HostKey {
-            hash: hash_of(&repr),
+            hash: hash_of(repr),
             repr: Arc::from(repr),
             scheme_len: scheme.len(),
             host_end,

@@ -34,10 +34,11 @@ pin_project! {
     where
         S: Service<Req>,
     {
+        // Boxed: the request and the service are large, and waiting is the
+        // slow path; the future stays small for the fast one.
         Queued {
             wait: Wait,
-            service: Option<S>,
-            request: Option<Req>,
+            parked: Option<Box<(S, Req)>>,
         },
         Called {
             #[pin]
@@ -68,8 +69,7 @@ where
         ResponseFuture {
             state: State::Queued {
                 wait: Box::pin(wait),
-                service: Some(service),
-                request: Some(request),
+                parked: Some(Box::new((service, request))),
             },
         }
     }
@@ -93,19 +93,14 @@ where
         let mut this = self.project();
         loop {
             match this.state.as_mut().project() {
-                StateProj::Queued {
-                    wait,
-                    service,
-                    request,
-                } => {
+                StateProj::Queued { wait, parked } => {
                     let slot = match ready!(wait.as_mut().poll(cx)) {
                         Ok(slot) => slot,
                         Err(TimedOut { key, waited }) => {
                             return Poll::Ready(Err(QueueTimeout::new(key, waited).into()))
                         }
                     };
-                    let (Some(mut service), Some(request)) = (service.take(), request.take())
-                    else {
+                    let Some((mut service, request)) = parked.take().map(|p| *p) else {
                         return Poll::Ready(Err(
                             "per-host limit future polled after completion".into()
                         ));

@@ -1,12 +1,18 @@
-//! Per-host slots: a FIFO semaphore per host, a bounded queue, and a map of
-//! hosts that holds only hosts with something in flight or queued.
+//! Per-host slots: a count and a FIFO queue of waiters per host, under one
+//! lock, and a map of hosts that holds only hosts with something in flight
+//! or queued.
+//!
+//! The uncontended path is one lock section to take a slot and one to give
+//! it back. A slot given back goes straight to the first waiter (FIFO), so
+//! a host with waiters always has all its slots taken: no request can pass
+//! the queue.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::key::{BuildKeyHasher, HostKey};
@@ -32,15 +38,20 @@ pub(crate) struct Registry {
     queued: AtomicUsize,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct Host {
-    /// tokio's semaphore is fair: permits go to waiters in FIFO order, and a
-    /// dropped `acquire` leaves the queue at once.
-    semaphore: Arc<Semaphore>,
-    /// Slots held plus waiters: the entry is removed when it reaches 0.
-    users: usize,
-    /// Waiters.
-    queued: usize,
+    /// Slots taken (by requests, or handed to waiters not yet woken).
+    taken: usize,
+    /// Waiters, first come first served; empty whenever a slot is free.
+    waiters: VecDeque<Arc<Grant>>,
+}
+
+/// One waiter's cell: set, under the registry lock, when a slot is handed
+/// to it.
+#[derive(Debug, Default)]
+struct Grant {
+    granted: AtomicBool,
+    notify: Notify,
 }
 
 /// The result of [`Registry::acquire`].
@@ -57,7 +68,7 @@ impl Registry {
     pub(crate) fn new(bounds: Bounds, observer: Option<Metrics>) -> Self {
         Registry {
             bounds: Bounds {
-                max_per_host: bounds.max_per_host.clamp(1, Semaphore::MAX_PERMITS),
+                max_per_host: bounds.max_per_host.max(1),
                 max_queued: bounds.max_queued,
             },
             observer,
@@ -84,45 +95,37 @@ impl Registry {
     /// Takes a slot for `key`, or a place in its queue.
     pub(crate) fn acquire(self: &Arc<Self>, key: HostKey) -> Acquire {
         let mut state = self.state();
-        let State { hosts, spare } = &mut *state;
-        let host = hosts.entry(key.clone()).or_insert_with(|| Host {
-            semaphore: spare
-                .pop()
-                .unwrap_or_else(|| Arc::new(Semaphore::new(self.bounds.max_per_host))),
-            users: 0,
-            queued: 0,
-        });
-        if let Ok(permit) = host.semaphore.clone().try_acquire_owned() {
-            host.users += 1;
+        let host = match state.hosts.get_mut(&key) {
+            Some(host) => host,
+            None => state.hosts.entry(key.clone()).or_default(),
+        };
+        if host.taken < self.bounds.max_per_host {
+            // No waiters here: they exist only while every slot is taken.
+            host.taken += 1;
             drop(state);
             self.in_flight.fetch_add(1, Ordering::Relaxed);
             return Acquire::Ready(Slot {
-                permit: Some(permit),
                 key: Some(key),
                 registry: self.clone(),
                 waited: Duration::ZERO,
             });
         }
-        if host.queued >= self.bounds.max_queued {
-            if host.users == 0 {
-                state.remove(&key, self.bounds.max_per_host);
-            }
+        if host.waiters.len() >= self.bounds.max_queued {
             drop(state);
             if let Some(m) = &self.observer {
                 m.inner.queue_full.fetch_add(1, Ordering::Relaxed);
             }
             return Acquire::Full(key);
         }
-        host.users += 1;
-        host.queued += 1;
-        let semaphore = host.semaphore.clone();
+        let grant = Arc::new(Grant::default());
+        host.waiters.push_back(grant.clone());
         drop(state);
         self.queued.fetch_add(1, Ordering::Relaxed);
         if let Some(m) = &self.observer {
             m.inner.queue_entered();
         }
         Acquire::Queued(Waiter {
-            semaphore,
+            grant,
             key,
             queued: true,
             timed_out: false,
@@ -131,17 +134,22 @@ impl Registry {
         })
     }
 
-    /// One user of `key` is gone; forget the host when it was the last.
-    fn leave(&self, key: &HostKey, was_queued: bool) {
+    /// A slot of `key` is given back: it goes to the first waiter, or the
+    /// host forgets it, and the host itself when it has nothing left.
+    fn release(&self, key: &HostKey) {
         let mut state = self.state();
-        if let Some(host) = state.hosts.get_mut(key) {
-            host.users = host.users.saturating_sub(1);
-            if was_queued {
-                host.queued = host.queued.saturating_sub(1);
-            }
-            if host.users == 0 {
-                state.remove(key, self.bounds.max_per_host);
-            }
+        let Some(host) = state.hosts.get_mut(key) else {
+            return;
+        };
+        if let Some(next) = host.waiters.pop_front() {
+            next.granted.store(true, Ordering::Release);
+            drop(state);
+            next.notify.notify_one();
+            return;
+        }
+        host.taken = host.taken.saturating_sub(1);
+        if host.taken == 0 {
+            state.remove(key);
         }
     }
 
@@ -161,30 +169,17 @@ impl Registry {
     }
 }
 
-/// The hosts, and semaphores of forgotten hosts kept for the next ones: a
-/// host that comes and goes with every request costs no allocation.
+/// The hosts with something in flight or queued.
 #[derive(Debug, Default)]
 struct State {
     hosts: HashMap<HostKey, Host, BuildKeyHasher>,
-    spare: Vec<Arc<Semaphore>>,
 }
 
-/// Semaphores kept for reuse.
-const SPARE: usize = 64;
-
 impl State {
-    /// Forgets `key`, keeps its semaphore if it is whole and unshared, and
-    /// gives memory back after a burst of hosts: a map at a quarter of its
-    /// capacity is halved (amortised, O(1) per removal).
-    fn remove(&mut self, key: &HostKey, max_per_host: usize) {
-        if let Some(host) = self.hosts.remove(key) {
-            if self.spare.len() < SPARE
-                && Arc::strong_count(&host.semaphore) == 1
-                && host.semaphore.available_permits() == max_per_host
-            {
-                self.spare.push(host.semaphore);
-            }
-        }
+    /// Forgets `key`, and gives memory back after a burst of hosts: a map
+    /// at a quarter of its capacity is halved (amortised, O(1) per removal).
+    fn remove(&mut self, key: &HostKey) {
+        self.hosts.remove(key);
         const MIN_CAPACITY: usize = 64;
         let hosts = &mut self.hosts;
         if hosts.capacity() > MIN_CAPACITY && hosts.len() < hosts.capacity() / 4 {
@@ -196,7 +191,6 @@ impl State {
 /// One slot of a host, released when dropped.
 #[derive(Debug)]
 pub(crate) struct Slot {
-    permit: Option<OwnedSemaphorePermit>,
     key: Option<HostKey>,
     registry: Arc<Registry>,
     waited: Duration,
@@ -211,12 +205,9 @@ impl Slot {
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        // Give the permit back first: it goes straight to the next waiter,
-        // which keeps the host's entry alive.
-        drop(self.permit.take());
         self.registry.in_flight.fetch_sub(1, Ordering::Relaxed);
         if let Some(key) = self.key.take() {
-            self.registry.leave(&key, false);
+            self.registry.release(&key);
         }
     }
 }
@@ -224,7 +215,7 @@ impl Drop for Slot {
 /// A place in a host's queue. Dropping it leaves the queue.
 #[derive(Debug)]
 pub(crate) struct Waiter {
-    semaphore: Arc<Semaphore>,
+    grant: Arc<Grant>,
     key: HostKey,
     /// Still counted as a waiter of its host.
     queued: bool,
@@ -243,44 +234,47 @@ pub(crate) struct TimedOut {
 
 impl Waiter {
     /// Waits for a slot, at most until `deadline`. Cancel-safe: dropping the
-    /// future leaves the queue at once.
+    /// future leaves the queue at once (or passes on a slot handed to it in
+    /// the meantime).
     pub(crate) async fn wait(mut self, deadline: Option<Instant>) -> Result<Slot, TimedOut> {
-        let acquire = self.semaphore.clone().acquire_owned();
-        let permit = match deadline {
-            Some(deadline) => tokio::time::timeout_at(deadline, acquire).await.ok(),
-            None => Some(acquire.await),
+        let grant = self.grant.clone();
+        let granted = async move {
+            // `notify_one` keeps a permit when no one waits yet: no wake-up
+            // is lost between the check and the wait.
+            while !grant.granted.load(Ordering::Acquire) {
+                grant.notify.notified().await;
+            }
+        };
+        let got = match deadline {
+            Some(deadline) => tokio::time::timeout_at(deadline, granted).await.is_ok(),
+            None => {
+                granted.await;
+                true
+            }
         };
         let waited = self.since.elapsed();
-        // The semaphore is never closed, so `acquire_owned` cannot fail;
-        // were it to, the request times out rather than panics.
-        match permit.and_then(Result::ok) {
-            Some(permit) => Ok(self.into_slot(permit, waited)),
-            None => {
-                self.timed_out = true;
-                Err(TimedOut {
-                    key: self.key.clone(),
-                    waited,
-                })
-            }
+        if got {
+            Ok(self.into_slot(waited))
+        } else {
+            // Dropping `self` leaves the queue, or hands on a slot granted
+            // just as the deadline passed.
+            self.timed_out = true;
+            Err(TimedOut {
+                key: self.key.clone(),
+                waited,
+            })
         }
     }
 
-    fn into_slot(mut self, permit: OwnedSemaphorePermit, waited: Duration) -> Slot {
+    fn into_slot(mut self, waited: Duration) -> Slot {
+        // The host counted the slot as taken when it granted it.
         self.queued = false;
-        {
-            let mut state = self.registry.state();
-            if let Some(host) = state.hosts.get_mut(&self.key) {
-                host.queued = host.queued.saturating_sub(1);
-            }
-        }
         self.registry.queued.fetch_sub(1, Ordering::Relaxed);
         self.registry.in_flight.fetch_add(1, Ordering::Relaxed);
         if let Some(m) = &self.registry.observer {
             m.inner.queue_left(Some(waited), false);
         }
-        // The host's `users` count passes from the waiter to the slot.
         Slot {
-            permit: Some(permit),
             key: Some(self.key.clone()),
             registry: self.registry.clone(),
             waited,
@@ -290,12 +284,25 @@ impl Waiter {
 
 impl Drop for Waiter {
     fn drop(&mut self) {
-        if self.queued {
-            self.registry.queued.fetch_sub(1, Ordering::Relaxed);
-            if let Some(m) = &self.registry.observer {
-                m.inner.queue_left(None, self.timed_out);
+        if !self.queued {
+            return;
+        }
+        self.registry.queued.fetch_sub(1, Ordering::Relaxed);
+        if let Some(m) = &self.registry.observer {
+            m.inner.queue_left(None, self.timed_out);
+        }
+        let registry = &self.registry;
+        let mut state = registry.state();
+        // Granted (under this lock) but not taken: hand the slot on.
+        if self.grant.granted.load(Ordering::Acquire) {
+            drop(state);
+            registry.release(&self.key);
+            return;
+        }
+        if let Some(host) = state.hosts.get_mut(&self.key) {
+            if let Some(at) = host.waiters.iter().position(|g| Arc::ptr_eq(g, &self.grant)) {
+                host.waiters.remove(at);
             }
-            self.registry.leave(&self.key, true);
         }
     }
 }

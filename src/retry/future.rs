@@ -22,7 +22,8 @@ pin_project! {
         state: State<S::Future>,
         // A ready-to-be copy of the inner service and the request to send
         // again; `None` when the request is not to be retried.
-        retry: Option<(S, Request<B>)>,
+        // Boxed: large, and only for requests that may be retried.
+        retry: Option<Box<(S, Request<B>)>>,
         // Retries left.
         left: u32,
         // Retries made.
@@ -49,7 +50,8 @@ where
 {
     pub(crate) fn new(
         future: S::Future,
-        retry: Option<(S, Request<B>)>,
+        // Boxed: large, and only for requests that may be retried.
+        retry: Option<Box<(S, Request<B>)>>,
         left: u32,
         metrics: Option<Metrics>,
     ) -> Self {
@@ -117,11 +119,11 @@ where
                     this.state.set(State::Retrying);
                 }
                 StateProj::Retrying => {
-                    let Some((service, _)) = this.retry.as_mut() else {
+                    let Some((service, _)) = this.retry.as_deref_mut() else {
                         return Poll::Ready(Err(MISSING.into()));
                     };
                     ready!(service.poll_ready(cx)).map_err(Into::into)?;
-                    let Some((mut service, req)) = this.retry.take() else {
+                    let Some((mut service, req)) = this.retry.take().map(|r| *r) else {
                         return Poll::Ready(Err(MISSING.into()));
                     };
                     *this.left -= 1;
@@ -131,7 +133,7 @@ where
                     }
                     if *this.left > 0 {
                         if let Some(next) = replay(&req) {
-                            *this.retry = Some((service.clone(), next));
+                            *this.retry = Some(Box::new((service.clone(), next)));
                         }
                     }
                     let future = service.call(req);

@@ -70,7 +70,7 @@ where
             None
         };
         // The copy of the service is made ready when a retry needs it.
-        let retry = replay.map(|req| (self.inner.clone(), req));
+        let retry = replay.map(|req| Box::new((self.inner.clone(), req)));
         let metrics = retry.as_ref().and(self.metrics.clone());
         ResponseFuture::new(self.inner.call(req), retry, self.max_retries, metrics)
     }
