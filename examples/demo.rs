@@ -10,8 +10,11 @@
 //! `--only NAME` runs one workload: `drop-5b`, `drop-64k`, `read-64k`,
 //! `bursty`, `flood`, `slow-100`, `crawler`, `endless`; `--rounds N` repeats every workload N times, the
 //! clients in a different order each round, and reports the median with the
-//! spread (min–max) of req/s (this is the loopback benchmark of
-//! BENCHMARKS.md).
+//! spread (min–max) of req/s and the process's RSS growth during each run
+//! (this is the loopback benchmark of BENCHMARKS.md). `--scaling` runs the
+//! scaling series instead: concurrency 1, 10, 100 and 1000 to one host with
+//! N = 10 (`conc-*`), and 1 to 10,000 hosts (`hosts-*`: names that all
+//! resolve to one loopback server, each a host of its own to the clients).
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -53,6 +56,10 @@ struct Workload {
     delay: Duration,
     bare_idle: usize,
     max_per_host: usize,
+    /// Host names, all resolving to the one server (0: its address).
+    names: usize,
+    /// The pools' idle timeout (hyper-util's default 90 s when `None`).
+    idle_timeout: Option<Duration>,
 }
 
 struct Row {
@@ -66,6 +73,8 @@ struct Row {
     p50: Duration,
     p99: Duration,
     reuse: Option<f64>,
+    /// Growth of the process's resident memory during the run.
+    rss_kib: usize,
 }
 
 /// Client sockets in TIME_WAIT towards any of `ports` (Linux only).
@@ -126,7 +135,13 @@ async fn drive(
                 // Each request is bounded: nothing in the demo can hang.
                 match tokio::time::timeout(Duration::from_secs(10), send(i)).await {
                     Ok(Ok(())) => mine.push(begun.elapsed()),
-                    _ => {
+                    outcome => {
+                        if std::env::var_os("DEMO_ERRORS").is_some() {
+                            match outcome {
+                                Ok(Err(e)) => eprintln!("request {i} failed: {e:?}"),
+                                _ => eprintln!("request {i} timed out"),
+                            }
+                        }
                         errors.fetch_add(1, Ordering::Relaxed);
                     }
                 }
@@ -159,17 +174,66 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[i.min(sorted.len() - 1)]
 }
 
-fn hyper_client<C>(connector: C, idle: usize) -> Client<C, Empty<Bytes>>
+fn hyper_client<C>(connector: C, idle: usize, w: &Workload) -> Client<C, Empty<Bytes>>
 where
     C: hyper_util::client::legacy::connect::Connect + Clone,
 {
-    Client::builder(TokioExecutor::new())
-        .pool_max_idle_per_host(idle)
-        .build(connector)
+    let mut builder = Client::builder(TokioExecutor::new());
+    builder.pool_max_idle_per_host(idle);
+    if let Some(t) = w.idle_timeout {
+        // The pool's reaper needs a timer to close idle connections.
+        builder
+            .pool_idle_timeout(t)
+            .pool_timer(hyper_util::rt::TokioTimer::new());
+    }
+    builder.build(connector)
 }
 
-fn urls(servers: &[support::Server], path: &str) -> Arc<Vec<String>> {
+fn reqwest_client(idle: usize, w: &Workload) -> reqwest::ClientBuilder {
+    reqwest::Client::builder()
+        .pool_max_idle_per_host(idle)
+        .pool_idle_timeout(w.idle_timeout.unwrap_or(Duration::from_secs(90)))
+        .dns_resolver(Loopback)
+}
+
+fn urls(servers: &[support::Server], path: &str, names: usize) -> Arc<Vec<String>> {
+    if names > 0 {
+        let port = servers.first().map_or(0, |s| s.addr.port());
+        return Arc::new(
+            (0..names)
+                .map(|i| format!("http://h{i}.test:{port}{path}"))
+                .collect(),
+        );
+    }
     Arc::new(servers.iter().map(|s| s.url(path)).collect())
+}
+
+/// Every name is the loopback address (the connector sets the port).
+#[derive(Clone, Copy, Debug)]
+struct Loopback;
+
+impl tower::Service<hyper_util::client::legacy::connect::dns::Name> for Loopback {
+    type Response = std::iter::Once<std::net::SocketAddr>;
+    type Error = std::io::Error;
+    type Future = std::future::Ready<Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(
+        &mut self,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _name: hyper_util::client::legacy::connect::dns::Name) -> Self::Future {
+        std::future::ready(Ok(std::iter::once(([127, 0, 0, 1], 0).into())))
+    }
+}
+
+impl reqwest::dns::Resolve for Loopback {
+    fn resolve(&self, _name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let addrs: reqwest::dns::Addrs = Box::new(std::iter::once(([127, 0, 0, 1], 0).into()));
+        Box::pin(std::future::ready(Ok(addrs)))
+    }
 }
 
 /// The four clients of one workload, as request senders.
@@ -177,7 +241,7 @@ fn senders(
     w: &Workload,
     servers: &[support::Server],
 ) -> Vec<(&'static str, Send_, Option<Metrics>)> {
-    let urls = urls(servers, w.path);
+    let urls = urls(servers, w.path, w.names);
     let usage = w.usage;
     let mut out: Vec<(&'static str, Send_, Option<Metrics>)> = Vec::new();
 
@@ -186,7 +250,11 @@ fn senders(
     let metrics = Metrics::new();
     let svc = tower::ServiceBuilder::new()
         .layer(ReuseMetricsLayer::new(metrics.clone()))
-        .service(hyper_client(HttpConnector::new(), w.bare_idle));
+        .service(hyper_client(
+            HttpConnector::new_with_resolver(Loopback),
+            w.bare_idle,
+            w,
+        ));
     let u = urls.clone();
     out.push((
         "hyper-util bare",
@@ -208,8 +276,9 @@ fn senders(
     let svc = tower::ServiceBuilder::new()
         .layer(guard.layer())
         .service(hyper_client(
-            guard.connector(HttpConnector::new()),
+            guard.connector(HttpConnector::new_with_resolver(Loopback)),
             w.max_per_host,
+            w,
         ));
     let u = urls.clone();
     out.push((
@@ -228,8 +297,7 @@ fn senders(
         Some(guard.metrics().clone()),
     ));
 
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(w.bare_idle)
+    let client = reqwest_client(w.bare_idle, w)
         .build()
         .expect("reqwest client");
     let u = urls.clone();
@@ -250,8 +318,7 @@ fn senders(
 
     let guard = PoolGuard::builder().max_per_host(w.max_per_host).build();
     let client = guard.reqwest(
-        reqwest::Client::builder()
-            .pool_max_idle_per_host(w.max_per_host)
+        reqwest_client(w.max_per_host, w)
             .connector_layer(guard.reqwest_connector_layer())
             .build()
             .expect("reqwest client"),
@@ -295,7 +362,9 @@ async fn run(w: &Workload, round: usize) -> Vec<Row> {
         }
         let (name, send, metrics) = senders(w, &servers).swap_remove(c);
         eprint!("  {:<9} {:<19} ...", w.name, name);
+        let rss_before = support::rss_kib();
         let (errors, latencies, elapsed) = drive(w.tasks, w.requests, w.pause_ms, send).await;
+        let rss = support::rss_kib().saturating_sub(rss_before);
         // Let closing connections reach TIME_WAIT before counting.
         tokio::time::sleep(Duration::from_millis(200)).await;
         let ports: Vec<u16> = servers.iter().map(|s| s.addr.port()).collect();
@@ -311,6 +380,7 @@ async fn run(w: &Workload, round: usize) -> Vec<Row> {
             p50: percentile(&latencies, 0.50),
             p99: percentile(&latencies, 0.99),
             reuse: metrics.map(|m| m.snapshot().reuse_rate()),
+            rss_kib: rss,
         };
         eprintln!(" {:.1} s", elapsed.as_secs_f64());
         rows.push(row);
@@ -332,6 +402,8 @@ fn workloads(scale: f64) -> Vec<Workload> {
         delay: Duration::ZERO,
         bare_idle: usize::MAX,
         max_per_host: 10,
+        names: 0,
+        idle_timeout: None,
     };
     vec![
         Workload {
@@ -400,6 +472,60 @@ fn workloads(scale: f64) -> Vec<Workload> {
     ]
 }
 
+/// The scaling series: concurrency to one host, and the number of hosts.
+fn scaling(scale: f64) -> Vec<Workload> {
+    let n = |base: usize| ((base as f64 * scale).round() as usize).max(1);
+    let mut out = Vec::new();
+    for (name, tasks) in [
+        ("conc-1", 1),
+        ("conc-10", 10),
+        ("conc-100", 100),
+        ("conc-1000", 1000),
+    ] {
+        out.push(Workload {
+            name,
+            tasks,
+            requests: n(2000).max(2 * tasks),
+            pause_ms: 0,
+            path: "/bytes/512",
+            usage: Use::Read,
+            hosts: 1,
+            delay: Duration::from_millis(1),
+            bare_idle: usize::MAX,
+            max_per_host: 10,
+            names: 0,
+            idle_timeout: None,
+        });
+    }
+    for (name, names) in [
+        ("hosts-1", 1),
+        ("hosts-10", 10),
+        ("hosts-100", 100),
+        ("hosts-1000", 1000),
+        ("hosts-10000", 10_000),
+    ] {
+        out.push(Workload {
+            name,
+            tasks: 64,
+            // Every host twice, round robin.
+            requests: n(2000).max(2 * names),
+            pause_ms: 0,
+            path: "/bytes/512",
+            usage: Use::Read,
+            hosts: 1,
+            delay: Duration::ZERO,
+            bare_idle: usize::MAX,
+            max_per_host: 2,
+            names,
+            // Idle connections close after 200 ms: 10,000 hosts' worth of
+            // idle sockets (client and server side) would pass the
+            // machine's open-file limit of 20,000.
+            idle_timeout: Some(Duration::from_millis(200)),
+        });
+    }
+    out
+}
+
 /// The median row of each (workload, client) over the rounds, with the
 /// spread of req/s.
 fn summarize(rounds: Vec<Vec<Row>>) -> Vec<(Row, f64, f64)> {
@@ -429,6 +555,7 @@ fn summarize(rounds: Vec<Vec<Row>>) -> Vec<(Row, f64, f64)> {
                 p50: Duration::from_secs_f64(median(&|r| r.p50.as_secs_f64())),
                 p99: Duration::from_secs_f64(median(&|r| r.p99.as_secs_f64())),
                 reuse: m.reuse,
+                rss_kib: median(&|r| r.rss_kib as f64) as usize,
             },
             min,
             max,
@@ -439,12 +566,12 @@ fn summarize(rounds: Vec<Vec<Row>>) -> Vec<(Row, f64, f64)> {
 
 fn print_rounds(rows: &[(Row, f64, f64)], rounds: usize) {
     println!(
-        "| workload | client | requests | errors (max) | accepts | req/s median | req/s min–max ({rounds} rounds) | p50 | p99 | reuse |"
+        "| workload | client | requests | errors (max) | accepts | req/s median | req/s min–max ({rounds} rounds) | p50 | p99 | reuse | RSS growth |"
     );
-    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for (r, min, max) in rows {
         println!(
-            "| {} | {} | {} | {} | {} | {:.0} | {:.0}–{:.0} | {:.2} ms | {:.2} ms | {} |",
+            "| {} | {} | {} | {} | {} | {:.0} | {:.0}–{:.0} | {:.2} ms | {:.2} ms | {} | {} KiB |",
             r.workload,
             r.client,
             r.requests,
@@ -457,6 +584,7 @@ fn print_rounds(rows: &[(Row, f64, f64)], rounds: usize) {
             r.p99.as_secs_f64() * 1e3,
             r.reuse
                 .map_or("-".to_owned(), |x| format!("{:.1} %", x * 100.0)),
+            r.rss_kib,
         );
     }
 }
@@ -489,14 +617,16 @@ async fn main() {
     let mut scale = 1.0;
     let mut rounds = 1usize;
     let mut only: Option<String> = None;
+    let mut series = false;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--scale" => scale = args.next().and_then(|s| s.parse().ok()).unwrap_or(1.0),
             "--only" => only = args.next(),
+            "--scaling" => series = true,
             "--rounds" => rounds = args.next().and_then(|s| s.parse().ok()).unwrap_or(1).max(1),
             "-h" | "--help" => {
-                println!("usage: demo [--scale F] [--rounds N] [--only drop-5b|drop-64k|read-64k|bursty|flood|slow-100|crawler|endless]");
+                println!("usage: demo [--scale F] [--rounds N] [--scaling] [--only drop-5b|drop-64k|read-64k|bursty|flood|slow-100|crawler|endless|conc-N|hosts-N]");
                 return;
             }
             other => {
@@ -513,7 +643,12 @@ async fn main() {
             eprintln!("round {} of {rounds}", round + 1);
         }
         let mut rows = Vec::new();
-        for w in workloads(scale) {
+        let list = if series {
+            scaling(scale)
+        } else {
+            workloads(scale)
+        };
+        for w in list {
             if only.as_deref().is_some_and(|o| o != w.name) {
                 continue;
             }

@@ -49,24 +49,6 @@ fn open_fds() -> usize {
     std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count())
 }
 
-/// Resident memory, after giving free heap back to the OS (glibc keeps
-/// freed memory in its arenas, which is not what this measures).
-fn rss_kib() -> usize {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only releases free memory.
-    unsafe {
-        libc::malloc_trim(0);
-    }
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|n| n.parse().ok()))
-        })
-        .unwrap_or(0)
-}
-
 #[derive(Default)]
 struct Counts {
     sent: AtomicUsize,
@@ -165,7 +147,7 @@ async fn soak_returns_to_its_baseline() {
     let (fds, tasks, rss, live) = (
         open_fds(),
         handle.metrics().num_alive_tasks(),
-        rss_kib(),
+        support::rss_kib(),
         live_kib(),
     );
 
@@ -175,7 +157,7 @@ async fn soak_returns_to_its_baseline() {
     let (fds2, tasks2, rss2, live2) = (
         open_fds(),
         handle.metrics().num_alive_tasks(),
-        rss_kib(),
+        support::rss_kib(),
         live_kib(),
     );
     let sent = counts.sent.load(Ordering::Relaxed);
@@ -215,7 +197,7 @@ async fn a_hundred_thousand_hosts() {
                 b"ok",
             ))))
         }));
-    let rss = rss_kib();
+    let rss = support::rss_kib();
     let mut set = tokio::task::JoinSet::new();
     let mut peak_hosts = 0;
     for i in 0..HOSTS {
@@ -234,7 +216,7 @@ async fn a_hundred_thousand_hosts() {
         }
     }
     while set.join_next().await.is_some() {}
-    let rss2 = rss_kib();
+    let rss2 = support::rss_kib();
     println!(
         "{HOSTS} hosts: peak hosts tracked {peak_hosts}, after {}; RSS {rss} KiB -> {rss2} KiB",
         guard.layer().limit().hosts_tracked()

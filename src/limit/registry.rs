@@ -300,7 +300,11 @@ impl Drop for Waiter {
             return;
         }
         if let Some(host) = state.hosts.get_mut(&self.key) {
-            if let Some(at) = host.waiters.iter().position(|g| Arc::ptr_eq(g, &self.grant)) {
+            if let Some(at) = host
+                .waiters
+                .iter()
+                .position(|g| Arc::ptr_eq(g, &self.grant))
+            {
                 host.waiters.remove(at);
             }
         }

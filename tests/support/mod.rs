@@ -438,3 +438,21 @@ where
         errors: errors.load(Ordering::Relaxed),
     }
 }
+
+/// Resident memory of this process in KiB (after giving free heap back
+/// to the system where glibc allows), or 0 where `/proc` is missing.
+pub fn rss_kib() -> usize {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free memory.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|n| n.parse().ok()))
+        })
+        .unwrap_or(0)
+}
