@@ -399,10 +399,6 @@ impl<T: Connection> Connection for GuardedIo<T> {
     }
 }
 
-/// Reads made through a buffer of our own while a connection waits for a
-/// response (idle or busy), so that an end of file can be seen.
-const WATCH_BUF: usize = 8 * 1024;
-
 impl<T: Read + Unpin> Read for GuardedIo<T> {
     fn poll_read(
         mut self: Pin<&mut Self>,
@@ -415,37 +411,38 @@ impl<T: Read + Unpin> Read for GuardedIo<T> {
             // server had, but before the server would.
             return Poll::Ready(Ok(()));
         }
-        let Some(conn) = this.conn.as_ref().filter(|c| c.watches_reads()) else {
-            // Untracked, or streaming a body: straight through.
-            let polled = Pin::new(&mut this.io).poll_read(cx, buf);
-            if let Some(conn) = &this.conn {
-                match &polled {
-                    Poll::Ready(Err(e)) => conn.on_io_error(e),
-                    // Data (or an end of file, which ends the request too):
-                    // the next write starts a new request.
-                    Poll::Ready(Ok(())) => conn.on_read(),
-                    Poll::Pending => conn.park_reader(cx.waker()),
-                }
-            }
-            return polled;
+        let Some(conn) = this.conn.as_ref() else {
+            return Pin::new(&mut this.io).poll_read(cx, buf);
         };
-        // hyper's cursor cannot be reborrowed, so what a read filled can only
-        // be seen by reading into a buffer of our own and copying.
-        let room = buf.remaining().min(WATCH_BUF);
-        if room == 0 {
+        // What a read filled must be known (an end of file on a pooled
+        // connection is the stale case), and hyper's cursor does not say:
+        // the inner IO reads into a `ReadBuf` over the cursor's own unfilled
+        // memory, which is then advanced by what was filled. No copy. This
+        // is what hyper-util's `TokioIo` does.
+        #[allow(unsafe_code)]
+        // SAFETY: `as_mut` lends the cursor's unfilled memory; `ReadBuf`
+        // only ever writes initialized bytes into it and never
+        // de-initializes any.
+        let unfilled = unsafe { buf.as_mut() };
+        if unfilled.is_empty() {
             return Poll::Ready(Ok(()));
         }
-        let mut tmp = [std::mem::MaybeUninit::<u8>::uninit(); WATCH_BUF];
-        let mut own = hyper::rt::ReadBuf::uninit(&mut tmp[..room]);
-        match Pin::new(&mut this.io).poll_read(cx, own.unfilled()) {
+        let mut own = hyper::rt::ReadBuf::uninit(unfilled);
+        let polled = Pin::new(&mut this.io).poll_read(cx, own.unfilled());
+        let n = own.filled().len();
+        match polled {
             Poll::Ready(Ok(())) => {
-                let filled = own.filled();
-                if filled.is_empty() {
+                if n == 0 {
                     conn.on_eof();
                 } else {
                     conn.on_read();
+                    #[allow(unsafe_code)]
+                    // SAFETY: the first `n` bytes of the unfilled memory
+                    // were filled, and so initialized, through `own`.
+                    unsafe {
+                        buf.advance(n);
+                    }
                 }
-                buf.put_slice(filled);
                 Poll::Ready(Ok(()))
             }
             Poll::Ready(Err(e)) => {

@@ -342,19 +342,6 @@ impl ConnState {
         self.written.load(Relaxed) == seq
     }
 
-    /// Whether reads should be watched for an end of file (through a copy):
-    /// while the connection is idle, and for the first read after a request
-    /// was written (a stale connection's end of file, or the response head).
-    /// Not once response data flows, when the copy would cost the most.
-    #[inline]
-    pub(crate) fn watches_reads(&self) -> bool {
-        match self.phase.load(Relaxed) {
-            PHASE_IDLE => true,
-            PHASE_BUSY => !self.read_last.load(Relaxed),
-            _ => false,
-        }
-    }
-
     /// The IO read end of file.
     pub(crate) fn on_eof(&self) {
         let _ = self.io.compare_exchange(IO_NONE, IO_EOF, Relaxed, Relaxed);
