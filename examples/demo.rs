@@ -8,7 +8,7 @@
 //!
 //! Flags: `--scale F` multiplies every request count (default 1.0);
 //! `--only NAME` runs one workload: `drop-5b`, `drop-64k`, `read-64k`,
-//! `bursty`, `flood`, `slow-100`, `crawler`, `endless`; `--rounds N` repeats every workload N times, the
+//! `bursty`, `flood`, `slow-100`, `crawler`, `stale`, `endless`; `--rounds N` repeats every workload N times, the
 //! clients in a different order each round, and reports the median with the
 //! spread (min–max) of req/s and the process's RSS growth during each run
 //! (this is the loopback benchmark of BENCHMARKS.md). `--scaling` runs the
@@ -60,6 +60,9 @@ struct Workload {
     names: usize,
     /// The pools' idle timeout (hyper-util's default 90 s when `None`).
     idle_timeout: Option<Duration>,
+    /// A raw server that closes connections idle this long (the stale
+    /// connection race), instead of the hyper server.
+    server_idle_close: Option<Duration>,
 }
 
 struct Row {
@@ -352,13 +355,24 @@ async fn run(w: &Workload, round: usize) -> Vec<Row> {
         // client's own.
         let mut servers = Vec::new();
         for _ in 0..w.hosts {
-            servers.push(
-                support::serve_with(support::Options {
-                    delay: w.delay,
-                    ..Default::default()
-                })
-                .await,
-            );
+            servers.push(match w.server_idle_close {
+                Some(idle) => {
+                    support::serve_raw(move || {
+                        (
+                            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok".to_vec(),
+                            support::After::IdleTimeout(idle),
+                        )
+                    })
+                    .await
+                }
+                None => {
+                    support::serve_with(support::Options {
+                        delay: w.delay,
+                        ..Default::default()
+                    })
+                    .await
+                }
+            });
         }
         let (name, send, metrics) = senders(w, &servers).swap_remove(c);
         eprint!("  {:<9} {:<19} ...", w.name, name);
@@ -404,6 +418,7 @@ fn workloads(scale: f64) -> Vec<Workload> {
         max_per_host: 10,
         names: 0,
         idle_timeout: None,
+        server_idle_close: None,
     };
     vec![
         Workload {
@@ -420,6 +435,8 @@ fn workloads(scale: f64) -> Vec<Workload> {
             name: "read-64k",
             path: "/bytes/65536",
             usage: Use::Read,
+            // The control: long enough for a ratio that noise does not hide.
+            requests: n(10_000),
             ..base
         },
         Workload {
@@ -462,6 +479,16 @@ fn workloads(scale: f64) -> Vec<Workload> {
             ..base
         },
         Workload {
+            name: "stale",
+            tasks: 8,
+            requests: n(1500),
+            pause_ms: 20,
+            path: "/",
+            usage: Use::Read,
+            server_idle_close: Some(Duration::from_millis(10)),
+            ..base
+        },
+        Workload {
             name: "endless",
             tasks: 8,
             requests: n(200),
@@ -495,6 +522,7 @@ fn scaling(scale: f64) -> Vec<Workload> {
             max_per_host: 10,
             names: 0,
             idle_timeout: None,
+            server_idle_close: None,
         });
     }
     for (name, names) in [
@@ -521,6 +549,7 @@ fn scaling(scale: f64) -> Vec<Workload> {
             // idle sockets (client and server side) would pass the
             // machine's open-file limit of 20,000.
             idle_timeout: Some(Duration::from_millis(200)),
+            server_idle_close: None,
         });
     }
     out
@@ -626,7 +655,7 @@ async fn main() {
             "--scaling" => series = true,
             "--rounds" => rounds = args.next().and_then(|s| s.parse().ok()).unwrap_or(1).max(1),
             "-h" | "--help" => {
-                println!("usage: demo [--scale F] [--rounds N] [--scaling] [--only drop-5b|drop-64k|read-64k|bursty|flood|slow-100|crawler|endless|conc-N|hosts-N]");
+                println!("usage: demo [--scale F] [--rounds N] [--scaling] [--only drop-5b|drop-64k|read-64k|bursty|flood|slow-100|crawler|stale|endless|conc-N|hosts-N]");
                 return;
             }
             other => {
