@@ -63,7 +63,8 @@ impl KeepAlive {
     /// nginx send it). Unknown or malformed parameters are ignored.
     pub(crate) fn parse(headers: &HeaderMap) -> Option<KeepAlive> {
         let mut ka = KeepAlive::default();
-        for value in headers.get_all("keep-alive") {
+        static KEEP_ALIVE: http::HeaderName = http::HeaderName::from_static("keep-alive");
+        for value in headers.get_all(&KEEP_ALIVE) {
             let Ok(value) = value.to_str() else { continue };
             for param in value.split(',') {
                 let Some((name, n)) = param.split_once('=') else {
@@ -232,6 +233,11 @@ impl ConnState {
             return written >= 1 && self.read_last.load(Relaxed);
         }
         written >= 2 && !self.read_last.load(Relaxed)
+    }
+
+    /// Whether `Keep-Alive` headers are honoured on this connection.
+    pub(crate) fn honors_keep_alive(&self) -> bool {
+        self.honor_keep_alive
     }
 
     /// A response said `Keep-Alive: ..` after `served` responses on the

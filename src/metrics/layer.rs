@@ -202,8 +202,10 @@ where
                 .on_response(*this.started, close, queue_wait, retries);
             if response.version() == http::Version::HTTP_2 {
                 conn.0.on_http2();
-            } else if let Some(ka) = KeepAlive::parse(response.headers()) {
-                conn.0.on_keep_alive(info.requests, ka);
+            } else if conn.0.honors_keep_alive() {
+                if let Some(ka) = KeepAlive::parse(response.headers()) {
+                    conn.0.on_keep_alive(info.requests, ka);
+                }
             }
             response.extensions_mut().insert(info);
             let seq = conn.0.response_seq(info.requests);
