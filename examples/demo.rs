@@ -127,7 +127,7 @@ async fn drive(
             latencies.clone(),
         );
         handles.push(tokio::spawn(async move {
-            let mut x = 0x9E37_79B9_7F4A_7C15_u64 ^ (t as u64 + 1);
+            let mut rng = support::XorShift(0x9E37_79B9_7F4A_7C15_u64 ^ (t as u64 + 1));
             let mut mine = Vec::new();
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
@@ -149,10 +149,7 @@ async fn drive(
                     }
                 }
                 if pause_ms > 0 {
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
-                    tokio::time::sleep(Duration::from_millis(x % pause_ms)).await;
+                    tokio::time::sleep(Duration::from_millis(rng.below(pause_ms))).await;
                 }
             }
             if let Ok(mut all) = latencies.lock() {

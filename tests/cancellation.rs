@@ -54,12 +54,10 @@ async fn callers_giving_up_at_random_moments_leak_nothing() {
         .build();
     let svc = stack(&guard);
 
-    let mut x = 0x1234_5678_9ABC_DEF1_u64;
+    let mut rng = support::XorShift(0x1234_5678_9ABC_DEF1);
     let mut set = tokio::task::JoinSet::new();
     for i in 0..400u32 {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
+        let x = rng.next_u64();
         let give_up = Duration::from_micros(x % 15_000);
         let path =
             ["/bytes/65536", "/chunked/65536", "/trickle", "/bytes/10"][(x >> 20) as usize % 4];

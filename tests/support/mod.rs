@@ -386,12 +386,17 @@ where
 pub struct XorShift(pub u64);
 
 impl XorShift {
-    /// A number in `0..n`.
-    pub fn below(&mut self, n: u64) -> u64 {
+    /// The next number of the sequence.
+    pub fn next_u64(&mut self) -> u64 {
         self.0 ^= self.0 << 13;
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;
-        self.0 % n
+        self.0
+    }
+
+    /// A number in `0..n`.
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n
     }
 }
 
@@ -400,6 +405,9 @@ pub struct Run {
     pub ok: usize,
     pub errors: usize,
 }
+
+/// The longest one request of [`drive`] may take.
+pub const REQUEST_LIMIT: Duration = Duration::from_secs(10);
 
 /// `tasks` tasks share `total` requests; each pauses a random `0..pause_ms`
 /// between requests. `send` sends one request and uses its response.
@@ -417,10 +425,16 @@ where
         handles.push(tokio::spawn(async move {
             let mut rng = XorShift(0x2545_F491_4F6C_DD1D_u64 ^ (t as u64 + 1));
             while next.fetch_add(1, Ordering::Relaxed) < total {
-                match send().await {
-                    Ok(()) => ok.fetch_add(1, Ordering::Relaxed),
-                    Err(e) => {
+                // Bounded: a request that never ends is an error, reported,
+                // not a test that hangs.
+                match tokio::time::timeout(REQUEST_LIMIT, send()).await {
+                    Ok(Ok(())) => ok.fetch_add(1, Ordering::Relaxed),
+                    Ok(Err(e)) => {
                         eprintln!("request failed: {e}");
+                        errors.fetch_add(1, Ordering::Relaxed)
+                    }
+                    Err(_) => {
+                        eprintln!("request did not end within {REQUEST_LIMIT:?}");
                         errors.fetch_add(1, Ordering::Relaxed)
                     }
                 };
