@@ -3,9 +3,11 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::Ordering::Relaxed;
 use std::task::{ready, Context, Poll};
+use std::time::Duration;
 
 use http::{Request, Response};
 use pin_project_lite::pin_project;
+use tokio::time::{Instant, Sleep};
 use tower_service::Service;
 
 use super::{service::replay, stale, ReplayBody, Retried};
@@ -38,6 +40,13 @@ pin_project! {
         Called {
             #[pin]
             future: F,
+        },
+        // A moment before the retry: the server that closed this connection
+        // has likely closed others idle as long, and the client learns of
+        // those closes only when its runtime next reads its sockets.
+        Pausing {
+            #[pin]
+            pause: Sleep,
         },
         // Waiting for the copy of the service to be ready for the retry.
         Retrying,
@@ -116,6 +125,13 @@ where
                         return Poll::Ready(Err(error));
                     }
                     tracing::debug!(%error, "request failed on a stale pooled connection; sending it again");
+                    match crate::timer::sleep_until(Instant::now() + PAUSE) {
+                        Some(pause) => this.state.set(State::Pausing { pause }),
+                        None => this.state.set(State::Retrying),
+                    }
+                }
+                StateProj::Pausing { pause } => {
+                    ready!(pause.poll(cx));
                     this.state.set(State::Retrying);
                 }
                 StateProj::Retrying => {
@@ -143,6 +159,9 @@ where
         }
     }
 }
+
+/// The pause before a retry: one tick of tokio's timer.
+const PAUSE: Duration = Duration::from_millis(1);
 
 /// Cannot happen: the state is `Retrying` only with a request to send.
 const MISSING: &str = "poolguard: retry without a request";

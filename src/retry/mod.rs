@@ -18,7 +18,10 @@
 //!   first attempt (with the method, URI, version, headers and extensions);
 //! - over HTTP/1: an HTTP/2 connection's failure is about no one request.
 //!
-//! The retry goes through the inner service like any request: under a
+//! The retry waits 1 ms (one tick of tokio's timer) first: a server that
+//! closes idle connections has likely closed others at the same moment, and
+//! the pause lets the client see those closes before it picks a connection
+//! for the retry. The retry goes through the inner service like any request: under a
 //! [`PerHostLimitLayer`](crate::PerHostLimitLayer) it takes a slot (and may
 //! queue), and the pool never hands out the failed connection again. A
 //! response that came from a retry carries a [`Retried`] extension (and
