@@ -54,6 +54,8 @@ pub struct PoolGuard {
     pub(crate) max_per_host: usize,
     #[cfg_attr(not(feature = "hyper-util"), allow(dead_code))]
     honor_keep_alive: bool,
+    #[cfg_attr(not(feature = "hyper-util"), allow(dead_code))]
+    queue_timeout: Duration,
     metrics: Metrics,
     layer: PoolGuardLayer,
     #[cfg(feature = "hyper-util")]
@@ -94,6 +96,7 @@ impl PoolGuard {
             self.connections.clone(),
             Some(self.metrics.clone()),
             self.honor_keep_alive,
+            self.queue_timeout,
         )
     }
 }
@@ -213,11 +216,12 @@ impl PoolGuardBuilder {
         PoolGuard {
             max_per_host: self.max_per_host,
             honor_keep_alive: self.honor_keep_alive,
+            queue_timeout: self.queue_timeout,
             #[cfg(feature = "hyper-util")]
             connections: std::sync::Arc::new(crate::limit::registry::Registry::new(
                 crate::limit::registry::Bounds {
                     max_per_host: self.max_per_host,
-                    max_queued: usize::MAX,
+                    max_queued: self.max_queued,
                 },
                 None,
             )),

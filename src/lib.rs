@@ -73,6 +73,8 @@ struct ReadmeDoctests;
 
 mod body_end;
 mod client;
+#[cfg(feature = "hyper-util")]
+mod conn;
 pub mod drain;
 mod guard;
 mod key;
@@ -93,7 +95,7 @@ pub use retry::RetryStaleLayer;
 
 #[cfg(feature = "hyper-util")]
 #[cfg_attr(docsrs, doc(cfg(feature = "hyper-util")))]
-pub use client::hyper_util::{ConnectFuture, GuardedConnector, GuardedIo};
+pub use client::hyper_util::{ClientDropped, ConnectFuture, GuardedConnector, GuardedIo};
 
 /// Alias for a type-erased error type, as used throughout the Tower ecosystem.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

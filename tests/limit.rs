@@ -64,7 +64,7 @@ where
                 match result {
                     Ok(()) => ok.fetch_add(1, Ordering::Relaxed),
                     Err(e) => {
-                        eprintln!("request failed: {e}");
+                        eprintln!("request failed: {e} ({:?})", std::error::Error::source(&*e));
                         errors.fetch_add(1, Ordering::Relaxed)
                     }
                 };

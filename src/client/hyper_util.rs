@@ -8,13 +8,17 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use std::time::Duration;
+
 use http::Uri;
 use hyper::rt::{Read, ReadBufCursor, Write};
 use hyper_util::client::legacy::connect::{Connected, Connection};
 use tower_service::Service;
 
+use crate::conn::{Event, Link, Phase, Tracker};
 use crate::key::HostKey;
-use crate::limit::registry::{Acquire, Bounds, Registry, Slot};
+use crate::limit::registry::{Acquire, Bounds, Registry, Slot, TimedOut};
+use crate::limit::{QueueFull, QueueTimeout};
 use crate::metrics::conn::{ConnHandle, ConnState, Retire};
 use crate::metrics::Metrics;
 use crate::BoxError;
@@ -23,9 +27,31 @@ use crate::BoxError;
 /// `max_per_host` connections to a host: dialing, in use and idle together.
 ///
 /// Wrap the connector you would give the client. A dial beyond the cap waits
-/// (FIFO) until one of the host's connections closes; it never fails a
-/// request because of the cap. The slot is held by the [`GuardedIo`] and
-/// released when hyper drops the connection.
+/// (FIFO, each for at most [`queue_timeout`](GuardedConnector::queue_timeout))
+/// until one of the host's connections closes. At most
+/// [`max_queued`](GuardedConnector::max_queued) dials wait per host; a new
+/// dial beyond that drops the *oldest* waiting dial, which fails with
+/// [`QueueFull`]: hyper-util races a pool checkout against each dial and,
+/// when the checkout wins, leaves the dial running in the background with
+/// nobody waiting for it, so the oldest dial is the likeliest to be such a
+/// leftover. The slot is held by the
+/// [`GuardedIo`] and released when hyper drops the connection, or when the
+/// connection is upgraded (a `101` response or a `CONNECT` tunnel: it has
+/// left the pool for good, so it no longer counts against the host).
+///
+/// A dial never waits on an idle connection it cannot use. hyper-util pools
+/// connections by scheme and authority *as written*, while the cap counts
+/// per [`HostKey`](crate::HostKey) (`http://u@Host:080` and `http://host`
+/// are one host): a connection idle under one spelling is never handed to a
+/// request made with another. When such a dial must wait, one idle
+/// connection of the host pooled under another spelling is closed to make
+/// room, as Go's transport does when it needs a slot. The connector knows
+/// when a connection is idle by following the HTTP/1 framing of the bytes
+/// that cross it; HTTP/2 connections are never closed this way.
+///
+/// Errors of the wait are typed, recovered with `downcast_ref` from the
+/// source of hyper-util's error: [`QueueFull`], [`QueueTimeout`] and
+/// [`ClientDropped`]. The inner connector's errors pass through.
 ///
 /// Why a connector, and not only a request limit: the legacy client races a
 /// pool checkout against a new connect, and when the checkout wins, the
@@ -62,8 +88,38 @@ pub struct GuardedConnector<C> {
     registry: Arc<Registry>,
     metrics: Option<Metrics>,
     honor_keep_alive: bool,
+    /// The longest a dial waits for a slot; `None`: no limit.
+    queue_timeout: Option<Duration>,
     life: Arc<Life>,
 }
+
+/// A dial was waiting for a connection slot when every clone of the client
+/// (and of its connector) was dropped.
+///
+/// Returned as the source of hyper-util's connect error; recover it with
+/// `downcast_ref::<ClientDropped>()`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientDropped {
+    host: HostKey,
+}
+
+impl ClientDropped {
+    /// The host the dial was for.
+    pub fn host(&self) -> &HostKey {
+        &self.host
+    }
+}
+
+impl fmt::Display for ClientDropped {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "client dropped while a dial to {} waited", self.host)
+    }
+}
+
+impl std::error::Error for ClientDropped {}
+
+/// Default bound on dials waiting per host.
+const DEFAULT_MAX_QUEUED: usize = crate::limit::layer::DEFAULT_MAX_QUEUED;
 
 /// Alive while a client holds a clone of the connector. A dial waiting for
 /// a slot does not keep it alive: hyper-util's pool races a checkout
@@ -83,19 +139,21 @@ impl Drop for Life {
 
 impl<C> GuardedConnector<C> {
     /// Wraps `inner` with a cap of `max_per_host` connections per host (a
-    /// value of 0 is taken as 1).
+    /// value of 0 is taken as 1), at most 1024 dials waiting per host, each
+    /// for at most 30 s.
     pub fn new(inner: C, max_per_host: usize) -> Self {
         GuardedConnector {
             inner,
             registry: Arc::new(Registry::new(
                 Bounds {
                     max_per_host,
-                    max_queued: usize::MAX,
+                    max_queued: DEFAULT_MAX_QUEUED,
                 },
                 None,
             )),
             metrics: None,
             honor_keep_alive: true,
+            queue_timeout: Some(crate::limit::layer::DEFAULT_QUEUE_TIMEOUT),
             life: Arc::default(),
         }
     }
@@ -105,14 +163,38 @@ impl<C> GuardedConnector<C> {
         registry: Arc<Registry>,
         metrics: Option<Metrics>,
         honor_keep_alive: bool,
+        queue_timeout: Duration,
     ) -> Self {
         GuardedConnector {
             inner,
             registry,
             metrics,
             honor_keep_alive,
+            queue_timeout: Some(queue_timeout),
             life: Arc::default(),
         }
+    }
+
+    /// The longest a dial waits for a connection slot before it fails with
+    /// [`QueueTimeout`]. `Duration::MAX` means no limit. Default: 30 s.
+    pub fn queue_timeout(mut self, timeout: Duration) -> Self {
+        self.queue_timeout = Some(timeout);
+        self
+    }
+
+    /// The most dials waiting for each host; one more makes the oldest
+    /// waiting dial fail with [`QueueFull`] (0: a dial never waits, and
+    /// fails at once). Default: 1024.
+    ///
+    /// The connector gets slots of its own: set this before you clone the
+    /// connector or hand it to a client.
+    pub fn max_queued(mut self, max_queued: usize) -> Self {
+        let bounds = Bounds {
+            max_queued,
+            ..self.registry.bounds()
+        };
+        self.registry = Arc::new(Registry::new(bounds, None));
+        self
     }
 
     /// Tracks every connection in `metrics`: counts connections opened and
@@ -170,6 +252,8 @@ impl<C: fmt::Debug> fmt::Debug for GuardedConnector<C> {
         f.debug_struct("GuardedConnector")
             .field("inner", &self.inner)
             .field("max_per_host", &self.registry.bounds().max_per_host)
+            .field("max_queued", &self.registry.bounds().max_queued)
+            .field("queue_timeout", &self.queue_timeout)
             .field("connections", &self.registry.in_flight())
             .finish()
     }
@@ -196,19 +280,23 @@ where
             let connect = self.inner.call(dst);
             return ConnectFuture::new(async move {
                 let io = connect.await.map_err(Into::into)?;
-                Ok(GuardedIo::new(io, None, None))
+                Ok(GuardedIo::new(io, None, Link::new(Arc::from("")), None))
             });
         };
         let track = self
             .metrics
             .clone()
             .map(|m| Track(m, key.clone(), self.honor_keep_alive));
-        match self.registry.acquire(key) {
+        let link = Link::new(pool_key(&dst));
+        match self
+            .registry
+            .acquire_dial(key.clone(), link.pool_key().clone())
+        {
             Acquire::Ready(slot) => {
                 let connect = self.inner.call(dst);
                 ConnectFuture::new(async move {
                     let io = connect.await.map_err(Into::into)?;
-                    Ok(GuardedIo::new(io, Some(slot), track))
+                    Ok(GuardedIo::new(io, Some(slot), link, track))
                 })
             }
             Acquire::Queued(waiter) => {
@@ -217,37 +305,53 @@ where
                 let mut ready = std::mem::replace(&mut self.inner, clone);
                 let life = Arc::downgrade(&self.life);
                 let gone = self.life.gone.clone();
+                let deadline = self.queue_timeout.and_then(crate::timer::deadline_in);
                 ConnectFuture::new(async move {
                     let mut notified = std::pin::pin!(gone.notified());
                     notified.as_mut().enable();
                     if life.upgrade().is_none() {
-                        return Err(BoxError::from("client dropped while the dial waited"));
+                        return Err(ClientDropped { host: key }.into());
                     }
-                    let mut wait = std::pin::pin!(waiter.wait(None));
+                    let mut wait = std::pin::pin!(waiter.wait(deadline));
                     let slot = std::future::poll_fn(|cx| {
                         if let Poll::Ready(slot) = wait.as_mut().poll(cx) {
-                            return Poll::Ready(
-                                slot.map_err(|_| BoxError::from("connection slot unavailable")),
-                            );
+                            return Poll::Ready(slot.map_err(|no| match no {
+                                TimedOut {
+                                    key, evicted: true, ..
+                                } => BoxError::from(QueueFull::new(key)),
+                                TimedOut { key, waited, .. } => {
+                                    BoxError::from(QueueTimeout::new(key, waited))
+                                }
+                            }));
                         }
                         if notified.as_mut().poll(cx).is_ready() {
-                            return Poll::Ready(Err(BoxError::from(
-                                "client dropped while the dial waited",
-                            )));
+                            return Poll::Ready(Err(ClientDropped { host: key.clone() }.into()));
                         }
                         Poll::Pending
                     })
                     .await?;
                     let io = ready.call(dst).await.map_err(Into::into)?;
-                    Ok(GuardedIo::new(io, Some(slot), track))
+                    Ok(GuardedIo::new(io, Some(slot), link, track))
                 })
             }
-            // The queue of a connector is unbounded; kept total all the same.
             Acquire::Full(key) => {
-                ConnectFuture::new(async move { Err(crate::QueueFull::new(key).into()) })
+                ConnectFuture::new(async move { Err(QueueFull::new(key).into()) })
             }
         }
     }
+}
+
+/// hyper-util's pool key of a destination: scheme and authority as
+/// written (compared without regard to case, as `http` compares them).
+fn pool_key(dst: &Uri) -> Arc<str> {
+    let scheme = dst.scheme_str().unwrap_or("");
+    let authority = dst.authority().map_or("", |a| a.as_str());
+    let mut key = String::with_capacity(scheme.len() + 3 + authority.len());
+    key.push_str(scheme);
+    key.push_str("://");
+    key.push_str(authority);
+    key.make_ascii_lowercase();
+    Arc::from(key)
 }
 
 /// Future of [`GuardedConnector`]: waits for a slot, then dials.
@@ -280,24 +384,44 @@ impl<T> fmt::Debug for ConnectFuture<T> {
 struct Track(Metrics, HostKey, bool);
 
 /// A connection made by [`GuardedConnector`]: holds its host's connection
-/// slot until hyper drops it, and, when tracked, tells its
-/// [`Metrics`] what it sees and when it closes.
+/// slot until hyper drops it (or it is upgraded), follows the HTTP/1
+/// exchanges on it, and, when tracked, tells its [`Metrics`] what it sees
+/// and when it closes.
+///
+/// After an upgrade, `hyper::upgrade::Upgraded::downcast::<GuardedIo<T>>()`
+/// gives this type back, and [`into_inner`](GuardedIo::into_inner) the
+/// connection it wraps.
 pub struct GuardedIo<T> {
     io: T,
+    guard: IoGuard,
+}
+
+/// Everything of a [`GuardedIo`] but the connection, with the drop logic,
+/// so that the connection can be moved out.
+struct IoGuard {
     slot: Option<Slot>,
+    link: Arc<Link>,
+    tracker: Tracker,
     conn: Option<Arc<ConnState>>,
     /// When the `Keep-Alive` timeout retires the idle connection.
     retire_at: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl<T> GuardedIo<T> {
-    fn new(io: T, slot: Option<Slot>, track: Option<Track>) -> Self {
+    fn new(io: T, mut slot: Option<Slot>, link: Arc<Link>, track: Option<Track>) -> Self {
         let conn = track.map(|Track(metrics, key, ka)| ConnState::open(&metrics, key, ka));
+        if let Some(slot) = slot.as_mut() {
+            slot.attach(link.clone());
+        }
         GuardedIo {
             io,
-            slot,
-            conn,
-            retire_at: None,
+            guard: IoGuard {
+                slot,
+                link,
+                tracker: Tracker::new(),
+                conn,
+                retire_at: None,
+            },
         }
     }
 
@@ -305,19 +429,37 @@ impl<T> GuardedIo<T> {
     pub fn get_ref(&self) -> &T {
         &self.io
     }
+
+    /// A mutable reference to the wrapped connection. Bytes read or written
+    /// through it are not seen by the connection's tracking.
+    pub fn get_mut(&mut self) -> &mut T {
+        &mut self.io
+    }
+
+    /// Consumes `self`, returning the wrapped connection; its host's
+    /// connection slot is given back.
+    pub fn into_inner(self) -> T {
+        self.io
+    }
+
+    /// Whether the connection still holds a connection slot of its host.
+    pub fn holds_slot(&self) -> bool {
+        self.guard.slot.is_some()
+    }
 }
 
 impl<T: fmt::Debug> fmt::Debug for GuardedIo<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("GuardedIo")
             .field("io", &self.io)
-            .field("holds_slot", &self.slot.is_some())
-            .field("connection", &self.conn.as_ref().map(|c| c.id))
+            .field("holds_slot", &self.guard.slot.is_some())
+            .field("phase", &self.guard.tracker.phase())
+            .field("connection", &self.guard.conn.as_ref().map(|c| c.id))
             .finish()
     }
 }
 
-impl<T> GuardedIo<T> {
+impl IoGuard {
     /// Tells a tracked connection that hyper writes.
     #[inline]
     fn will_write(&self) {
@@ -326,11 +468,47 @@ impl<T> GuardedIo<T> {
         }
     }
 
-    /// Tells a tracked connection what a write did.
-    fn saw_write(&self, polled: &Poll<io::Result<usize>>) {
-        if let (Some(conn), Poll::Ready(Err(e))) = (&self.conn, polled) {
-            conn.on_io_error(e);
+    /// Follows what a write did.
+    fn wrote<'a>(
+        &mut self,
+        polled: &Poll<io::Result<usize>>,
+        bufs: impl Iterator<Item = &'a [u8]>,
+    ) {
+        match polled {
+            Poll::Ready(Ok(n)) => {
+                let mut left = *n;
+                for buf in bufs {
+                    if left == 0 {
+                        break;
+                    }
+                    let take = left.min(buf.len());
+                    left -= take;
+                    let event = self.tracker.wrote(&buf[..take]);
+                    self.on_event(event);
+                }
+            }
+            Poll::Ready(Err(e)) => {
+                if let Some(conn) = &self.conn {
+                    conn.on_io_error(e);
+                }
+            }
+            Poll::Pending => {}
         }
+    }
+
+    fn on_event(&mut self, event: Event) {
+        // Every step is published: the phase moves on events and between.
+        self.link.publish(&self.tracker);
+        if event == Event::Upgraded && self.slot.take().is_some() {
+            // The connection left the pool for good.
+            tracing::debug!(pool = %self.link.pool_key(), "connection upgraded; its slot is free");
+        }
+    }
+
+    /// Whether the idle connection is to close now to make room for a dial
+    /// that waits for another pool key.
+    fn retire_for_dial(&mut self) -> bool {
+        self.tracker.phase() == Phase::Idle && self.slot.as_mut().is_some_and(Slot::should_retire)
     }
 
     /// Whether a `Keep-Alive` limit ends the connection now. Registers the
@@ -381,7 +559,7 @@ impl<T> GuardedIo<T> {
     }
 }
 
-impl<T> Drop for GuardedIo<T> {
+impl Drop for IoGuard {
     fn drop(&mut self) {
         if let Some(conn) = self.conn.take() {
             conn.on_close();
@@ -389,10 +567,18 @@ impl<T> Drop for GuardedIo<T> {
     }
 }
 
+/// hyper-util copies it into the extensions of every response on the
+/// connection, and into the `Connected` of its errors: what the retry reads.
+#[derive(Clone, Debug)]
+pub(crate) struct LinkHandle(pub(crate) Arc<Link>);
+
 impl<T: Connection> Connection for GuardedIo<T> {
     fn connected(&self) -> Connected {
-        let connected = self.io.connected();
-        match &self.conn {
+        let connected = self
+            .io
+            .connected()
+            .extra(LinkHandle(self.guard.link.clone()));
+        match &self.guard.conn {
             Some(conn) => connected.extra(ConnHandle(conn.clone())),
             None => connected,
         }
@@ -405,20 +591,27 @@ impl<T: Read + Unpin> Read for GuardedIo<T> {
         cx: &mut Context<'_>,
         mut buf: ReadBufCursor<'_>,
     ) -> Poll<io::Result<()>> {
-        let this = &mut *self;
-        if this.conn.as_ref().is_some_and(|c| c.has_keep_alive_limit()) && this.poll_retire(cx) {
+        let GuardedIo { io, guard } = &mut *self;
+        if guard
+            .conn
+            .as_ref()
+            .is_some_and(|c| c.has_keep_alive_limit())
+            && guard.poll_retire(cx)
+        {
             // An end of file: hyper closes the idle connection as if the
             // server had, but before the server would.
             return Poll::Ready(Ok(()));
         }
-        let Some(conn) = this.conn.as_ref() else {
-            return Pin::new(&mut this.io).poll_read(cx, buf);
-        };
-        // What a read filled must be known (an end of file on a pooled
-        // connection is the stale case), and hyper's cursor does not say:
-        // the inner IO reads into a `ReadBuf` over the cursor's own unfilled
-        // memory, which is then advanced by what was filled. No copy. This
-        // is what hyper-util's `TokioIo` does.
+        if guard.retire_for_dial() {
+            tracing::debug!(pool = %guard.link.pool_key(), "idle connection retired for a waiting dial");
+            return Poll::Ready(Ok(()));
+        }
+        // What a read filled must be seen (the framing of each exchange is
+        // followed, and an end of file on a pooled connection is the stale
+        // case), and hyper's cursor does not show it: the inner IO reads
+        // into a `ReadBuf` over the cursor's own unfilled memory, which is
+        // then advanced by what was filled. No copy. This is what
+        // hyper-util's `TokioIo` does.
         #[allow(unsafe_code)]
         // SAFETY: `as_mut` lends the cursor's unfilled memory; `ReadBuf`
         // only ever writes initialized bytes into it and never
@@ -428,14 +621,21 @@ impl<T: Read + Unpin> Read for GuardedIo<T> {
             return Poll::Ready(Ok(()));
         }
         let mut own = hyper::rt::ReadBuf::uninit(unfilled);
-        let polled = Pin::new(&mut this.io).poll_read(cx, own.unfilled());
-        let n = own.filled().len();
+        let polled = Pin::new(io).poll_read(cx, own.unfilled());
+        let filled = own.filled();
+        let n = filled.len();
         match polled {
             Poll::Ready(Ok(())) => {
                 if n == 0 {
-                    conn.on_eof();
+                    if let Some(conn) = &guard.conn {
+                        conn.on_eof();
+                    }
                 } else {
-                    conn.on_read();
+                    let event = guard.tracker.read(filled);
+                    guard.on_event(event);
+                    if let Some(conn) = &guard.conn {
+                        conn.on_read();
+                    }
                     #[allow(unsafe_code)]
                     // SAFETY: the first `n` bytes of the unfilled memory
                     // were filled, and so initialized, through `own`.
@@ -446,11 +646,22 @@ impl<T: Read + Unpin> Read for GuardedIo<T> {
                 Poll::Ready(Ok(()))
             }
             Poll::Ready(Err(e)) => {
-                conn.on_io_error(&e);
+                if let Some(conn) = &guard.conn {
+                    conn.on_io_error(&e);
+                }
                 Poll::Ready(Err(e))
             }
             Poll::Pending => {
-                conn.park_reader(cx.waker());
+                if guard.tracker.phase() == Phase::Idle {
+                    guard.link.park(cx.waker());
+                    // A dial may have started waiting since the check above.
+                    if guard.retire_for_dial() {
+                        return Poll::Ready(Ok(()));
+                    }
+                }
+                if let Some(conn) = &guard.conn {
+                    conn.park_reader(cx.waker());
+                }
                 Poll::Pending
             }
         }
@@ -463,9 +674,10 @@ impl<T: Write + Unpin> Write for GuardedIo<T> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        self.will_write();
-        let polled = Pin::new(&mut self.io).poll_write(cx, buf);
-        self.saw_write(&polled);
+        let GuardedIo { io, guard } = &mut *self;
+        guard.will_write();
+        let polled = Pin::new(io).poll_write(cx, buf);
+        guard.wrote(&polled, std::iter::once(buf));
         polled
     }
 
@@ -486,9 +698,10 @@ impl<T: Write + Unpin> Write for GuardedIo<T> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        self.will_write();
-        let polled = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
-        self.saw_write(&polled);
+        let GuardedIo { io, guard } = &mut *self;
+        guard.will_write();
+        let polled = Pin::new(io).poll_write_vectored(cx, bufs);
+        guard.wrote(&polled, bufs.iter().map(|b| &b[..]));
         polled
     }
 }

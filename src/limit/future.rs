@@ -96,7 +96,7 @@ where
                 StateProj::Queued { wait, parked } => {
                     let slot = match ready!(wait.as_mut().poll(cx)) {
                         Ok(slot) => slot,
-                        Err(TimedOut { key, waited }) => {
+                        Err(TimedOut { key, waited, .. }) => {
                             return Poll::Ready(Err(QueueTimeout::new(key, waited).into()))
                         }
                     };

@@ -8,6 +8,7 @@
 //! the queue.
 
 use std::collections::{HashMap, VecDeque};
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -15,6 +16,8 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+#[cfg(feature = "hyper-util")]
+use crate::conn::{Link, Phase};
 use crate::key::{BuildKeyHasher, HostKey};
 use crate::metrics::Metrics;
 
@@ -44,6 +47,13 @@ struct Host {
     taken: usize,
     /// Waiters, first come first served; empty whenever a slot is free.
     waiters: VecDeque<Arc<Grant>>,
+    /// A connector's connections to the host (one per slot that has one),
+    /// to wake when a dial for another pool key must wait.
+    #[cfg(feature = "hyper-util")]
+    links: Vec<Arc<Link>>,
+    /// Idle connections closing to make room for a waiting dial.
+    #[cfg(feature = "hyper-util")]
+    retiring: usize,
 }
 
 /// One waiter's cell: set, under the registry lock, when a slot is handed
@@ -52,6 +62,10 @@ struct Host {
 struct Grant {
     granted: AtomicBool,
     notify: Notify,
+    /// For a connector's dial: the pool key it dials for.
+    pool_key: Option<Arc<str>>,
+    /// Dropped from a full queue to make room for a newer dial.
+    evicted: AtomicBool,
 }
 
 /// The result of [`Registry::acquire`].
@@ -94,6 +108,20 @@ impl Registry {
 
     /// Takes a slot for `key`, or a place in its queue.
     pub(crate) fn acquire(self: &Arc<Self>, key: HostKey) -> Acquire {
+        self.acquire_for(key, None)
+    }
+
+    /// [`acquire`](Registry::acquire) for a connector's dial for
+    /// `pool_key`. When the dial must wait, the host's idle connections
+    /// pooled under another key are woken to retire: the pool will never
+    /// hand them to this dial's request, so waiting on them could be for
+    /// ever.
+    #[cfg(feature = "hyper-util")]
+    pub(crate) fn acquire_dial(self: &Arc<Self>, key: HostKey, pool_key: Arc<str>) -> Acquire {
+        self.acquire_for(key, Some(pool_key))
+    }
+
+    fn acquire_for(self: &Arc<Self>, key: HostKey, pool_key: Option<Arc<str>>) -> Acquire {
         let mut state = self.state();
         let host = match state.hosts.get_mut(&key) {
             Some(host) => host,
@@ -104,11 +132,23 @@ impl Registry {
             host.taken += 1;
             drop(state);
             self.in_flight.fetch_add(1, Ordering::Relaxed);
-            return Acquire::Ready(Slot {
-                key: Some(key),
-                registry: self.clone(),
-                waited: Duration::ZERO,
-            });
+            return Acquire::Ready(Slot::new(key, self.clone(), Duration::ZERO));
+        }
+        // A connector's queue drops its oldest dial instead: hyper-util
+        // leaves a dial that lost the race to a pool checkout running in
+        // the background, waiting here for nobody, and the oldest waiter
+        // is the likeliest of those.
+        if pool_key.is_some()
+            && self.bounds.max_queued > 0
+            && host.waiters.len() >= self.bounds.max_queued
+        {
+            if let Some(oldest) = host.waiters.pop_front() {
+                oldest.evicted.store(true, Ordering::Release);
+                oldest.notify.notify_one();
+            }
+            if let Some(m) = &self.observer {
+                m.inner.queue_full.fetch_add(1, Ordering::Relaxed);
+            }
         }
         if host.waiters.len() >= self.bounds.max_queued {
             drop(state);
@@ -117,9 +157,26 @@ impl Registry {
             }
             return Acquire::Full(key);
         }
-        let grant = Arc::new(Grant::default());
+        #[cfg(feature = "hyper-util")]
+        let wake: Vec<Arc<Link>> = match &pool_key {
+            Some(pool_key) => host
+                .links
+                .iter()
+                .filter(|l| l.pool_key() != pool_key && l.phase() == Phase::Idle)
+                .cloned()
+                .collect(),
+            None => Vec::new(),
+        };
+        let grant = Arc::new(Grant {
+            pool_key,
+            ..Grant::default()
+        });
         host.waiters.push_back(grant.clone());
         drop(state);
+        #[cfg(feature = "hyper-util")]
+        for link in wake {
+            link.wake();
+        }
         self.queued.fetch_add(1, Ordering::Relaxed);
         if let Some(m) = &self.observer {
             m.inner.queue_entered();
@@ -138,12 +195,15 @@ impl Registry {
     /// host forgets it, and the host itself when it has nothing left.
     fn release(&self, key: &HostKey) {
         let mut state = self.state();
+        Self::hand_on(&mut state, key);
+    }
+
+    fn hand_on(state: &mut MutexGuard<'_, State>, key: &HostKey) {
         let Some(host) = state.hosts.get_mut(key) else {
             return;
         };
         if let Some(next) = host.waiters.pop_front() {
             next.granted.store(true, Ordering::Release);
-            drop(state);
             next.notify.notify_one();
             return;
         }
@@ -194,21 +254,95 @@ pub(crate) struct Slot {
     key: Option<HostKey>,
     registry: Arc<Registry>,
     waited: Duration,
+    /// The connection holding the slot (a connector's slot).
+    #[cfg(feature = "hyper-util")]
+    link: Option<Arc<Link>>,
+    /// The connection is closing to make room for a waiting dial.
+    #[cfg(feature = "hyper-util")]
+    retiring: bool,
 }
 
 impl Slot {
+    fn new(key: HostKey, registry: Arc<Registry>, waited: Duration) -> Self {
+        Slot {
+            key: Some(key),
+            registry,
+            waited,
+            #[cfg(feature = "hyper-util")]
+            link: None,
+            #[cfg(feature = "hyper-util")]
+            retiring: false,
+        }
+    }
+
     /// How long the slot's holder waited in the queue for it.
     pub(crate) fn waited(&self) -> Duration {
         self.waited
+    }
+
+    /// The slot is held by the connection `link`: it is woken when a dial
+    /// for another pool key must wait.
+    #[cfg(feature = "hyper-util")]
+    pub(crate) fn attach(&mut self, link: Arc<Link>) {
+        let Some(key) = &self.key else { return };
+        let mut state = self.registry.state();
+        if let Some(host) = state.hosts.get_mut(key) {
+            host.links.push(link.clone());
+        }
+        drop(state);
+        self.link = Some(link);
+    }
+
+    /// Whether the idle connection holding this slot should close to make
+    /// room for a dial that waits for another pool key: the pool would
+    /// never hand this connection to that dial's request. At most one
+    /// connection retires per such dial.
+    #[cfg(feature = "hyper-util")]
+    pub(crate) fn should_retire(&mut self) -> bool {
+        if self.retiring {
+            return true;
+        }
+        // One load when no dial waits: the common case.
+        if self.registry.queued() == 0 {
+            return false;
+        }
+        let (Some(key), Some(link)) = (&self.key, &self.link) else {
+            return false;
+        };
+        let mut state = self.registry.state();
+        let Some(host) = state.hosts.get_mut(key) else {
+            return false;
+        };
+        let foreign = host
+            .waiters
+            .iter()
+            .filter(|g| g.pool_key.as_ref().is_some_and(|k| k != link.pool_key()))
+            .count();
+        if foreign > host.retiring {
+            host.retiring += 1;
+            self.retiring = true;
+        }
+        self.retiring
     }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
         self.registry.in_flight.fetch_sub(1, Ordering::Relaxed);
-        if let Some(key) = self.key.take() {
-            self.registry.release(&key);
+        let Some(key) = self.key.take() else { return };
+        let mut state = self.registry.state();
+        #[cfg(feature = "hyper-util")]
+        if let Some(link) = self.link.take() {
+            if let Some(host) = state.hosts.get_mut(&key) {
+                if let Some(at) = host.links.iter().position(|l| Arc::ptr_eq(l, &link)) {
+                    host.links.swap_remove(at);
+                }
+                if self.retiring {
+                    host.retiring = host.retiring.saturating_sub(1);
+                }
+            }
         }
+        Registry::hand_on(&mut state, &key);
     }
 }
 
@@ -230,38 +364,53 @@ pub(crate) struct Waiter {
 pub(crate) struct TimedOut {
     pub(crate) key: HostKey,
     pub(crate) waited: Duration,
+    /// Dropped from a full queue, not timed out.
+    pub(crate) evicted: bool,
 }
 
 impl Waiter {
     /// Waits for a slot, at most until `deadline`. Cancel-safe: dropping the
     /// future leaves the queue at once (or passes on a slot handed to it in
     /// the meantime).
+    ///
+    /// Without a timer on the runtime, the deadline is not enforced.
     pub(crate) async fn wait(mut self, deadline: Option<Instant>) -> Result<Slot, TimedOut> {
         let grant = self.grant.clone();
         let granted = async move {
             // `notify_one` keeps a permit when no one waits yet: no wake-up
             // is lost between the check and the wait.
             while !grant.granted.load(Ordering::Acquire) {
+                if grant.evicted.load(Ordering::Acquire) {
+                    return false;
+                }
                 grant.notify.notified().await;
             }
+            true
         };
-        let got = match deadline {
-            Some(deadline) => tokio::time::timeout_at(deadline, granted).await.is_ok(),
-            None => {
-                granted.await;
-                true
+        let mut granted = std::pin::pin!(granted);
+        let mut sleep = std::pin::pin!(deadline.and_then(crate::timer::sleep_until));
+        let got = std::future::poll_fn(|cx| {
+            if let std::task::Poll::Ready(got) = granted.as_mut().poll(cx) {
+                return std::task::Poll::Ready(got);
             }
-        };
+            match sleep.as_mut().as_pin_mut().map(|s| s.poll(cx)) {
+                Some(std::task::Poll::Ready(())) => std::task::Poll::Ready(false),
+                _ => std::task::Poll::Pending,
+            }
+        })
+        .await;
         let waited = self.since.elapsed();
         if got {
             Ok(self.into_slot(waited))
         } else {
             // Dropping `self` leaves the queue, or hands on a slot granted
             // just as the deadline passed.
-            self.timed_out = true;
+            let evicted = self.grant.evicted.load(Ordering::Acquire);
+            self.timed_out = !evicted;
             Err(TimedOut {
                 key: self.key.clone(),
                 waited,
+                evicted,
             })
         }
     }
@@ -274,11 +423,7 @@ impl Waiter {
         if let Some(m) = &self.registry.observer {
             m.inner.queue_left(Some(waited), false);
         }
-        Slot {
-            key: Some(self.key.clone()),
-            registry: self.registry.clone(),
-            waited,
-        }
+        Slot::new(self.key.clone(), self.registry.clone(), waited)
     }
 }
 

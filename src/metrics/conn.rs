@@ -217,24 +217,6 @@ impl ConnState {
         }
     }
 
-    /// Whether the request that just failed on this connection is safe to
-    /// send again on another: the connection served a request before (it
-    /// came from the pool), and no byte of a response to the failed request
-    /// arrived. `canceled` is hyper's word that the request was never
-    /// written. Never for HTTP/2, where the counters describe no single
-    /// request.
-    pub(crate) fn failed_before_response(&self, canceled: bool) -> bool {
-        if self.http2.load(Relaxed) {
-            return false;
-        }
-        let written = self.written.load(Relaxed);
-        if canceled {
-            // Not written: an earlier request was, and was answered.
-            return written >= 1 && self.read_last.load(Relaxed);
-        }
-        written >= 2 && !self.read_last.load(Relaxed)
-    }
-
     /// Whether `Keep-Alive` headers are honoured on this connection.
     pub(crate) fn honors_keep_alive(&self) -> bool {
         self.honor_keep_alive

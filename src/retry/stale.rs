@@ -31,7 +31,7 @@ pub(crate) fn is_stale(error: &(dyn Error + 'static), metrics: Option<&Metrics>)
 fn hyper_util_stale(error: &hyper_util::client::legacy::Error, metrics: Option<&Metrics>) -> bool {
     use hyper_util::client::legacy::connect::HttpInfo;
 
-    use crate::metrics::conn::ConnHandle;
+    use crate::client::hyper_util::LinkHandle;
 
     if error.is_connect() {
         return false;
@@ -41,12 +41,13 @@ fn hyper_util_stale(error: &hyper_util::client::legacy::Error, metrics: Option<&
         return false;
     };
     let hyper = hyper_error(error);
-    let canceled = hyper.is_some_and(hyper::Error::is_canceled);
     let mut extras = http::Extensions::new();
     connected.get_extras(&mut extras);
-    if let Some(conn) = extras.get::<ConnHandle>() {
-        // A tracking connector: what its IO saw decides.
-        return conn.0.failed_before_response(canceled);
+    if let Some(link) = extras.get::<LinkHandle>() {
+        // A `GuardedConnector`: the exchanges its IO followed decide. Not
+        // written (hyper's "canceled") or written in part or whole, either
+        // way unanswered, on a connection that had completed an exchange.
+        return link.0.failed_unanswered_on_reused();
     }
     // Untracked (reqwest): reuse from the addresses seen on responses, and
     // "nothing came back" from hyper's error.

@@ -430,7 +430,7 @@ where
                 match tokio::time::timeout(REQUEST_LIMIT, send()).await {
                     Ok(Ok(())) => ok.fetch_add(1, Ordering::Relaxed),
                     Ok(Err(e)) => {
-                        eprintln!("request failed: {e}");
+                        eprintln!("request failed: {e} ({:?})", std::error::Error::source(&*e));
                         errors.fetch_add(1, Ordering::Relaxed)
                     }
                     Err(_) => {
