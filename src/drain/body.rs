@@ -206,15 +206,17 @@ where
         match step {
             Polled::Pending => break,
             Polled::Error => return report(DrainOutcome::Failed { bytes, elapsed }),
-            _ if bytes > config.max_bytes => {
-                return report(DrainOutcome::GaveUpBytes { bytes, elapsed })
-            }
+            // The body ended: complete, even if its last frame crossed the
+            // byte budget.
             done if done.is_done() => {
                 return report(DrainOutcome::Completed {
                     bytes,
                     elapsed,
                     inline: true,
                 })
+            }
+            _ if bytes > config.max_bytes => {
+                return report(DrainOutcome::GaveUpBytes { bytes, elapsed })
             }
             _ => {}
         }

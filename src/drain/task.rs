@@ -21,8 +21,9 @@ pin_project! {
     /// The background drain of one body: reads and discards frames until the
     /// end, the byte budget, the deadline or an error.
     pub(crate) struct DrainTask<B> {
+        // `None`: the time budget is past the end of time (no limit).
         #[pin]
-        deadline: Sleep,
+        deadline: Option<Sleep>,
         body: Option<Pin<Box<B>>>,
         guard: TaskGuard,
     }
@@ -94,11 +95,18 @@ where
             finished: false,
             shared,
         };
-        let deadline = start + guard.shared.config.max_time;
+        // A budget of `Duration::MAX` runs past the end of time: no limit.
+        let Some(deadline) = start.checked_add(guard.shared.config.max_time) else {
+            return Some(DrainTask {
+                deadline: None,
+                body: Some(body),
+                guard,
+            });
+        };
         // tokio panics when the runtime was built without `enable_time`.
         match crate::timer::sleep_until(deadline) {
             Some(deadline) => Some(DrainTask {
-                deadline,
+                deadline: Some(deadline),
                 body: Some(body),
                 guard,
             }),
@@ -123,7 +131,12 @@ where
             let Some(body) = this.body.as_mut() else {
                 return Poll::Ready(());
             };
-            let outcome = if this.deadline.as_mut().poll(cx).is_ready() {
+            let expired = this
+                .deadline
+                .as_mut()
+                .as_pin_mut()
+                .is_some_and(|d| d.poll(cx).is_ready());
+            let outcome = if expired {
                 DrainOutcome::GaveUpTime {
                     bytes: guard.bytes,
                     elapsed: guard.start.elapsed(),
@@ -136,14 +149,16 @@ where
                 match step {
                     Polled::Pending => return Poll::Pending,
                     Polled::Error => DrainOutcome::Failed { bytes, elapsed },
-                    _ if bytes > guard.shared.config.max_bytes => {
-                        DrainOutcome::GaveUpBytes { bytes, elapsed }
-                    }
+                    // The body ended: complete, even if its last frame
+                    // crossed the byte budget.
                     done if done.is_done() => DrainOutcome::Completed {
                         bytes,
                         elapsed,
                         inline: false,
                     },
+                    _ if bytes > guard.shared.config.max_bytes => {
+                        DrainOutcome::GaveUpBytes { bytes, elapsed }
+                    }
                     _ => continue,
                 }
             };

@@ -529,3 +529,84 @@ fn drain_body_is_send_and_sync_when_its_body_is() {
     assert_send_sync::<DrainBody<Full<Bytes>>>();
     assert_send_sync::<DrainBody<hyper::body::Incoming>>();
 }
+
+/// One frame of `n` bytes, the body's last: `is_end_stream` becomes true
+/// only once it was polled. No size hint.
+struct LastFrame(Option<usize>);
+
+impl Body for LastFrame {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        Poll::Ready(
+            self.0
+                .take()
+                .map(|n| Ok(Frame::data(Bytes::from(vec![b'x'; n])))),
+        )
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0.is_none()
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_last_frame_past_max_bytes_that_ends_the_body_completes_inline() {
+    let (layer, outcomes) = recording(DrainLayer::new().max_bytes(1000));
+    let resp = through(&layer, Response::new(LastFrame(Some(1001)))).await;
+    drop(resp);
+    assert_eq!(
+        taken(&outcomes),
+        vec![DrainOutcome::Completed {
+            bytes: 1001,
+            elapsed: Duration::ZERO,
+            inline: true
+        }]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_last_frame_past_max_bytes_that_ends_the_body_completes_in_the_task() {
+    let (layer, outcomes) = recording(DrainLayer::new().max_bytes(1000));
+    let (tx, body, probe) = scripted();
+    let resp = through(&layer, Response::new(body)).await;
+    drop(resp);
+    assert_eq!(layer.running(), 1);
+    // The frame is the body's last: the body says so once it is read.
+    probe.end.store(true, Ordering::SeqCst);
+    tx.send(data(1001)).unwrap();
+    settle().await;
+    assert_eq!(
+        taken(&outcomes),
+        vec![DrainOutcome::Completed {
+            bytes: 1001,
+            elapsed: Duration::ZERO,
+            inline: false
+        }]
+    );
+    assert_eq!(layer.running(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_max_time_past_the_end_of_time_is_no_limit() {
+    let (layer, outcomes) = recording(DrainLayer::new().max_time(Duration::MAX));
+    let (tx, body, probe) = scripted();
+    let resp = through(&layer, Response::new(body)).await;
+    // Panicked here ("overflow when adding duration to instant") before.
+    drop(resp);
+    assert_eq!(layer.running(), 1);
+    tokio::time::sleep(Duration::from_secs(86_400 * 365)).await;
+    assert!(!probe.dropped.load(Ordering::SeqCst), "still draining");
+    tx.send(data(10)).unwrap();
+    drop(tx);
+    settle().await;
+    assert!(probe.dropped.load(Ordering::SeqCst));
+    assert!(matches!(
+        taken(&outcomes).as_slice(),
+        [DrainOutcome::Completed { bytes: 10, .. }]
+    ));
+}

@@ -84,10 +84,8 @@ where
                 // leave a fresh clone behind for the next `poll_ready`.
                 let clone = self.inner.clone();
                 let ready = std::mem::replace(&mut self.inner, clone);
-                let deadline = self
-                    .layer
-                    .queue_timeout
-                    .map(|t| tokio::time::Instant::now() + t);
+                // `Duration::MAX` (past the end of time) is no deadline.
+                let deadline = self.layer.queue_timeout.and_then(crate::timer::deadline_in);
                 ResponseFuture::queued(waiter.wait(deadline), ready, req)
             }
         }

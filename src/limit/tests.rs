@@ -349,3 +349,43 @@ fn bodies_are_send_and_sync_when_theirs_are() {
     assert_send_sync::<super::ResponseBody<Full<Bytes>>>();
     let _: Option<Infallible> = None;
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_queue_timeout_past_the_end_of_time_is_no_limit() {
+    let layer = PerHostLimitLayer::new(1).queue_timeout(Duration::MAX);
+    let (mut svc, mut handle) = limited(&layer);
+    let mut a = start(&mut svc, "http://h/a").await;
+    // Panicked here ("overflow when adding duration to instant") before.
+    let mut b = start(&mut svc, "http://h/b").await;
+    assert_pending!(b.poll());
+    tokio::time::sleep(Duration::from_secs(86_400 * 365)).await;
+    assert_pending!(b.poll());
+    assert_eq!(answer(&mut handle, Frames::default()).await, "/a");
+    drop(assert_ready!(a.poll()).unwrap());
+    assert!(b.is_woken());
+    assert_pending!(b.poll());
+    assert_eq!(answer(&mut handle, Frames::default()).await, "/b");
+    assert_ready!(b.poll()).unwrap();
+}
+
+#[test]
+fn a_request_queues_on_a_runtime_without_timers() {
+    // No `enable_time`: tokio's timers panic here.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let layer = PerHostLimitLayer::new(1).queue_timeout(Duration::from_secs(1));
+        let (mut svc, mut handle) = limited(&layer);
+        let mut a = start(&mut svc, "http://h/a").await;
+        let mut b = start(&mut svc, "http://h/b").await;
+        // Panicked here ("timers are disabled") before.
+        assert_pending!(b.poll());
+        assert_eq!(layer.queued(), 1);
+        assert_eq!(answer(&mut handle, Frames::default()).await, "/a");
+        drop(assert_ready!(a.poll()).unwrap());
+        assert_pending!(b.poll());
+        assert_eq!(answer(&mut handle, Frames::default()).await, "/b");
+        assert_ready!(b.poll()).unwrap();
+    });
+}

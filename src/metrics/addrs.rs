@@ -37,8 +37,12 @@ impl AddrTracker {
     pub(crate) fn forget(&self, local: SocketAddr, remote: SocketAddr) {
         let shard = &self.shards[usize::from(local.port()) % SHARDS];
         let mut shard = shard.lock().unwrap_or_else(PoisonError::into_inner);
-        shard.seen.remove(&(local, remote));
-        // The stale entry in `order` is skipped when it comes up.
+        let pair = (local, remote);
+        if shard.seen.remove(&pair) {
+            // Out of the order too: left there, it would later evict the
+            // pair again when a new connection has taken it.
+            shard.order.retain(|p| *p != pair);
+        }
     }
 
     /// Whether the pair was seen before (without recording it).
@@ -67,5 +71,39 @@ impl AddrTracker {
         shard.seen.insert(pair);
         shard.order.push_back(pair);
         false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_forgotten_pair_seen_again_is_not_evicted_by_its_old_entry() {
+        let tracker = AddrTracker::default();
+        // Distinct pairs whose local ports all fall in one shard.
+        let pair = |i: usize| -> (SocketAddr, SocketAddr) {
+            let port = u16::try_from(1024 + (i % 1000) * SHARDS).unwrap();
+            let remote = u8::try_from(1 + i / 1000).unwrap();
+            (
+                SocketAddr::from(([127, 0, 0, 1], port)),
+                SocketAddr::from(([127, 0, 0, remote], 80)),
+            )
+        };
+        let (local, remote) = pair(0);
+        assert!(!tracker.seen_before(local, remote));
+        tracker.forget(local, remote);
+        // A new connection takes the same local port.
+        assert!(!tracker.seen_before(local, remote));
+        // Fill the shard to its bound: the live pair must stay.
+        for i in 1..PER_SHARD {
+            let (l, r) = pair(i);
+            assert!(!tracker.seen_before(l, r));
+        }
+        assert!(tracker.contains(local, remote), "a live pair was evicted");
+        // One more evicts the oldest, the live pair itself.
+        let (l, r) = pair(PER_SHARD);
+        assert!(!tracker.seen_before(l, r));
+        assert!(!tracker.contains(local, remote));
     }
 }

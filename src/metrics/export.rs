@@ -26,31 +26,62 @@ impl Metrics {
     /// The histograms `poolguard_queue_wait_seconds` and
     /// `poolguard_drain_seconds` are recorded as events happen. Call this
     /// periodically, for instance from the task that serves your scrape
-    /// endpoint, or use [`Metrics::spawn_exporter`].
+    /// endpoint, or spawn [`Metrics::exporter`].
     #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
     pub fn publish(&self, per_host: bool) {
         publish(&self.snapshot(), per_host);
     }
 
-    /// Spawns a task on the current tokio runtime that calls
-    /// [`Metrics::publish`] every `every`, until the returned handle is
-    /// aborted or the runtime shuts down.
+    /// A future that calls [`Metrics::publish`] every `every` (at least
+    /// 10 ms), and ends once every other clone of this `Metrics` (the
+    /// guard's, its layers' and connectors') is dropped: spawn it on the
+    /// runtime of your choice with `tokio::spawn(metrics.exporter(..))`.
+    /// It publishes a last time before it ends. `Duration::MAX` (or any
+    /// interval over 30 years) never ticks again after the first.
+    #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+    pub fn exporter(
+        &self,
+        every: Duration,
+        per_host: bool,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let weak = std::sync::Arc::downgrade(&self.inner);
+        async move {
+            let mut tick = tokio::time::interval(every.clamp(MIN_INTERVAL, MAX_INTERVAL));
+            loop {
+                tick.tick().await;
+                let Some(inner) = weak.upgrade() else { return };
+                let metrics = Metrics { inner };
+                metrics.publish(per_host);
+                if std::sync::Arc::strong_count(&metrics.inner) == 1 {
+                    // Every producer is gone, and the last figures are out.
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Spawns [`Metrics::exporter`] on the current tokio runtime; the task
+    /// ends when every other clone of this `Metrics` is dropped.
     ///
     /// # Panics
     ///
-    /// Outside a tokio runtime, like `tokio::spawn`.
+    /// Outside a tokio runtime, like `tokio::spawn`: prefer spawning
+    /// [`Metrics::exporter`] yourself.
     #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+    #[deprecated(
+        since = "0.1.0",
+        note = "panics outside a tokio runtime; use `tokio::spawn(metrics.exporter(every, per_host))`"
+    )]
     pub fn spawn_exporter(&self, every: Duration, per_host: bool) -> tokio::task::JoinHandle<()> {
-        let metrics = self.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every.max(Duration::from_millis(10)));
-            loop {
-                tick.tick().await;
-                metrics.publish(per_host);
-            }
-        })
+        tokio::spawn(self.exporter(every, per_host))
     }
 }
+
+/// The shortest export interval.
+const MIN_INTERVAL: Duration = Duration::from_millis(10);
+/// The longest export interval: tokio adds the period to an instant, which
+/// must not overflow; 30 years is "never" (tokio's own far future).
+const MAX_INTERVAL: Duration = Duration::from_secs(86_400 * 365 * 30);
 
 fn publish(s: &Snapshot, per_host: bool) {
     use ::metrics::{counter, gauge};

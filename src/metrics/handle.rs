@@ -114,7 +114,12 @@ impl Inner {
 
     /// The instant of a timestamp from [`Inner::now`].
     pub(crate) fn instant(&self, at: u64) -> Instant {
-        self.epoch + Duration::from_nanos(at)
+        // At most 584 years after the epoch; where even that overflows the
+        // platform's clock, the latest instant it holds is a day away.
+        self.epoch
+            .checked_add(Duration::from_nanos(at))
+            .or_else(|| Instant::now().checked_add(Duration::from_secs(86_400)))
+            .unwrap_or_else(Instant::now)
     }
 
     /// A retry got a response (`ok`) or failed.
