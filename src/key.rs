@@ -53,6 +53,20 @@ impl HostKey {
         if host.is_empty() {
             return None;
         }
+        // An IPv6 literal has many spellings (`[::1]`, `[0:0::1]`,
+        // `[0000::0001]`): one key, in the canonical form (RFC 5952).
+        let canonical;
+        let host = match host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .and_then(|h| h.parse::<std::net::Ipv6Addr>().ok())
+        {
+            Some(ip) => {
+                canonical = format!("[{ip}]");
+                canonical.as_str()
+            }
+            None => host,
+        };
         let port = match authority.port_u16() {
             Some(port) => port,
             None => default_port(scheme)?,
@@ -227,6 +241,30 @@ mod tests {
         assert_eq!(
             key("http://example.com"),
             key("http://example.com:80/other")
+        );
+    }
+
+    #[test]
+    fn every_spelling_of_a_host_is_one_key() {
+        for uri in [
+            "http://example.com/",
+            "http://EXAMPLE.com:80/",
+            "http://u@Example.Com:080/",
+            "http://u:p@example.com:0080/x",
+        ] {
+            assert_eq!(key(uri).as_deref(), Some("http://example.com:80"), "{uri}");
+        }
+        for uri in [
+            "http://[::1]/",
+            "http://[0:0:0:0:0:0:0:1]:80/",
+            "http://[0000::0001]:080/",
+            "http://u@[0::1]/",
+        ] {
+            assert_eq!(key(uri).as_deref(), Some("http://[::1]:80"), "{uri}");
+        }
+        assert_eq!(
+            key("http://[2001:DB8:0:0::1]/").as_deref(),
+            Some("http://[2001:db8::1]:80")
         );
     }
 

@@ -14,6 +14,24 @@
 //! - dials are counted, per remote address, by
 //!   [`PoolGuard::reqwest_connector_layer`](crate::PoolGuard::reqwest_connector_layer).
 //!
+//! The response is reqwest's own: status, headers, version, final URL after
+//! redirects, remote address and extensions are what plain reqwest reports
+//! (poolguard adds its extensions, such as [`ConnInfo`](crate::ConnInfo)).
+//! The per-host slot is taken for the host of the request as sent; a
+//! redirect to another host is followed inside reqwest, under that slot.
+//!
+//! # Timeouts
+//!
+//! The per-host queue comes before reqwest. reqwest's `timeout` (the
+//! client's `ClientBuilder::timeout` or a request's
+//! `RequestBuilder::timeout`) counts from when reqwest starts the request,
+//! that is after the request left the per-host queue, as reqwest defines it
+//! ("from when the request starts connecting"). The wait in the queue is
+//! bounded by the guard's `queue_timeout` and fails with
+//! [`QueueTimeout`](crate::QueueTimeout). So a request takes at most
+//! `queue_timeout + timeout`; for one deadline over both, wrap the call in
+//! `tokio::time::timeout`.
+//!
 //! # Example
 //!
 //! ```no_run
@@ -97,16 +115,22 @@ async fn call_reqwest(
     svc: Guarded<Execute>,
     request: ::reqwest::Request,
 ) -> Result<::reqwest::Response, BoxError> {
-    let url = request.url().clone();
     let request: http::Request<::reqwest::Body> = request.try_into()?;
     let response = svc.oneshot(request).await?;
-    let (parts, body) = response.into_parts();
+    let (mut parts, body) = response.into_parts();
+    // The URL reqwest reports: the last one after redirects.
+    let url = parts
+        .extensions
+        .remove::<FinalUrl>()
+        .map(|FinalUrl(url)| url);
     // The wrapped body keeps its drain and its slot; reqwest gets it back as
     // its own body.
     let mut builder = http::Response::builder()
         .status(parts.status)
         .version(parts.version);
-    builder = ::reqwest::ResponseBuilderExt::url(builder, url);
+    if let Some(url) = url {
+        builder = ::reqwest::ResponseBuilderExt::url(builder, url);
+    }
     if let Some(headers) = builder.headers_mut() {
         *headers = parts.headers;
     }
@@ -116,6 +140,11 @@ async fn call_reqwest(
     let response = builder.body(::reqwest::Body::wrap(body))?;
     Ok(::reqwest::Response::from(response))
 }
+
+/// The URL of a reqwest response (after redirects), carried through the
+/// guard's layers: `http::Response` has no place for it.
+#[derive(Clone, Debug)]
+struct FinalUrl(::reqwest::Url);
 
 /// The innermost service of a [`GuardedClient`]: hands the request to
 /// reqwest and the response back as an `http::Response`.
@@ -138,7 +167,10 @@ impl Service<http::Request<::reqwest::Body>> for Execute {
         Box::pin(async move {
             let request = ::reqwest::Request::try_from(request)?;
             let response = client.execute(request).await?;
-            Ok(http::Response::from(response))
+            let url = FinalUrl(response.url().clone());
+            let mut response = http::Response::from(response);
+            response.extensions_mut().insert(url);
+            Ok(response)
         })
     }
 }

@@ -172,12 +172,14 @@ impl Registry {
             ..Grant::default()
         });
         host.waiters.push_back(grant.clone());
+        // Counted before the lock is let go: a connection woken below looks
+        // at this count first.
+        self.queued.fetch_add(1, Ordering::Relaxed);
         drop(state);
         #[cfg(feature = "hyper-util")]
         for link in wake {
             link.wake();
         }
-        self.queued.fetch_add(1, Ordering::Relaxed);
         if let Some(m) = &self.observer {
             m.inner.queue_entered();
         }

@@ -1,0 +1,320 @@
+//! Defects a hostile user could hit: one host spelled many ways under a
+//! connection cap, a runtime without timers, a request that got response
+//! bytes, upgraded connections holding slots, reqwest observables. Real
+//! loopback servers; the server's counts are the truth.
+#![cfg(feature = "hyper-util")]
+
+mod support;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, Uri};
+use http_body_util::{BodyExt, Empty, Full};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use poolguard::{BoxError, GuardedConnector, GuardedIo, PoolGuard, QueueFull, QueueTimeout};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tower::ServiceExt;
+
+/// The longest any single request here may take before the test calls it
+/// a hang.
+const HANG: Duration = Duration::from_secs(10);
+
+/// A connector that dials `addr` whatever the URI says: lets a test use
+/// any spelling of a host (default ports, names, IPv6 literals) against one
+/// loopback server.
+#[derive(Clone, Debug)]
+struct DialTo(SocketAddr);
+
+impl tower::Service<Uri> for DialTo {
+    type Response = TokioIo<TcpStream>;
+    type Error = std::io::Error;
+    type Future = Pin<Box<dyn Future<Output = std::io::Result<Self::Response>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _dst: Uri) -> Self::Future {
+        let addr = self.0;
+        Box::pin(async move { Ok(TokioIo::new(TcpStream::connect(addr).await?)) })
+    }
+}
+
+/// The first error of type `E` in `error`'s source chain.
+fn find<'a, E: std::error::Error + 'static>(
+    error: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a E> {
+    let mut next = Some(error);
+    while let Some(e) = next {
+        if let Some(found) = e.downcast_ref::<E>() {
+            return Some(found);
+        }
+        next = e.source();
+    }
+    None
+}
+
+type Stack = poolguard::Guarded<Client<GuardedConnector<DialTo>, Empty<Bytes>>>;
+
+/// The guard's whole stack on a hyper-util client that dials `server`
+/// whatever the URI, with one idle connection per pool key.
+fn stack(guard: &PoolGuard, server: SocketAddr) -> Stack {
+    let client = Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(1)
+        .build(guard.connector(DialTo(server)));
+    tower::ServiceBuilder::new()
+        .layer(guard.layer())
+        .service(client)
+}
+
+/// Sends a GET through `svc` and reads the body; a request that does not
+/// end within [`HANG`] is an error.
+async fn get(svc: &Stack, uri: &str) -> Result<(), BoxError> {
+    let request = Request::get(uri).body(Empty::new())?;
+    let work = async {
+        let response = svc.clone().oneshot(request).await?;
+        response.into_body().collect().await?;
+        Ok::<_, BoxError>(())
+    };
+    tokio::time::timeout(HANG, work)
+        .await
+        .map_err(|_| BoxError::from(format!("{uri}: no answer within {HANG:?} (a hang)")))?
+}
+
+// ---- 1. One host, many spellings, under a connection cap of 1 ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bare_connector_serves_every_spelling_of_a_host() {
+    let server = support::serve().await;
+    let port = server.addr.port();
+    let client = Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(1)
+        .build::<_, Empty<Bytes>>(GuardedConnector::new(HttpConnector::new(), 1));
+    let spellings = [
+        format!("http://127.0.0.1:{port}/bytes/10"),
+        format!("http://u@127.0.0.1:{port}/bytes/10"),
+        format!("http://127.0.0.1:0{port}/bytes/10"),
+        format!("http://u:p@127.0.0.1:{port}/bytes/10"),
+        format!("http://127.0.0.1:{port}/bytes/10"),
+    ];
+    for uri in &spellings {
+        let work = async {
+            let response = client.get(uri.parse()?).await?;
+            response.into_body().collect().await?;
+            Ok::<_, BoxError>(())
+        };
+        match tokio::time::timeout(HANG, work).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => panic!("{uri}: {e}"),
+            Err(_) => panic!("{uri}: no answer within {HANG:?} (a hang)"),
+        }
+    }
+    // One connection per change of spelling at most (each retires the last).
+    let accepts = server.stats.accepted();
+    println!("5 spellings in turn, N = 1: {accepts} accepts");
+    assert!(accepts <= spellings.len(), "accepts {accepts}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_whole_stack_serves_a_default_port_spelled_both_ways() {
+    let server = support::serve().await;
+    let guard = PoolGuard::builder()
+        .max_per_host(1)
+        .queue_timeout(Duration::from_secs(5))
+        .build();
+    let svc = stack(&guard, server.addr);
+    // `http://127.0.0.1/` and `http://127.0.0.1:80/` are one host (port
+    // 80) to poolguard and two pool keys to hyper-util.
+    for (i, uri) in [
+        "http://127.0.0.1/bytes/5",
+        "http://127.0.0.1:80/bytes/5",
+        "http://127.0.0.1/bytes/5",
+        "http://127.0.0.1:80/bytes/5",
+        "http://127.0.0.1:80/bytes/5",
+    ]
+    .iter()
+    .enumerate()
+    {
+        if let Err(e) = get(&svc, uri).await {
+            panic!(
+                "request {i} ({uri}): {e} ({:?})",
+                std::error::Error::source(&*e)
+            );
+        }
+    }
+    let accepts = server.stats.accepted();
+    println!("default port spelled both ways, N = 1: {accepts} accepts");
+    assert!(accepts <= 4, "accepts {accepts}");
+    assert_eq!(guard.metrics().snapshot().queue_timeout, 0);
+}
+
+/// A spelling of one of two hosts: `example.com` (letter case, explicit
+/// default port, leading zeros, userinfo) or `::1` (IPv6 literal forms).
+fn spelling(choice: (bool, usize, usize, usize)) -> String {
+    let (v6, host, port, user) = choice;
+    let host = if v6 {
+        ["[::1]", "[0:0:0:0:0:0:0:1]", "[0000::1]", "[::0001]"][host % 4]
+    } else {
+        ["example.com", "EXAMPLE.COM", "Example.Com", "example.COM"][host % 4]
+    };
+    let port = ["", ":80", ":080", ":0080"][port % 4];
+    let user = ["", "u@", "u:p@"][user % 3];
+    format!("http://{user}{host}{port}/bytes/3")
+}
+
+#[test]
+fn no_spelling_of_a_host_waits_past_the_deadline() {
+    use proptest::prelude::*;
+    use proptest::test_runner::{Config, TestRunner};
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let server = rt.block_on(support::serve());
+    let addr = server.addr;
+    let deadline = Duration::from_secs(2);
+    let mut runner = TestRunner::new(Config {
+        cases: 24,
+        ..Config::default()
+    });
+    let sequence =
+        proptest::collection::vec((any::<bool>(), 0..4usize, 0..4usize, 0..3usize), 2..7);
+    runner
+        .run(&sequence, |choices| {
+            rt.block_on(async {
+                let guard = PoolGuard::builder()
+                    .max_per_host(1)
+                    .queue_timeout(deadline)
+                    .build();
+                let svc = stack(&guard, addr);
+                for choice in &choices {
+                    let uri = spelling(*choice);
+                    let started = tokio::time::Instant::now();
+                    let result = get(&svc, &uri).await;
+                    let took = started.elapsed();
+                    prop_assert!(result.is_ok(), "{uri}: {:?} ({choices:?})", result.err());
+                    prop_assert!(took < deadline, "{uri} took {took:?} ({choices:?})");
+                }
+                Ok(())
+            })
+        })
+        .unwrap();
+    drop(server);
+}
+
+// ---- The connector's wait: a deadline, a bound, typed errors ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dial_waits_for_a_slot_no_longer_than_its_deadline() {
+    let server = support::serve().await;
+    let connector =
+        GuardedConnector::new(HttpConnector::new(), 1).queue_timeout(Duration::from_millis(200));
+    let client = Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(1)
+        .build::<_, Empty<Bytes>>(connector.clone());
+    // The only connection is busy with a body that never ends.
+    let held = client.get(server.uri("/trickle")).await.expect("first");
+    let started = tokio::time::Instant::now();
+    let err = tokio::time::timeout(HANG, client.get(server.uri("/bytes/1")))
+        .await
+        .expect("the dial's wait has a deadline")
+        .expect_err("no slot within the deadline");
+    let timeout =
+        find::<QueueTimeout>(&err).unwrap_or_else(|| panic!("not a QueueTimeout: {err:?}"));
+    assert!(timeout.waited() >= Duration::from_millis(200));
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_eq!(connector.waiting(), 0);
+    assert_eq!(server.stats.accepted(), 1);
+    drop(held);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_dial_queue_fails_its_oldest_dial_with_queue_full() {
+    let server = support::serve().await;
+    let connector = GuardedConnector::new(HttpConnector::new(), 1)
+        .max_queued(1)
+        .queue_timeout(Duration::from_secs(3));
+    let client = Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(1)
+        .build::<_, Empty<Bytes>>(connector.clone());
+    let held = client.get(server.uri("/trickle")).await.expect("first");
+    let first = tokio::spawn(client.get(server.uri("/bytes/1")));
+    while connector.waiting() == 0 {
+        tokio::task::yield_now().await;
+    }
+    let second = tokio::spawn(client.get(server.uri("/bytes/1")));
+    let err = tokio::time::timeout(HANG, first)
+        .await
+        .expect("evicted at once")
+        .expect("task")
+        .expect_err("the oldest dial is dropped");
+    assert!(
+        find::<QueueFull>(&err).is_some(),
+        "not a QueueFull: {err:?}"
+    );
+    // The newer dial gets the slot once the busy connection closes.
+    drop(held);
+    tokio::time::timeout(HANG, second)
+        .await
+        .expect("served")
+        .expect("task")
+        .expect("the newer dial is served");
+}
+
+// ---- 3. A runtime without timers ----
+
+#[test]
+fn the_whole_stack_runs_on_a_runtime_without_timers() {
+    // No `enable_time`: every tokio timer panics here.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let server = support::serve().await;
+        let guard = PoolGuard::builder().max_per_host(1).build();
+        let svc = stack(&guard, server.addr);
+        // The second request must queue behind the first's body.
+        let first = svc
+            .clone()
+            .oneshot(
+                Request::get("http://h/bytes/100")
+                    .body(Empty::new())
+                    .unwrap(),
+            )
+            .await
+            .expect("first");
+        let second = tokio::spawn({
+            let svc = svc.clone();
+            async move {
+                let response = svc
+                    .oneshot(Request::get("http://h/bytes/100000").body(Empty::new())?)
+                    .await?;
+                // Dropped early: the drain needs a timer, and is skipped.
+                drop(response);
+                Ok::<_, BoxError>(())
+            }
+        });
+        while guard.layer().limit().queued() == 0 {
+            tokio::task::yield_now().await;
+        }
+        first.into_body().collect().await.expect("body");
+        second.await.expect("task").expect("second");
+        let snap = guard.metrics().snapshot();
+        assert_eq!(snap.queue_waited, 1);
+        assert_eq!(snap.responses, 2);
+    });
+}
