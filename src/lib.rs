@@ -58,6 +58,19 @@
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! # Runtime requirements
+//!
+//! poolguard runs on tokio and keeps all its time on tokio's clock. Build
+//! the runtime with timers (`enable_time` or `enable_all`; `#[tokio::main]`
+//! and `Runtime::new` do). tokio offers no way to ask whether a runtime has
+//! timers: its timer functions panic when it has none. On such a runtime
+//! poolguard catches that panic at its first timer, remembers the runtime,
+//! and goes on without deadlines (queue waits have no deadline, background
+//! drains are skipped, `Keep-Alive` idle limits are checked on reads). The
+//! panic hook still runs once per runtime, and a program built with
+//! `panic = "abort"` aborts there: with `panic = "abort"`, timers are
+//! required.
 #![deny(unsafe_code)]
 #![warn(
     missing_docs,

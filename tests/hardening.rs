@@ -318,3 +318,325 @@ fn the_whole_stack_runs_on_a_runtime_without_timers() {
         assert_eq!(snap.responses, 2);
     });
 }
+
+// ---- 4. A request that got response bytes is never sent again ----
+
+/// A raw server that answers every request head with `100 Continue`, reads
+/// `read` bytes of the body, and resets the connection. Counts heads.
+async fn continue_then_reset(read: usize) -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let heads = Arc::new(AtomicUsize::new(0));
+    let count = heads.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let count = count.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 64 * 1024];
+                let mut seen = Vec::new();
+                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
+                }
+                count.fetch_add(1, Ordering::SeqCst);
+                if stream
+                    .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                let mut got = seen.len();
+                while got < read {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => got += n,
+                    }
+                }
+                let _ = stream.set_zero_linger();
+            });
+        }
+    });
+    (addr, heads)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_answered_100_continue_is_not_sent_again() {
+    let (addr, heads) = continue_then_reset(256 * 1024).await;
+    let guard = PoolGuard::builder().max_per_host(1).build();
+    let client = Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(1)
+        .build::<_, Full<Bytes>>(guard.connector(HttpConnector::new()));
+    let svc = tower::ServiceBuilder::new()
+        .layer(guard.layer())
+        .service(client);
+    let request = Request::put(format!("http://{addr}/upload"))
+        .header(http::header::EXPECT, "100-continue")
+        .body(Full::new(Bytes::from(vec![b'x'; 16 * 1024 * 1024])))
+        .expect("request");
+    let result = tokio::time::timeout(HANG, svc.oneshot(request))
+        .await
+        .expect("ends");
+    assert!(result.is_err(), "the server reset the request");
+    // Give a second attempt, had there been one, time to arrive.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        heads.load(Ordering::SeqCst),
+        1,
+        "the server saw the request again"
+    );
+    assert_eq!(guard.metrics().snapshot().retries, 0);
+}
+
+// ---- 7. Upgrades ----
+
+/// A server that upgrades `/upgrade` (101, then echoes what it reads) and
+/// answers anything else with `ok`. Counts accepted connections.
+async fn upgrading() -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(
+                    |mut req: Request<hyper::body::Incoming>| async move {
+                        if req.uri().path() != "/upgrade" {
+                            return Ok::<_, Infallible>(Response::new(Full::new(
+                                Bytes::from_static(b"ok"),
+                            )));
+                        }
+                        tokio::spawn(async move {
+                            let Ok(upgraded) = hyper::upgrade::on(&mut req).await else {
+                                return;
+                            };
+                            let mut io = TokioIo::new(upgraded);
+                            let mut buf = [0u8; 64];
+                            while let Ok(n) = io.read(&mut buf).await {
+                                if n == 0 || io.write_all(&buf[..n]).await.is_err() {
+                                    return;
+                                }
+                            }
+                        });
+                        let response = Response::builder()
+                            .status(101)
+                            .header(http::header::CONNECTION, "upgrade")
+                            .header(http::header::UPGRADE, "echo")
+                            .body(Full::new(Bytes::new()))
+                            .expect("response");
+                        Ok(response)
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .with_upgrades()
+                    .await;
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgraded_connections_do_not_hold_their_hosts_slots() {
+    let (addr, accepted) = upgrading().await;
+    let guard = PoolGuard::builder()
+        .max_per_host(10)
+        .queue_timeout(Duration::from_secs(3))
+        .build();
+    let client = Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(10)
+        .build::<_, Empty<Bytes>>(guard.connector(HttpConnector::new()));
+    let svc = tower::ServiceBuilder::new()
+        .layer(guard.layer())
+        .service(client);
+    let mut tunnels = Vec::new();
+    for _ in 0..10 {
+        let request = Request::get(format!("http://{addr}/upgrade"))
+            .header(http::header::CONNECTION, "upgrade")
+            .header(http::header::UPGRADE, "echo")
+            .body(Empty::new())
+            .expect("request");
+        let response = tokio::time::timeout(HANG, svc.clone().oneshot(request))
+            .await
+            .expect("upgrade answered")
+            .expect("upgrade");
+        assert_eq!(response.status(), 101);
+        let upgraded = hyper::upgrade::on(response).await.expect("upgraded");
+        tunnels.push(upgraded);
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 10);
+    // Ten long-lived upgraded connections to the host: its ordinary
+    // requests still go through.
+    for _ in 0..3 {
+        let request = Request::get(format!("http://{addr}/"))
+            .body(Empty::new())
+            .expect("request");
+        let response = tokio::time::timeout(HANG, svc.clone().oneshot(request))
+            .await
+            .expect("no hang")
+            .expect("an ordinary request is served");
+        response.into_body().collect().await.expect("body");
+    }
+    // The user gets the stream back from an upgrade, and it still works.
+    let upgraded = tunnels.pop().expect("a tunnel");
+    let parts = upgraded
+        .downcast::<GuardedIo<TokioIo<TcpStream>>>()
+        .unwrap_or_else(|_| panic!("the upgraded IO is the connector's"));
+    assert!(
+        !parts.io.holds_slot(),
+        "an upgraded connection holds no slot"
+    );
+    assert!(parts.read_buf.is_empty());
+    let mut stream = parts.io.into_inner().into_inner();
+    stream.write_all(b"ping").await.expect("write");
+    let mut echo = [0u8; 4];
+    stream.read_exact(&mut echo).await.expect("echo");
+    assert_eq!(&echo, b"ping");
+    drop(tunnels);
+}
+
+// ---- 5. reqwest: the response is reqwest's own ----
+
+#[cfg(feature = "reqwest")]
+mod reqwest_observables {
+    use super::*;
+    use support::After;
+
+    fn guarded(
+        guard: &PoolGuard,
+        builder: reqwest::ClientBuilder,
+    ) -> poolguard::reqwest::GuardedClient {
+        guard.reqwest(
+            builder
+                .connector_layer(guard.reqwest_connector_layer())
+                .build()
+                .expect("client"),
+        )
+    }
+
+    /// `/redirect` answers `302` to `/final`, which answers `ok`.
+    async fn redirecting() -> support::Server {
+        support::serve_raw_with(|head: &support::Head| {
+            let path = head.text.split(' ').nth(1).unwrap_or("/");
+            let bytes: &[u8] = if path == "/redirect" {
+                b"HTTP/1.1 302 Found\r\nlocation: /final\r\ncontent-length: 0\r\n\r\n"
+            } else {
+                b"HTTP/1.1 200 OK\r\nx-final: yes\r\ncontent-length: 2\r\n\r\nok"
+            };
+            (bytes.to_vec(), After::KeepAlive)
+        })
+        .await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_redirected_response_says_what_plain_reqwest_says() {
+        let server = redirecting().await;
+        let guard = PoolGuard::builder().build();
+        let plain = reqwest::Client::new();
+        let client = guarded(&guard, reqwest::Client::builder());
+        let url = server.url("/redirect");
+
+        let bare = plain.get(&url).send().await.expect("plain");
+        let ours = client
+            .execute(plain.get(&url).build().expect("request"))
+            .await
+            .expect("guarded");
+        assert_eq!(ours.url().as_str(), server.url("/final"));
+        assert_eq!(ours.url(), bare.url());
+        assert_eq!(ours.status(), bare.status());
+        assert_eq!(ours.version(), bare.version());
+        assert_eq!(ours.headers(), bare.headers());
+        assert_eq!(ours.remote_addr(), bare.remote_addr());
+        assert!(ours.remote_addr().is_some());
+        assert_eq!(
+            ours.extensions()
+                .get::<hyper_util::client::legacy::connect::HttpInfo>()
+                .map(|i| i.remote_addr()),
+            bare.extensions()
+                .get::<hyper_util::client::legacy::connect::HttpInfo>()
+                .map(|i| i.remote_addr()),
+        );
+        assert_eq!(ours.content_length(), bare.content_length());
+        assert_eq!(
+            ours.text().await.expect("body"),
+            bare.text().await.expect("body")
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_per_request_timeout_still_applies() {
+        let server = support::serve_with(support::Options {
+            delay: Duration::from_millis(500),
+            ..Default::default()
+        })
+        .await;
+        let guard = PoolGuard::builder().build();
+        let client = guarded(&guard, reqwest::Client::builder());
+        let request = reqwest::Client::new()
+            .get(server.url("/bytes/1"))
+            .timeout(Duration::from_millis(50))
+            .build()
+            .expect("request");
+        let err = client.execute(request).await.expect_err("times out");
+        let reqwest_err = find::<reqwest::Error>(&*err).expect("reqwest's error");
+        assert!(reqwest_err.is_timeout(), "{reqwest_err}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn reqwest_timeouts_count_from_the_end_of_the_queue_wait() {
+        let server = support::serve().await;
+        let guard = PoolGuard::builder()
+            .max_per_host(1)
+            .queue_timeout(Duration::from_secs(5))
+            .build();
+        // A client-wide timeout far shorter than the wait in the queue.
+        let client = guarded(
+            &guard,
+            reqwest::Client::builder().timeout(Duration::from_millis(300)),
+        );
+        let get = |path: &str| {
+            reqwest::Request::new(reqwest::Method::GET, server.url(path).parse().unwrap())
+        };
+        // Holds the host's only slot for 800 ms.
+        let held = client.execute(get("/bytes/10")).await.expect("first");
+        let started = tokio::time::Instant::now();
+        let second = tokio::spawn({
+            let client = client.clone();
+            let request = get("/bytes/10");
+            async move {
+                client
+                    .execute(request)
+                    .await?
+                    .bytes()
+                    .await
+                    .map_err(BoxError::from)
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        drop(held);
+        let body = second
+            .await
+            .expect("task")
+            .expect("the timeout did not cover the queue");
+        assert_eq!(body.len(), 10);
+        assert!(started.elapsed() >= Duration::from_millis(800));
+        // The queue has its own deadline.
+        let guard = PoolGuard::builder()
+            .max_per_host(1)
+            .queue_timeout(Duration::from_millis(100))
+            .build();
+        let client = guarded(&guard, reqwest::Client::builder());
+        let held = client.execute(get("/bytes/10")).await.expect("first");
+        let err = client
+            .execute(get("/bytes/10"))
+            .await
+            .expect_err("queue timeout");
+        assert!(err.downcast_ref::<QueueTimeout>().is_some(), "{err:?}");
+        drop(held);
+    }
+}
