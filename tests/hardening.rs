@@ -65,6 +65,23 @@ fn find<'a, E: std::error::Error + 'static>(
     None
 }
 
+/// Waits until `cond` holds; panics after [`HANG`] rather than spinning on.
+async fn until(cond: impl Fn() -> bool) {
+    let mut spins = 0u32;
+    let started = std::time::Instant::now();
+    while !cond() {
+        assert!(
+            started.elapsed() < HANG,
+            "condition not met within {HANG:?}"
+        );
+        spins += 1;
+        if spins % 1000 == 0 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        tokio::task::yield_now().await;
+    }
+}
+
 type Stack = poolguard::Guarded<Client<GuardedConnector<DialTo>, Empty<Bytes>>>;
 
 /// The guard's whole stack on a hyper-util client that dials `server`
@@ -252,9 +269,7 @@ async fn a_full_dial_queue_fails_its_oldest_dial_with_queue_full() {
         .build::<_, Empty<Bytes>>(connector.clone());
     let held = client.get(server.uri("/trickle")).await.expect("first");
     let first = tokio::spawn(client.get(server.uri("/bytes/1")));
-    while connector.waiting() == 0 {
-        tokio::task::yield_now().await;
-    }
+    until(|| connector.waiting() > 0).await;
     let second = tokio::spawn(client.get(server.uri("/bytes/1")));
     let err = tokio::time::timeout(HANG, first)
         .await
@@ -308,9 +323,7 @@ fn the_whole_stack_runs_on_a_runtime_without_timers() {
                 Ok::<_, BoxError>(())
             }
         });
-        while guard.layer().limit().queued() == 0 {
-            tokio::task::yield_now().await;
-        }
+        until(|| guard.layer().limit().queued() > 0).await;
         first.into_body().collect().await.expect("body");
         second.await.expect("task").expect("second");
         let snap = guard.metrics().snapshot();
@@ -321,50 +334,67 @@ fn the_whole_stack_runs_on_a_runtime_without_timers() {
 
 // ---- 4. A request that got response bytes is never sent again ----
 
-/// A raw server that answers every request head with `100 Continue`, reads
-/// `read` bytes of the body, and resets the connection. Counts heads.
+/// A raw server that answers a GET with a 2-byte keep-alive response, and a
+/// PUT with `100 Continue`, then (after a pause in which the client reads the
+/// interim response and writes on) reads `read` bytes of the body and resets
+/// the connection. Counts PUT heads.
 async fn continue_then_reset(read: usize) -> (SocketAddr, Arc<AtomicUsize>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
-    let heads = Arc::new(AtomicUsize::new(0));
-    let count = heads.clone();
+    let puts = Arc::new(AtomicUsize::new(0));
+    let count = puts.clone();
     tokio::spawn(async move {
         while let Ok((mut stream, _)) = listener.accept().await {
             let count = count.clone();
             tokio::spawn(async move {
                 let mut buf = vec![0u8; 64 * 1024];
                 let mut seen = Vec::new();
-                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match stream.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                loop {
+                    let end = loop {
+                        if let Some(at) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break at + 4;
+                        }
+                        match stream.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => seen.extend_from_slice(&buf[..n]),
+                        }
+                    };
+                    if seen.starts_with(b"GET") {
+                        seen.drain(..end);
+                        let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                        if stream.write_all(ok).await.is_err() {
+                            return;
+                        }
+                        continue;
                     }
-                }
-                count.fetch_add(1, Ordering::SeqCst);
-                if stream
-                    .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
-                    .await
-                    .is_err()
-                {
+                    count.fetch_add(1, Ordering::SeqCst);
+                    if stream
+                        .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    let mut got = seen.len() - end;
+                    while got < read {
+                        match stream.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => got += n,
+                        }
+                    }
+                    let _ = stream.set_zero_linger();
                     return;
                 }
-                let mut got = seen.len();
-                while got < read {
-                    match stream.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => got += n,
-                    }
-                }
-                let _ = stream.set_zero_linger();
             });
         }
     });
-    (addr, heads)
+    (addr, puts)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_answered_100_continue_is_not_sent_again() {
-    let (addr, heads) = continue_then_reset(256 * 1024).await;
+    let (addr, puts) = continue_then_reset(256 * 1024).await;
     let guard = PoolGuard::builder().max_per_host(1).build();
     let client = Client::builder(TokioExecutor::new())
         .pool_max_idle_per_host(1)
@@ -372,21 +402,32 @@ async fn a_request_answered_100_continue_is_not_sent_again() {
     let svc = tower::ServiceBuilder::new()
         .layer(guard.layer())
         .service(client);
-    let request = Request::put(format!("http://{addr}/upload"))
-        .header(http::header::EXPECT, "100-continue")
-        .body(Full::new(Bytes::from(vec![b'x'; 16 * 1024 * 1024])))
-        .expect("request");
-    let result = tokio::time::timeout(HANG, svc.oneshot(request))
-        .await
-        .expect("ends");
-    assert!(result.is_err(), "the server reset the request");
-    // Give a second attempt, had there been one, time to arrive.
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(
-        heads.load(Ordering::SeqCst),
-        1,
-        "the server saw the request again"
-    );
+    for (fresh, path) in [(true, "/new"), (false, "/reused")] {
+        if !fresh {
+            // The PUT goes on a connection that completed an exchange.
+            let get = Request::get(format!("http://{addr}/"))
+                .body(Full::new(Bytes::new()))
+                .expect("request");
+            let response = svc.clone().oneshot(get).await.expect("GET");
+            response.into_body().collect().await.expect("body");
+        }
+        let before = puts.load(Ordering::SeqCst);
+        let request = Request::put(format!("http://{addr}{path}"))
+            .header(http::header::EXPECT, "100-continue")
+            .body(Full::new(Bytes::from(vec![b'x'; 16 * 1024 * 1024])))
+            .expect("request");
+        let result = tokio::time::timeout(HANG, svc.clone().oneshot(request))
+            .await
+            .expect("ends");
+        assert!(result.is_err(), "{path}: the server reset the request");
+        // Give a second attempt, had there been one, time to arrive.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(
+            puts.load(Ordering::SeqCst) - before,
+            1,
+            "{path}: the server saw the request again"
+        );
+    }
     assert_eq!(guard.metrics().snapshot().retries, 0);
 }
 
