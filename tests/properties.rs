@@ -242,7 +242,10 @@ proptest! {
             for o in &outcomes {
                 match o {
                     DrainOutcome::Completed { bytes, elapsed, .. } => {
-                        prop_assert!(*bytes <= max_bytes);
+                        // The body's last frame may cross the budget (the
+                        // body ended: nothing was left to give up on); no
+                        // frame after it.
+                        prop_assert!(*bytes <= max_bytes + 2999);
                         prop_assert!(*elapsed <= max_time);
                     }
                     DrainOutcome::GaveUpBytes { bytes, elapsed } => {
