@@ -86,7 +86,6 @@ struct ReadmeDoctests;
 
 mod body_end;
 mod client;
-#[cfg(feature = "hyper-util")]
 mod conn;
 pub mod drain;
 mod guard;

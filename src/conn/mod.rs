@@ -5,14 +5,44 @@
 //! [`Tracker`], publishes what it learns in the connection's [`Link`], and
 //! the per-host registry and the retry read the `Link`.
 
+#[cfg(feature = "hyper-util")]
 pub(crate) mod http1;
 
+#[cfg(feature = "hyper-util")]
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, PoisonError};
+#[cfg(feature = "hyper-util")]
+use std::sync::Arc;
+use std::sync::{Mutex, PoisonError};
 use std::task::Waker;
 
+#[cfg(feature = "hyper-util")]
 pub(crate) use self::http1::{Event, Phase, Tracker};
 
+/// The task of a connection's IO while it waits on a read, to wake when
+/// something it must act on changed elsewhere.
+#[derive(Debug, Default)]
+pub(crate) struct ReadWaker(Mutex<Option<Waker>>);
+
+impl ReadWaker {
+    /// Remembers `waker` (unless it would wake the same task already).
+    pub(crate) fn park(&self, waker: &Waker) {
+        let mut slot = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        match slot.as_ref() {
+            Some(w) if w.will_wake(waker) => {}
+            _ => *slot = Some(waker.clone()),
+        }
+    }
+
+    /// Wakes the remembered task, if any.
+    pub(crate) fn wake(&self) {
+        let waker = self.0.lock().unwrap_or_else(PoisonError::into_inner).take();
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+}
+
+#[cfg(feature = "hyper-util")]
 /// What one connection shows the rest of the crate: its phase and the
 /// exchanges it completed (published by its IO after every read and
 /// write), the pool key it was dialed for, and the task to wake to make it
@@ -25,9 +55,10 @@ pub(crate) struct Link {
     /// key under which hyper-util pools the connection.
     pool_key: Arc<str>,
     /// The IO's task while it waits on an idle read.
-    waker: Mutex<Option<Waker>>,
+    waker: ReadWaker,
 }
 
+#[cfg(feature = "hyper-util")]
 impl Link {
     /// The link of a new connection dialed for `pool_key`.
     pub(crate) fn new(pool_key: Arc<str>) -> Arc<Self> {
@@ -35,7 +66,7 @@ impl Link {
             phase: AtomicU8::new(Phase::Idle as u8),
             completed: AtomicU64::new(0),
             pool_key,
-            waker: Mutex::new(None),
+            waker: ReadWaker::default(),
         })
     }
 
@@ -74,23 +105,12 @@ impl Link {
 
     /// Remembers the task of the IO's idle read.
     pub(crate) fn park(&self, waker: &Waker) {
-        let mut slot = self.waker.lock().unwrap_or_else(PoisonError::into_inner);
-        match slot.as_ref() {
-            Some(w) if w.will_wake(waker) => {}
-            _ => *slot = Some(waker.clone()),
-        }
+        self.waker.park(waker);
     }
 
     /// Wakes the IO's idle read, if it waits, so that it looks again at
     /// whether to retire the connection.
     pub(crate) fn wake(&self) {
-        let waker = self
-            .waker
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
-        if let Some(waker) = waker {
-            waker.wake();
-        }
+        self.waker.wake();
     }
 }

@@ -63,6 +63,7 @@ struct Grant {
     granted: AtomicBool,
     notify: Notify,
     /// For a connector's dial: the pool key it dials for.
+    #[cfg_attr(not(feature = "hyper-util"), allow(dead_code))]
     pool_key: Option<Arc<str>>,
     /// Dropped from a full queue to make room for a newer dial.
     evicted: AtomicBool,
@@ -367,6 +368,7 @@ pub(crate) struct TimedOut {
     pub(crate) key: HostKey,
     pub(crate) waited: Duration,
     /// Dropped from a full queue, not timed out.
+    #[cfg_attr(not(feature = "hyper-util"), allow(dead_code))]
     pub(crate) evicted: bool,
 }
 

@@ -2,7 +2,7 @@
 //! wrapper, the metrics layer and the drain.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::task::Waker;
 use std::time::Duration;
 
@@ -10,6 +10,7 @@ use http::HeaderMap;
 
 use super::hosts::HostCounters;
 use super::{CloseReason, Metrics};
+use crate::conn::ReadWaker;
 use crate::drain::DrainOutcome;
 use crate::key::HostKey;
 
@@ -156,7 +157,7 @@ pub(crate) struct ConnState {
     http2: AtomicBool,
     /// The IO's task, to wake when the connection goes idle with a
     /// `Keep-Alive` limit pending.
-    idle_waker: Mutex<Option<Waker>>,
+    idle_waker: ReadWaker,
 }
 
 /// A handle to a tracked connection; hyper-util copies it into the
@@ -193,7 +194,7 @@ impl ConnState {
             ka_last: AtomicU64::new(NO_LIMIT),
             retired: AtomicBool::new(false),
             http2: AtomicBool::new(false),
-            idle_waker: Mutex::new(None),
+            idle_waker: ReadWaker::default(),
         })
     }
 
@@ -279,14 +280,7 @@ impl ConnState {
         if !self.honor_keep_alive {
             return;
         }
-        let mut slot = self
-            .idle_waker
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        match slot.as_ref() {
-            Some(w) if w.will_wake(waker) => {}
-            _ => *slot = Some(waker.clone()),
-        }
+        self.idle_waker.park(waker);
     }
 
     /// The IO ends the connection on a `Keep-Alive` limit.
@@ -395,14 +389,7 @@ impl ConnState {
             if self.ka_rule.load(Relaxed) {
                 // The IO checks the limit, and arms its timer, on its next
                 // read.
-                let waker = self
-                    .idle_waker
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .take();
-                if let Some(waker) = waker {
-                    waker.wake();
-                }
+                self.idle_waker.wake();
             }
         }
         self.settle();

@@ -113,6 +113,7 @@ impl Inner {
     }
 
     /// The instant of a timestamp from [`Inner::now`].
+    #[cfg_attr(not(feature = "hyper-util"), allow(dead_code))]
     pub(crate) fn instant(&self, at: u64) -> Instant {
         // At most 584 years after the epoch; where even that overflows the
         // platform's clock, the latest instant it holds is a day away.
