@@ -73,3 +73,26 @@ async fn publish_sets_counters_and_gauges() {
     );
     assert!(matches!(get("poolguard_in_flight[]"), DebugValue::Gauge(g) if g.into_inner() == 0.0));
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_exporter_ends_when_its_producers_are_gone() {
+    let metrics = Metrics::new();
+    let exporter = tokio::spawn(metrics.exporter(std::time::Duration::from_secs(1), false));
+    tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+    assert!(!exporter.is_finished(), "runs while the metrics live");
+    drop(metrics);
+    tokio::time::timeout(std::time::Duration::from_secs(2), exporter)
+        .await
+        .expect("ends within one tick of the last producer going")
+        .expect("task");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_exporter_interval_past_the_end_of_time_does_not_panic() {
+    let metrics = Metrics::new();
+    let exporter = tokio::spawn(metrics.exporter(std::time::Duration::MAX, false));
+    tokio::time::sleep(std::time::Duration::from_secs(86_400)).await;
+    assert!(!exporter.is_finished());
+    exporter.abort();
+    assert!(exporter.await.unwrap_err().is_cancelled(), "no panic");
+}
