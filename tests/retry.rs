@@ -252,6 +252,86 @@ async fn keep_alive_max_retires_connections_after_their_last_request() {
     );
 }
 
+/// A bare hyper-util client on a `GuardedConnector` without metrics: no
+/// other layer sees the responses.
+fn bare_connector_client() -> Client<GuardedConnector<HttpConnector>, Full<Bytes>> {
+    Client::builder(TokioExecutor::new()).build(GuardedConnector::new(HttpConnector::new(), 10))
+}
+
+async fn get_bare(
+    client: &Client<GuardedConnector<HttpConnector>, Full<Bytes>>,
+    uri: http::Uri,
+) -> Result<(), BoxError> {
+    let response = client.get(uri).await?;
+    response.into_body().collect().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_alive_timeout_is_honoured_without_any_metrics_layer() {
+    let server = support::serve_raw(|| {
+        (
+            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nkeep-alive: timeout=1\r\n\r\nok".to_vec(),
+            After::IdleTimeout(Duration::from_secs(1)),
+        )
+    })
+    .await;
+    let client = bare_connector_client();
+    let mut tasks = tokio::task::JoinSet::new();
+    for t in 0..3 {
+        let (client, uri) = (client.clone(), server.uri("/"));
+        tasks.spawn(async move {
+            for i in 0..KA_PAUSES_MS.len() {
+                get_bare(&client, uri.clone()).await?;
+                let pause = KA_PAUSES_MS[(i + t) % KA_PAUSES_MS.len()];
+                tokio::time::sleep(Duration::from_millis(pause)).await;
+            }
+            Ok::<_, BoxError>(())
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.expect("task").expect("no request fails");
+    }
+    let idle_closed = server.stats.idle_closed.load(SeqCst);
+    let client_closed = server.stats.closed_by_peer.load(SeqCst);
+    eprintln!(
+        "Keep-Alive timeout=1, bare connector: {} accepts, {client_closed} closed by the client, \
+         {idle_closed} by the server's idle timeout",
+        server.stats.accepted()
+    );
+    assert_eq!(
+        idle_closed, 0,
+        "the client closed every idle connection first"
+    );
+    assert!(
+        client_closed >= 3,
+        "the pauses over 750 ms retire connections"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_alive_max_is_honoured_without_any_metrics_layer() {
+    let over = Arc::new(AtomicUsize::new(0));
+    let o = over.clone();
+    let server = support::serve_raw_with(move |head: &Head| {
+        if head.nth > 3 {
+            o.fetch_add(1, SeqCst);
+        }
+        let left = 3usize.saturating_sub(head.nth);
+        let response = format!(
+            "HTTP/1.1 200 OK\r\ncontent-length: 2\r\nkeep-alive: timeout=5, max={left}\r\n\r\nok"
+        );
+        (response.into_bytes(), After::KeepAlive)
+    })
+    .await;
+    let client = bare_connector_client();
+    for _ in 0..9 {
+        get_bare(&client, server.uri("/")).await.expect("request");
+    }
+    assert_eq!(over.load(SeqCst), 0, "no request past the server's max");
+    assert!(server.stats.accepted() >= 3);
+}
+
 /// What a request id was seen doing at the server.
 type Seen = Arc<Mutex<HashMap<String, usize>>>;
 

@@ -15,11 +15,12 @@ use hyper::rt::{Read, ReadBufCursor, Write};
 use hyper_util::client::legacy::connect::{Connected, Connection};
 use tower_service::Service;
 
+use crate::conn::keep_alive::Limits;
 use crate::conn::{Event, Link, Phase, Tracker};
 use crate::key::HostKey;
 use crate::limit::registry::{Acquire, Bounds, Registry, Slot, TimedOut};
 use crate::limit::{QueueFull, QueueTimeout};
-use crate::metrics::conn::{ConnHandle, ConnState, Retire};
+use crate::metrics::conn::{ConnHandle, ConnState};
 use crate::metrics::Metrics;
 use crate::BoxError;
 
@@ -208,13 +209,13 @@ impl<C> GuardedConnector<C> {
     }
 
     /// Whether to honour `Keep-Alive: timeout=N, max=M` response headers
-    /// (default: yes): a tracked connection is closed before it has been
+    /// (default: yes): an HTTP/1 connection is closed before it has been
     /// idle for the advertised timeout (less a margin of a quarter of it,
     /// at most 1 s), and after the last request the server said it would
     /// take, so that the pool never hands out a connection the server is
-    /// about to close. Needs [`metrics`](GuardedConnector::metrics) and a
-    /// [`ReuseMetricsLayer`](crate::ReuseMetricsLayer) on the client, which
-    /// see the responses. Retired connections count as
+    /// about to close. The connection reads the header off the responses
+    /// that cross it: no other layer is needed. With
+    /// [`metrics`](GuardedConnector::metrics), retired connections count as
     /// [`CloseReason::Retired`](crate::CloseReason::Retired).
     pub fn honor_keep_alive(mut self, yes: bool) -> Self {
         self.honor_keep_alive = yes;
@@ -280,13 +281,18 @@ where
             let connect = self.inner.call(dst);
             return ConnectFuture::new(async move {
                 let io = connect.await.map_err(Into::into)?;
-                Ok(GuardedIo::new(io, None, Link::new(Arc::from("")), None))
+                Ok(GuardedIo::new(
+                    io,
+                    None,
+                    Link::new(Arc::from("")),
+                    Track::NONE,
+                ))
             });
         };
-        let track = self
-            .metrics
-            .clone()
-            .map(|m| Track(m, key.clone(), self.honor_keep_alive));
+        let track = Track {
+            metrics: self.metrics.clone().map(|m| (m, key.clone())),
+            honor_keep_alive: self.honor_keep_alive,
+        };
         let link = Link::new(pool_key(&dst));
         match self
             .registry
@@ -379,9 +385,19 @@ impl<T> fmt::Debug for ConnectFuture<T> {
     }
 }
 
-/// How a new connection is to be tracked: its metrics, its host, and
-/// whether `Keep-Alive` headers are honoured.
-struct Track(Metrics, HostKey, bool);
+/// How a new connection is to be tracked: the metrics it reports to (with
+/// its host), and whether `Keep-Alive` headers are honoured.
+struct Track {
+    metrics: Option<(Metrics, HostKey)>,
+    honor_keep_alive: bool,
+}
+
+impl Track {
+    const NONE: Track = Track {
+        metrics: None,
+        honor_keep_alive: false,
+    };
+}
 
 /// A connection made by [`GuardedConnector`]: holds its host's connection
 /// slot until hyper drops it (or it is upgraded), follows the HTTP/1
@@ -403,13 +419,20 @@ struct IoGuard {
     link: Arc<Link>,
     tracker: Tracker,
     conn: Option<Arc<ConnState>>,
+    honor_keep_alive: bool,
+    /// The server's `Keep-Alive` limits, as its last header said.
+    limits: Limits,
+    /// When the connection last became idle.
+    idle_since: Option<tokio::time::Instant>,
     /// When the `Keep-Alive` timeout retires the idle connection.
     retire_at: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl<T> GuardedIo<T> {
-    fn new(io: T, mut slot: Option<Slot>, link: Arc<Link>, track: Option<Track>) -> Self {
-        let conn = track.map(|Track(metrics, key, ka)| ConnState::open(&metrics, key, ka));
+    fn new(io: T, mut slot: Option<Slot>, link: Arc<Link>, track: Track) -> Self {
+        let conn = track
+            .metrics
+            .map(|(metrics, key)| ConnState::open(&metrics, key));
         if let Some(slot) = slot.as_mut() {
             slot.attach(link.clone());
         }
@@ -420,6 +443,9 @@ impl<T> GuardedIo<T> {
                 link,
                 tracker: Tracker::new(),
                 conn,
+                honor_keep_alive: track.honor_keep_alive,
+                limits: Limits::default(),
+                idle_since: None,
                 retire_at: None,
             },
         }
@@ -499,6 +525,12 @@ impl IoGuard {
     fn on_event(&mut self, event: Event) {
         // Every step is published: the phase moves on events and between.
         self.link.publish(&self.tracker);
+        if event == Event::Completed && self.honor_keep_alive {
+            if let Some(ka) = self.tracker.keep_alive() {
+                self.limits = self.limits.update(self.tracker.completed(), ka);
+            }
+            self.idle_since = Some(tokio::time::Instant::now());
+        }
         if event == Event::Upgraded && self.slot.take().is_some() {
             // The connection left the pool for good.
             tracing::debug!(pool = %self.link.pool_key(), "connection upgraded; its slot is free");
@@ -511,51 +543,62 @@ impl IoGuard {
         self.tracker.phase() == Phase::Idle && self.slot.as_mut().is_some_and(Slot::should_retire)
     }
 
-    /// Whether a `Keep-Alive` limit ends the connection now. Registers the
-    /// task to be woken at the limit (or when the connection goes idle).
-    fn poll_retire(&mut self, cx: &mut Context<'_>) -> bool {
-        let Some(conn) = &self.conn else {
+    /// Whether a `Keep-Alive` limit ends the idle connection now: the
+    /// server said how many requests it takes, or how long it keeps an idle
+    /// connection (less a margin). Arms a timer for the idle limit, which
+    /// wakes the IO's idle read.
+    fn keep_alive_ends(&mut self, cx: &mut Context<'_>) -> bool {
+        if !self.honor_keep_alive || !self.limits.any() {
+            return false;
+        }
+        if self
+            .limits
+            .last
+            .is_some_and(|last| self.tracker.completed() >= last)
+        {
+            return true;
+        }
+        let deadline = match (self.limits.idle, self.idle_since) {
+            (Some(idle), Some(since)) => since.checked_add(idle),
+            _ => None,
+        };
+        // `None`: no idle limit, or one past the end of time.
+        let Some(deadline) = deadline else {
             return false;
         };
-        let mut registered = false;
-        loop {
-            match conn.retire_check() {
-                Retire::Keep => {
-                    self.retire_at = None;
-                    return false;
-                }
-                Retire::Now => {
-                    self.retire_at = None;
-                    conn.retire();
-                    return true;
-                }
-                Retire::At(at) => {
-                    let deadline = conn.metrics().inner.instant(at);
-                    match &mut self.retire_at {
-                        Some(sleep) if sleep.deadline() == deadline => {}
-                        Some(sleep) => sleep.as_mut().reset(deadline),
-                        None => self.retire_at = crate::timer::sleep_until(deadline).map(Box::pin),
-                    }
-                    // Without a timer the limit is checked on the next read.
-                    let fired = self
-                        .retire_at
-                        .as_mut()
-                        .is_some_and(|sleep| sleep.as_mut().poll(cx).is_ready());
-                    if fired {
-                        self.retire_at = None;
-                        conn.retire();
-                    }
-                    return fired;
-                }
-                // Register, then look again: the connection may have gone
-                // idle in between.
-                Retire::Later if !registered => {
-                    conn.park_reader(cx.waker());
-                    registered = true;
-                }
-                Retire::Later => return false,
-            }
+        match &mut self.retire_at {
+            Some(sleep) if sleep.deadline() == deadline => {}
+            Some(sleep) => sleep.as_mut().reset(deadline),
+            None => self.retire_at = crate::timer::sleep_until(deadline).map(Box::pin),
         }
+        match self.retire_at.as_mut() {
+            Some(sleep) => sleep.as_mut().poll(cx).is_ready(),
+            // Without a timer the limit is checked on each read.
+            None => tokio::time::Instant::now() >= deadline,
+        }
+    }
+
+    /// Whether the connection is to end now, before hyper reads on: it is
+    /// idle and a `Keep-Alive` limit, or a dial waiting for another pool
+    /// key, says so.
+    fn poll_retire(&mut self, cx: &mut Context<'_>) -> bool {
+        if self.tracker.phase() != Phase::Idle {
+            self.retire_at = None;
+            return false;
+        }
+        if self.keep_alive_ends(cx) {
+            self.retire_at = None;
+            tracing::debug!(pool = %self.link.pool_key(), "idle connection retired (Keep-Alive)");
+            if let Some(conn) = &self.conn {
+                conn.retire();
+            }
+            return true;
+        }
+        if self.retire_for_dial() {
+            tracing::debug!(pool = %self.link.pool_key(), "idle connection retired for a waiting dial");
+            return true;
+        }
+        false
     }
 }
 
@@ -592,18 +635,9 @@ impl<T: Read + Unpin> Read for GuardedIo<T> {
         mut buf: ReadBufCursor<'_>,
     ) -> Poll<io::Result<()>> {
         let GuardedIo { io, guard } = &mut *self;
-        if guard
-            .conn
-            .as_ref()
-            .is_some_and(|c| c.has_keep_alive_limit())
-            && guard.poll_retire(cx)
-        {
+        if guard.poll_retire(cx) {
             // An end of file: hyper closes the idle connection as if the
             // server had, but before the server would.
-            return Poll::Ready(Ok(()));
-        }
-        if guard.retire_for_dial() {
-            tracing::debug!(pool = %guard.link.pool_key(), "idle connection retired for a waiting dial");
             return Poll::Ready(Ok(()));
         }
         // What a read filled must be seen (the framing of each exchange is
@@ -654,13 +688,11 @@ impl<T: Read + Unpin> Read for GuardedIo<T> {
             Poll::Pending => {
                 if guard.tracker.phase() == Phase::Idle {
                     guard.link.park(cx.waker());
-                    // A dial may have started waiting since the check above.
-                    if guard.retire_for_dial() {
+                    // The exchange may have completed in this very read, or
+                    // a dial started waiting since the check above.
+                    if guard.poll_retire(cx) {
                         return Poll::Ready(Ok(()));
                     }
-                }
-                if let Some(conn) = &guard.conn {
-                    conn.park_reader(cx.waker());
                 }
                 Poll::Pending
             }

@@ -15,6 +15,8 @@
 //! never retries on it.
 
 /// The HTTP/2 client connection preface (RFC 9113 §3.4).
+use super::keep_alive::KeepAlive;
+
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// The most bytes of one message head the tracker buffers (hyper's own
@@ -145,6 +147,8 @@ pub(crate) struct Tracker {
     /// Bytes of a head not yet complete.
     buf: Vec<u8>,
     completed: u64,
+    /// The `Keep-Alive` header of the last final response.
+    keep_alive: Option<KeepAlive>,
 }
 
 impl Default for Tracker {
@@ -164,7 +168,13 @@ impl Tracker {
             connect_request: false,
             buf: Vec::new(),
             completed: 0,
+            keep_alive: None,
         }
+    }
+
+    /// The `Keep-Alive` header of the last final response, if it had one.
+    pub(crate) fn keep_alive(&self) -> Option<KeepAlive> {
+        self.keep_alive
     }
 
     /// What the connection is doing now.
@@ -342,6 +352,7 @@ impl Tracker {
             self.response = Side::Before;
             return used;
         }
+        self.keep_alive = head.keep_alive;
         if self.head_request || status == 204 || status == 304 {
             self.response = Side::Done;
             return used;
@@ -377,6 +388,8 @@ struct Head {
     framing: Option<Framing>,
     /// Conflicting or malformed framing headers.
     invalid_framing: bool,
+    /// A response's `Keep-Alive` header.
+    keep_alive: Option<KeepAlive>,
 }
 
 enum Step {
@@ -447,6 +460,12 @@ fn parse_response(bytes: &[u8]) -> Parsed {
         Ok(httparse::Status::Complete(n)) => {
             let mut head = framing_of(res.headers);
             head.status = res.code.unwrap_or(0);
+            head.keep_alive = KeepAlive::parse(
+                res.headers
+                    .iter()
+                    .filter(|h| h.name.eq_ignore_ascii_case("keep-alive"))
+                    .map(|h| h.value),
+            );
             Parsed::Complete(n, head)
         }
         Ok(httparse::Status::Partial) => Parsed::Partial,
@@ -461,6 +480,7 @@ fn framing_of(headers: &[httparse::Header<'_>]) -> Head {
         status: 0,
         framing: None,
         invalid_framing: false,
+        keep_alive: None,
     };
     let mut length: Option<u64> = None;
     let mut encoded = false;
@@ -638,6 +658,23 @@ mod tests {
         assert_eq!(t.wrote(GET), Event::Started);
         assert_eq!(t.phase(), Phase::Awaiting);
         assert_eq!(t.completed(), 1);
+    }
+
+    #[test]
+    fn the_last_final_response_says_keep_alive() {
+        let mut t = Tracker::new();
+        t.wrote(GET);
+        t.read(b"HTTP/1.1 100 Continue\r\nkeep-alive: timeout=9\r\n\r\n");
+        assert_eq!(t.keep_alive(), None, "an interim response's header");
+        t.read(b"HTTP/1.1 200 OK\r\nKeep-Alive: timeout=5, max=3\r\ncontent-length: 0\r\n\r\n");
+        let ka = t.keep_alive().unwrap();
+        assert_eq!(
+            (ka.timeout, ka.max),
+            (Some(std::time::Duration::from_secs(5)), Some(3))
+        );
+        t.wrote(GET);
+        t.read(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n");
+        assert_eq!(t.keep_alive(), None);
     }
 
     #[test]

@@ -7,6 +7,7 @@
 
 #[cfg(feature = "hyper-util")]
 pub(crate) mod http1;
+pub(crate) mod keep_alive;
 
 #[cfg(feature = "hyper-util")]
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering::Relaxed};

@@ -3,14 +3,10 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering::Relaxed};
 use std::sync::Arc;
-use std::task::Waker;
 use std::time::Duration;
-
-use http::HeaderMap;
 
 use super::hosts::HostCounters;
 use super::{CloseReason, Metrics};
-use crate::conn::ReadWaker;
 use crate::drain::DrainOutcome;
 use crate::key::HostKey;
 
@@ -48,64 +44,6 @@ const IO_ERROR: u8 = 2;
 /// No reason pending (no request has sequence number 0).
 const NO_PENDING: u64 = 0;
 
-/// No `Keep-Alive` limit of this kind was advertised.
-const NO_LIMIT: u64 = u64::MAX;
-
-/// What a `Keep-Alive` response header advertises: how long the server
-/// keeps an idle connection, and how many more requests it takes on it.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub(crate) struct KeepAlive {
-    pub(crate) timeout: Option<Duration>,
-    pub(crate) max: Option<u64>,
-}
-
-impl KeepAlive {
-    /// Reads `Keep-Alive: timeout=N, max=M` (RFC 2068, as Apache and
-    /// nginx send it). Unknown or malformed parameters are ignored.
-    pub(crate) fn parse(headers: &HeaderMap) -> Option<KeepAlive> {
-        let mut ka = KeepAlive::default();
-        static KEEP_ALIVE: http::HeaderName = http::HeaderName::from_static("keep-alive");
-        for value in headers.get_all(&KEEP_ALIVE) {
-            let Ok(value) = value.to_str() else { continue };
-            for param in value.split(',') {
-                let Some((name, n)) = param.split_once('=') else {
-                    continue;
-                };
-                let Ok(n) = n.trim().trim_matches('"').parse::<u64>() else {
-                    continue;
-                };
-                let name = name.trim();
-                if name.eq_ignore_ascii_case("timeout") {
-                    ka.timeout = Some(Duration::from_secs(n));
-                } else if name.eq_ignore_ascii_case("max") {
-                    ka.max = Some(n);
-                }
-            }
-        }
-        (ka != KeepAlive::default()).then_some(ka)
-    }
-
-    /// How long a connection may sit idle before poolguard retires it: the
-    /// advertised timeout less a margin of a quarter of it, at most 1 s,
-    /// for the next request to reach the server before its timer fires.
-    pub(crate) fn retire_after(timeout: Duration) -> Duration {
-        timeout - (timeout / 4).min(Duration::from_secs(1))
-    }
-}
-
-/// What the IO should do about a `Keep-Alive` limit now.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Retire {
-    /// No limit applies: read on.
-    Keep,
-    /// The connection is idle and past its limit: end it.
-    Now,
-    /// Idle, to be retired at this time (`Metrics` clock).
-    At(u64),
-    /// A request or response is under way; check again when it is idle.
-    Later,
-}
-
 fn tag(seq: u64, reason: CloseReason) -> u64 {
     (seq << 8) | reason.index() as u64
 }
@@ -142,22 +80,11 @@ pub(crate) struct ConnState {
     closed: AtomicBool,
     /// The close was counted.
     counted: AtomicBool,
-    /// Honour `Keep-Alive` response headers (set by the connector).
-    honor_keep_alive: bool,
-    /// A `Keep-Alive` limit was advertised: the IO checks the two below.
-    ka_rule: AtomicBool,
-    /// Retire after this long idle (nanoseconds; `NO_LIMIT` for none).
-    ka_idle: AtomicU64,
-    /// Retire once this many responses were seen (`NO_LIMIT` for none).
-    ka_last: AtomicU64,
     /// poolguard ended the connection itself, before the server would.
     retired: AtomicBool,
     /// A response on it was HTTP/2: the counters above describe no single
     /// request.
     http2: AtomicBool,
-    /// The IO's task, to wake when the connection goes idle with a
-    /// `Keep-Alive` limit pending.
-    idle_waker: ReadWaker,
 }
 
 /// A handle to a tracked connection; hyper-util copies it into the
@@ -166,7 +93,7 @@ pub(crate) struct ConnState {
 pub(crate) struct ConnHandle(pub(crate) Arc<ConnState>);
 
 impl ConnState {
-    pub(crate) fn open(metrics: &Metrics, host: HostKey, honor_keep_alive: bool) -> Arc<Self> {
+    pub(crate) fn open(metrics: &Metrics, host: HostKey) -> Arc<Self> {
         let inner = &metrics.inner;
         let counters = inner.hosts.counters(&host);
         inner.connections_opened.fetch_add(1, Relaxed);
@@ -188,13 +115,8 @@ impl ConnState {
             close_said: AtomicBool::new(false),
             closed: AtomicBool::new(false),
             counted: AtomicBool::new(false),
-            honor_keep_alive,
-            ka_rule: AtomicBool::new(false),
-            ka_idle: AtomicU64::new(NO_LIMIT),
-            ka_last: AtomicU64::new(NO_LIMIT),
             retired: AtomicBool::new(false),
             http2: AtomicBool::new(false),
-            idle_waker: ReadWaker::default(),
         })
     }
 
@@ -218,81 +140,11 @@ impl ConnState {
         }
     }
 
-    /// Whether `Keep-Alive` headers are honoured on this connection.
-    pub(crate) fn honors_keep_alive(&self) -> bool {
-        self.honor_keep_alive
-    }
-
-    /// A response said `Keep-Alive: ..` after `served` responses on the
-    /// connection (this one included).
-    pub(crate) fn on_keep_alive(&self, served: u64, ka: KeepAlive) {
-        if !self.honor_keep_alive {
-            return;
-        }
-        if let Some(timeout) = ka.timeout {
-            let after = super::handle::nanos(KeepAlive::retire_after(timeout));
-            self.ka_idle.store(after, Relaxed);
-        }
-        if let Some(max) = ka.max {
-            // `max` more requests are allowed after this one (Apache counts
-            // down to 1 and then says `Connection: close`).
-            self.ka_last.store(served.saturating_add(max), Relaxed);
-        }
-        self.ka_rule.store(true, Relaxed);
-    }
-
-    /// Whether a `Keep-Alive` limit may retire the connection: one load,
-    /// on every read.
-    #[inline]
-    pub(crate) fn has_keep_alive_limit(&self) -> bool {
-        self.ka_rule.load(Relaxed)
-    }
-
-    /// What the `Keep-Alive` limit says now.
-    pub(crate) fn retire_check(&self) -> Retire {
-        if !self.ka_rule.load(Relaxed) || self.retired.load(Relaxed) {
-            return Retire::Keep;
-        }
-        if self.phase.load(Relaxed) != PHASE_IDLE {
-            return Retire::Later;
-        }
-        if self.requests.load(Relaxed) >= self.ka_last.load(Relaxed) {
-            return Retire::Now;
-        }
-        let idle = self.ka_idle.load(Relaxed);
-        let since = self.idle_since.load(Relaxed);
-        if idle == NO_LIMIT || since == 0 {
-            return Retire::Keep;
-        }
-        let at = since.saturating_add(idle);
-        if self.metrics.inner.now() >= at {
-            Retire::Now
-        } else {
-            Retire::At(at)
-        }
-    }
-
-    /// The IO's read is pending: remember its task, to wake it when the
-    /// connection goes idle with a `Keep-Alive` limit (hyper reads an idle
-    /// connection once and waits; the limit may be learnt after that read).
-    /// Nothing to do when `Keep-Alive` is not honoured.
-    pub(crate) fn park_reader(&self, waker: &Waker) {
-        if !self.honor_keep_alive {
-            return;
-        }
-        self.idle_waker.park(waker);
-    }
-
     /// The IO ends the connection on a `Keep-Alive` limit.
     pub(crate) fn retire(&self) {
         if !self.retired.swap(true, Relaxed) {
             tracing::debug!(connection = self.id, host = %self.host, "connection retired (Keep-Alive)");
         }
-    }
-
-    /// The `Metrics` this connection reports to.
-    pub(crate) fn metrics(&self) -> &Metrics {
-        &self.metrics
     }
 
     /// A response on the connection was HTTP/2.
@@ -386,11 +238,6 @@ impl ConnState {
                 .is_ok()
         {
             self.idle_since.store(self.metrics.inner.now(), Relaxed);
-            if self.ka_rule.load(Relaxed) {
-                // The IO checks the limit, and arms its timer, on its next
-                // read.
-                self.idle_waker.wake();
-            }
         }
         self.settle();
     }

@@ -112,17 +112,6 @@ impl Inner {
         nanos(self.epoch.elapsed()).max(1)
     }
 
-    /// The instant of a timestamp from [`Inner::now`].
-    #[cfg_attr(not(feature = "hyper-util"), allow(dead_code))]
-    pub(crate) fn instant(&self, at: u64) -> Instant {
-        // At most 584 years after the epoch; where even that overflows the
-        // platform's clock, the latest instant it holds is a day away.
-        self.epoch
-            .checked_add(Duration::from_nanos(at))
-            .or_else(|| Instant::now().checked_add(Duration::from_secs(86_400)))
-            .unwrap_or_else(Instant::now)
-    }
-
     /// A retry got a response (`ok`) or failed.
     pub(crate) fn retry_ended(&self, ok: bool) {
         let counter = if ok {

@@ -10,7 +10,7 @@ use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use super::conn::{ConnHandle, ConnInfo, KeepAlive};
+use super::conn::{ConnHandle, ConnInfo};
 use super::Metrics;
 use crate::body_end::Polled;
 use crate::limit::QueueWait;
@@ -202,10 +202,6 @@ where
                 .on_response(*this.started, close, queue_wait, retries);
             if response.version() == http::Version::HTTP_2 {
                 conn.0.on_http2();
-            } else if conn.0.honors_keep_alive() {
-                if let Some(ka) = KeepAlive::parse(response.headers()) {
-                    conn.0.on_keep_alive(info.requests, ka);
-                }
             }
             response.extensions_mut().insert(info);
             let seq = conn.0.response_seq(info.requests);

@@ -94,31 +94,3 @@ async fn queue_figures_come_from_the_limit() {
     assert_eq!(snap.queued, 0);
     assert_eq!(snap.errors, 2);
 }
-
-#[test]
-fn keep_alive_headers() {
-    use super::conn::KeepAlive;
-    let parse = |v: &str| {
-        let mut h = http::HeaderMap::new();
-        h.insert("keep-alive", v.parse().unwrap());
-        KeepAlive::parse(&h)
-    };
-    let ka = parse("timeout=5, max=100").unwrap();
-    assert_eq!(ka.timeout, Some(Duration::from_secs(5)));
-    assert_eq!(ka.max, Some(100));
-    let ka = parse(" Timeout = \"2\" ").unwrap();
-    assert_eq!((ka.timeout, ka.max), (Some(Duration::from_secs(2)), None));
-    assert_eq!(parse("max=0").unwrap().max, Some(0));
-    assert!(parse("timeout=soon, foo").is_none(), "nothing readable");
-    assert!(KeepAlive::parse(&http::HeaderMap::new()).is_none());
-
-    assert_eq!(
-        KeepAlive::retire_after(Duration::from_secs(1)),
-        Duration::from_millis(750)
-    );
-    assert_eq!(
-        KeepAlive::retire_after(Duration::from_secs(60)),
-        Duration::from_secs(59)
-    );
-    assert_eq!(KeepAlive::retire_after(Duration::ZERO), Duration::ZERO);
-}
