@@ -20,7 +20,7 @@ use hyper_util::rt::TokioExecutor;
 use poolguard::retry::Retried;
 use poolguard::{BoxError, CloseReason, ConnInfo, Guarded, GuardedConnector, PoolGuard};
 use support::{After, Head, Server};
-use tower::ServiceExt;
+use tower::{Layer, ServiceExt};
 
 type Body = Full<Bytes>;
 type Stack = Guarded<Client<GuardedConnector<HttpConnector>, Body>>;
@@ -330,6 +330,48 @@ async fn keep_alive_max_is_honoured_without_any_metrics_layer() {
     }
     assert_eq!(over.load(SeqCst), 0, "no request past the server's max");
     assert!(server.stats.accepted() >= 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reqwest_retry_needs_no_metrics_layer() {
+    let (server, seen) = misbehaving().await;
+    let count = |id: &str| seen.lock().unwrap().get(id).copied().unwrap_or(0);
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(1)
+        .build()
+        .expect("client");
+    // reqwest behind the retry layer alone: no metrics, no other layer.
+    let send = tower::service_fn(move |req: Request<reqwest::Body>| {
+        let client = client.clone();
+        async move {
+            let response = client.execute(reqwest::Request::try_from(req)?).await?;
+            Ok::<_, BoxError>(http::Response::from(response))
+        }
+    });
+    let svc = poolguard::RetryStaleLayer::new().layer(send);
+    let get = |path: &str, id: &str| {
+        Request::get(server.uri(path))
+            .header("x-id", id)
+            .body(reqwest::Body::from(""))
+            .expect("request")
+    };
+    // A first request opens the connection; the second meets it closed.
+    let warm = svc
+        .clone()
+        .oneshot(get("/slow", "warm"))
+        .await
+        .expect("warm-up");
+    warm.into_body().collect().await.expect("body");
+    let response = svc
+        .clone()
+        .oneshot(get("/close-reused", "get-1"))
+        .await
+        .expect("GET retried");
+    assert_eq!(count("get-1"), 2);
+    assert_eq!(
+        response.extensions().get::<Retried>().map(|r| r.retries),
+        Some(1)
+    );
 }
 
 /// What a request id was seen doing at the server.

@@ -6,14 +6,17 @@
 //! the per-host registry and the retry read the `Link`.
 
 #[cfg(feature = "hyper-util")]
+pub(crate) mod addrs;
+#[cfg(feature = "hyper-util")]
 pub(crate) mod http1;
+#[cfg(feature = "hyper-util")]
 pub(crate) mod keep_alive;
 
 #[cfg(feature = "hyper-util")]
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering::Relaxed};
 #[cfg(feature = "hyper-util")]
-use std::sync::Arc;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
+#[cfg(feature = "hyper-util")]
 use std::task::Waker;
 
 #[cfg(feature = "hyper-util")]
@@ -21,9 +24,11 @@ pub(crate) use self::http1::{Event, Phase, Tracker};
 
 /// The task of a connection's IO while it waits on a read, to wake when
 /// something it must act on changed elsewhere.
+#[cfg(feature = "hyper-util")]
 #[derive(Debug, Default)]
 pub(crate) struct ReadWaker(Mutex<Option<Waker>>);
 
+#[cfg(feature = "hyper-util")]
 impl ReadWaker {
     /// Remembers `waker` (unless it would wake the same task already).
     pub(crate) fn park(&self, waker: &Waker) {

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use tower_layer::Layer;
 
-use super::registry::{Bounds, Registry};
+use super::registry::{Bounds, QueueObserver, Registry};
 use super::service::PerHostLimit;
 use crate::metrics::Metrics;
 
@@ -44,7 +44,11 @@ impl PerHostLimitLayer {
         Self::build(bounds, queue_timeout, None)
     }
 
-    fn build(bounds: Bounds, queue_timeout: Option<Duration>, observer: Option<Metrics>) -> Self {
+    fn build(
+        bounds: Bounds,
+        queue_timeout: Option<Duration>,
+        observer: Option<Arc<dyn QueueObserver>>,
+    ) -> Self {
         PerHostLimitLayer {
             registry: Arc::new(Registry::new(bounds, observer)),
             queue_timeout,
@@ -59,7 +63,11 @@ impl PerHostLimitLayer {
     /// Reports queue figures (waited, wait time, queue full, timeouts,
     /// cancellations, the queued gauge) to `metrics`.
     pub fn metrics(self, metrics: Metrics) -> Self {
-        Self::build(self.registry.bounds(), self.queue_timeout, Some(metrics))
+        Self::build(
+            self.registry.bounds(),
+            self.queue_timeout,
+            Some(Arc::new(metrics)),
+        )
     }
 
     /// The most requests waiting for each host; one more fails at once with

@@ -19,7 +19,18 @@ use tokio::time::Instant;
 #[cfg(feature = "hyper-util")]
 use crate::conn::{Link, Phase};
 use crate::key::{BuildKeyHasher, HostKey};
-use crate::metrics::Metrics;
+
+/// Told of what happens in the per-host queues. [`Metrics`](crate::Metrics)
+/// counts it; the limit knows nothing of what its observer does.
+pub(crate) trait QueueObserver: std::fmt::Debug + Send + Sync + 'static {
+    /// A request was refused: its host's queue was full.
+    fn queue_full(&self);
+    /// A request started waiting.
+    fn queue_entered(&self);
+    /// A request stopped waiting: it got a slot after `waited`, or (`None`)
+    /// it timed out (`timed_out`) or was cancelled.
+    fn queue_left(&self, waited: Option<Duration>, timed_out: bool);
+}
 
 /// The bounds of one registry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -35,7 +46,7 @@ pub(crate) struct Bounds {
 pub(crate) struct Registry {
     bounds: Bounds,
     /// Told of queue events, if set.
-    observer: Option<Metrics>,
+    observer: Option<Arc<dyn QueueObserver>>,
     state: Mutex<State>,
     in_flight: AtomicUsize,
     queued: AtomicUsize,
@@ -80,7 +91,7 @@ pub(crate) enum Acquire {
 }
 
 impl Registry {
-    pub(crate) fn new(bounds: Bounds, observer: Option<Metrics>) -> Self {
+    pub(crate) fn new(bounds: Bounds, observer: Option<Arc<dyn QueueObserver>>) -> Self {
         Registry {
             bounds: Bounds {
                 max_per_host: bounds.max_per_host.max(1),
@@ -97,7 +108,7 @@ impl Registry {
         self.bounds
     }
 
-    pub(crate) fn observer(&self) -> Option<&Metrics> {
+    pub(crate) fn observer(&self) -> Option<&Arc<dyn QueueObserver>> {
         self.observer.as_ref()
     }
 
@@ -148,13 +159,13 @@ impl Registry {
                 oldest.notify.notify_one();
             }
             if let Some(m) = &self.observer {
-                m.inner.queue_full.fetch_add(1, Ordering::Relaxed);
+                m.queue_full();
             }
         }
         if host.waiters.len() >= self.bounds.max_queued {
             drop(state);
             if let Some(m) = &self.observer {
-                m.inner.queue_full.fetch_add(1, Ordering::Relaxed);
+                m.queue_full();
             }
             return Acquire::Full(key);
         }
@@ -182,7 +193,7 @@ impl Registry {
             link.wake();
         }
         if let Some(m) = &self.observer {
-            m.inner.queue_entered();
+            m.queue_entered();
         }
         Acquire::Queued(Waiter {
             grant,
@@ -425,7 +436,7 @@ impl Waiter {
         self.registry.queued.fetch_sub(1, Ordering::Relaxed);
         self.registry.in_flight.fetch_add(1, Ordering::Relaxed);
         if let Some(m) = &self.registry.observer {
-            m.inner.queue_left(Some(waited), false);
+            m.queue_left(Some(waited), false);
         }
         Slot::new(self.key.clone(), self.registry.clone(), waited)
     }
@@ -438,7 +449,7 @@ impl Drop for Waiter {
         }
         self.registry.queued.fetch_sub(1, Ordering::Relaxed);
         if let Some(m) = &self.registry.observer {
-            m.inner.queue_left(None, self.timed_out);
+            m.queue_left(None, self.timed_out);
         }
         let registry = &self.registry;
         let mut state = registry.state();

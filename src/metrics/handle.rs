@@ -59,7 +59,7 @@ pub(crate) struct Inner {
     pub(crate) layer_attached: AtomicBool,
     pub(crate) hosts: HostTable,
     #[cfg(feature = "hyper-util")]
-    pub(crate) addrs: super::addrs::AddrTracker,
+    pub(crate) addrs: crate::conn::addrs::AddrTracker,
 }
 
 impl Default for Inner {
@@ -246,5 +246,29 @@ impl OnDrain for Metrics {
         } {
             super::export::record_drain(name, elapsed);
         }
+    }
+}
+
+impl crate::retry::RetryObserver for Metrics {
+    fn retried(&self) {
+        self.inner.retries.fetch_add(1, Relaxed);
+    }
+
+    fn retry_ended(&self, ok: bool) {
+        self.inner.retry_ended(ok);
+    }
+}
+
+impl crate::limit::registry::QueueObserver for Metrics {
+    fn queue_full(&self) {
+        self.inner.queue_full.fetch_add(1, Relaxed);
+    }
+
+    fn queue_entered(&self) {
+        self.inner.queue_entered();
+    }
+
+    fn queue_left(&self, waited: Option<Duration>, timed_out: bool) {
+        self.inner.queue_left(waited, timed_out);
     }
 }

@@ -71,8 +71,6 @@
 //! # }
 //! ```
 
-#[cfg(feature = "hyper-util")]
-mod addrs;
 #[cfg_attr(not(feature = "hyper-util"), allow(dead_code))]
 pub(crate) mod conn;
 #[cfg(feature = "metrics")]

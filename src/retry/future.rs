@@ -1,7 +1,6 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::Ordering::Relaxed;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
@@ -10,8 +9,10 @@ use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 use tower_service::Service;
 
-use super::{service::replay, stale, ReplayBody, Retried};
-use crate::metrics::Metrics;
+use std::sync::Arc;
+
+use super::layer::Seen;
+use super::{service::replay, stale, ReplayBody, Retried, RetryObserver};
 use crate::BoxError;
 
 pin_project! {
@@ -30,7 +31,9 @@ pin_project! {
         left: u32,
         // Retries made.
         retries: u32,
-        metrics: Option<Metrics>,
+        observer: Option<Arc<dyn RetryObserver>>,
+        // The connections responses came on (untracked clients).
+        seen: Option<Arc<Seen>>,
     }
 }
 
@@ -62,14 +65,16 @@ where
         // Boxed: large, and only for requests that may be retried.
         retry: Option<Box<(S, Request<B>)>>,
         left: u32,
-        metrics: Option<Metrics>,
+        observer: Option<Arc<dyn RetryObserver>>,
+        seen: Option<Arc<Seen>>,
     ) -> Self {
         ResponseFuture {
             state: State::Called { future },
             retry,
             left,
             retries: 0,
-            metrics,
+            observer,
+            seen,
         }
     }
 }
@@ -103,12 +108,15 @@ where
                     let result = ready!(future.poll(cx));
                     let retried = *this.retries > 0;
                     if retried {
-                        if let Some(m) = this.metrics.as_ref() {
-                            m.inner.retry_ended(result.is_ok());
+                        if let Some(o) = this.observer.as_ref() {
+                            o.retry_ended(result.is_ok());
                         }
                     }
                     let error = match result {
                         Ok(mut response) => {
+                            if let Some(seen) = this.seen.as_deref() {
+                                stale::record(seen, response.extensions());
+                            }
                             if retried {
                                 response.extensions_mut().insert(Retried {
                                     retries: *this.retries,
@@ -120,7 +128,7 @@ where
                     };
                     let stale = *this.left > 0
                         && this.retry.is_some()
-                        && stale::is_stale(&*error, this.metrics.as_ref());
+                        && stale::is_stale(&*error, this.seen.as_deref());
                     if !stale {
                         return Poll::Ready(Err(error));
                     }
@@ -144,8 +152,8 @@ where
                     };
                     *this.left -= 1;
                     *this.retries += 1;
-                    if let Some(m) = this.metrics.as_ref() {
-                        m.inner.retries.fetch_add(1, Relaxed);
+                    if let Some(o) = this.observer.as_ref() {
+                        o.retried();
                     }
                     if *this.left > 0 {
                         if let Some(next) = replay(&req) {

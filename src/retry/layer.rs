@@ -1,6 +1,8 @@
+use std::sync::{Arc, OnceLock};
+
 use tower_layer::Layer;
 
-use super::RetryStale;
+use super::{RetryObserver, RetryStale};
 use crate::metrics::Metrics;
 
 /// Retries of requests that fail on a stale pooled connection; makes
@@ -8,19 +10,31 @@ use crate::metrics::Metrics;
 ///
 /// See the [module docs](super) for what is retried and how a stale
 /// connection is told apart.
+///
+/// Every service the layer makes (and every clone of them) shares what it
+/// learnt of the connections its responses came on.
 #[derive(Clone, Debug)]
 #[must_use]
 pub struct RetryStaleLayer {
     pub(crate) max_retries: u32,
-    pub(crate) metrics: Option<Metrics>,
+    pub(crate) observer: Option<Arc<dyn RetryObserver>>,
+    pub(crate) seen: OnceLock<Arc<Seen>>,
 }
+
+/// The connections a retry layer's responses came on, for clients whose
+/// connections it cannot see (reqwest): by socket address pair.
+#[cfg(feature = "hyper-util")]
+pub(crate) type Seen = crate::conn::addrs::AddrTracker;
+#[cfg(not(feature = "hyper-util"))]
+pub(crate) type Seen = ();
 
 impl RetryStaleLayer {
     /// Retries once, without metrics.
     pub const fn new() -> Self {
         RetryStaleLayer {
             max_retries: 1,
-            metrics: None,
+            observer: None,
+            seen: OnceLock::new(),
         }
     }
 
@@ -31,14 +45,16 @@ impl RetryStaleLayer {
         self
     }
 
-    /// Counts retries into `metrics`; with a
-    /// [`ReuseMetricsLayer`](crate::ReuseMetricsLayer) on the same
-    /// `metrics`, the socket addresses it sees on responses also tell
-    /// reused connections of clients without a tracking connector
-    /// (reqwest).
+    /// Counts retries, and those that succeeded and failed, into
+    /// `metrics`.
     pub fn metrics(mut self, metrics: Metrics) -> Self {
-        self.metrics = Some(metrics);
+        self.observer = Some(Arc::new(metrics));
         self
+    }
+
+    /// The shared record of connections, made on first use.
+    fn seen(&self) -> Arc<Seen> {
+        self.seen.get_or_init(Arc::default).clone()
     }
 }
 
@@ -55,7 +71,8 @@ impl<S> Layer<S> for RetryStaleLayer {
         RetryStale {
             inner,
             max_retries: self.max_retries,
-            metrics: self.metrics.clone(),
+            observer: self.observer.clone(),
+            seen: self.seen(),
         }
     }
 }

@@ -31,19 +31,16 @@
 //!
 //! How the failure is told apart:
 //!
-//! - **hyper-util with a tracking [`GuardedConnector`](crate::GuardedConnector)**
-//!   (built with [`metrics`](crate::GuardedConnector::metrics), as
-//!   [`PoolGuard::connector`](crate::PoolGuard::connector) does): exactly.
-//!   hyper-util gives the failed connection's `Connected` with its error,
-//!   and the connector's IO counted the requests written on it and saw
-//!   whether any byte came back after the last one.
-//! - **reqwest, or a client without a tracking connector**: the connection
+//! - **hyper-util with a [`GuardedConnector`](crate::GuardedConnector)**:
+//!   exactly. hyper-util gives the failed connection's `Connected` with its
+//!   error, and the connector's IO followed the HTTP/1 exchanges on it: the
+//!   connection had completed one before, and no byte of a response to
+//!   this request (an interim `100 Continue` included) arrived.
+//! - **reqwest, or a client without a `GuardedConnector`**: the connection
 //!   is known to be reused when its socket address pair was seen on an
-//!   earlier response (with a [`Metrics`](crate::Metrics) given by
-//!   [`RetryStaleLayer::metrics`], fed by a
-//!   [`ReuseMetricsLayer`](crate::ReuseMetricsLayer)), and "no response
-//!   byte" is read from hyper's error: an end of file before the response
-//!   completed, or a reset or broken pipe. hyper reports an end of file in
+//!   earlier response that passed through this layer (no other layer is
+//!   needed), and "no response byte" is read from hyper's error: an end of
+//!   file before the response completed, or a reset or broken pipe. hyper reports an end of file in
 //!   the middle of a response head the same way, so there, and only there,
 //!   a request could be sent again after a partial response head.
 //! - Anything else (another client, a connect error, a timeout): never.
@@ -85,6 +82,7 @@
 
 mod future;
 mod layer;
+mod observe;
 mod replay;
 mod service;
 mod stale;
@@ -93,6 +91,7 @@ mod tests;
 
 pub use future::ResponseFuture;
 pub use layer::RetryStaleLayer;
+pub(crate) use observe::RetryObserver;
 pub use replay::ReplayBody;
 pub use service::RetryStale;
 

@@ -4,21 +4,25 @@ use http::{header::HeaderName, Method, Request, Response};
 use tower_layer::Layer;
 use tower_service::Service;
 
+use std::sync::Arc;
+
 use super::future::ResponseFuture;
-use super::{ReplayBody, RetryStaleLayer};
-use crate::metrics::Metrics;
+use super::layer::Seen;
+use super::{ReplayBody, RetryObserver, RetryStaleLayer};
 use crate::BoxError;
 
 /// Retries requests that fail on a stale pooled connection; made by
 /// [`RetryStaleLayer`].
 ///
-/// Clones share the [`Metrics`], if any. Errors are boxed; an error that is
-/// not retried, or the last one, is the inner service's, unchanged.
+/// Clones share the [`Metrics`](crate::Metrics), if any, and what was
+/// learnt of connections. Errors are boxed; an error that is not retried,
+/// or the last one, is the inner service's, unchanged.
 #[derive(Clone, Debug)]
 pub struct RetryStale<S> {
     pub(crate) inner: S,
     pub(crate) max_retries: u32,
-    pub(crate) metrics: Option<Metrics>,
+    pub(crate) observer: Option<Arc<dyn RetryObserver>>,
+    pub(crate) seen: Arc<Seen>,
 }
 
 impl<S> RetryStale<S> {
@@ -71,8 +75,17 @@ where
         };
         // The copy of the service is made ready when a retry needs it.
         let retry = replay.map(|req| Box::new((self.inner.clone(), req)));
-        let metrics = retry.as_ref().and(self.metrics.clone());
-        ResponseFuture::new(self.inner.call(req), retry, self.max_retries, metrics)
+        let observer = retry.as_ref().and(self.observer.clone());
+        // Every response records its connection (while retries are on):
+        // a later request that fails on it knows it was reused.
+        let seen = (self.max_retries > 0).then(|| self.seen.clone());
+        ResponseFuture::new(
+            self.inner.call(req),
+            retry,
+            self.max_retries,
+            observer,
+            seen,
+        )
     }
 }
 

@@ -2,19 +2,40 @@
 
 use std::error::Error;
 
-use crate::metrics::Metrics;
+use super::layer::Seen;
+
+/// Records the connection a response came on, when the client's
+/// connections cannot be seen (no [`GuardedConnector`](crate::GuardedConnector)):
+/// by its socket address pair.
+pub(crate) fn record(seen: &Seen, extensions: &http::Extensions) {
+    #[cfg(feature = "hyper-util")]
+    {
+        use hyper_util::client::legacy::connect::HttpInfo;
+
+        use crate::client::hyper_util::LinkHandle;
+
+        if extensions.get::<LinkHandle>().is_some() {
+            return;
+        }
+        if let Some(info) = extensions.get::<HttpInfo>() {
+            seen.seen_before(info.local_addr(), info.remote_addr());
+        }
+    }
+    #[cfg(not(feature = "hyper-util"))]
+    let _ = (seen, extensions);
+}
 
 /// Whether `error` is a failure on a connection that had served a request
 /// before, with no byte of a response to this request: the one failure
 /// [`RetryStale`](super::RetryStale) sends again. See the
 /// [module docs](super) for how each client is read.
-pub(crate) fn is_stale(error: &(dyn Error + 'static), metrics: Option<&Metrics>) -> bool {
+pub(crate) fn is_stale(error: &(dyn Error + 'static), seen: Option<&Seen>) -> bool {
     #[cfg(feature = "hyper-util")]
     {
         let mut source = Some(error);
         while let Some(e) = source {
             if let Some(e) = e.downcast_ref::<hyper_util::client::legacy::Error>() {
-                return hyper_util_stale(e, metrics);
+                return hyper_util_stale(e, seen);
             }
             source = e.source();
         }
@@ -22,13 +43,13 @@ pub(crate) fn is_stale(error: &(dyn Error + 'static), metrics: Option<&Metrics>)
     }
     #[cfg(not(feature = "hyper-util"))]
     {
-        let _ = (error, metrics);
+        let _ = (error, seen);
         false
     }
 }
 
 #[cfg(feature = "hyper-util")]
-fn hyper_util_stale(error: &hyper_util::client::legacy::Error, metrics: Option<&Metrics>) -> bool {
+fn hyper_util_stale(error: &hyper_util::client::legacy::Error, seen: Option<&Seen>) -> bool {
     use hyper_util::client::legacy::connect::HttpInfo;
 
     use crate::client::hyper_util::LinkHandle;
@@ -51,7 +72,7 @@ fn hyper_util_stale(error: &hyper_util::client::legacy::Error, metrics: Option<&
     }
     // Untracked (reqwest): reuse from the addresses seen on responses, and
     // "nothing came back" from hyper's error.
-    let (Some(metrics), Some(info)) = (metrics, extras.get::<HttpInfo>()) else {
+    let (Some(addrs), Some(info)) = (seen, extras.get::<HttpInfo>()) else {
         return false;
     };
     if connected.is_negotiated_h2() {
@@ -59,7 +80,6 @@ fn hyper_util_stale(error: &hyper_util::client::legacy::Error, metrics: Option<&
     }
     let nothing_back =
         hyper.is_some_and(|e| e.is_canceled() || e.is_incomplete_message() || closed_by_peer(e));
-    let addrs = &metrics.inner.addrs;
     let (local, remote) = (info.local_addr(), info.remote_addr());
     let reused = addrs.contains(local, remote);
     // The connection is gone: a later one on the same local port is new.
