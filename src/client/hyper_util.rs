@@ -737,3 +737,217 @@ impl<T: Write + Unpin> Write for GuardedIo<T> {
         polled
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The connection model through the IO wrapper, on scripted IO
+    //! (`tokio_test::io`, as hyper-util's own tests do): what the bytes that
+    //! cross a connection make of it.
+
+    use std::time::Duration;
+
+    use hyper_util::rt::TokioIo;
+    use tokio_test::io::{Builder, Mock};
+
+    use super::*;
+
+    type Io = GuardedIo<TokioIo<Mock>>;
+
+    const GET: &[u8] = b"GET / HTTP/1.1\r\nhost: h\r\n\r\n";
+    const OK: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+
+    fn io(mock: Mock, slot: Option<Slot>, honor_keep_alive: bool) -> Io {
+        let track = Track {
+            metrics: None,
+            honor_keep_alive,
+        };
+        GuardedIo::new(
+            TokioIo::new(mock),
+            slot,
+            Link::new(Arc::from("http://h")),
+            track,
+        )
+    }
+
+    async fn write(io: &mut Io, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            let n = std::future::poll_fn(|cx| Pin::new(&mut *io).poll_write(cx, bytes))
+                .await
+                .expect("write");
+            bytes = &bytes[n..];
+        }
+    }
+
+    /// One read: what it filled (empty at end of file).
+    async fn read(io: &mut Io) -> io::Result<Vec<u8>> {
+        let mut storage = [0u8; 256];
+        let mut buf = hyper::rt::ReadBuf::new(&mut storage);
+        std::future::poll_fn(|cx| Pin::new(&mut *io).poll_read(cx, buf.unfilled())).await?;
+        Ok(buf.filled().to_vec())
+    }
+
+    fn link(io: &Io) -> &Link {
+        &io.guard.link
+    }
+
+    #[tokio::test]
+    async fn request_response_sequences_are_counted() {
+        let chunked: &[u8] =
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n";
+        let mock = Builder::new()
+            .write(GET)
+            .read(OK)
+            .write(GET)
+            .read(&chunked[..20])
+            .read(&chunked[20..])
+            .build();
+        let mut io = io(mock, None, false);
+        assert_eq!((link(&io).phase(), link(&io).completed()), (Phase::Idle, 0));
+        write(&mut io, GET).await;
+        assert_eq!(link(&io).phase(), Phase::Awaiting);
+        assert_eq!(read(&mut io).await.unwrap(), OK);
+        assert_eq!((link(&io).phase(), link(&io).completed()), (Phase::Idle, 1));
+        write(&mut io, GET).await;
+        read(&mut io).await.unwrap();
+        assert_eq!(link(&io).phase(), Phase::Responding);
+        read(&mut io).await.unwrap();
+        assert_eq!((link(&io).phase(), link(&io).completed()), (Phase::Idle, 2));
+        // End of file while idle: the stale case, safe to send again.
+        assert!(read(&mut io).await.unwrap().is_empty());
+        assert!(link(&io).failed_unanswered_on_reused());
+    }
+
+    #[tokio::test]
+    async fn an_interim_response_is_an_answer() {
+        let mock = Builder::new()
+            .write(GET)
+            .read(OK)
+            .write(b"PUT / HTTP/1.1\r\ncontent-length: 4\r\n\r\n")
+            .read(b"HTTP/1.1 100 Continue\r\n\r\n")
+            .write(b"ab")
+            .build();
+        let mut io = io(mock, None, false);
+        write(&mut io, GET).await;
+        read(&mut io).await.unwrap();
+        write(&mut io, b"PUT / HTTP/1.1\r\ncontent-length: 4\r\n\r\n").await;
+        assert!(link(&io).failed_unanswered_on_reused(), "nothing back yet");
+        read(&mut io).await.unwrap();
+        write(&mut io, b"ab").await;
+        // The connection ends mid-request, after the interim response.
+        assert!(read(&mut io).await.unwrap().is_empty());
+        assert_eq!(link(&io).phase(), Phase::Responding);
+        assert!(!link(&io).failed_unanswered_on_reused());
+    }
+
+    #[tokio::test]
+    async fn an_end_of_file_mid_response_is_no_stale_connection() {
+        let mock = Builder::new()
+            .write(GET)
+            .read(OK)
+            .write(GET)
+            .read(b"HTTP/1.1 20")
+            .build();
+        let mut io = io(mock, None, false);
+        write(&mut io, GET).await;
+        read(&mut io).await.unwrap();
+        write(&mut io, GET).await;
+        read(&mut io).await.unwrap();
+        assert!(read(&mut io).await.unwrap().is_empty());
+        assert!(!link(&io).failed_unanswered_on_reused());
+    }
+
+    #[tokio::test]
+    async fn a_fresh_connection_that_fails_is_no_stale_connection() {
+        let mock = Builder::new().write(GET).build();
+        let mut io = io(mock, None, false);
+        write(&mut io, GET).await;
+        assert!(read(&mut io).await.unwrap().is_empty());
+        assert!(!link(&io).failed_unanswered_on_reused());
+    }
+
+    #[tokio::test]
+    async fn an_upgrade_gives_the_slot_back() {
+        let registry = Arc::new(Registry::new(
+            Bounds {
+                max_per_host: 1,
+                max_queued: 8,
+            },
+            None,
+        ));
+        let key = HostKey::from_uri(&Uri::from_static("http://h/")).unwrap();
+        let Acquire::Ready(slot) = registry.acquire_dial(key, Arc::from("http://h")) else {
+            panic!("a free slot");
+        };
+        let upgrade: &[u8] = b"GET / HTTP/1.1\r\nconnection: upgrade\r\nupgrade: x\r\n\r\n";
+        let mock = Builder::new()
+            .write(upgrade)
+            .read(b"HTTP/1.1 101 Switching Protocols\r\nupgrade: x\r\n\r\nhello")
+            .write(b"raw bytes")
+            .build();
+        let mut io = io(mock, Some(slot), false);
+        assert!(io.holds_slot());
+        assert_eq!(registry.in_flight(), 1);
+        write(&mut io, upgrade).await;
+        assert!(read(&mut io).await.unwrap().ends_with(b"hello"));
+        assert_eq!(link(&io).phase(), Phase::Upgraded);
+        assert!(!io.holds_slot());
+        assert_eq!(registry.in_flight(), 0);
+        write(&mut io, b"raw bytes").await;
+        assert_eq!(link(&io).phase(), Phase::Upgraded);
+        let _mock: TokioIo<Mock> = io.into_inner();
+    }
+
+    #[tokio::test]
+    async fn an_http2_preface_is_no_request() {
+        let preface: &[u8] =
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00";
+        let mock = Builder::new().write(preface).build();
+        let mut io = io(mock, None, false);
+        write(&mut io, preface).await;
+        assert_eq!(
+            (link(&io).phase(), link(&io).completed()),
+            (Phase::Http2, 0)
+        );
+        assert!(read(&mut io).await.unwrap().is_empty());
+        assert!(!link(&io).failed_unanswered_on_reused());
+    }
+
+    #[tokio::test]
+    async fn keep_alive_max_retires_after_the_last_exchange() {
+        let last: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nkeep-alive: max=0\r\n\r\nok";
+        // No read is scripted after the response: a retired connection
+        // returns end of file without reading.
+        let mock = Builder::new().write(GET).read(last).build();
+        let mut io = io(mock, None, true);
+        write(&mut io, GET).await;
+        read(&mut io).await.unwrap();
+        assert!(read(&mut io).await.unwrap().is_empty());
+        assert_eq!(link(&io).completed(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn keep_alive_timeout_retires_an_idle_connection_in_time() {
+        let response: &[u8] =
+            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nkeep-alive: timeout=4\r\n\r\nok";
+        // The server would send nothing more for a minute.
+        let mock = Builder::new()
+            .write(GET)
+            .read(response)
+            .wait(Duration::from_secs(60))
+            .build();
+        let mut io = io(mock, None, true);
+        write(&mut io, GET).await;
+        read(&mut io).await.unwrap();
+        let started = tokio::time::Instant::now();
+        let mut idle = tokio_test::task::spawn(read(&mut io));
+        tokio_test::assert_pending!(idle.poll());
+        tokio::time::advance(Duration::from_millis(2999)).await;
+        tokio_test::assert_pending!(idle.poll());
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(idle.is_woken());
+        let filled = tokio_test::assert_ready!(idle.poll()).unwrap();
+        assert!(filled.is_empty(), "retired: end of file");
+        // 4 s less a margin of min(4 s / 4, 1 s).
+        assert_eq!(started.elapsed(), Duration::from_secs(3));
+    }
+}
