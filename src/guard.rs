@@ -14,6 +14,11 @@ use crate::retry::{RetryStale, RetryStaleLayer};
 /// The service [`PoolGuard::layer`] makes of a client `S`.
 pub type Guarded<S> = ReuseMetrics<RetryStale<Drain<PerHostLimit<S>>>>;
 
+/// The response body a [`Guarded`] client gives for a client body `B`:
+/// name it in your own types (`http::Response<GuardedBody<Incoming>>`).
+pub type GuardedBody<B> =
+    crate::metrics::ResponseBody<crate::DrainBody<crate::limit::ResponseBody<B>>>;
+
 /// Drain-on-drop bodies, a per-host limit and reuse metrics for one client,
 /// sharing one state.
 ///
@@ -56,6 +61,8 @@ pub struct PoolGuard {
     honor_keep_alive: bool,
     #[cfg_attr(not(feature = "hyper-util"), allow(dead_code))]
     queue_timeout: Duration,
+    #[cfg_attr(not(feature = "hyper-util"), allow(dead_code))]
+    max_queued: usize,
     metrics: Metrics,
     layer: PoolGuardLayer,
     #[cfg(feature = "hyper-util")]
@@ -94,6 +101,10 @@ impl PoolGuard {
         crate::GuardedConnector::from_parts(
             inner,
             self.connections.clone(),
+            crate::limit::registry::Bounds {
+                max_per_host: self.max_per_host,
+                max_queued: self.max_queued,
+            },
             Some(self.metrics.clone()),
             self.honor_keep_alive,
             self.queue_timeout,
@@ -217,14 +228,9 @@ impl PoolGuardBuilder {
             max_per_host: self.max_per_host,
             honor_keep_alive: self.honor_keep_alive,
             queue_timeout: self.queue_timeout,
+            max_queued: self.max_queued,
             #[cfg(feature = "hyper-util")]
-            connections: std::sync::Arc::new(crate::limit::registry::Registry::new(
-                crate::limit::registry::Bounds {
-                    max_per_host: self.max_per_host,
-                    max_queued: self.max_queued,
-                },
-                None,
-            )),
+            connections: std::sync::Arc::default(),
             metrics,
             layer,
         }

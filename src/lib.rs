@@ -99,7 +99,7 @@ mod timer;
 #[cfg_attr(docsrs, doc(cfg(feature = "reqwest")))]
 pub use client::reqwest;
 pub use drain::{DrainBody, DrainLayer};
-pub use guard::{Guarded, PoolGuard, PoolGuardBuilder, PoolGuardLayer};
+pub use guard::{Guarded, GuardedBody, PoolGuard, PoolGuardBuilder, PoolGuardLayer};
 pub use key::HostKey;
 pub use limit::{PerHostLimitLayer, QueueFull, QueueTimeout};
 pub use metrics::{CloseReason, ConnInfo, Metrics, ReuseMetricsLayer, Snapshot};

@@ -681,3 +681,20 @@ mod reqwest_observables {
         drop(held);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_guarded_body_alias_is_the_stacks_body() {
+    let server = support::serve().await;
+    let guard = PoolGuard::builder().build();
+    let svc = stack(&guard, server.addr);
+    let request = Request::get("http://h/bytes/3").body(Empty::new()).unwrap();
+    let response: Response<poolguard::GuardedBody<hyper::body::Incoming>> =
+        svc.oneshot(request).await.expect("response");
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    assert_eq!(body.len(), 3);
+}

@@ -18,7 +18,7 @@ use tower_service::Service;
 use crate::conn::keep_alive::Limits;
 use crate::conn::{Event, Link, Phase, Tracker};
 use crate::key::HostKey;
-use crate::limit::registry::{Acquire, Bounds, Registry, Slot, TimedOut};
+use crate::limit::registry::{Acquire, Bounds, Policy, Registry, Slot, TimedOut};
 use crate::limit::{QueueFull, QueueTimeout};
 use crate::metrics::conn::{ConnHandle, ConnState};
 use crate::metrics::Metrics;
@@ -87,6 +87,7 @@ use crate::BoxError;
 pub struct GuardedConnector<C> {
     inner: C,
     registry: Arc<Registry>,
+    bounds: Bounds,
     metrics: Option<Metrics>,
     honor_keep_alive: bool,
     /// The longest a dial waits for a slot; `None`: no limit.
@@ -145,13 +146,11 @@ impl<C> GuardedConnector<C> {
     pub fn new(inner: C, max_per_host: usize) -> Self {
         GuardedConnector {
             inner,
-            registry: Arc::new(Registry::new(
-                Bounds {
-                    max_per_host,
-                    max_queued: DEFAULT_MAX_QUEUED,
-                },
-                None,
-            )),
+            registry: Arc::new(Registry::new()),
+            bounds: Bounds {
+                max_per_host,
+                max_queued: DEFAULT_MAX_QUEUED,
+            },
             metrics: None,
             honor_keep_alive: true,
             queue_timeout: Some(crate::limit::layer::DEFAULT_QUEUE_TIMEOUT),
@@ -162,6 +161,7 @@ impl<C> GuardedConnector<C> {
     pub(crate) fn from_parts(
         inner: C,
         registry: Arc<Registry>,
+        bounds: Bounds,
         metrics: Option<Metrics>,
         honor_keep_alive: bool,
         queue_timeout: Duration,
@@ -169,6 +169,7 @@ impl<C> GuardedConnector<C> {
         GuardedConnector {
             inner,
             registry,
+            bounds,
             metrics,
             honor_keep_alive,
             queue_timeout: Some(queue_timeout),
@@ -186,15 +187,8 @@ impl<C> GuardedConnector<C> {
     /// The most dials waiting for each host; one more makes the oldest
     /// waiting dial fail with [`QueueFull`] (0: a dial never waits, and
     /// fails at once). Default: 1024.
-    ///
-    /// The connector gets slots of its own: set this before you clone the
-    /// connector or hand it to a client.
     pub fn max_queued(mut self, max_queued: usize) -> Self {
-        let bounds = Bounds {
-            max_queued,
-            ..self.registry.bounds()
-        };
-        self.registry = Arc::new(Registry::new(bounds, None));
+        self.bounds.max_queued = max_queued;
         self
     }
 
@@ -252,8 +246,8 @@ impl<C: fmt::Debug> fmt::Debug for GuardedConnector<C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("GuardedConnector")
             .field("inner", &self.inner)
-            .field("max_per_host", &self.registry.bounds().max_per_host)
-            .field("max_queued", &self.registry.bounds().max_queued)
+            .field("max_per_host", &self.bounds.slots())
+            .field("max_queued", &self.bounds.max_queued)
             .field("queue_timeout", &self.queue_timeout)
             .field("connections", &self.registry.in_flight())
             .finish()
@@ -294,9 +288,13 @@ where
             honor_keep_alive: self.honor_keep_alive,
         };
         let link = Link::new(pool_key(&dst));
+        let policy = Policy {
+            bounds: self.bounds,
+            observer: None,
+        };
         match self
             .registry
-            .acquire_dial(key.clone(), link.pool_key().clone())
+            .acquire_dial(key.clone(), link.pool_key().clone(), &policy)
         {
             Acquire::Ready(slot) => {
                 let connect = self.inner.call(dst);
@@ -867,15 +865,17 @@ mod tests {
 
     #[tokio::test]
     async fn an_upgrade_gives_the_slot_back() {
-        let registry = Arc::new(Registry::new(
-            Bounds {
+        let registry = Arc::new(Registry::new());
+        let policy = Policy {
+            bounds: Bounds {
                 max_per_host: 1,
                 max_queued: 8,
             },
-            None,
-        ));
+            observer: None,
+        };
         let key = HostKey::from_uri(&Uri::from_static("http://h/")).unwrap();
-        let Acquire::Ready(slot) = registry.acquire_dial(key, Arc::from("http://h")) else {
+        let Acquire::Ready(slot) = registry.acquire_dial(key, Arc::from("http://h"), &policy)
+        else {
             panic!("a free slot");
         };
         let upgrade: &[u8] = b"GET / HTTP/1.1\r\nconnection: upgrade\r\nupgrade: x\r\n\r\n";

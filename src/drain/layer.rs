@@ -28,8 +28,9 @@ pub(crate) struct DrainConfig {
 pub(crate) struct Shared {
     pub(crate) config: DrainConfig,
     pub(crate) hook: Arc<dyn OnDrain>,
-    /// Background drains running now.
-    pub(crate) running: AtomicUsize,
+    /// Background drains running now: shared by every layer configured
+    /// from one [`DrainLayer::new`], whatever was set after a clone.
+    pub(crate) running: Arc<AtomicUsize>,
 }
 
 impl fmt::Debug for Shared {
@@ -44,9 +45,10 @@ impl fmt::Debug for Shared {
 /// Wraps response bodies in [`DrainBody`](super::DrainBody), which drains
 /// a body dropped before its end so its connection can be reused.
 ///
-/// Clones of a layer, and every service made from it, share one bound on
-/// concurrent drains. A setter returns a layer with a bound of its own, so
-/// configure the layer before you clone it.
+/// Clones of a layer, and every service made from it, share one count of
+/// running drains. Setters change the budgets and the hook of the layer
+/// they are called on and keep that count: a layer configured after it was
+/// cloned still shares it with its clones.
 ///
 /// See the [module docs](super) for the behaviour and the defaults.
 #[derive(Clone)]
@@ -59,22 +61,27 @@ impl DrainLayer {
     /// A layer with the default budgets: 64 KiB, 100 ms, 256 concurrent
     /// drains, and no hook.
     pub fn new() -> Self {
-        Self::with(
-            DrainConfig {
-                max_bytes: DEFAULT_MAX_BYTES,
-                max_time: DEFAULT_MAX_TIME,
-                max_concurrent: DEFAULT_MAX_CONCURRENT,
-            },
-            Arc::new(()),
-        )
+        DrainLayer {
+            shared: Arc::new(Shared {
+                config: DrainConfig {
+                    max_bytes: DEFAULT_MAX_BYTES,
+                    max_time: DEFAULT_MAX_TIME,
+                    max_concurrent: DEFAULT_MAX_CONCURRENT,
+                },
+                hook: Arc::new(()),
+                running: Arc::default(),
+            }),
+        }
     }
 
-    fn with(config: DrainConfig, hook: Arc<dyn OnDrain>) -> Self {
+    /// The same layer with other budgets or another hook: a new `Shared`
+    /// (bodies already made keep theirs) with the same running count.
+    fn with(self, config: DrainConfig, hook: Arc<dyn OnDrain>) -> Self {
         DrainLayer {
             shared: Arc::new(Shared {
                 config,
                 hook,
-                running: AtomicUsize::new(0),
+                running: self.shared.running.clone(),
             }),
         }
     }
@@ -82,7 +89,8 @@ impl DrainLayer {
     fn map_config(self, f: impl FnOnce(&mut DrainConfig)) -> Self {
         let mut config = self.shared.config;
         f(&mut config);
-        Self::with(config, self.shared.hook.clone())
+        let hook = self.shared.hook.clone();
+        self.with(config, hook)
     }
 
     /// The most bytes one drain reads and discards before it gives up and
@@ -106,7 +114,8 @@ impl DrainLayer {
 
     /// Sets the hook told how each drain ended (replacing any earlier one).
     pub fn on_drain(self, hook: impl OnDrain) -> Self {
-        Self::with(self.shared.config, Arc::new(hook))
+        let config = self.shared.config;
+        self.with(config, Arc::new(hook))
     }
 
     /// The number of background drains running now, across every service

@@ -610,3 +610,26 @@ async fn a_max_time_past_the_end_of_time_is_no_limit() {
         [DrainOutcome::Completed { bytes: 10, .. }]
     ));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_layer_configured_after_cloning_shares_the_drain_count() {
+    let first = DrainLayer::new();
+    let second = first
+        .clone()
+        .max_time(Duration::from_secs(1))
+        .max_concurrent(1);
+    let (tx, body, _probe) = scripted();
+    drop(through(&second, Response::new(body)).await);
+    assert_eq!((first.running(), second.running()), (1, 1));
+    // The clone's bound of 1 counts the drains of both.
+    let (_tx2, body, _probe2) = scripted();
+    let (layer, outcomes) = recording(second.clone());
+    drop(through(&layer, Response::new(body)).await);
+    assert_eq!(
+        taken(&outcomes),
+        vec![DrainOutcome::Skipped(SkipReason::TooManyDrains)]
+    );
+    drop(tx);
+    settle().await;
+    assert_eq!(first.running(), 0);
+}

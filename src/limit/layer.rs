@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use tower_layer::Layer;
 
-use super::registry::{Bounds, QueueObserver, Registry};
+use super::registry::{Bounds, Policy, Registry};
 use super::service::PerHostLimit;
 use crate::metrics::Metrics;
 
@@ -16,14 +16,23 @@ pub(crate) const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Limits the requests in flight to each host, queueing the surplus.
 ///
 /// Clones of a layer, and every service made from it, share one set of
-/// per-host slots. A setter returns a layer with slots of its own, so
-/// configure the layer before you clone it.
+/// per-host slots. Setters change the configuration of the layer they are
+/// called on (copied on write, as hyper-util's connectors do) and keep its
+/// slots: a layer configured after it was cloned still shares its slots
+/// with its clones.
 ///
 /// See the [module docs](super) for the behaviour.
 #[derive(Clone)]
 #[must_use]
 pub struct PerHostLimitLayer {
     pub(crate) registry: Arc<Registry>,
+    pub(crate) config: Arc<Config>,
+}
+
+/// What a [`PerHostLimitLayer`] is configured with.
+#[derive(Clone, Debug)]
+pub(crate) struct Config {
+    pub(crate) policy: Policy,
     pub(crate) queue_timeout: Option<Duration>,
 }
 
@@ -31,61 +40,45 @@ impl PerHostLimitLayer {
     /// At most `max_per_host` requests in flight to each host (a value of 0
     /// is taken as 1), at most 1024 waiting per host, each for at most 30 s.
     pub fn new(max_per_host: usize) -> Self {
-        Self::with(
-            Bounds {
-                max_per_host,
-                max_queued: DEFAULT_MAX_QUEUED,
-            },
-            Some(DEFAULT_QUEUE_TIMEOUT),
-        )
-    }
-
-    fn with(bounds: Bounds, queue_timeout: Option<Duration>) -> Self {
-        Self::build(bounds, queue_timeout, None)
-    }
-
-    fn build(
-        bounds: Bounds,
-        queue_timeout: Option<Duration>,
-        observer: Option<Arc<dyn QueueObserver>>,
-    ) -> Self {
         PerHostLimitLayer {
-            registry: Arc::new(Registry::new(bounds, observer)),
-            queue_timeout,
+            registry: Arc::new(Registry::new()),
+            config: Arc::new(Config {
+                policy: Policy {
+                    bounds: Bounds {
+                        max_per_host,
+                        max_queued: DEFAULT_MAX_QUEUED,
+                    },
+                    observer: None,
+                },
+                queue_timeout: Some(DEFAULT_QUEUE_TIMEOUT),
+            }),
         }
     }
 
-    fn rebuild(self, bounds: Bounds, queue_timeout: Option<Duration>) -> Self {
-        let observer = self.registry.observer().cloned();
-        Self::build(bounds, queue_timeout, observer)
+    fn config_mut(&mut self) -> &mut Config {
+        Arc::make_mut(&mut self.config)
     }
 
     /// Reports queue figures (waited, wait time, queue full, timeouts,
     /// cancellations, the queued gauge) to `metrics`.
-    pub fn metrics(self, metrics: Metrics) -> Self {
-        Self::build(
-            self.registry.bounds(),
-            self.queue_timeout,
-            Some(Arc::new(metrics)),
-        )
+    pub fn metrics(mut self, metrics: Metrics) -> Self {
+        self.config_mut().policy.observer = Some(Arc::new(metrics));
+        self
     }
 
     /// The most requests waiting for each host; one more fails at once with
     /// [`QueueFull`](super::QueueFull). 0 means never wait. Default: 1024.
-    pub fn max_queued(self, max_queued: usize) -> Self {
-        let bounds = Bounds {
-            max_queued,
-            ..self.registry.bounds()
-        };
-        let queue_timeout = self.queue_timeout;
-        self.rebuild(bounds, queue_timeout)
+    pub fn max_queued(mut self, max_queued: usize) -> Self {
+        self.config_mut().policy.bounds.max_queued = max_queued;
+        self
     }
 
     /// The longest a request waits for its host's slot before it fails with
-    /// [`QueueTimeout`](super::QueueTimeout). Default: 30 s.
-    pub fn queue_timeout(self, queue_timeout: Duration) -> Self {
-        let bounds = self.registry.bounds();
-        self.rebuild(bounds, Some(queue_timeout))
+    /// [`QueueTimeout`](super::QueueTimeout). `Duration::MAX` means no
+    /// limit. Default: 30 s.
+    pub fn queue_timeout(mut self, queue_timeout: Duration) -> Self {
+        self.config_mut().queue_timeout = Some(queue_timeout);
+        self
     }
 
     /// Requests in flight now (holding a slot), across hosts.
@@ -107,11 +100,11 @@ impl PerHostLimitLayer {
 
 impl fmt::Debug for PerHostLimitLayer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let bounds = self.registry.bounds();
+        let bounds = self.config.policy.bounds;
         f.debug_struct("PerHostLimitLayer")
-            .field("max_per_host", &bounds.max_per_host)
+            .field("max_per_host", &bounds.slots())
             .field("max_queued", &bounds.max_queued)
-            .field("queue_timeout", &self.queue_timeout)
+            .field("queue_timeout", &self.config.queue_timeout)
             .finish()
     }
 }

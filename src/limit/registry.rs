@@ -32,7 +32,7 @@ pub(crate) trait QueueObserver: std::fmt::Debug + Send + Sync + 'static {
     fn queue_left(&self, waited: Option<Duration>, timed_out: bool);
 }
 
-/// The bounds of one registry.
+/// The bounds a request (or dial) is admitted under.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Bounds {
     /// Slots per host (at least 1).
@@ -41,12 +41,25 @@ pub(crate) struct Bounds {
     pub(crate) max_queued: usize,
 }
 
+impl Bounds {
+    /// At least one slot per host.
+    pub(crate) fn slots(self) -> usize {
+        self.max_per_host.max(1)
+    }
+}
+
+/// What an acquirer brings: its bounds, and who is told of queue events.
+/// Configuration, kept by each layer or connector (copied on write); the
+/// slots live in the [`Registry`] its clones share.
+#[derive(Clone, Debug)]
+pub(crate) struct Policy {
+    pub(crate) bounds: Bounds,
+    pub(crate) observer: Option<Arc<dyn QueueObserver>>,
+}
+
 /// Slots per host, shared by every clone of a layer or connector.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub(crate) struct Registry {
-    bounds: Bounds,
-    /// Told of queue events, if set.
-    observer: Option<Arc<dyn QueueObserver>>,
     state: Mutex<State>,
     in_flight: AtomicUsize,
     queued: AtomicUsize,
@@ -91,25 +104,8 @@ pub(crate) enum Acquire {
 }
 
 impl Registry {
-    pub(crate) fn new(bounds: Bounds, observer: Option<Arc<dyn QueueObserver>>) -> Self {
-        Registry {
-            bounds: Bounds {
-                max_per_host: bounds.max_per_host.max(1),
-                max_queued: bounds.max_queued,
-            },
-            observer,
-            state: Mutex::new(State::default()),
-            in_flight: AtomicUsize::new(0),
-            queued: AtomicUsize::new(0),
-        }
-    }
-
-    pub(crate) fn bounds(&self) -> Bounds {
-        self.bounds
-    }
-
-    pub(crate) fn observer(&self) -> Option<&Arc<dyn QueueObserver>> {
-        self.observer.as_ref()
+    pub(crate) fn new() -> Self {
+        Registry::default()
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -119,8 +115,8 @@ impl Registry {
     }
 
     /// Takes a slot for `key`, or a place in its queue.
-    pub(crate) fn acquire(self: &Arc<Self>, key: HostKey) -> Acquire {
-        self.acquire_for(key, None)
+    pub(crate) fn acquire(self: &Arc<Self>, key: HostKey, policy: &Policy) -> Acquire {
+        self.acquire_for(key, None, policy)
     }
 
     /// [`acquire`](Registry::acquire) for a connector's dial for
@@ -129,17 +125,28 @@ impl Registry {
     /// hand them to this dial's request, so waiting on them could be for
     /// ever.
     #[cfg(feature = "hyper-util")]
-    pub(crate) fn acquire_dial(self: &Arc<Self>, key: HostKey, pool_key: Arc<str>) -> Acquire {
-        self.acquire_for(key, Some(pool_key))
+    pub(crate) fn acquire_dial(
+        self: &Arc<Self>,
+        key: HostKey,
+        pool_key: Arc<str>,
+        policy: &Policy,
+    ) -> Acquire {
+        self.acquire_for(key, Some(pool_key), policy)
     }
 
-    fn acquire_for(self: &Arc<Self>, key: HostKey, pool_key: Option<Arc<str>>) -> Acquire {
+    fn acquire_for(
+        self: &Arc<Self>,
+        key: HostKey,
+        pool_key: Option<Arc<str>>,
+        policy: &Policy,
+    ) -> Acquire {
+        let bounds = policy.bounds;
         let mut state = self.state();
         let host = match state.hosts.get_mut(&key) {
             Some(host) => host,
             None => state.hosts.entry(key.clone()).or_default(),
         };
-        if host.taken < self.bounds.max_per_host {
+        if host.taken < bounds.slots() {
             // No waiters here: they exist only while every slot is taken.
             host.taken += 1;
             drop(state);
@@ -150,21 +157,18 @@ impl Registry {
         // leaves a dial that lost the race to a pool checkout running in
         // the background, waiting here for nobody, and the oldest waiter
         // is the likeliest of those.
-        if pool_key.is_some()
-            && self.bounds.max_queued > 0
-            && host.waiters.len() >= self.bounds.max_queued
-        {
+        if pool_key.is_some() && bounds.max_queued > 0 && host.waiters.len() >= bounds.max_queued {
             if let Some(oldest) = host.waiters.pop_front() {
                 oldest.evicted.store(true, Ordering::Release);
                 oldest.notify.notify_one();
             }
-            if let Some(m) = &self.observer {
+            if let Some(m) = &policy.observer {
                 m.queue_full();
             }
         }
-        if host.waiters.len() >= self.bounds.max_queued {
+        if host.waiters.len() >= bounds.max_queued {
             drop(state);
-            if let Some(m) = &self.observer {
+            if let Some(m) = &policy.observer {
                 m.queue_full();
             }
             return Acquire::Full(key);
@@ -192,7 +196,7 @@ impl Registry {
         for link in wake {
             link.wake();
         }
-        if let Some(m) = &self.observer {
+        if let Some(m) = &policy.observer {
             m.queue_entered();
         }
         Acquire::Queued(Waiter {
@@ -201,6 +205,7 @@ impl Registry {
             queued: true,
             timed_out: false,
             registry: self.clone(),
+            observer: policy.observer.clone(),
             since: Instant::now(),
         })
     }
@@ -370,6 +375,7 @@ pub(crate) struct Waiter {
     /// Left the queue because its deadline passed.
     timed_out: bool,
     registry: Arc<Registry>,
+    observer: Option<Arc<dyn QueueObserver>>,
     since: Instant,
 }
 
@@ -435,7 +441,7 @@ impl Waiter {
         self.queued = false;
         self.registry.queued.fetch_sub(1, Ordering::Relaxed);
         self.registry.in_flight.fetch_add(1, Ordering::Relaxed);
-        if let Some(m) = &self.registry.observer {
+        if let Some(m) = &self.observer {
             m.queue_left(Some(waited), false);
         }
         Slot::new(self.key.clone(), self.registry.clone(), waited)
@@ -448,7 +454,7 @@ impl Drop for Waiter {
             return;
         }
         self.registry.queued.fetch_sub(1, Ordering::Relaxed);
-        if let Some(m) = &self.registry.observer {
+        if let Some(m) = &self.observer {
             m.queue_left(None, self.timed_out);
         }
         let registry = &self.registry;

@@ -76,7 +76,7 @@ where
         let Some(key) = HostKey::from_request(&req) else {
             return ResponseFuture::called(self.inner.call(req), None);
         };
-        match self.layer.registry.acquire(key) {
+        match self.layer.registry.acquire(key, &self.layer.config.policy) {
             Acquire::Ready(slot) => ResponseFuture::called(self.inner.call(req), Some(slot)),
             Acquire::Full(key) => ResponseFuture::failed(QueueFull::new(key).into()),
             Acquire::Queued(waiter) => {
@@ -85,7 +85,11 @@ where
                 let clone = self.inner.clone();
                 let ready = std::mem::replace(&mut self.inner, clone);
                 // `Duration::MAX` (past the end of time) is no deadline.
-                let deadline = self.layer.queue_timeout.and_then(crate::timer::deadline_in);
+                let deadline = self
+                    .layer
+                    .config
+                    .queue_timeout
+                    .and_then(crate::timer::deadline_in);
                 ResponseFuture::queued(waiter.wait(deadline), ready, req)
             }
         }

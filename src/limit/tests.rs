@@ -389,3 +389,27 @@ fn a_request_queues_on_a_runtime_without_timers() {
         assert_ready!(b.poll()).unwrap();
     });
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_layer_configured_after_cloning_keeps_its_slots() {
+    let first = PerHostLimitLayer::new(1);
+    // Configured after the clone: still the same slots.
+    let second = first
+        .clone()
+        .queue_timeout(Duration::from_secs(1))
+        .max_queued(4);
+    let (mut a, mut handle_a) = limited(&first);
+    let (mut b, _handle_b) = limited(&second);
+    let mut held = start(&mut a, "http://h/a").await;
+    let mut waiting = start(&mut b, "http://h/b").await;
+    assert_pending!(waiting.poll());
+    assert_eq!((first.in_flight(), second.queued()), (1, 1));
+    // The clone's own configuration applies to its requests.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let err = assert_ready!(waiting.poll()).unwrap_err();
+    assert!(err.is::<QueueTimeout>());
+    answer(&mut handle_a, Frames::default()).await;
+    drop(assert_ready!(held.poll()).unwrap());
+    assert_eq!(second.in_flight(), 0);
+    assert_eq!(first.hosts_tracked(), 0);
+}

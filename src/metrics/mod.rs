@@ -75,6 +75,7 @@
 pub(crate) mod conn;
 #[cfg(feature = "metrics")]
 mod export;
+pub mod future;
 mod handle;
 mod hosts;
 mod layer;

@@ -1,3 +1,5 @@
+//! Future types of [`RetryStale`](super::RetryStale).
+
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;

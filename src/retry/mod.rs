@@ -80,7 +80,7 @@
 //! # }
 //! ```
 
-mod future;
+pub mod future;
 mod layer;
 mod observe;
 mod replay;

@@ -1,0 +1,3 @@
+//! Future types of [`ReuseMetrics`](super::ReuseMetrics).
+
+pub use super::layer::ResponseFuture;
