@@ -1,0 +1,111 @@
+//! The load driver of the loopback tests and the demo, and what the
+//! process holds.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A small deterministic generator (for pauses).
+pub struct XorShift(pub u64);
+
+impl XorShift {
+    /// The next number of the sequence.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    /// A number in `0..n`.
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct Run {
+    pub ok: usize,
+    pub errors: usize,
+}
+
+/// The longest one request of [`drive`] may take.
+pub const REQUEST_LIMIT: Duration = Duration::from_secs(10);
+
+/// `tasks` tasks share `total` requests; each pauses a random `0..pause_ms`
+/// between requests. `send` sends one request and uses its response.
+pub async fn drive<F, Fut>(tasks: usize, total: usize, pause_ms: u64, send: F) -> Run
+where
+    F: Fn() -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = Result<(), poolguard::BoxError>> + Send,
+{
+    let next = Arc::new(AtomicUsize::new(0));
+    let ok = Arc::new(AtomicUsize::new(0));
+    let errors = Arc::new(AtomicUsize::new(0));
+    let mut handles = Vec::new();
+    for t in 0..tasks {
+        let (send, next, ok, errors) = (send.clone(), next.clone(), ok.clone(), errors.clone());
+        handles.push(tokio::spawn(async move {
+            let mut rng = XorShift(0x2545_F491_4F6C_DD1D_u64 ^ (t as u64 + 1));
+            while next.fetch_add(1, Ordering::Relaxed) < total {
+                // Bounded: a request that never ends is an error, reported,
+                // not a test that hangs.
+                match tokio::time::timeout(REQUEST_LIMIT, send()).await {
+                    Ok(Ok(())) => ok.fetch_add(1, Ordering::Relaxed),
+                    Ok(Err(e)) => {
+                        eprintln!("request failed: {e} ({:?})", std::error::Error::source(&*e));
+                        errors.fetch_add(1, Ordering::Relaxed)
+                    }
+                    Err(_) => {
+                        eprintln!("request did not end within {REQUEST_LIMIT:?}");
+                        errors.fetch_add(1, Ordering::Relaxed)
+                    }
+                };
+                if pause_ms > 0 {
+                    tokio::time::sleep(Duration::from_millis(rng.below(pause_ms))).await;
+                }
+            }
+        }));
+    }
+    for h in handles {
+        h.await.expect("task");
+    }
+    Run {
+        ok: ok.load(Ordering::Relaxed),
+        errors: errors.load(Ordering::Relaxed),
+    }
+}
+
+/// Raises the soft limit on open files to the hard limit (at most 65536):
+/// floods open more connections than the default soft limit of 1024.
+pub fn raise_nofile_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid pointer to a local struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
+            lim.rlim_cur = lim.rlim_max.min(65536);
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
+/// Resident memory of this process in KiB (after giving free heap back
+/// to the system where glibc allows), or 0 where `/proc` is missing.
+pub fn rss_kib() -> usize {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free memory.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|n| n.parse().ok()))
+        })
+        .unwrap_or(0)
+}

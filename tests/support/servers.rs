@@ -1,0 +1,219 @@
+//! Loopback hyper servers that count what they accept: the ground truth of
+//! how many connections a client dialed.
+
+use std::convert::Infallible;
+use std::future::Future as _;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body::{Body, Frame};
+use http_body_util::{combinators::BoxBody, BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::{TcpListener, TcpStream};
+
+/// What a server has seen.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Connections accepted.
+    pub accepted: AtomicUsize,
+    /// Requests received.
+    pub requests: AtomicUsize,
+    /// Requests being handled now (until the handler returns headers).
+    pub in_flight: AtomicUsize,
+    /// The most requests handled at once.
+    pub peak: AtomicUsize,
+    /// Connections the client closed (raw servers only).
+    pub closed_by_peer: AtomicUsize,
+    /// Connections the server closed after an idle timeout (raw servers
+    /// with [`After::IdleTimeout`] only).
+    pub idle_closed: AtomicUsize,
+}
+
+impl Stats {
+    pub fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
+    pub fn requests(&self) -> usize {
+        self.requests.load(Ordering::SeqCst)
+    }
+    pub fn peak(&self) -> usize {
+        self.peak.load(Ordering::SeqCst)
+    }
+}
+
+/// A running loopback server.
+pub struct Server {
+    pub addr: SocketAddr,
+    pub stats: Arc<Stats>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Server {
+    /// `http://127.0.0.1:PORT` followed by `path`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+    pub fn uri(&self, path: &str) -> http::Uri {
+        self.url(path).parse().expect("valid uri")
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Options of [`serve`].
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// How long the handler waits before it answers.
+    pub delay: Duration,
+    /// Serve HTTP/2 with prior knowledge instead of HTTP/1.1.
+    pub http2: bool,
+}
+
+/// Starts an HTTP/1.1 server on 127.0.0.1:0. Routes:
+/// - `/bytes/N`: a body of N bytes with a `Content-Length`;
+/// - `/chunked/N`: N bytes in 1 KiB chunks, without a `Content-Length`;
+/// - `/endless`: 16 KiB chunks for ever;
+/// - `/trickle`: one byte every 10 ms for ever;
+/// - `/close/N`: N bytes with `Connection: close`.
+pub async fn serve() -> Server {
+    serve_with(Options::default()).await
+}
+
+pub async fn serve_with(options: Options) -> Server {
+    listen(move |stream, stats| {
+        let options = options.clone();
+        async move {
+            let svc =
+                hyper::service::service_fn(move |req| handle(req, stats.clone(), options.delay));
+            let io = TokioIo::new(stream);
+            // A client that drops a connection mid-body makes the server
+            // side fail with an incomplete message: expected, not logged.
+            let _ = if options.http2 {
+                hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(io, svc)
+                    .await
+            } else {
+                hyper::server::conn::http1::Builder::new()
+                    .serve_connection(io, svc)
+                    .await
+            };
+        }
+    })
+    .await
+}
+
+/// Binds 127.0.0.1:0, counts every accepted connection, and serves each
+/// with `serve_conn` on a task of its own.
+pub(crate) async fn listen<F, Fut>(serve_conn: F) -> Server
+where
+    F: Fn(TcpStream, Arc<Stats>) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("local addr");
+    let stats = Arc::new(Stats::default());
+    let task_stats = stats.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            task_stats.accepted.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(serve_conn(stream, task_stats.clone()));
+        }
+    });
+    Server { addr, stats, task }
+}
+
+type ServerBody = BoxBody<Bytes, Infallible>;
+
+async fn handle(
+    req: Request<Incoming>,
+    stats: Arc<Stats>,
+    delay: Duration,
+) -> Result<Response<ServerBody>, Infallible> {
+    stats.requests.fetch_add(1, Ordering::SeqCst);
+    let now = stats.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+    stats.peak.fetch_max(now, Ordering::SeqCst);
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+    stats.in_flight.fetch_sub(1, Ordering::SeqCst);
+
+    let path = req.uri().path().to_owned();
+    let mut parts = path.trim_start_matches('/').splitn(2, '/');
+    let route = parts.next().unwrap_or("");
+    let n: usize = parts.next().and_then(|n| n.parse().ok()).unwrap_or(0);
+    let response = match route {
+        "bytes" => Response::new(Full::new(Bytes::from(vec![b'x'; n])).boxed()),
+        "close" => Response::builder()
+            .header(http::header::CONNECTION, "close")
+            .body(Full::new(Bytes::from(vec![b'x'; n])).boxed())
+            .expect("valid response"),
+        "chunked" => Response::new(Chunks::new(n, 1024, Duration::ZERO).boxed()),
+        "endless" => Response::new(Chunks::new(usize::MAX, 16 * 1024, Duration::ZERO).boxed()),
+        "trickle" => Response::new(Chunks::new(usize::MAX, 1, Duration::from_millis(10)).boxed()),
+        _ => Response::builder()
+            .status(404)
+            .body(Full::new(Bytes::from_static(b"not found")).boxed())
+            .expect("valid response"),
+    };
+    Ok(response)
+}
+
+/// A body of `left` bytes in chunks of `chunk`, one every `every`.
+struct Chunks {
+    left: usize,
+    chunk: usize,
+    every: Duration,
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl Chunks {
+    fn new(left: usize, chunk: usize, every: Duration) -> Self {
+        Chunks {
+            left,
+            chunk,
+            every,
+            sleep: None,
+        }
+    }
+}
+
+impl Body for Chunks {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        if self.left == 0 {
+            return Poll::Ready(None);
+        }
+        if !self.every.is_zero() {
+            let every = self.every;
+            let sleep = self
+                .sleep
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep(every)));
+            if sleep.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            self.sleep = None;
+        }
+        let n = self.chunk.min(self.left);
+        self.left -= n;
+        Poll::Ready(Some(Ok(Frame::data(Bytes::from(vec![b'x'; n])))))
+    }
+}
