@@ -146,6 +146,30 @@ async fn reqwest_loses_no_request_to_a_server_idle_timeout() {
 /// longer than the server keeps them.
 const KA_PAUSES_MS: [u64; 6] = [100, 1200, 300, 900, 1500, 50];
 
+/// Three tasks each send one request per pause of [`KA_PAUSES_MS`] (in
+/// turn from a different start) and pause; every request must succeed.
+async fn with_keep_alive_pauses<F, Fut>(send: F)
+where
+    F: Fn() -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = Result<(), BoxError>> + Send,
+{
+    let mut tasks = tokio::task::JoinSet::new();
+    for t in 0..3 {
+        let send = send.clone();
+        tasks.spawn(async move {
+            for i in 0..KA_PAUSES_MS.len() {
+                send().await?;
+                let pause = KA_PAUSES_MS[(i + t) % KA_PAUSES_MS.len()];
+                tokio::time::sleep(Duration::from_millis(pause)).await;
+            }
+            Ok::<_, BoxError>(())
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.expect("task").expect("no request fails");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keep_alive_timeout_retires_connections_before_the_server_closes_them() {
     // Advertises 1 s and closes idle connections after 1 s, as Apache does.
@@ -159,21 +183,12 @@ async fn keep_alive_timeout_retires_connections_before_the_server_closes_them() 
     .await;
     let guard = PoolGuard::builder().retry_stale(false).build();
     let svc = stack(&guard);
-    let mut tasks = tokio::task::JoinSet::new();
-    for t in 0..3 {
-        let (svc, uri) = (svc.clone(), server.uri("/"));
-        tasks.spawn(async move {
-            for i in 0..KA_PAUSES_MS.len() {
-                get_hyper(&svc, uri.clone()).await?;
-                let pause = KA_PAUSES_MS[(i + t) % KA_PAUSES_MS.len()];
-                tokio::time::sleep(Duration::from_millis(pause)).await;
-            }
-            Ok::<_, BoxError>(())
-        });
-    }
-    while let Some(done) = tasks.join_next().await {
-        done.expect("task").expect("no request fails");
-    }
+    let uri = server.uri("/");
+    with_keep_alive_pauses(move || {
+        let (svc, uri) = (svc.clone(), uri.clone());
+        async move { get_hyper(&svc, uri).await }
+    })
+    .await;
     let snap = guard.metrics().snapshot();
     let retired = snap.closes.get(CloseReason::Retired);
     eprintln!(
@@ -277,21 +292,12 @@ async fn keep_alive_timeout_is_honoured_without_any_metrics_layer() {
     })
     .await;
     let client = bare_connector_client();
-    let mut tasks = tokio::task::JoinSet::new();
-    for t in 0..3 {
-        let (client, uri) = (client.clone(), server.uri("/"));
-        tasks.spawn(async move {
-            for i in 0..KA_PAUSES_MS.len() {
-                get_bare(&client, uri.clone()).await?;
-                let pause = KA_PAUSES_MS[(i + t) % KA_PAUSES_MS.len()];
-                tokio::time::sleep(Duration::from_millis(pause)).await;
-            }
-            Ok::<_, BoxError>(())
-        });
-    }
-    while let Some(done) = tasks.join_next().await {
-        done.expect("task").expect("no request fails");
-    }
+    let uri = server.uri("/");
+    with_keep_alive_pauses(move || {
+        let (client, uri) = (client.clone(), uri.clone());
+        async move { get_bare(&client, uri).await }
+    })
+    .await;
     let idle_closed = server.stats.idle_closed.load(SeqCst);
     let client_closed = server.stats.closed_by_peer.load(SeqCst);
     eprintln!(
