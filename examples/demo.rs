@@ -16,8 +16,7 @@
 //! N = 10 (`conc-*`), and 1 to 10,000 hosts (`hosts-*`: names that all
 //! resolve to one loopback server, each a host of its own to the clients).
 
-#[path = "../tests/support/mod.rs"]
-mod support;
+use poolguard_testkit as support;
 
 use std::future::Future;
 use std::pin::Pin;

@@ -213,7 +213,7 @@ impl PoolGuardBuilder {
             metrics: ReuseMetricsLayer::new(metrics.clone()),
             retry: RetryStaleLayer::new()
                 .max_retries(u32::from(self.retry_stale))
-                .metrics(metrics.clone()),
+                .on_retry(metrics.clone()),
             drain: DrainLayer::new()
                 .max_bytes(self.drain_max_bytes)
                 .max_time(self.drain_max_time)
@@ -222,7 +222,7 @@ impl PoolGuardBuilder {
             limit: PerHostLimitLayer::new(self.max_per_host)
                 .max_queued(self.max_queued)
                 .queue_timeout(self.queue_timeout)
-                .metrics(metrics.clone()),
+                .on_queue(metrics.clone()),
         };
         PoolGuard {
             max_per_host: self.max_per_host,

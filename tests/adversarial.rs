@@ -3,7 +3,7 @@
 //! and the connection counts match the server's.
 #![cfg(feature = "hyper-util")]
 
-mod support;
+use poolguard_testkit as support;
 
 use std::time::Duration;
 

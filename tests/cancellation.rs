@@ -4,7 +4,7 @@
 //! shut down under running drains neither panics nor hangs.
 #![cfg(feature = "hyper-util")]
 
-mod support;
+use poolguard_testkit as support;
 
 use std::time::Duration;
 

@@ -1,7 +1,7 @@
 //! DrainLayer against real hyper servers on loopback: the server's count of
 //! accepted connections is the truth about dials.
 
-mod support;
+use poolguard_testkit as support;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

@@ -4,7 +4,7 @@
 //! loopback servers; the server's counts are the truth.
 #![cfg(feature = "hyper-util")]
 
-mod support;
+use poolguard_testkit as support;
 
 use std::convert::Infallible;
 use std::future::Future;

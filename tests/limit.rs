@@ -3,7 +3,7 @@
 
 #![cfg(feature = "hyper-util")]
 
-mod support;
+use poolguard_testkit as support;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;

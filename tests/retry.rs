@@ -4,7 +4,7 @@
 //! server's advertised `Keep-Alive` timeout. The server counts what it saw.
 #![cfg(all(feature = "hyper-util", feature = "reqwest"))]
 
-mod support;
+use poolguard_testkit as support;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
@@ -354,7 +354,12 @@ async fn a_reqwest_retry_needs_no_metrics_layer() {
             Ok::<_, BoxError>(http::Response::from(response))
         }
     });
-    let svc = poolguard::RetryStaleLayer::new().layer(send);
+    // A closure hears what the retry did: no `Metrics` needed either.
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let heard = events.clone();
+    let svc = poolguard::RetryStaleLayer::new()
+        .on_retry(move |e| heard.lock().unwrap().push(e))
+        .layer(send);
     let get = |path: &str, id: &str| {
         Request::get(server.uri(path))
             .header("x-id", id)
@@ -377,6 +382,11 @@ async fn a_reqwest_retry_needs_no_metrics_layer() {
     assert_eq!(
         response.extensions().get::<Retried>().map(|r| r.retries),
         Some(1)
+    );
+    use poolguard::retry::RetryEvent;
+    assert_eq!(
+        *events.lock().unwrap(),
+        [RetryEvent::Retrying { attempt: 1 }, RetryEvent::Succeeded]
     );
 }
 

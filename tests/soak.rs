@@ -7,7 +7,7 @@
 //! (`POOLGUARD_SOAK_SECS` sets the soak's length; default 60.)
 #![cfg(feature = "hyper-util")]
 
-mod support;
+use poolguard_testkit as support;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;

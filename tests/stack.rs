@@ -2,7 +2,7 @@
 //! loopback servers that count what they accept.
 #![cfg(all(feature = "hyper-util", feature = "reqwest"))]
 
-mod support;
+use poolguard_testkit as support;
 
 use std::time::Duration;
 

@@ -16,11 +16,10 @@ use hyper_util::client::legacy::connect::{Connected, Connection};
 use tower_service::Service;
 
 use crate::conn::keep_alive::Limits;
-use crate::conn::{Event, Link, Phase, Tracker};
+use crate::conn::{Event, Link, LinkHandle, Phase, Record, Stamp, Tracker};
 use crate::key::HostKey;
 use crate::limit::registry::{Acquire, Bounds, Policy, Registry, Slot, TimedOut};
 use crate::limit::{QueueFull, QueueTimeout};
-use crate::metrics::conn::{ConnHandle, ConnState};
 use crate::metrics::Metrics;
 use crate::BoxError;
 
@@ -197,9 +196,18 @@ impl<C> GuardedConnector<C> {
     /// every response a [`ConnInfo`](crate::ConnInfo) (with a
     /// [`ReuseMetricsLayer`](crate::ReuseMetricsLayer) reporting to the same
     /// `metrics`).
-    pub fn metrics(mut self, metrics: Metrics) -> Self {
+    pub fn track(mut self, metrics: Metrics) -> Self {
         self.metrics = Some(metrics);
         self
+    }
+
+    /// Tracks every connection in `metrics`.
+    #[deprecated(
+        since = "0.1.0",
+        note = "use `track(metrics)`: `metrics()` is a getter elsewhere (`PoolGuard::metrics`)"
+    )]
+    pub fn metrics(self, metrics: Metrics) -> Self {
+        self.track(metrics)
     }
 
     /// Whether to honour `Keep-Alive: timeout=N, max=M` response headers
@@ -209,7 +217,7 @@ impl<C> GuardedConnector<C> {
     /// take, so that the pool never hands out a connection the server is
     /// about to close. The connection reads the header off the responses
     /// that cross it: no other layer is needed. With
-    /// [`metrics`](GuardedConnector::metrics), retired connections count as
+    /// [`track`](GuardedConnector::track), retired connections count as
     /// [`CloseReason::Retired`](crate::CloseReason::Retired).
     pub fn honor_keep_alive(mut self, yes: bool) -> Self {
         self.honor_keep_alive = yes;
@@ -416,7 +424,7 @@ struct IoGuard {
     slot: Option<Slot>,
     link: Arc<Link>,
     tracker: Tracker,
-    conn: Option<Arc<ConnState>>,
+    conn: Option<Arc<Record>>,
     honor_keep_alive: bool,
     /// The server's `Keep-Alive` limits, as its last header said.
     limits: Limits,
@@ -430,7 +438,7 @@ impl<T> GuardedIo<T> {
     fn new(io: T, mut slot: Option<Slot>, link: Arc<Link>, track: Track) -> Self {
         let conn = track
             .metrics
-            .map(|(metrics, key)| ConnState::open(&metrics, key));
+            .map(|(metrics, key)| metrics.open_connection(key, link.clone()));
         if let Some(slot) = slot.as_mut() {
             slot.attach(link.clone());
         }
@@ -478,20 +486,12 @@ impl<T: fmt::Debug> fmt::Debug for GuardedIo<T> {
             .field("io", &self.io)
             .field("holds_slot", &self.guard.slot.is_some())
             .field("phase", &self.guard.tracker.phase())
-            .field("connection", &self.guard.conn.as_ref().map(|c| c.id))
+            .field("connection", &self.guard.conn.as_ref().map(|c| c.id()))
             .finish()
     }
 }
 
 impl IoGuard {
-    /// Tells a tracked connection that hyper writes.
-    #[inline]
-    fn will_write(&self) {
-        if let Some(conn) = &self.conn {
-            conn.on_write();
-        }
-    }
-
     /// Follows what a write did.
     fn wrote<'a>(
         &mut self,
@@ -608,11 +608,6 @@ impl Drop for IoGuard {
     }
 }
 
-/// hyper-util copies it into the extensions of every response on the
-/// connection, and into the `Connected` of its errors: what the retry reads.
-#[derive(Clone, Debug)]
-pub(crate) struct LinkHandle(pub(crate) Arc<Link>);
-
 impl<T: Connection> Connection for GuardedIo<T> {
     fn connected(&self) -> Connected {
         let connected = self
@@ -620,7 +615,7 @@ impl<T: Connection> Connection for GuardedIo<T> {
             .connected()
             .extra(LinkHandle(self.guard.link.clone()));
         match &self.guard.conn {
-            Some(conn) => connected.extra(ConnHandle(conn.clone())),
+            Some(conn) => connected.extra(Stamp::new(conn.clone())),
             None => connected,
         }
     }
@@ -665,9 +660,6 @@ impl<T: Read + Unpin> Read for GuardedIo<T> {
                 } else {
                     let event = guard.tracker.read(filled);
                     guard.on_event(event);
-                    if let Some(conn) = &guard.conn {
-                        conn.on_read();
-                    }
                     #[allow(unsafe_code)]
                     // SAFETY: the first `n` bytes of the unfilled memory
                     // were filled, and so initialized, through `own`.
@@ -705,7 +697,6 @@ impl<T: Write + Unpin> Write for GuardedIo<T> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let GuardedIo { io, guard } = &mut *self;
-        guard.will_write();
         let polled = Pin::new(io).poll_write(cx, buf);
         guard.wrote(&polled, std::iter::once(buf));
         polled
@@ -729,7 +720,6 @@ impl<T: Write + Unpin> Write for GuardedIo<T> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let GuardedIo { io, guard } = &mut *self;
-        guard.will_write();
         let polled = Pin::new(io).poll_write_vectored(cx, bufs);
         guard.wrote(&polled, bufs.iter().map(|b| &b[..]));
         polled

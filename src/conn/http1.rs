@@ -16,6 +16,7 @@
 
 /// The HTTP/2 client connection preface (RFC 9113 §3.4).
 use super::keep_alive::KeepAlive;
+use super::Phase;
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
@@ -27,50 +28,6 @@ const MAX_HEAD: usize = 512 * 1024;
 /// Header fields parsed per head; a head with more is [`Phase::Unknown`]
 /// (hyper refuses more than 100 by default).
 const MAX_HEADERS: usize = 128;
-
-/// What a connection is doing, as the bytes show it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(u8)]
-pub(crate) enum Phase {
-    /// No exchange under way: a new connection, or one whose last request
-    /// and response are both complete.
-    Idle = 0,
-    /// A request is being written; no byte of a response has arrived.
-    Requesting = 1,
-    /// The request is written; no byte of a response has arrived.
-    Awaiting = 2,
-    /// Bytes of a response (an interim 1xx included) have arrived.
-    Responding = 3,
-    /// A `101 Switching Protocols` or a `CONNECT` tunnel: no longer HTTP.
-    Upgraded = 4,
-    /// The HTTP/2 preface was written (or ALPN chose `h2`): the connection
-    /// multiplexes, and no single exchange describes it.
-    Http2 = 5,
-    /// Bytes the tracker could not frame, or a response delimited by the
-    /// connection's close: nothing more is known of it.
-    Unknown = 6,
-}
-
-impl Phase {
-    /// The phase stored as `n` by `Phase as u8`.
-    pub(crate) fn from_u8(n: u8) -> Phase {
-        match n {
-            0 => Phase::Idle,
-            1 => Phase::Requesting,
-            2 => Phase::Awaiting,
-            3 => Phase::Responding,
-            4 => Phase::Upgraded,
-            5 => Phase::Http2,
-            _ => Phase::Unknown,
-        }
-    }
-
-    /// Whether no byte of a response to the current request has arrived
-    /// (and the connection is still HTTP/1 as far as the bytes show).
-    pub(crate) fn unanswered(self) -> bool {
-        matches!(self, Phase::Idle | Phase::Requesting | Phase::Awaiting)
-    }
-}
 
 /// What one call to the tracker changed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -149,6 +106,10 @@ pub(crate) struct Tracker {
     completed: u64,
     /// The `Keep-Alive` header of the last final response.
     keep_alive: Option<KeepAlive>,
+    /// A request or a final response said the connection ends after it
+    /// (`Connection: close`, or an HTTP/1.0 response without
+    /// `Connection: keep-alive`).
+    closing: bool,
 }
 
 impl Default for Tracker {
@@ -169,12 +130,19 @@ impl Tracker {
             buf: Vec::new(),
             completed: 0,
             keep_alive: None,
+            closing: false,
         }
     }
 
     /// The `Keep-Alive` header of the last final response, if it had one.
     pub(crate) fn keep_alive(&self) -> Option<KeepAlive> {
         self.keep_alive
+    }
+
+    /// Whether a request or a final response said the connection ends
+    /// after its exchange.
+    pub(crate) fn closing(&self) -> bool {
+        self.closing
     }
 
     /// What the connection is doing now.
@@ -320,6 +288,7 @@ impl Tracker {
         };
         self.head_request = head.method == Method::Head;
         self.connect_request = head.method == Method::Connect;
+        self.closing |= head.close;
         self.request = match head.framing {
             // A request without framing headers has no body (RFC 9112 §6.3).
             None | Some(Framing::Length(0)) => Side::Done,
@@ -353,6 +322,7 @@ impl Tracker {
             return used;
         }
         self.keep_alive = head.keep_alive;
+        self.closing |= head.close;
         if self.head_request || status == 204 || status == 304 {
             self.response = Side::Done;
             return used;
@@ -390,6 +360,8 @@ struct Head {
     invalid_framing: bool,
     /// A response's `Keep-Alive` header.
     keep_alive: Option<KeepAlive>,
+    /// The message ends its connection.
+    close: bool,
 }
 
 enum Step {
@@ -460,6 +432,10 @@ fn parse_response(bytes: &[u8]) -> Parsed {
         Ok(httparse::Status::Complete(n)) => {
             let mut head = framing_of(res.headers);
             head.status = res.code.unwrap_or(0);
+            if res.version == Some(0) {
+                // HTTP/1.0 keeps a connection only when it says so.
+                head.close = !connection_has(res.headers, "keep-alive");
+            }
             head.keep_alive = KeepAlive::parse(
                 res.headers
                     .iter()
@@ -473,6 +449,16 @@ fn parse_response(bytes: &[u8]) -> Parsed {
     }
 }
 
+/// Whether a `Connection` field of `headers` lists `token`.
+fn connection_has(headers: &[httparse::Header<'_>], token: &str) -> bool {
+    headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("connection"))
+        .filter_map(|h| std::str::from_utf8(h.value).ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
 /// The body framing a head's fields say (RFC 9112 §6.1–6.3).
 fn framing_of(headers: &[httparse::Header<'_>]) -> Head {
     let mut head = Head {
@@ -481,6 +467,7 @@ fn framing_of(headers: &[httparse::Header<'_>]) -> Head {
         framing: None,
         invalid_framing: false,
         keep_alive: None,
+        close: connection_has(headers, "close"),
     };
     let mut length: Option<u64> = None;
     let mut encoded = false;
@@ -675,6 +662,33 @@ mod tests {
         t.wrote(GET);
         t.read(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n");
         assert_eq!(t.keep_alive(), None);
+    }
+
+    #[test]
+    fn a_close_said_by_either_side_is_seen() {
+        let mut t = Tracker::new();
+        t.wrote(b"GET / HTTP/1.1\r\nhost: h\r\n\r\n");
+        t.read(b"HTTP/1.1 100 Continue\r\nconnection: close\r\n\r\n");
+        assert!(!t.closing(), "an interim response's header");
+        t.read(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: keep-alive\r\n\r\n");
+        assert!(!t.closing());
+        t.wrote(b"GET / HTTP/1.1\r\nconnection: Upgrade, Close\r\n\r\n");
+        assert!(t.closing(), "a request's token, any case, in a list");
+
+        let mut t = Tracker::new();
+        t.wrote(b"GET / HTTP/1.1\r\n\r\n");
+        t.read(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+        assert!(t.closing());
+
+        let mut t = Tracker::new();
+        t.wrote(b"GET / HTTP/1.1\r\n\r\n");
+        t.read(b"HTTP/1.0 200 OK\r\ncontent-length: 0\r\n\r\n");
+        assert!(t.closing(), "HTTP/1.0 without keep-alive");
+
+        let mut t = Tracker::new();
+        t.wrote(b"GET / HTTP/1.1\r\n\r\n");
+        t.read(b"HTTP/1.0 200 OK\r\ncontent-length: 0\r\nconnection: keep-alive\r\n\r\n");
+        assert!(!t.closing(), "HTTP/1.0 with keep-alive");
     }
 
     #[test]

@@ -1,9 +1,16 @@
 //! What a connection is: its exchanges, read off the bytes that cross it,
-//! and the handle other parts of the crate use to see and steer it.
+//! the handle other parts of the crate use to see and steer it, and the
+//! record of a tracked connection (its responses, why it closed).
 //!
-//! Depends on nothing else in the crate: the connector's IO feeds the
-//! [`Tracker`], publishes what it learns in the connection's [`Link`], and
-//! the per-host registry and the retry read the `Link`.
+//! Depends on nothing else in the crate but `key`: the connector's IO feeds
+//! the [`Tracker`], publishes what it learns in the connection's [`Link`];
+//! the per-host registry and the retry read the `Link`; the drain and the
+//! metrics layer report a response's fate to its connection's [`Record`],
+//! which tells its [`ConnObserver`] (the metrics) when it closes and why.
+
+// Without hyper-util there are no tracked connections: the drain and the
+// metrics still look for their records, which never come.
+#![cfg_attr(not(feature = "hyper-util"), allow(dead_code))]
 
 #[cfg(feature = "hyper-util")]
 pub(crate) mod addrs;
@@ -11,24 +18,25 @@ pub(crate) mod addrs;
 pub(crate) mod http1;
 #[cfg(feature = "hyper-util")]
 pub(crate) mod keep_alive;
+mod phase;
+mod reason;
+mod record;
 
-#[cfg(feature = "hyper-util")]
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering::Relaxed};
-#[cfg(feature = "hyper-util")]
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, PoisonError};
-#[cfg(feature = "hyper-util")]
 use std::task::Waker;
 
 #[cfg(feature = "hyper-util")]
-pub(crate) use self::http1::{Event, Phase, Tracker};
+pub(crate) use self::http1::{Event, Tracker};
+pub(crate) use self::phase::Phase;
+pub use self::reason::CloseReason;
+pub(crate) use self::record::{BodyEnd, ConnObserver, Exchange, Record, Stamp};
 
 /// The task of a connection's IO while it waits on a read, to wake when
 /// something it must act on changed elsewhere.
-#[cfg(feature = "hyper-util")]
 #[derive(Debug, Default)]
 pub(crate) struct ReadWaker(Mutex<Option<Waker>>);
 
-#[cfg(feature = "hyper-util")]
 impl ReadWaker {
     /// Remembers `waker` (unless it would wake the same task already).
     pub(crate) fn park(&self, waker: &Waker) {
@@ -48,15 +56,17 @@ impl ReadWaker {
     }
 }
 
-#[cfg(feature = "hyper-util")]
 /// What one connection shows the rest of the crate: its phase and the
 /// exchanges it completed (published by its IO after every read and
 /// write), the pool key it was dialed for, and the task to wake to make it
 /// look at itself again.
 #[derive(Debug)]
 pub(crate) struct Link {
-    phase: AtomicU8,
-    completed: AtomicU64,
+    /// The phase (low 8 bits) and the exchanges completed (the rest), in
+    /// one word so that a reader never sees one without the other.
+    state: AtomicU64,
+    /// A request or a final response said the connection ends after it.
+    closing: AtomicBool,
     /// `scheme://authority` as the client dialed it, in lower case: the
     /// key under which hyper-util pools the connection.
     pool_key: Arc<str>,
@@ -64,13 +74,12 @@ pub(crate) struct Link {
     waker: ReadWaker,
 }
 
-#[cfg(feature = "hyper-util")]
 impl Link {
     /// The link of a new connection dialed for `pool_key`.
     pub(crate) fn new(pool_key: Arc<str>) -> Arc<Self> {
         Arc::new(Link {
-            phase: AtomicU8::new(Phase::Idle as u8),
-            completed: AtomicU64::new(0),
+            state: AtomicU64::new(Phase::Idle as u64),
+            closing: AtomicBool::new(false),
             pool_key,
             waker: ReadWaker::default(),
         })
@@ -78,12 +87,31 @@ impl Link {
 
     /// What the connection is doing, as its IO last published.
     pub(crate) fn phase(&self) -> Phase {
-        Phase::from_u8(self.phase.load(Relaxed))
+        Self::phase_of(self.state.load(Relaxed))
     }
 
     /// Exchanges the connection completed.
     pub(crate) fn completed(&self) -> u64 {
-        self.completed.load(Relaxed)
+        self.state.load(Relaxed) >> 8
+    }
+
+    /// The exchange the connection is on: the one under way, else the last
+    /// it completed (0 before its first). Not meaningful once the
+    /// connection stopped being HTTP/1.
+    pub(crate) fn latest(&self) -> u64 {
+        let state = self.state.load(Relaxed);
+        let busy = !matches!(Self::phase_of(state), Phase::Idle);
+        (state >> 8).saturating_add(u64::from(busy))
+    }
+
+    fn phase_of(state: u64) -> Phase {
+        Phase::from_u8((state & 0xff) as u8)
+    }
+
+    /// Whether a request or a final response said the connection ends
+    /// after its exchange.
+    pub(crate) fn closing(&self) -> bool {
+        self.closing.load(Relaxed)
     }
 
     /// The pool key the connection was dialed for.
@@ -92,9 +120,15 @@ impl Link {
     }
 
     /// Publishes what `tracker` says now.
+    #[cfg(feature = "hyper-util")]
     pub(crate) fn publish(&self, tracker: &Tracker) {
-        self.phase.store(tracker.phase() as u8, Relaxed);
-        self.completed.store(tracker.completed(), Relaxed);
+        if tracker.closing() && !self.closing.load(Relaxed) {
+            self.closing.store(true, Relaxed);
+        }
+        // Exchanges beyond 2^56 saturate there.
+        let completed = tracker.completed().min(u64::MAX >> 8);
+        self.state
+            .store((completed << 8) | tracker.phase() as u64, Relaxed);
     }
 
     /// Whether a request that failed on this connection got no byte of a
@@ -120,3 +154,8 @@ impl Link {
         self.waker.wake();
     }
 }
+
+/// hyper-util copies it into the extensions of every response on the
+/// connection, and into the `Connected` of its errors: what the retry reads.
+#[derive(Clone, Debug)]
+pub(crate) struct LinkHandle(pub(crate) Arc<Link>);

@@ -12,7 +12,7 @@ use super::hook::{DrainOutcome, SkipReason};
 use super::layer::Shared;
 use super::task::DrainTask;
 use crate::body_end::Polled;
-use crate::metrics::conn::ConnHandle;
+use crate::conn::{Exchange, Stamp};
 
 /// Frames read inline on drop, from what is already buffered, before the
 /// rest is left to a background task. Bounds the work done on the caller's
@@ -40,7 +40,7 @@ pub struct DrainBody<B> {
     /// The tracked connection the body arrives on, and the request it
     /// answers there (taken when the response arrived), told how a drain
     /// ends.
-    conn: Option<(ConnHandle, u64)>,
+    conn: Option<Exchange>,
     /// The drop logic, instantiated where `B: Body + Send + 'static` holds, so
     /// that the type itself needs no bounds.
     on_drop: fn(Pin<Box<B>>, Dropped),
@@ -52,7 +52,7 @@ pub(crate) struct Dropped {
     content_length: Option<u64>,
     http2: bool,
     shared: Arc<Shared>,
-    conn: Option<(ConnHandle, u64)>,
+    conn: Option<Exchange>,
 }
 
 impl<B> DrainBody<B>
@@ -66,12 +66,7 @@ where
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok());
-        let conn = response.extensions().get::<ConnHandle>().map(|c| {
-            // Wrapped before the metrics layer sees the response: it will be
-            // response number `responses() + 1`.
-            let seq = c.0.response_seq(c.0.responses() + 1);
-            (c.clone(), seq)
-        });
+        let conn = response.extensions().get::<Stamp>().map(Stamp::exchange);
         response.map(|body| {
             // A body already at its end when wrapped is complete from the
             // start: it never needs a drain.
@@ -173,8 +168,8 @@ where
         if !outcome.is_completed() {
             tracing::debug!(?outcome, "response body dropped early and not drained");
         }
-        if let Some((conn, seq)) = &conn {
-            conn.0.on_drain(*seq, &outcome);
+        if let Some(exchange) = &conn {
+            exchange.body_ended(outcome.body_end());
         }
         shared.hook.on_drain(&outcome);
     };

@@ -1,6 +1,8 @@
 use std::fmt;
 use std::time::Duration;
 
+use crate::conn::BodyEnd;
+
 /// How a drain ended, reported to an [`OnDrain`] hook once per body dropped
 /// before its end.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -53,6 +55,17 @@ impl DrainOutcome {
     /// Whether the body reached its end, so that its connection can be reused.
     pub fn is_completed(&self) -> bool {
         matches!(self, DrainOutcome::Completed { .. })
+    }
+
+    /// How the body ended, as its connection's record takes it.
+    pub(crate) fn body_end(&self) -> BodyEnd {
+        match self {
+            DrainOutcome::Completed { .. } => BodyEnd::Complete,
+            DrainOutcome::GaveUpBytes { .. }
+            | DrainOutcome::GaveUpTime { .. }
+            | DrainOutcome::Failed { .. } => BodyEnd::DrainGaveUp,
+            DrainOutcome::Aborted { .. } | DrainOutcome::Skipped(_) => BodyEnd::Dropped,
+        }
     }
 
     /// Bytes read and discarded by the drain (0 when skipped).

@@ -11,7 +11,7 @@ use tokio::time::{Instant, Sleep};
 use super::hook::DrainOutcome;
 use super::layer::Shared;
 use crate::body_end::Polled;
-use crate::metrics::conn::ConnHandle;
+use crate::conn::Exchange;
 
 /// Frames a drain reads in one poll before it yields to the runtime, so that
 /// a body that is always ready cannot monopolise a worker thread.
@@ -33,7 +33,7 @@ pin_project! {
 /// task is dropped before it finished (its runtime shut down).
 struct TaskGuard {
     shared: Arc<Shared>,
-    conn: Option<(ConnHandle, u64)>,
+    conn: Option<Exchange>,
     bytes: u64,
     start: Instant,
     finished: bool,
@@ -43,8 +43,8 @@ impl TaskGuard {
     /// Tells the body's connection first: dropping the body may close the
     /// connection, whose close reason must already know the outcome.
     fn tell_connection(&self, outcome: &DrainOutcome) {
-        if let Some((conn, seq)) = &self.conn {
-            conn.0.on_drain(*seq, outcome);
+        if let Some(exchange) = &self.conn {
+            exchange.body_ended(outcome.body_end());
         }
     }
 
@@ -84,7 +84,7 @@ where
     pub(crate) fn new(
         body: Pin<Box<B>>,
         shared: Arc<Shared>,
-        conn: Option<(ConnHandle, u64)>,
+        conn: Option<Exchange>,
         bytes: u64,
         start: Instant,
     ) -> Option<Self> {

@@ -4,9 +4,9 @@ use std::time::Duration;
 
 use tower_layer::Layer;
 
+use super::observe::{OnQueue, QueueHook};
 use super::registry::{Bounds, Policy, Registry};
 use super::service::PerHostLimit;
-use crate::metrics::Metrics;
 
 /// Default bound on requests waiting per host.
 pub(crate) const DEFAULT_MAX_QUEUED: usize = 1024;
@@ -59,10 +59,12 @@ impl PerHostLimitLayer {
         Arc::make_mut(&mut self.config)
     }
 
-    /// Reports queue figures (waited, wait time, queue full, timeouts,
-    /// cancellations, the queued gauge) to `metrics`.
-    pub fn metrics(mut self, metrics: Metrics) -> Self {
-        self.config_mut().policy.observer = Some(Arc::new(metrics));
+    /// Tells `hook` what happens in the queues: requests refused, waiting,
+    /// admitted after a wait, timed out or cancelled. A
+    /// [`Metrics`](crate::Metrics) is one: `.on_queue(metrics.clone())`
+    /// counts them all.
+    pub fn on_queue(mut self, hook: impl OnQueue) -> Self {
+        self.config_mut().policy.observer = Some(QueueHook::new(hook));
         self
     }
 

@@ -88,10 +88,12 @@ mod service;
 
 pub mod error;
 pub mod future;
+mod observe;
 
 pub use self::body::ResponseBody;
 pub use self::error::{QueueFull, QueueTimeout};
 pub use self::layer::PerHostLimitLayer;
+pub use self::observe::{OnQueue, QueueEvent};
 pub use self::service::PerHostLimit;
 
 /// Response extension: how long the request waited in its host's queue.

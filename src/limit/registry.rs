@@ -16,21 +16,10 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use super::observe::{QueueEvent, QueueHook};
 #[cfg(feature = "hyper-util")]
 use crate::conn::{Link, Phase};
 use crate::key::{BuildKeyHasher, HostKey};
-
-/// Told of what happens in the per-host queues. [`Metrics`](crate::Metrics)
-/// counts it; the limit knows nothing of what its observer does.
-pub(crate) trait QueueObserver: std::fmt::Debug + Send + Sync + 'static {
-    /// A request was refused: its host's queue was full.
-    fn queue_full(&self);
-    /// A request started waiting.
-    fn queue_entered(&self);
-    /// A request stopped waiting: it got a slot after `waited`, or (`None`)
-    /// it timed out (`timed_out`) or was cancelled.
-    fn queue_left(&self, waited: Option<Duration>, timed_out: bool);
-}
 
 /// The bounds a request (or dial) is admitted under.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -54,7 +43,7 @@ impl Bounds {
 #[derive(Clone, Debug)]
 pub(crate) struct Policy {
     pub(crate) bounds: Bounds,
-    pub(crate) observer: Option<Arc<dyn QueueObserver>>,
+    pub(crate) observer: Option<QueueHook>,
 }
 
 /// Slots per host, shared by every clone of a layer or connector.
@@ -163,13 +152,13 @@ impl Registry {
                 oldest.notify.notify_one();
             }
             if let Some(m) = &policy.observer {
-                m.queue_full();
+                m.tell(QueueEvent::Full);
             }
         }
         if host.waiters.len() >= bounds.max_queued {
             drop(state);
             if let Some(m) = &policy.observer {
-                m.queue_full();
+                m.tell(QueueEvent::Full);
             }
             return Acquire::Full(key);
         }
@@ -197,7 +186,7 @@ impl Registry {
             link.wake();
         }
         if let Some(m) = &policy.observer {
-            m.queue_entered();
+            m.tell(QueueEvent::Entered);
         }
         Acquire::Queued(Waiter {
             grant,
@@ -375,7 +364,7 @@ pub(crate) struct Waiter {
     /// Left the queue because its deadline passed.
     timed_out: bool,
     registry: Arc<Registry>,
-    observer: Option<Arc<dyn QueueObserver>>,
+    observer: Option<QueueHook>,
     since: Instant,
 }
 
@@ -442,7 +431,7 @@ impl Waiter {
         self.registry.queued.fetch_sub(1, Ordering::Relaxed);
         self.registry.in_flight.fetch_add(1, Ordering::Relaxed);
         if let Some(m) = &self.observer {
-            m.queue_left(Some(waited), false);
+            m.tell(QueueEvent::Admitted { waited });
         }
         Slot::new(self.key.clone(), self.registry.clone(), waited)
     }
@@ -455,7 +444,12 @@ impl Drop for Waiter {
         }
         self.registry.queued.fetch_sub(1, Ordering::Relaxed);
         if let Some(m) = &self.observer {
-            m.queue_left(None, self.timed_out);
+            let waited = self.since.elapsed();
+            m.tell(if self.timed_out {
+                QueueEvent::TimedOut { waited }
+            } else {
+                QueueEvent::Cancelled { waited }
+            });
         }
         let registry = &self.registry;
         let mut state = registry.state();

@@ -413,3 +413,46 @@ async fn a_layer_configured_after_cloning_keeps_its_slots() {
     assert_eq!(second.in_flight(), 0);
     assert_eq!(first.hosts_tracked(), 0);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_closure_hears_every_queue_event() {
+    use super::QueueEvent;
+    use std::sync::{Arc, Mutex};
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let seen = events.clone();
+    let layer = PerHostLimitLayer::new(1)
+        .max_queued(2)
+        .queue_timeout(Duration::from_secs(1))
+        .on_queue(move |e| seen.lock().unwrap().push(e));
+    let (mut svc, mut handle) = limited(&layer);
+    let mut a = start(&mut svc, "http://h/a").await;
+    let mut b = start(&mut svc, "http://h/b").await;
+    let mut c = start(&mut svc, "http://h/c").await;
+    let mut d = start(&mut svc, "http://h/d").await;
+    assert_pending!(b.poll());
+    assert_pending!(c.poll());
+    assert!(assert_ready!(d.poll()).is_err(), "the queue is full");
+    drop(c);
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    assert_pending!(a.poll());
+    answer(&mut handle, some_data()).await;
+    drop(assert_ready!(a.poll()).unwrap());
+    assert_pending!(b.poll());
+    let mut e = start(&mut svc, "http://h/e").await;
+    assert_pending!(e.poll());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(assert_ready!(e.poll()).is_err(), "timed out");
+    let ms = Duration::from_millis;
+    assert_eq!(
+        *events.lock().unwrap(),
+        [
+            QueueEvent::Entered,
+            QueueEvent::Entered,
+            QueueEvent::Full,
+            QueueEvent::Cancelled { waited: ms(0) },
+            QueueEvent::Admitted { waited: ms(5) },
+            QueueEvent::Entered,
+            QueueEvent::TimedOut { waited: ms(1000) },
+        ]
+    );
+}

@@ -1,5 +1,5 @@
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,6 +9,7 @@ use super::hosts::HostTable;
 use super::snapshot::{CloseCounts, DrainSkips, Snapshot};
 use super::CloseReason;
 use crate::drain::{DrainOutcome, OnDrain, SkipReason};
+use crate::limit::QueueEvent;
 
 /// The shared figures of poolguard: a cheap, cloneable handle.
 ///
@@ -17,7 +18,7 @@ use crate::drain::{DrainOutcome, OnDrain, SkipReason};
 /// [`DrainLayer::on_drain`](crate::DrainLayer::on_drain) (a `Metrics` is an
 /// [`OnDrain`] hook), to
 /// [`PerHostLimitLayer::metrics`](crate::PerHostLimitLayer::metrics) and, with
-/// the `hyper-util` feature, to `GuardedConnector::metrics`; read them with
+/// the `hyper-util` feature, to `GuardedConnector::track`; read them with
 /// [`Metrics::snapshot`]. Every update is an atomic add: no lock is taken per
 /// request.
 #[derive(Clone, Default)]
@@ -56,7 +57,6 @@ pub(crate) struct Inner {
     pub(crate) retries_failed: AtomicU64,
     pub(crate) next_connection: AtomicU64,
     /// A `ReuseMetricsLayer` reports responses to this handle.
-    pub(crate) layer_attached: AtomicBool,
     pub(crate) hosts: HostTable,
     #[cfg(feature = "hyper-util")]
     pub(crate) addrs: crate::conn::addrs::AddrTracker,
@@ -93,7 +93,6 @@ impl Default for Inner {
             retries_succeeded: AtomicU64::new(0),
             retries_failed: AtomicU64::new(0),
             next_connection: AtomicU64::new(1),
-            layer_attached: AtomicBool::new(false),
             hosts: HostTable::default(),
             #[cfg(feature = "hyper-util")]
             addrs: Default::default(),
@@ -112,41 +111,31 @@ impl Inner {
         nanos(self.epoch.elapsed()).max(1)
     }
 
-    /// A retry got a response (`ok`) or failed.
-    pub(crate) fn retry_ended(&self, ok: bool) {
-        let counter = if ok {
-            &self.retries_succeeded
-        } else {
-            &self.retries_failed
-        };
-        counter.fetch_add(1, Relaxed);
-    }
-
     pub(crate) fn closed(&self, reason: CloseReason) {
         self.connections_closed.fetch_add(1, Relaxed);
         self.closes[reason.index()].fetch_add(1, Relaxed);
     }
 
-    pub(crate) fn queue_entered(&self) {
-        self.queued.fetch_add(1, Relaxed);
-    }
-
-    pub(crate) fn queue_left(&self, waited: Option<Duration>, timed_out: bool) {
-        self.queued.fetch_sub(1, Relaxed);
-        match waited {
-            Some(waited) => {
-                self.queue_waited.fetch_add(1, Relaxed);
+    pub(crate) fn queue_event(&self, event: QueueEvent) {
+        let counter = match event {
+            QueueEvent::Full => &self.queue_full,
+            QueueEvent::Entered => {
+                self.queued.fetch_add(1, Relaxed);
+                return;
+            }
+            QueueEvent::Admitted { waited } => {
                 self.queue_wait_nanos.fetch_add(nanos(waited), Relaxed);
                 #[cfg(feature = "metrics")]
                 super::export::record_queue_wait(waited);
+                &self.queue_waited
             }
-            None if timed_out => {
-                self.queue_timeout.fetch_add(1, Relaxed);
-            }
-            None => {
-                self.queue_cancelled.fetch_add(1, Relaxed);
-            }
+            QueueEvent::TimedOut { .. } => &self.queue_timeout,
+            QueueEvent::Cancelled { .. } => &self.queue_cancelled,
+        };
+        if !matches!(event, QueueEvent::Full) {
+            self.queued.fetch_sub(1, Relaxed);
         }
+        counter.fetch_add(1, Relaxed);
     }
 }
 
@@ -249,26 +238,21 @@ impl OnDrain for Metrics {
     }
 }
 
-impl crate::retry::RetryObserver for Metrics {
-    fn retried(&self) {
-        self.inner.retries.fetch_add(1, Relaxed);
-    }
-
-    fn retry_ended(&self, ok: bool) {
-        self.inner.retry_ended(ok);
+impl crate::retry::OnRetry for Metrics {
+    fn on_retry(&self, event: crate::retry::RetryEvent) {
+        use crate::retry::RetryEvent;
+        let i = &self.inner;
+        let counter = match event {
+            RetryEvent::Retrying { .. } => &i.retries,
+            RetryEvent::Succeeded => &i.retries_succeeded,
+            RetryEvent::Failed => &i.retries_failed,
+        };
+        counter.fetch_add(1, Relaxed);
     }
 }
 
-impl crate::limit::registry::QueueObserver for Metrics {
-    fn queue_full(&self) {
-        self.inner.queue_full.fetch_add(1, Relaxed);
-    }
-
-    fn queue_entered(&self) {
-        self.inner.queue_entered();
-    }
-
-    fn queue_left(&self, waited: Option<Duration>, timed_out: bool) {
-        self.inner.queue_left(waited, timed_out);
+impl crate::limit::OnQueue for Metrics {
+    fn on_queue(&self, event: crate::limit::QueueEvent) {
+        self.inner.queue_event(event);
     }
 }

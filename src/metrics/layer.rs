@@ -10,9 +10,10 @@ use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use super::conn::{ConnHandle, ConnInfo};
+use super::conn::ConnInfo;
 use super::Metrics;
 use crate::body_end::Polled;
+use crate::conn::{BodyEnd, Exchange, Stamp};
 use crate::limit::QueueWait;
 
 /// Counts requests, responses and connection reuse into a [`Metrics`].
@@ -27,7 +28,6 @@ pub struct ReuseMetricsLayer {
 impl ReuseMetricsLayer {
     /// A layer that reports to `metrics` (and so to all its clones).
     pub fn new(metrics: Metrics) -> Self {
-        metrics.inner.layer_attached.store(true, Relaxed);
         ReuseMetricsLayer { metrics }
     }
 
@@ -128,14 +128,14 @@ where
 #[derive(Debug)]
 struct Flight {
     metrics: Metrics,
-    /// The tracked connection and the response's sequence number on it.
-    conn: Option<(ConnHandle, u64)>,
+    /// The response's exchange on its tracked connection.
+    conn: Option<Exchange>,
 }
 
 impl Flight {
     fn body_ended(mut self) {
-        if let Some((conn, seq)) = self.conn.take() {
-            conn.0.on_body_end(seq);
+        if let Some(exchange) = self.conn.take() {
+            exchange.body_ended(BodyEnd::Complete);
         }
     }
 }
@@ -144,8 +144,8 @@ impl Drop for Flight {
     fn drop(&mut self) {
         self.metrics.inner.in_flight.fetch_sub(1, Relaxed);
         // Still here: the body was dropped before its end.
-        if let Some((conn, seq)) = self.conn.take() {
-            conn.0.on_body_dropped(seq);
+        if let Some(exchange) = self.conn.take() {
+            exchange.body_ended(BodyEnd::Dropped);
         }
     }
 }
@@ -192,20 +192,22 @@ where
             .map_or(Duration::ZERO, |q| q.0);
         let reused = if let Some(info) = response.extensions().get::<ConnInfo>() {
             Some(info.reused)
-        } else if let Some(conn) = response.extensions().get::<ConnHandle>().cloned() {
+        } else if let Some(exchange) = response.extensions().get::<Stamp>().map(Stamp::exchange) {
             let retries = response
                 .extensions()
                 .get::<crate::retry::Retried>()
                 .map_or(0, |r| r.retries);
-            let info = conn
-                .0
-                .on_response(*this.started, close, queue_wait, retries);
-            if response.version() == http::Version::HTTP_2 {
-                conn.0.on_http2();
-            }
+            let seen = exchange.respond(*this.started);
+            let info = ConnInfo {
+                id: exchange.id(),
+                reused: seen.reused,
+                requests: seen.requests,
+                idle_for: seen.idle_for,
+                queue_wait,
+                retries,
+            };
             response.extensions_mut().insert(info);
-            let seq = conn.0.response_seq(info.requests);
-            f.conn = Some((conn, seq));
+            f.conn = Some(exchange);
             Some(info.reused)
         } else {
             reused_by_address(&f.metrics, &response, close)

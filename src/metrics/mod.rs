@@ -24,7 +24,9 @@
 //!   the response counts in `reuse_unknown`, never as reused.
 //! - **Drains** come through the [`OnDrain`](crate::drain::OnDrain) hook: a
 //!   `Metrics` is one, so `DrainLayer::new().on_drain(metrics.clone())`.
-//! - **Queues** come from `PerHostLimitLayer::metrics(metrics.clone())`.
+//! - **Queues** come from `PerHostLimitLayer::on_queue(metrics.clone())` and retries from
+//!   `RetryStaleLayer::on_retry(metrics.clone())`: both hooks, which a
+//!   `Metrics` implements.
 //!
 //! With the `metrics` feature, [`Metrics::publish`] exports the figures to
 //! the `metrics` facade crate as `poolguard_*` counters and gauges, and the
@@ -72,21 +74,21 @@
 //! ```
 
 #[cfg_attr(not(feature = "hyper-util"), allow(dead_code))]
-pub(crate) mod conn;
+mod compat;
+mod conn;
 #[cfg(feature = "metrics")]
 mod export;
 pub mod future;
 mod handle;
 mod hosts;
 mod layer;
-mod reason;
 mod snapshot;
 
 pub use self::conn::ConnInfo;
 pub use self::handle::Metrics;
 pub use self::layer::{ResponseBody, ResponseFuture, ReuseMetrics, ReuseMetricsLayer};
-pub use self::reason::CloseReason;
 pub use self::snapshot::{CloseCounts, DrainSkips, HostSnapshot, Snapshot};
+pub use crate::conn::CloseReason;
 
 #[cfg(test)]
 mod tests;

@@ -60,7 +60,7 @@ async fn queue_figures_come_from_the_limit() {
     let limit = PerHostLimitLayer::new(1)
         .max_queued(2)
         .queue_timeout(Duration::from_secs(1))
-        .metrics(metrics.clone());
+        .on_queue(metrics.clone());
     let (svc, mut handle) = mock::pair::<Request<()>, Response<Body>>();
     let mut svc = ReuseMetricsLayer::new(metrics.clone()).layer(limit.layer(svc));
 

@@ -14,7 +14,7 @@ use tower_service::Service;
 use std::sync::Arc;
 
 use super::layer::Seen;
-use super::{service::replay, stale, ReplayBody, Retried, RetryObserver};
+use super::{service::replay, stale, ReplayBody, Retried, RetryEvent, RetryHook};
 use crate::BoxError;
 
 pin_project! {
@@ -33,7 +33,7 @@ pin_project! {
         left: u32,
         // Retries made.
         retries: u32,
-        observer: Option<Arc<dyn RetryObserver>>,
+        observer: Option<RetryHook>,
         // The connections responses came on (untracked clients).
         seen: Option<Arc<Seen>>,
     }
@@ -67,7 +67,7 @@ where
         // Boxed: large, and only for requests that may be retried.
         retry: Option<Box<(S, Request<B>)>>,
         left: u32,
-        observer: Option<Arc<dyn RetryObserver>>,
+        observer: Option<RetryHook>,
         seen: Option<Arc<Seen>>,
     ) -> Self {
         ResponseFuture {
@@ -111,7 +111,11 @@ where
                     let retried = *this.retries > 0;
                     if retried {
                         if let Some(o) = this.observer.as_ref() {
-                            o.retry_ended(result.is_ok());
+                            o.tell(if result.is_ok() {
+                                RetryEvent::Succeeded
+                            } else {
+                                RetryEvent::Failed
+                            });
                         }
                     }
                     let error = match result {
@@ -155,7 +159,9 @@ where
                     *this.left -= 1;
                     *this.retries += 1;
                     if let Some(o) = this.observer.as_ref() {
-                        o.retried();
+                        o.tell(RetryEvent::Retrying {
+                            attempt: *this.retries,
+                        });
                     }
                     if *this.left > 0 {
                         if let Some(next) = replay(&req) {

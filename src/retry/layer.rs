@@ -2,8 +2,7 @@ use std::sync::{Arc, OnceLock};
 
 use tower_layer::Layer;
 
-use super::{RetryObserver, RetryStale};
-use crate::metrics::Metrics;
+use super::{OnRetry, RetryHook, RetryStale};
 
 /// Retries of requests that fail on a stale pooled connection; makes
 /// [`RetryStale`].
@@ -17,7 +16,7 @@ use crate::metrics::Metrics;
 #[must_use]
 pub struct RetryStaleLayer {
     pub(crate) max_retries: u32,
-    pub(crate) observer: Option<Arc<dyn RetryObserver>>,
+    pub(crate) observer: Option<RetryHook>,
     pub(crate) seen: OnceLock<Arc<Seen>>,
 }
 
@@ -45,10 +44,11 @@ impl RetryStaleLayer {
         self
     }
 
-    /// Counts retries, and those that succeeded and failed, into
-    /// `metrics`.
-    pub fn metrics(mut self, metrics: Metrics) -> Self {
-        self.observer = Some(Arc::new(metrics));
+    /// Tells `hook` of each retry and of how each retried request ended. A
+    /// [`Metrics`](crate::Metrics) is one: `.on_retry(metrics.clone())`
+    /// counts retries, and those that succeeded and failed.
+    pub fn on_retry(mut self, hook: impl OnRetry) -> Self {
+        self.observer = Some(RetryHook::new(hook));
         self
     }
 

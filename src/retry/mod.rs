@@ -91,7 +91,8 @@ mod tests;
 
 pub use future::ResponseFuture;
 pub use layer::RetryStaleLayer;
-pub(crate) use observe::RetryObserver;
+pub(crate) use observe::RetryHook;
+pub use observe::{OnRetry, RetryEvent};
 pub use replay::ReplayBody;
 pub use service::RetryStale;
 

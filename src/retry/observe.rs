@@ -1,13 +1,69 @@
 //! What the retry reports, and to whom.
 
 use std::fmt;
+use std::sync::Arc;
 
-/// Told of each retry and of how it ended. [`Metrics`](crate::Metrics)
-/// counts them; the retry knows nothing of what its observer does.
-pub(crate) trait RetryObserver: fmt::Debug + Send + Sync + 'static {
-    /// A request is being sent again.
-    fn retried(&self);
-    /// The last attempt of a retried request ended: with a response (`ok`)
-    /// or an error.
-    fn retry_ended(&self, ok: bool);
+/// Something a retry did, told to an [`OnRetry`] hook.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RetryEvent {
+    /// A request that failed on a stale pooled connection is being sent
+    /// again.
+    Retrying {
+        /// Which retry of the request this is, from 1.
+        attempt: u32,
+    },
+    /// The last attempt of a retried request got a response.
+    Succeeded,
+    /// The last attempt of a retried request failed too.
+    Failed,
+}
+
+/// A hook told of each retry and of how it ended, set with
+/// [`RetryStaleLayer::on_retry`](super::RetryStaleLayer::on_retry).
+/// [`Metrics`](crate::Metrics) is one; the retry knows nothing of what its
+/// hook does.
+///
+/// It is implemented for `()` (does nothing) and for any
+/// `Fn(RetryEvent) + Send + Sync + 'static` closure; keep it short and never
+/// block in it.
+pub trait OnRetry: Send + Sync + 'static {
+    /// Called for every retry, and once when a retried request ends.
+    fn on_retry(&self, event: RetryEvent);
+}
+
+impl OnRetry for () {
+    #[inline]
+    fn on_retry(&self, _event: RetryEvent) {}
+}
+
+impl<F> OnRetry for F
+where
+    F: Fn(RetryEvent) + Send + Sync + 'static,
+{
+    #[inline]
+    fn on_retry(&self, event: RetryEvent) {
+        self(event)
+    }
+}
+
+/// A shared [`OnRetry`] hook.
+#[derive(Clone)]
+pub(crate) struct RetryHook(Arc<dyn OnRetry>);
+
+impl RetryHook {
+    pub(crate) fn new(hook: impl OnRetry) -> Self {
+        RetryHook(Arc::new(hook))
+    }
+
+    #[inline]
+    pub(crate) fn tell(&self, event: RetryEvent) {
+        self.0.on_retry(event);
+    }
+}
+
+impl fmt::Debug for RetryHook {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("OnRetry")
+    }
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use super::future::ResponseFuture;
 use super::layer::Seen;
-use super::{ReplayBody, RetryObserver, RetryStaleLayer};
+use super::{ReplayBody, RetryHook, RetryStaleLayer};
 use crate::BoxError;
 
 /// Retries requests that fail on a stale pooled connection; made by
@@ -21,7 +21,7 @@ use crate::BoxError;
 pub struct RetryStale<S> {
     pub(crate) inner: S,
     pub(crate) max_retries: u32,
-    pub(crate) observer: Option<Arc<dyn RetryObserver>>,
+    pub(crate) observer: Option<RetryHook>,
     pub(crate) seen: Arc<Seen>,
 }
 

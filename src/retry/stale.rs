@@ -12,7 +12,7 @@ pub(crate) fn record(seen: &Seen, extensions: &http::Extensions) {
     {
         use hyper_util::client::legacy::connect::HttpInfo;
 
-        use crate::client::hyper_util::LinkHandle;
+        use crate::conn::LinkHandle;
 
         if extensions.get::<LinkHandle>().is_some() {
             return;
@@ -52,7 +52,7 @@ pub(crate) fn is_stale(error: &(dyn Error + 'static), seen: Option<&Seen>) -> bo
 fn hyper_util_stale(error: &hyper_util::client::legacy::Error, seen: Option<&Seen>) -> bool {
     use hyper_util::client::legacy::connect::HttpInfo;
 
-    use crate::client::hyper_util::LinkHandle;
+    use crate::conn::LinkHandle;
 
     if error.is_connect() {
         return false;

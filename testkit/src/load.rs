@@ -37,7 +37,7 @@ pub const REQUEST_LIMIT: Duration = Duration::from_secs(10);
 pub async fn drive<F, Fut>(tasks: usize, total: usize, pause_ms: u64, send: F) -> Run
 where
     F: Fn() -> Fut + Clone + Send + 'static,
-    Fut: std::future::Future<Output = Result<(), poolguard::BoxError>> + Send,
+    Fut: std::future::Future<Output = Result<(), crate::BoxError>> + Send,
 {
     let next = Arc::new(AtomicUsize::new(0));
     let ok = Arc::new(AtomicUsize::new(0));

@@ -1,0 +1,18 @@
+//! poolguard's test kit, one concern a file: loopback servers that count
+//! what they accept (`servers`), servers that break the rules (`raw`), and
+//! the load driver with what the process holds (`load`). Used by the
+//! crate's tests, its demo and its benchmarks; never published.
+
+#![allow(missing_docs)]
+
+mod load;
+mod raw;
+mod servers;
+
+pub use load::*;
+pub use raw::*;
+pub use servers::*;
+
+/// The error type of the load driver's requests (the same as
+/// `poolguard::BoxError`).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
