@@ -104,6 +104,7 @@ impl PoolGuard {
             crate::limit::registry::Bounds {
                 max_per_host: self.max_per_host,
                 max_queued: self.max_queued,
+                max_streams: None,
             },
             Some(self.metrics.clone()),
             self.honor_keep_alive,
@@ -126,6 +127,7 @@ impl fmt::Debug for PoolGuard {
 #[must_use]
 pub struct PoolGuardBuilder {
     max_per_host: usize,
+    max_streams_per_host: usize,
     max_queued: usize,
     queue_timeout: Duration,
     drain_max_bytes: u64,
@@ -139,6 +141,7 @@ impl Default for PoolGuardBuilder {
     fn default() -> Self {
         PoolGuardBuilder {
             max_per_host: 10,
+            max_streams_per_host: crate::limit::layer::DEFAULT_MAX_STREAMS,
             max_queued: crate::limit::layer::DEFAULT_MAX_QUEUED,
             queue_timeout: crate::limit::layer::DEFAULT_QUEUE_TIMEOUT,
             drain_max_bytes: crate::drain::layer::DEFAULT_MAX_BYTES,
@@ -155,6 +158,16 @@ impl PoolGuardBuilder {
     /// [`PoolGuard::connector`]) connections per host. Default: 10.
     pub fn max_per_host(mut self, n: usize) -> Self {
         self.max_per_host = n;
+        self
+    }
+
+    /// Requests in flight per host that speaks HTTP/2, where they multiplex
+    /// on one connection and `max_per_host` would only throttle them.
+    /// Default: 256. See
+    /// [`PerHostLimitLayer::max_streams_per_host`] for how a host's protocol
+    /// is learnt, and how a TLS host's first burst is held until then.
+    pub fn max_streams_per_host(mut self, n: usize) -> Self {
+        self.max_streams_per_host = n;
         self
     }
 
@@ -222,6 +235,7 @@ impl PoolGuardBuilder {
             limit: PerHostLimitLayer::new(self.max_per_host)
                 .max_queued(self.max_queued)
                 .queue_timeout(self.queue_timeout)
+                .max_streams_per_host(self.max_streams_per_host)
                 .on_queue(metrics.clone()),
         };
         PoolGuard {

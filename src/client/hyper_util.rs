@@ -149,6 +149,7 @@ impl<C> GuardedConnector<C> {
             bounds: Bounds {
                 max_per_host,
                 max_queued: DEFAULT_MAX_QUEUED,
+                max_streams: None,
             },
             metrics: None,
             honor_keep_alive: true,
@@ -860,6 +861,7 @@ mod tests {
             bounds: Bounds {
                 max_per_host: 1,
                 max_queued: 8,
+                max_streams: None,
             },
             observer: None,
         };

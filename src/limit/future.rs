@@ -115,8 +115,11 @@ where
                     let result = ready!(future.poll(cx));
                     // An error releases the slot now, not when the future is
                     // dropped.
-                    let slot = slot.take();
+                    let mut slot = slot.take();
                     let mut response = result.map_err(Into::into)?;
+                    if let Some(slot) = slot.as_mut() {
+                        slot.learn(response.version());
+                    }
                     if let Some(waited) = slot.as_ref().map(Slot::waited).filter(|w| !w.is_zero()) {
                         response.extensions_mut().insert(QueueWait(waited));
                     }

@@ -11,6 +11,11 @@ use super::service::PerHostLimit;
 /// Default bound on requests waiting per host.
 pub(crate) const DEFAULT_MAX_QUEUED: usize = 1024;
 /// Default longest wait in a host's queue.
+/// Requests in flight per HTTP/2 host unless configured: more than common
+/// servers allow at once (nginx, Go: 128 and 250 streams per connection),
+/// so that the limit never throttles a normal server.
+pub(crate) const DEFAULT_MAX_STREAMS: usize = 256;
+
 pub(crate) const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Limits the requests in flight to each host, queueing the surplus.
@@ -47,6 +52,7 @@ impl PerHostLimitLayer {
                     bounds: Bounds {
                         max_per_host,
                         max_queued: DEFAULT_MAX_QUEUED,
+                        max_streams: Some(DEFAULT_MAX_STREAMS),
                     },
                     observer: None,
                 },
@@ -65,6 +71,25 @@ impl PerHostLimitLayer {
     /// counts them all.
     pub fn on_queue(mut self, hook: impl OnQueue) -> Self {
         self.config_mut().policy.observer = Some(QueueHook::new(hook));
+        self
+    }
+
+    /// At most `max_streams` requests in flight to each host that speaks
+    /// HTTP/2 (a value of 0 is taken as 1). Default: 256.
+    ///
+    /// A host's protocol comes from the version of its responses:
+    /// `max_per_host` applies to an HTTP/1 host, `max_streams` to an HTTP/2
+    /// one, whose requests multiplex on one connection (hyper's HTTP/2
+    /// client also waits for the server's `SETTINGS_MAX_CONCURRENT_STREAMS`
+    /// itself, so requests beyond it queue inside hyper rather than fail).
+    /// Until an `https` host's first response shows its protocol, one
+    /// request at a time goes to it: ALPN may pick HTTP/2, and each request
+    /// let through before then would open a connection (and a TLS
+    /// handshake) of its own. Plain `http` hosts start at `max_per_host`.
+    /// The protocol of up to 4096 hosts with nothing in flight is
+    /// remembered.
+    pub fn max_streams_per_host(mut self, max_streams: usize) -> Self {
+        self.config_mut().policy.bounds.max_streams = Some(max_streams);
         self
     }
 

@@ -28,12 +28,52 @@ pub(crate) struct Bounds {
     pub(crate) max_per_host: usize,
     /// Waiters per host.
     pub(crate) max_queued: usize,
+    /// Requests in flight per host once the host is known to speak HTTP/2
+    /// (at least 1); `None` where the protocol changes nothing (a
+    /// connector's connection slots).
+    pub(crate) max_streams: Option<usize>,
 }
 
 impl Bounds {
     /// At least one slot per host.
     pub(crate) fn slots(self) -> usize {
         self.max_per_host.max(1)
+    }
+
+    /// Slots of a host that speaks `proto`. A host reached over TLS whose
+    /// protocol is not known yet gets one: ALPN may choose HTTP/2 on its
+    /// first connection, and every request let through before the first
+    /// response would dial a connection of its own.
+    fn slots_for(self, proto: Proto, tls: bool) -> usize {
+        match (self.max_streams, proto) {
+            (None, _) | (Some(_), Proto::Http1) => self.slots(),
+            (Some(streams), Proto::Http2) => streams.max(1),
+            (Some(_), Proto::Unknown) if tls => 1,
+            (Some(_), Proto::Unknown) => self.slots(),
+        }
+    }
+}
+
+/// What a host speaks, from the responses that came from it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) enum Proto {
+    /// No response yet.
+    #[default]
+    Unknown,
+    /// HTTP/1.x: one request at a time per connection.
+    Http1,
+    /// HTTP/2 or later: requests multiplex on one connection.
+    Http2,
+}
+
+impl Proto {
+    /// The protocol a response of `version` came over.
+    pub(crate) fn of(version: http::Version) -> Proto {
+        if version >= http::Version::HTTP_2 {
+            Proto::Http2
+        } else {
+            Proto::Http1
+        }
     }
 }
 
@@ -58,6 +98,13 @@ pub(crate) struct Registry {
 struct Host {
     /// Slots taken (by requests, or handed to waiters not yet woken).
     taken: usize,
+    /// The bounds of the last request admitted (clones of a layer share
+    /// the registry and may differ).
+    bounds: Option<Bounds>,
+    /// What the host speaks, as far as its responses showed.
+    proto: Proto,
+    /// Reached over TLS (`https`).
+    tls: bool,
     /// Waiters, first come first served; empty whenever a slot is free.
     waiters: VecDeque<Arc<Grant>>,
     /// A connector's connections to the host (one per slot that has one),
@@ -133,14 +180,18 @@ impl Registry {
         let mut state = self.state();
         let host = match state.hosts.get_mut(&key) {
             Some(host) => host,
-            None => state.hosts.entry(key.clone()).or_default(),
+            None => state.open(&key),
         };
-        if host.taken < bounds.slots() {
+        host.bounds = Some(bounds);
+        let proto = host.proto;
+        if host.taken < bounds.slots_for(proto, host.tls) {
             // No waiters here: they exist only while every slot is taken.
             host.taken += 1;
             drop(state);
             self.in_flight.fetch_add(1, Ordering::Relaxed);
-            return Acquire::Ready(Slot::new(key, self.clone(), Duration::ZERO));
+            let mut slot = Slot::new(key, self.clone(), Duration::ZERO);
+            slot.proto = proto;
+            return Acquire::Ready(slot);
         }
         // A connector's queue drops its oldest dial instead: hyper-util
         // leaves a dial that lost the race to a pool checkout running in
@@ -210,14 +261,40 @@ impl Registry {
         let Some(host) = state.hosts.get_mut(key) else {
             return;
         };
-        if let Some(next) = host.waiters.pop_front() {
-            next.granted.store(true, Ordering::Release);
-            next.notify.notify_one();
-            return;
+        // A slot goes to the first waiter, unless the host holds more than
+        // it may now (its protocol changed).
+        if host.taken <= host.limit() {
+            if let Some(next) = host.waiters.pop_front() {
+                next.granted.store(true, Ordering::Release);
+                next.notify.notify_one();
+                return;
+            }
         }
         host.taken = host.taken.saturating_sub(1);
-        if host.taken == 0 {
+        if host.taken == 0 && host.waiters.is_empty() {
             state.remove(key);
+        }
+    }
+
+    /// A response showed that `key` speaks `proto`: when that lets more
+    /// requests in, waiters get the new slots at once.
+    fn learn(&self, key: &HostKey, proto: Proto) {
+        let mut state = self.state();
+        let Some(host) = state.hosts.get_mut(key) else {
+            return;
+        };
+        if host.proto == proto {
+            return;
+        }
+        host.proto = proto;
+        let limit = host.limit();
+        while host.taken < limit {
+            let Some(next) = host.waiters.pop_front() else {
+                break;
+            };
+            host.taken += 1;
+            next.granted.store(true, Ordering::Release);
+            next.notify.notify_one();
         }
     }
 
@@ -241,13 +318,47 @@ impl Registry {
 #[derive(Debug, Default)]
 struct State {
     hosts: HashMap<HostKey, Host, BuildKeyHasher>,
+    /// What hosts no longer tracked were last seen to speak, so that a
+    /// host that goes quiet keeps its protocol (at most [`MAX_KNOWN`]).
+    known: HashMap<HostKey, Proto, BuildKeyHasher>,
+}
+
+/// Hosts whose protocol is remembered while they have nothing in flight.
+const MAX_KNOWN: usize = 4096;
+
+impl Host {
+    /// Slots the host may hold now.
+    fn limit(&self) -> usize {
+        self.bounds.map_or(1, |b| b.slots_for(self.proto, self.tls))
+    }
 }
 
 impl State {
+    /// Starts tracking `key`, with the protocol it was last seen to speak.
+    fn open(&mut self, key: &HostKey) -> &mut Host {
+        let proto = self.known.remove(key).unwrap_or_default();
+        let tls = key.scheme() == "https";
+        self.hosts.entry(key.clone()).or_insert_with(|| Host {
+            proto,
+            tls,
+            ..Host::default()
+        })
+    }
+
     /// Forgets `key`, and gives memory back after a burst of hosts: a map
     /// at a quarter of its capacity is halved (amortised, O(1) per removal).
     fn remove(&mut self, key: &HostKey) {
-        self.hosts.remove(key);
+        if let Some(host) = self.hosts.remove(key) {
+            if host.proto != Proto::Unknown {
+                if self.known.len() >= MAX_KNOWN {
+                    // Forget an arbitrary host: the cost is one held burst.
+                    if let Some(old) = self.known.keys().next().cloned() {
+                        self.known.remove(&old);
+                    }
+                }
+                self.known.insert(key.clone(), host.proto);
+            }
+        }
         const MIN_CAPACITY: usize = 64;
         let hosts = &mut self.hosts;
         if hosts.capacity() > MIN_CAPACITY && hosts.len() < hosts.capacity() / 4 {
@@ -262,6 +373,8 @@ pub(crate) struct Slot {
     key: Option<HostKey>,
     registry: Arc<Registry>,
     waited: Duration,
+    /// The host's protocol when the slot was taken.
+    proto: Proto,
     /// The connection holding the slot (a connector's slot).
     #[cfg(feature = "hyper-util")]
     link: Option<Arc<Link>>,
@@ -276,6 +389,7 @@ impl Slot {
             key: Some(key),
             registry,
             waited,
+            proto: Proto::Unknown,
             #[cfg(feature = "hyper-util")]
             link: None,
             #[cfg(feature = "hyper-util")]
@@ -286,6 +400,20 @@ impl Slot {
     /// How long the slot's holder waited in the queue for it.
     pub(crate) fn waited(&self) -> Duration {
         self.waited
+    }
+
+    /// The response to the slot's request came over `version`: the host's
+    /// limit follows its protocol. Takes the lock only when the protocol
+    /// is news to this slot.
+    pub(crate) fn learn(&mut self, version: http::Version) {
+        let proto = Proto::of(version);
+        if proto == self.proto {
+            return;
+        }
+        self.proto = proto;
+        if let Some(key) = &self.key {
+            self.registry.learn(key, proto);
+        }
     }
 
     /// The slot is held by the connection `link`: it is woken when a dial

@@ -456,3 +456,97 @@ async fn a_closure_hears_every_queue_event() {
         ]
     );
 }
+
+/// Answers the next request with a response of `version`.
+async fn answer_over(handle: &mut Handle, version: http::Version) -> String {
+    let (req, send) = handle.next_request().await.expect("a request");
+    let mut response = Response::new(some_data());
+    *response.version_mut() = version;
+    send.send_response(response);
+    req.uri().path().to_owned()
+}
+
+/// Starts `n` requests to `uri`, each polled once.
+async fn burst(svc: &mut PerHostLimit<Mock>, uri: &str, n: usize) -> Vec<task::Spawn<Fut>> {
+    let mut all = Vec::new();
+    for _ in 0..n {
+        let mut f = start(svc, uri).await;
+        assert_pending!(f.poll());
+        all.push(f);
+    }
+    all
+}
+
+/// Polls every pending future once, so that those granted a slot take it.
+fn poll_all(all: &mut [task::Spawn<Fut>]) {
+    for f in all {
+        assert_pending!(f.poll());
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_http2_host_is_limited_by_streams_not_by_max_per_host() {
+    let layer = PerHostLimitLayer::new(2).max_streams_per_host(5);
+    let (mut svc, mut handle) = limited(&layer);
+    // Plain http: the host starts at max_per_host.
+    let mut first = start(&mut svc, "http://h/first").await;
+    assert_pending!(first.poll());
+    let mut rest = burst(&mut svc, "http://h/x", 7).await;
+    assert_eq!((layer.in_flight(), layer.queued()), (2, 6));
+    // Its first response is HTTP/2: three more may go at once.
+    assert_eq!(
+        answer_over(&mut handle, http::Version::HTTP_2).await,
+        "/first"
+    );
+    let response = assert_ready!(first.poll()).unwrap();
+    poll_all(&mut rest);
+    assert_eq!(
+        (layer.in_flight(), layer.queued()),
+        (5, 3),
+        "max_streams, the first body still unread"
+    );
+    drop(response);
+    poll_all(&mut rest);
+    assert_eq!(
+        (layer.in_flight(), layer.queued()),
+        (5, 2),
+        "a freed slot goes to the next waiter"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_tls_host_sends_one_request_until_its_protocol_is_known() {
+    for (version, then) in [(http::Version::HTTP_2, 5), (http::Version::HTTP_11, 2)] {
+        let layer = PerHostLimitLayer::new(2).max_streams_per_host(5);
+        let (mut svc, mut handle) = limited(&layer);
+        let mut first = start(&mut svc, "https://h/first").await;
+        assert_pending!(first.poll());
+        let mut rest = burst(&mut svc, "https://h/x", 7).await;
+        assert_eq!(
+            (layer.in_flight(), layer.queued()),
+            (1, 7),
+            "the burst is held: one dial"
+        );
+        answer_over(&mut handle, version).await;
+        drop(assert_ready!(first.poll()).unwrap());
+        poll_all(&mut rest);
+        assert_eq!(layer.in_flight(), then, "{version:?}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_host_keeps_its_protocol_while_quiet() {
+    let layer = PerHostLimitLayer::new(2).max_streams_per_host(5);
+    let (mut svc, mut handle) = limited(&layer);
+    let mut first = start(&mut svc, "https://h/first").await;
+    assert_pending!(first.poll());
+    answer_over(&mut handle, http::Version::HTTP_2).await;
+    drop(assert_ready!(first.poll()).unwrap());
+    assert_eq!(layer.hosts_tracked(), 0, "nothing in flight: not tracked");
+    let _burst = burst(&mut svc, "https://h/x", 8).await;
+    assert_eq!(
+        (layer.in_flight(), layer.queued()),
+        (5, 3),
+        "no held burst the second time"
+    );
+}

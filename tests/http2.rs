@@ -1,0 +1,101 @@
+//! HTTP/2 through the guard, against loopback servers that count what they
+//! accept and how many requests they hold at once.
+#![cfg(all(feature = "hyper-util", feature = "reqwest"))]
+
+use poolguard_testkit as support;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use poolguard::PoolGuard;
+use tower::ServiceExt;
+
+type Stack = poolguard::Guarded<Client<poolguard::GuardedConnector<HttpConnector>, Empty<Bytes>>>;
+
+/// hyper-util speaking HTTP/2 with prior knowledge (h2c), behind `guard`.
+fn h2c_stack(guard: &PoolGuard) -> Stack {
+    let client = Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build(guard.connector(HttpConnector::new()));
+    tower::ServiceBuilder::new()
+        .layer(guard.layer())
+        .service(client)
+}
+
+/// Sends `n` GETs at once and reads every body; returns the errors.
+async fn all_at_once(svc: &Stack, uri: http::Uri, n: usize) -> usize {
+    let mut tasks = Vec::new();
+    for _ in 0..n {
+        let (svc, uri) = (svc.clone(), uri.clone());
+        tasks.push(tokio::spawn(async move {
+            let req = http::Request::get(uri).body(Empty::new())?;
+            let response = svc.oneshot(req).await?;
+            response.into_body().collect().await?;
+            Ok::<_, poolguard::BoxError>(())
+        }));
+    }
+    let mut errors = 0;
+    for t in tasks {
+        match tokio::time::timeout(Duration::from_secs(20), t).await {
+            Ok(Ok(Ok(()))) => {}
+            other => {
+                eprintln!("request failed: {other:?}");
+                errors += 1;
+            }
+        }
+    }
+    errors
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_streams_are_not_capped_by_max_per_host() {
+    // A slow handler: every request the client lets through is at the
+    // server at once.
+    let server = support::serve_with(support::Options {
+        delay: Duration::from_millis(500),
+        http2: true,
+    })
+    .await;
+    let guard = PoolGuard::builder().max_per_host(10).build();
+    let svc = h2c_stack(&guard);
+    // One request first, so that the host's protocol is known.
+    assert_eq!(all_at_once(&svc, server.uri("/bytes/10"), 1).await, 0);
+    assert_eq!(all_at_once(&svc, server.uri("/bytes/10"), 100).await, 0);
+    println!(
+        "accepted {}, peak at the server {}",
+        server.stats.accepted(),
+        server.stats.peak()
+    );
+    assert_eq!(server.stats.accepted(), 1, "one connection");
+    assert_eq!(
+        server.stats.peak(),
+        100,
+        "all 100 streams at once, not max_per_host"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_streams_per_host_bounds_an_http2_host() {
+    let server = support::serve_with(support::Options {
+        delay: Duration::from_millis(300),
+        http2: true,
+    })
+    .await;
+    let guard = PoolGuard::builder()
+        .max_per_host(4)
+        .max_streams_per_host(20)
+        .build();
+    let svc = h2c_stack(&guard);
+    assert_eq!(all_at_once(&svc, server.uri("/bytes/10"), 100).await, 0);
+    println!(
+        "accepted {}, peak at the server {}",
+        server.stats.accepted(),
+        server.stats.peak()
+    );
+    assert_eq!(server.stats.accepted(), 1, "one connection");
+    assert_eq!(server.stats.peak(), 20, "max_streams_per_host, exactly");
+}
