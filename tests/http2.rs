@@ -99,3 +99,58 @@ async fn max_streams_per_host_bounds_an_http2_host() {
     assert_eq!(server.stats.accepted(), 1, "one connection");
     assert_eq!(server.stats.peak(), 20, "max_streams_per_host, exactly");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_early_drops_are_drained_and_lose_no_request() {
+    const TOTAL: usize = 2000;
+    let server = support::serve_with(support::Options {
+        delay: Duration::ZERO,
+        http2: true,
+    })
+    .await;
+    // 64 KiB in 1 KiB frames: a body dropped right after its headers has
+    // not all arrived, and bare, every such drop resets its stream.
+    let uri = server.uri("/chunked/65536");
+    let bare = Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<Empty<Bytes>>();
+    let send = {
+        let uri = uri.clone();
+        move || {
+            let (bare, uri) = (bare.clone(), uri.clone());
+            async move {
+                drop(bare.get(uri).await?);
+                Ok(())
+            }
+        }
+    };
+    let bare_run = support::drive(8, TOTAL, 0, send).await;
+    let bare_accepts = server.stats.accepted();
+
+    let guard = PoolGuard::builder().build();
+    let svc = h2c_stack(&guard);
+    let send = move || {
+        let (svc, uri) = (svc.clone(), uri.clone());
+        async move {
+            let req = http::Request::get(uri).body(Empty::new())?;
+            drop(svc.oneshot(req).await?);
+            Ok(())
+        }
+    };
+    let run = support::drive(8, TOTAL, 0, send).await;
+    let accepts = server.stats.accepted() - bare_accepts;
+    let snap = guard.metrics().snapshot();
+    println!(
+        "bare: {} failed, {} connections; guarded: {} failed, {} connections, \
+         {} drains completed, {} gave up",
+        bare_run.errors,
+        bare_accepts,
+        run.errors,
+        accepts,
+        snap.drains_completed,
+        snap.drains_gave_up_bytes + snap.drains_gave_up_time
+    );
+    assert_eq!(run.errors, 0, "no request lost guarded");
+    assert_eq!(accepts, 1, "one connection, never closed by h2 itself");
+    assert_eq!(run.ok, TOTAL);
+}

@@ -4,7 +4,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
-use http::{header, Response, Version};
+use http::{header, Response};
 use http_body::{Body, Frame, SizeHint};
 use tokio::time::Instant;
 
@@ -35,7 +35,6 @@ pub struct DrainBody<B> {
     read: u64,
     /// The response's `Content-Length`, if any.
     content_length: Option<u64>,
-    http2: bool,
     shared: Arc<Shared>,
     /// The tracked connection the body arrives on, and the request it
     /// answers there (taken when the response arrived), told how a drain
@@ -50,7 +49,6 @@ pub struct DrainBody<B> {
 pub(crate) struct Dropped {
     read: u64,
     content_length: Option<u64>,
-    http2: bool,
     shared: Arc<Shared>,
     conn: Option<Exchange>,
 }
@@ -60,7 +58,6 @@ where
     B: Body + Send + 'static,
 {
     pub(crate) fn wrap(response: Response<B>, shared: Arc<Shared>) -> Response<Self> {
-        let http2 = response.version() == Version::HTTP_2;
         let content_length = response
             .headers()
             .get(header::CONTENT_LENGTH)
@@ -75,7 +72,6 @@ where
                 body,
                 read: 0,
                 content_length,
-                http2,
                 shared,
                 conn,
                 on_drop: drop_early::<B>,
@@ -137,7 +133,6 @@ impl<B> Drop for DrainBody<B> {
                 Dropped {
                     read: self.read,
                     content_length: self.content_length,
-                    http2: self.http2,
                     shared: self.shared.clone(),
                     conn: self.conn.take(),
                 },
@@ -152,7 +147,6 @@ impl<B> fmt::Debug for DrainBody<B> {
             .field("complete", &self.body.is_none())
             .field("read", &self.read)
             .field("content_length", &self.content_length)
-            .field("http2", &self.http2)
             .finish_non_exhaustive()
     }
 }
@@ -175,9 +169,6 @@ where
     };
     if body.is_end_stream() {
         return;
-    }
-    if dropped.http2 {
-        return report(DrainOutcome::Skipped(SkipReason::Http2));
     }
     let config = shared.config;
     let known_remaining = dropped

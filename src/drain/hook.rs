@@ -85,7 +85,9 @@ impl DrainOutcome {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum SkipReason {
-    /// The response is HTTP/2: dropping a stream costs no connection.
+    /// Not reported any more: HTTP/2 bodies are drained like HTTP/1 ones,
+    /// so that dropped streams do not count against h2's reset protection.
+    /// Kept so that code matching it compiles.
     Http2,
     /// The known remaining length of the body exceeds `max_bytes`.
     TooLarge,

@@ -12,8 +12,12 @@
 //!
 //! When a [`DrainBody`] is dropped before its end:
 //!
-//! 1. An HTTP/2 response is dropped at once: resetting one h2 stream costs no
-//!    connection ([`SkipReason::Http2`]).
+//! 1. HTTP/1 and HTTP/2 bodies are treated alike. Resetting one HTTP/2 stream
+//!    costs no connection, but the h2 crate closes its connection (failing
+//!    every request in flight on it) after too many streams reset by the
+//!    client (`too_many_internal_resets`, hyperium/h2#856): a stream read to
+//!    its end is never reset, so a drain within budget keeps the connection
+//!    healthy; past the budget the stream is reset.
 //! 2. A body whose known remaining length (`Content-Length` minus what was
 //!    read, or the body's `size_hint`) exceeds `max_bytes` is dropped at once,
 //!    without reading it ([`SkipReason::TooLarge`]).
