@@ -58,6 +58,7 @@ async fn http2_streams_are_not_capped_by_max_per_host() {
     let server = support::serve_with(support::Options {
         delay: Duration::from_millis(500),
         http2: true,
+        ..Default::default()
     })
     .await;
     let guard = PoolGuard::builder().max_per_host(10).build();
@@ -83,6 +84,7 @@ async fn max_streams_per_host_bounds_an_http2_host() {
     let server = support::serve_with(support::Options {
         delay: Duration::from_millis(300),
         http2: true,
+        ..Default::default()
     })
     .await;
     let guard = PoolGuard::builder()
@@ -106,6 +108,7 @@ async fn http2_early_drops_are_drained_and_lose_no_request() {
     let server = support::serve_with(support::Options {
         delay: Duration::ZERO,
         http2: true,
+        ..Default::default()
     })
     .await;
     // 64 KiB in 1 KiB frames: a body dropped right after its headers has
@@ -153,4 +156,62 @@ async fn http2_early_drops_are_drained_and_lose_no_request() {
     assert_eq!(run.errors, 0, "no request lost guarded");
     assert_eq!(accepts, 1, "one connection, never closed by h2 itself");
     assert_eq!(run.ok, TOTAL);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_request_is_lost_to_a_graceful_goaway() {
+    const TOTAL: usize = 3000;
+    // Every connection ends gracefully after 100 streams.
+    let server = support::serve_with(support::Options {
+        http2: true,
+        goaway_after: 100,
+        ..Default::default()
+    })
+    .await;
+    let uri = server.uri("/bytes/100");
+    let bare = Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<Empty<Bytes>>();
+    let send = {
+        let uri = uri.clone();
+        move || {
+            let (bare, uri) = (bare.clone(), uri.clone());
+            async move {
+                bare.get(uri).await?.into_body().collect().await?;
+                Ok(())
+            }
+        }
+    };
+    let bare_run = support::drive(50, TOTAL, 0, send).await;
+    let bare_requests = server.stats.requests();
+
+    let guard = PoolGuard::builder().build();
+    let svc = h2c_stack(&guard);
+    let send = move || {
+        let (svc, uri) = (svc.clone(), uri.clone());
+        async move {
+            // POST: not idempotent, and still safe to send again when the
+            // server did not process it.
+            let req = http::Request::post(uri).body(Empty::new())?;
+            svc.oneshot(req).await?.into_body().collect().await?;
+            Ok(())
+        }
+    };
+    let run = support::drive(50, TOTAL, 0, send).await;
+    let requests = server.stats.requests() - bare_requests;
+    let snap = guard.metrics().snapshot();
+    println!(
+        "bare: {} lost of {TOTAL}; guarded: {} lost, {} retried as not processed \
+         ({} succeeded, {} failed), server saw {requests}",
+        bare_run.errors,
+        run.errors,
+        snap.retries_not_processed,
+        snap.retries_succeeded,
+        snap.retries_failed,
+    );
+    assert_eq!(run.errors, 0, "no request lost guarded");
+    assert_eq!(
+        requests, TOTAL,
+        "each request processed once: a retry only for what the server never saw"
+    );
 }

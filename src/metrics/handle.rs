@@ -55,6 +55,7 @@ pub(crate) struct Inner {
     pub(crate) retries: AtomicU64,
     pub(crate) retries_succeeded: AtomicU64,
     pub(crate) retries_failed: AtomicU64,
+    pub(crate) retries_not_processed: AtomicU64,
     pub(crate) next_connection: AtomicU64,
     /// A `ReuseMetricsLayer` reports responses to this handle.
     pub(crate) hosts: HostTable,
@@ -92,6 +93,7 @@ impl Default for Inner {
             retries: AtomicU64::new(0),
             retries_succeeded: AtomicU64::new(0),
             retries_failed: AtomicU64::new(0),
+            retries_not_processed: AtomicU64::new(0),
             next_connection: AtomicU64::new(1),
             hosts: HostTable::default(),
             #[cfg(feature = "hyper-util")]
@@ -186,6 +188,7 @@ impl Metrics {
             retries: load(&i.retries),
             retries_succeeded: load(&i.retries_succeeded),
             retries_failed: load(&i.retries_failed),
+            retries_not_processed: load(&i.retries_not_processed),
             hosts: i.hosts.snapshot(),
         }
     }
@@ -243,7 +246,12 @@ impl crate::retry::OnRetry for Metrics {
         use crate::retry::RetryEvent;
         let i = &self.inner;
         let counter = match event {
-            RetryEvent::Retrying { .. } => &i.retries,
+            RetryEvent::Retrying { cause, .. } => {
+                if cause == crate::retry::RetryCause::NotProcessed {
+                    i.retries_not_processed.fetch_add(1, Relaxed);
+                }
+                &i.retries
+            }
             RetryEvent::Succeeded => &i.retries_succeeded,
             RetryEvent::Failed => &i.retries_failed,
         };

@@ -54,13 +54,17 @@ pub struct Snapshot {
     pub in_flight: u64,
     /// Requests waiting in per-host queues now.
     pub queued: u64,
-    /// Requests sent again after failing on a stale pooled connection (see
+    /// Requests sent again after failing on a stale pooled connection, or
+    /// because an HTTP/2 server did not process them (see
     /// [`RetryStaleLayer`](crate::retry::RetryStaleLayer)).
     pub retries: u64,
     /// Of those, retries that got a response.
     pub retries_succeeded: u64,
     /// Of those, retries that failed too.
     pub retries_failed: u64,
+    /// Of all retries, those of requests an HTTP/2 server refused or left
+    /// above its `GOAWAY`'s last stream id.
+    pub retries_not_processed: u64,
     /// Per-host connection figures: at most a fixed number of hosts, the
     /// rest folded into one row whose `host` is `None`.
     pub hosts: Vec<HostSnapshot>,

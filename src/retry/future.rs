@@ -14,7 +14,7 @@ use tower_service::Service;
 use std::sync::Arc;
 
 use super::layer::Seen;
-use super::{service::replay, stale, ReplayBody, Retried, RetryEvent, RetryHook};
+use super::{service::replay, stale, ReplayBody, Retried, RetryCause, RetryEvent, RetryHook};
 use crate::BoxError;
 
 pin_project! {
@@ -36,6 +36,10 @@ pin_project! {
         observer: Option<RetryHook>,
         // The connections responses came on (untracked clients).
         seen: Option<Arc<Seen>>,
+        // The request may be sent again after a stale connection.
+        idempotent: bool,
+        // Why the retry under way is made.
+        cause: RetryCause,
     }
 }
 
@@ -69,6 +73,7 @@ where
         left: u32,
         observer: Option<RetryHook>,
         seen: Option<Arc<Seen>>,
+        idempotent: bool,
     ) -> Self {
         ResponseFuture {
             state: State::Called { future },
@@ -77,6 +82,8 @@ where
             retries: 0,
             observer,
             seen,
+            idempotent,
+            cause: RetryCause::StaleConnection,
         }
     }
 }
@@ -132,13 +139,20 @@ where
                         }
                         Err(error) => error.into(),
                     };
-                    let stale = *this.left > 0
-                        && this.retry.is_some()
-                        && stale::is_stale(&*error, this.seen.as_deref());
-                    if !stale {
+                    let cause = if *this.left == 0 || this.retry.is_none() {
+                        None
+                    } else if stale::not_processed(&*error) {
+                        Some(RetryCause::NotProcessed)
+                    } else if *this.idempotent && stale::is_stale(&*error, this.seen.as_deref()) {
+                        Some(RetryCause::StaleConnection)
+                    } else {
+                        None
+                    };
+                    let Some(cause) = cause else {
                         return Poll::Ready(Err(error));
-                    }
-                    tracing::debug!(%error, "request failed on a stale pooled connection; sending it again");
+                    };
+                    *this.cause = cause;
+                    tracing::debug!(%error, ?cause, "request not answered; sending it again");
                     match crate::timer::sleep_until(Instant::now() + PAUSE) {
                         Some(pause) => this.state.set(State::Pausing { pause }),
                         None => this.state.set(State::Retrying),
@@ -161,6 +175,7 @@ where
                     if let Some(o) = this.observer.as_ref() {
                         o.tell(RetryEvent::Retrying {
                             attempt: *this.retries,
+                            cause: *this.cause,
                         });
                     }
                     if *this.left > 0 {

@@ -92,7 +92,7 @@ mod tests;
 pub use future::ResponseFuture;
 pub use layer::RetryStaleLayer;
 pub(crate) use observe::RetryHook;
-pub use observe::{OnRetry, RetryEvent};
+pub use observe::{OnRetry, RetryCause, RetryEvent};
 pub use replay::ReplayBody;
 pub use service::RetryStale;
 

@@ -12,11 +12,26 @@ pub enum RetryEvent {
     Retrying {
         /// Which retry of the request this is, from 1.
         attempt: u32,
+        /// Why the request may be sent again.
+        cause: RetryCause,
     },
     /// The last attempt of a retried request got a response.
     Succeeded,
     /// The last attempt of a retried request failed too.
     Failed,
+}
+
+/// Why a request is sent again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RetryCause {
+    /// It failed on a reused HTTP/1 connection before any byte of a
+    /// response came: the server had closed the idle connection.
+    StaleConnection,
+    /// An HTTP/2 server said it did not process it: the stream was refused
+    /// (`REFUSED_STREAM`) or was above the last stream id of the server's
+    /// `GOAWAY` (RFC 9113 §8.7). Safe whatever the method.
+    NotProcessed,
 }
 
 /// A hook told of each retry and of how it ended, set with

@@ -68,7 +68,10 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let replay = if self.max_retries > 0 && is_idempotent(&req) {
+        // Any request may be sent again if an HTTP/2 server did not process
+        // it; only an idempotent one after a stale connection.
+        let idempotent = is_idempotent(&req);
+        let replay = if self.max_retries > 0 {
             replay(&req)
         } else {
             None
@@ -85,6 +88,7 @@ where
             self.max_retries,
             observer,
             seen,
+            idempotent,
         )
     }
 }

@@ -25,6 +25,31 @@ pub(crate) fn record(seen: &Seen, extensions: &http::Extensions) {
     let _ = (seen, extensions);
 }
 
+/// Whether an HTTP/2 server said it did not process the request that failed
+/// with `error`: its stream was refused, or was above the last stream id
+/// of the server's `GOAWAY` (h2 fails such streams, and any opened after
+/// the `GOAWAY`, with the `GOAWAY` itself). RFC 9113 §8.7: such a request
+/// can be sent again whatever its method.
+pub(crate) fn not_processed(error: &(dyn Error + 'static)) -> bool {
+    #[cfg(feature = "hyper-util")]
+    {
+        let mut source = Some(error);
+        while let Some(e) = source {
+            if let Some(h2) = e.downcast_ref::<h2::Error>() {
+                return h2.is_remote()
+                    && (h2.is_go_away() || h2.reason() == Some(h2::Reason::REFUSED_STREAM));
+            }
+            source = e.source();
+        }
+        false
+    }
+    #[cfg(not(feature = "hyper-util"))]
+    {
+        let _ = error;
+        false
+    }
+}
+
 /// Whether `error` is a failure on a connection that had served a request
 /// before, with no byte of a response to this request: the one failure
 /// [`RetryStale`](super::RetryStale) sends again. See the

@@ -78,6 +78,10 @@ pub struct Options {
     pub delay: Duration,
     /// Serve HTTP/2 with prior knowledge instead of HTTP/1.1.
     pub http2: bool,
+    /// HTTP/2: end each connection gracefully (`GOAWAY`) once it has
+    /// received this many requests, as nginx's `keepalive_requests` does
+    /// (0: never).
+    pub goaway_after: usize,
 }
 
 /// Starts an HTTP/1.1 server on 127.0.0.1:0. Routes:
@@ -94,15 +98,30 @@ pub async fn serve_with(options: Options) -> Server {
     listen(move |stream, stats| {
         let options = options.clone();
         async move {
-            let svc =
-                hyper::service::service_fn(move |req| handle(req, stats.clone(), options.delay));
+            let seen = Arc::new(AtomicUsize::new(0));
+            let enough = Arc::new(tokio::sync::Notify::new());
+            let (counter, notify) = (seen.clone(), enough.clone());
+            let goaway_after = options.goaway_after;
+            let svc = hyper::service::service_fn(move |req| {
+                if counter.fetch_add(1, Ordering::SeqCst) + 1 == goaway_after {
+                    notify.notify_one();
+                }
+                handle(req, stats.clone(), options.delay)
+            });
             let io = TokioIo::new(stream);
             // A client that drops a connection mid-body makes the server
             // side fail with an incomplete message: expected, not logged.
             let _ = if options.http2 {
-                hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                    .serve_connection(io, svc)
-                    .await
+                let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(io, svc);
+                let mut conn = std::pin::pin!(conn);
+                tokio::select! {
+                    done = conn.as_mut() => done,
+                    () = enough.notified() => {
+                        conn.as_mut().graceful_shutdown();
+                        conn.await
+                    }
+                }
             } else {
                 hyper::server::conn::http1::Builder::new()
                     .serve_connection(io, svc)
