@@ -383,10 +383,16 @@ async fn a_reqwest_retry_needs_no_metrics_layer() {
         response.extensions().get::<Retried>().map(|r| r.retries),
         Some(1)
     );
-    use poolguard::retry::RetryEvent;
+    use poolguard::retry::{RetryCause, RetryEvent};
     assert_eq!(
         *events.lock().unwrap(),
-        [RetryEvent::Retrying { attempt: 1 }, RetryEvent::Succeeded]
+        [
+            RetryEvent::Retrying {
+                attempt: 1,
+                cause: RetryCause::StaleConnection
+            },
+            RetryEvent::Succeeded
+        ]
     );
 }
 
