@@ -1,4 +1,5 @@
-//! Safe retry of requests that fail on a stale pooled connection.
+//! Safe retry of requests that fail on a stale pooled connection, or that an
+//! HTTP/2 server did not process.
 //!
 //! Every client that reuses connections meets this race: the server closes
 //! an idle keep-alive connection just as the client sends a new request on
@@ -17,6 +18,17 @@
 //! - its body can be replayed ([`ReplayBody`]): a copy is taken before the
 //!   first attempt (with the method, URI, version, headers and extensions);
 //! - over HTTP/1: an HTTP/2 connection's failure is about no one request.
+//!
+//! Over HTTP/2 the server says itself which requests it did not process: a
+//! stream it refused (`REFUSED_STREAM`), and every stream above the last
+//! stream id of its `GOAWAY` (a graceful shutdown, as nginx's
+//! `keepalive_requests` makes every 1000 requests), which the h2 crate fails
+//! with the `GOAWAY`. RFC 9113 §8.7 makes such a request safe to send again
+//! whatever its method; so it is, when its body can be replayed (bare
+//! hyper-util loses them: hyperium/hyper#2500). A copy of every request
+//! with a replayable body is therefore taken while retries are on. These
+//! retries count in [`Snapshot::retries_not_processed`](crate::Snapshot)
+//! too, and tell their [`RetryCause`].
 //!
 //! The retry waits 1 ms (one tick of tokio's timer) first: a server that
 //! closes idle connections has likely closed others at the same moment, and
