@@ -691,6 +691,32 @@ impl<T: Read + Unpin> Read for GuardedIo<T> {
     }
 }
 
+/// The first bytes of a TLS handshake record: what a connection carries when
+/// a TLS connector wraps the `GuardedConnector` instead of the other way
+/// round.
+const TLS_HANDSHAKE: [u8; 2] = [0x16, 0x03];
+
+/// The error of a connection that would carry TLS records: the
+/// `GuardedConnector` must see the HTTP inside TLS.
+fn tls_outside() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidInput,
+        "poolguard: a TLS connector wraps the GuardedConnector, which then sees only \
+         encrypted bytes; wrap the TLS connector instead: \
+         GuardedConnector::new(HttpsConnector, n) (or PoolGuard::connector(https))",
+    )
+}
+
+impl IoGuard {
+    /// Whether the first bytes written on the connection are a TLS
+    /// handshake.
+    fn is_tls_outside(&self, first: &[u8]) -> bool {
+        self.tracker.completed() == 0
+            && self.tracker.phase() == Phase::Idle
+            && first.starts_with(&TLS_HANDSHAKE)
+    }
+}
+
 impl<T: Write + Unpin> Write for GuardedIo<T> {
     fn poll_write(
         mut self: Pin<&mut Self>,
@@ -698,6 +724,9 @@ impl<T: Write + Unpin> Write for GuardedIo<T> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let GuardedIo { io, guard } = &mut *self;
+        if guard.is_tls_outside(buf) {
+            return Poll::Ready(Err(tls_outside()));
+        }
         let polled = Pin::new(io).poll_write(cx, buf);
         guard.wrote(&polled, std::iter::once(buf));
         polled
@@ -721,6 +750,11 @@ impl<T: Write + Unpin> Write for GuardedIo<T> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let GuardedIo { io, guard } = &mut *self;
+        if let Some(first) = bufs.iter().find(|b| !b.is_empty()) {
+            if guard.is_tls_outside(first) {
+                return Poll::Ready(Err(tls_outside()));
+            }
+        }
         let polled = Pin::new(io).poll_write_vectored(cx, bufs);
         guard.wrote(&polled, bufs.iter().map(|b| &b[..]));
         polled

@@ -1,14 +1,15 @@
 use std::fmt;
 
-/// Why a connection was closed, from what poolguard saw last on it.
+/// Why a connection was closed: from the connection's own bytes (the
+/// phase it was in, a `Connection: close` either side said) and from how
+/// the layers holding the body of an unfinished response let go of it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[non_exhaustive]
 pub enum CloseReason {
-    /// A response body was dropped before its end and not drained.
-    ///
-    /// hyper reads once more when a body is dropped and keeps the connection
-    /// if that finished the body; such a connection, closed later without
-    /// another request, still counts here: it is what was seen last.
+    /// A response body was dropped before its end and not drained: the
+    /// connection closed with the body unfinished. (hyper reads once more
+    /// when a body is dropped and keeps the connection if that finished the
+    /// body; such a connection closes later for another reason.)
     BodyDroppedUnread,
     /// A response body was dropped before its end and the drain gave up
     /// (over its byte or time budget, or the body failed).

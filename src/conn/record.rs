@@ -186,8 +186,11 @@ impl Record {
             return CloseReason::ConnectionClose;
         }
         let phase = self.link.phase();
-        let http1 = self.is_http1();
-        if http1 {
+        if phase == Phase::Responding {
+            // The body was unfinished: how the layer holding it let go of
+            // it says why. Once an exchange is complete, a drop or a drain
+            // of its body cost the connection nothing, whatever the order
+            // in which their reports arrive.
             if let Some(reason) = self.pending() {
                 return reason;
             }
@@ -308,10 +311,6 @@ impl Exchange {
                 );
                 r.idle_since.store(r.observer.now(), Relaxed);
             }
-            // hyper reads once more when a body is dropped and keeps the
-            // connection if that finished the body; such a connection,
-            // closed later without another request, still counts as
-            // dropped: it is what was seen last.
             // A drain that gave up already said more.
             BodyEnd::Dropped => {
                 let gave_up = tag(self.seq, CloseReason::DrainGaveUp);

@@ -100,7 +100,7 @@ struct Host {
     taken: usize,
     /// The bounds of the last request admitted (clones of a layer share
     /// the registry and may differ).
-    bounds: Option<Bounds>,
+    slots: HostSlots,
     /// What the host speaks, as far as its responses showed.
     proto: Proto,
     /// Reached over TLS (`https`).
@@ -182,7 +182,7 @@ impl Registry {
             Some(host) => host,
             None => state.open(&key),
         };
-        host.bounds = Some(bounds);
+        host.slots = HostSlots::of(bounds);
         let proto = host.proto;
         if host.taken < bounds.slots_for(proto, host.tls) {
             // No waiters here: they exist only while every slot is taken.
@@ -318,25 +318,63 @@ impl Registry {
 #[derive(Debug, Default)]
 struct State {
     hosts: HashMap<HostKey, Host, BuildKeyHasher>,
-    /// What hosts no longer tracked were last seen to speak, so that a
-    /// host that goes quiet keeps its protocol (at most [`MAX_KNOWN`]).
-    known: HashMap<HostKey, Proto, BuildKeyHasher>,
+    /// What hosts no longer tracked were last seen to speak, where it
+    /// changes their limit (HTTP/2, or HTTP/1 over TLS), so that a host that
+    /// goes quiet keeps its protocol: at most [`MAX_KNOWN`] hosts, by the
+    /// 64-bit hash of their key (about 20 bytes each; two hosts whose
+    /// hashes collide would share a protocol until the next response).
+    known: HashMap<u64, Proto, BuildKeyHasher>,
 }
 
 /// Hosts whose protocol is remembered while they have nothing in flight.
 const MAX_KNOWN: usize = 4096;
 
+/// The hash a host's protocol is remembered under.
+fn known_hash(key: &HostKey) -> u64 {
+    use std::hash::BuildHasher;
+    BuildKeyHasher::default().hash_one(key)
+}
+
 impl Host {
     /// Slots the host may hold now.
     fn limit(&self) -> usize {
-        self.bounds.map_or(1, |b| b.slots_for(self.proto, self.tls))
+        self.slots.for_proto(self.proto, self.tls)
+    }
+}
+
+/// A host's slot counts of [`Bounds`], kept small: they live in every
+/// tracked host. Counts past `u32::MAX` are taken as `u32::MAX`.
+#[derive(Clone, Copy, Debug, Default)]
+struct HostSlots {
+    per_host: u32,
+    /// 0: the protocol changes nothing.
+    streams: u32,
+}
+
+impl HostSlots {
+    fn of(bounds: Bounds) -> Self {
+        let small = |n: usize| u32::try_from(n.max(1)).unwrap_or(u32::MAX);
+        HostSlots {
+            per_host: small(bounds.max_per_host),
+            streams: bounds.max_streams.map_or(0, small),
+        }
+    }
+
+    fn for_proto(self, proto: Proto, tls: bool) -> usize {
+        let wide = |n: u32| usize::try_from(n.max(1)).unwrap_or(usize::MAX);
+        let bounds = Bounds {
+            max_per_host: wide(self.per_host),
+            max_queued: 0,
+            max_streams: (self.streams > 0).then(|| wide(self.streams)),
+        };
+        bounds.slots_for(proto, tls)
     }
 }
 
 impl State {
     /// Starts tracking `key`, with the protocol it was last seen to speak.
     fn open(&mut self, key: &HostKey) -> &mut Host {
-        let proto = self.known.remove(key).unwrap_or_default();
+        let proto = self.known.remove(&known_hash(key)).unwrap_or_default();
         let tls = key.scheme() == "https";
         self.hosts.entry(key.clone()).or_insert_with(|| Host {
             proto,
@@ -349,14 +387,19 @@ impl State {
     /// at a quarter of its capacity is halved (amortised, O(1) per removal).
     fn remove(&mut self, key: &HostKey) {
         if let Some(host) = self.hosts.remove(key) {
-            if host.proto != Proto::Unknown {
+            let matters = match host.proto {
+                Proto::Unknown => false,
+                Proto::Http1 => host.tls,
+                Proto::Http2 => true,
+            };
+            if matters {
                 if self.known.len() >= MAX_KNOWN {
                     // Forget an arbitrary host: the cost is one held burst.
                     if let Some(old) = self.known.keys().next().cloned() {
                         self.known.remove(&old);
                     }
                 }
-                self.known.insert(key.clone(), host.proto);
+                self.known.insert(known_hash(key), host.proto);
             }
         }
         const MIN_CAPACITY: usize = 64;

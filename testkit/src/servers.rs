@@ -53,12 +53,35 @@ pub struct Server {
     pub addr: SocketAddr,
     pub stats: Arc<Stats>,
     task: tokio::task::JoinHandle<()>,
+    /// For a TLS server: the certificate it presents (made at start, for
+    /// `localhost` and 127.0.0.1), for clients to trust.
+    pub root: Option<rustls::pki_types::CertificateDer<'static>>,
 }
 
 impl Server {
-    /// `http://127.0.0.1:PORT` followed by `path`.
+    /// `http://127.0.0.1:PORT` (`https` for a TLS server) followed by
+    /// `path`.
     pub fn url(&self, path: &str) -> String {
-        format!("http://{}{}", self.addr, path)
+        let scheme = if self.root.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}{}", self.addr, path)
+    }
+
+    /// A rustls client configuration that trusts this server's certificate
+    /// and offers `alpn` (for reqwest's `use_preconfigured_tls`, or
+    /// hyper-rustls).
+    pub fn client_tls(&self, alpn: &[&[u8]]) -> rustls::ClientConfig {
+        let mut roots = rustls::RootCertStore::empty();
+        if let Some(root) = &self.root {
+            roots.add(root.clone()).expect("a valid certificate");
+        }
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("TLS versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        config
     }
     pub fn uri(&self, path: &str) -> http::Uri {
         self.url(path).parse().expect("valid uri")
@@ -96,40 +119,83 @@ pub async fn serve() -> Server {
 
 pub async fn serve_with(options: Options) -> Server {
     listen(move |stream, stats| {
-        let options = options.clone();
-        async move {
-            let seen = Arc::new(AtomicUsize::new(0));
-            let enough = Arc::new(tokio::sync::Notify::new());
-            let (counter, notify) = (seen.clone(), enough.clone());
-            let goaway_after = options.goaway_after;
-            let svc = hyper::service::service_fn(move |req| {
-                if counter.fetch_add(1, Ordering::SeqCst) + 1 == goaway_after {
-                    notify.notify_one();
-                }
-                handle(req, stats.clone(), options.delay)
-            });
-            let io = TokioIo::new(stream);
-            // A client that drops a connection mid-body makes the server
-            // side fail with an incomplete message: expected, not logged.
-            let _ = if options.http2 {
-                let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                    .serve_connection(io, svc);
-                let mut conn = std::pin::pin!(conn);
-                tokio::select! {
-                    done = conn.as_mut() => done,
-                    () = enough.notified() => {
-                        conn.as_mut().graceful_shutdown();
-                        conn.await
-                    }
-                }
-            } else {
-                hyper::server::conn::http1::Builder::new()
-                    .serve_connection(io, svc)
-                    .await
-            };
-        }
+        serve_conn(TokioIo::new(stream), stats, options.clone(), options.http2)
     })
     .await
+}
+
+/// [`serve_with`] over TLS, with a certificate made now for `localhost` and
+/// 127.0.0.1. With `options.http2` the server offers `h2` and `http/1.1`
+/// by ALPN and speaks what was chosen; else `http/1.1` only.
+pub async fn serve_tls_with(options: Options) -> Server {
+    let key = rcgen::KeyPair::generate().expect("key pair");
+    let params =
+        rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+            .expect("certificate parameters");
+    let cert = params.self_signed(&key).expect("certificate");
+    let der = cert.der().clone();
+    let key = rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der()).expect("key");
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_no_client_auth()
+        .with_single_cert(vec![der.clone()], key)
+        .expect("server certificate");
+    config.alpn_protocols = if options.http2 {
+        vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+    } else {
+        vec![b"http/1.1".to_vec()]
+    };
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let mut server = listen(move |stream, stats| {
+        let (acceptor, options) = (acceptor.clone(), options.clone());
+        async move {
+            let Ok(tls) = acceptor.accept(stream).await else {
+                return;
+            };
+            let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+            serve_conn(TokioIo::new(tls), stats, options, h2).await;
+        }
+    })
+    .await;
+    server.root = Some(der);
+    server
+}
+
+/// Serves one accepted connection, HTTP/2 if `h2`, else HTTP/1.1.
+async fn serve_conn<I>(io: TokioIo<I>, stats: Arc<Stats>, options: Options, h2: bool)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let seen = Arc::new(AtomicUsize::new(0));
+    let enough = Arc::new(tokio::sync::Notify::new());
+    let (counter, notify) = (seen.clone(), enough.clone());
+    let goaway_after = options.goaway_after;
+    let svc = hyper::service::service_fn(move |req| {
+        if counter.fetch_add(1, Ordering::SeqCst) + 1 == goaway_after {
+            notify.notify_one();
+        }
+        handle(req, stats.clone(), options.delay)
+    });
+    // A client that drops a connection mid-body makes the server
+    // side fail with an incomplete message: expected, not logged.
+    let _ = if h2 {
+        let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            .serve_connection(io, svc);
+        let mut conn = std::pin::pin!(conn);
+        tokio::select! {
+            done = conn.as_mut() => done,
+            () = enough.notified() => {
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
+        }
+    } else {
+        hyper::server::conn::http1::Builder::new()
+            .serve_connection(io, svc)
+            .await
+    };
 }
 
 /// Binds 127.0.0.1:0, counts every accepted connection, and serves each
@@ -152,7 +218,12 @@ where
             tokio::spawn(serve_conn(stream, task_stats.clone()));
         }
     });
-    Server { addr, stats, task }
+    Server {
+        addr,
+        stats,
+        task,
+        root: None,
+    }
 }
 
 type ServerBody = BoxBody<Bytes, Infallible>;
