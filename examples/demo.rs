@@ -8,7 +8,11 @@
 //!
 //! Flags: `--scale F` multiplies every request count (default 1.0);
 //! `--only NAME` runs one workload: `drop-5b`, `drop-64k`, `read-64k`,
-//! `bursty`, `flood`, `slow-100`, `crawler`, `stale`, `endless`; `--rounds N` repeats every workload N times, the
+//! `bursty`, `flood`, `slow-100`, `crawler`, `stale`, `endless`, and over
+//! HTTP/2 and TLS `h2-flood` (h2c), `tls-h2-flood` (TLS, ALPN h2),
+//! `h2-drop-64k` (TLS h2, bodies in 1 KiB frames dropped after the
+//! headers), `h2-goaway` (h2c, a graceful `GOAWAY` every 100 streams),
+//! `tls-drop-64k` (TLS HTTP/1.1); `--rounds N` repeats every workload N times, the
 //! clients in a different order each round, and reports the median with the
 //! spread (min–max) of req/s and the process's RSS growth during each run
 //! (this is the loopback benchmark of BENCHMARKS.md). `--scaling` runs the
@@ -30,10 +34,22 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use poolguard::{BoxError, Metrics, PoolGuard, ReuseMetricsLayer};
-use tower::ServiceExt;
+use tower::{Layer, ServiceExt};
 
 type BoxFuture = Pin<Box<dyn Future<Output = Result<(), BoxError>> + Send>>;
 type Send_ = Arc<dyn Fn(usize) -> BoxFuture + Send + Sync>;
+
+/// How the clients reach the server.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Transport {
+    /// HTTP/1.1 over plain TCP.
+    Plain,
+    /// HTTP/2 over plain TCP, with prior knowledge.
+    H2c,
+    /// TLS with a certificate made at start; the server offers `h2` by
+    /// ALPN when `h2`, else only `http/1.1`.
+    Tls { h2: bool },
+}
 
 /// What the caller does with a response body.
 #[derive(Clone, Copy)]
@@ -62,6 +78,10 @@ struct Workload {
     /// A raw server that closes connections idle this long (the stale
     /// connection race), instead of the hyper server.
     server_idle_close: Option<Duration>,
+    transport: Transport,
+    /// HTTP/2: the server ends each connection gracefully after this many
+    /// streams (0: never).
+    goaway_after: usize,
 }
 
 struct Row {
@@ -179,6 +199,9 @@ where
 {
     let mut builder = Client::builder(TokioExecutor::new());
     builder.pool_max_idle_per_host(idle);
+    if w.transport == Transport::H2c {
+        builder.http2_only(true);
+    }
     if let Some(t) = w.idle_timeout {
         // The pool's reaper needs a timer to close idle connections.
         builder
@@ -188,11 +211,58 @@ where
     builder.build(connector)
 }
 
-fn reqwest_client(idle: usize, w: &Workload) -> reqwest::ClientBuilder {
-    reqwest::Client::builder()
+fn reqwest_client(idle: usize, w: &Workload, server: &support::Server) -> reqwest::ClientBuilder {
+    let builder = reqwest::Client::builder()
         .pool_max_idle_per_host(idle)
         .pool_idle_timeout(w.idle_timeout.unwrap_or(Duration::from_secs(90)))
-        .dns_resolver(Loopback)
+        .dns_resolver(Loopback);
+    match w.transport {
+        Transport::Plain => builder,
+        Transport::H2c => builder.http2_prior_knowledge(),
+        // reqwest's defaults: rustls, ALPN offering h2 and http/1.1.
+        Transport::Tls { .. } => {
+            builder.tls_backend_preconfigured(server.client_tls(&[b"h2", b"http/1.1"]))
+        }
+    }
+}
+
+/// hyper-rustls trusting `server`'s certificate, offering h2 by ALPN too.
+fn https(server: &support::Server) -> hyper_rustls::HttpsConnector<HttpConnector<Loopback>> {
+    let mut http = HttpConnector::new_with_resolver(Loopback);
+    http.enforce_http(false);
+    hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(server.client_tls(&[]))
+        .https_only()
+        .enable_all_versions()
+        .wrap_connector(http)
+}
+
+/// Sends through a tower service of hyper-util's kind, using each response
+/// body as `usage` says.
+fn hyper_send<S, B>(svc: S, urls: Arc<Vec<String>>, usage: Use) -> Send_
+where
+    S: tower::Service<http::Request<Empty<Bytes>>, Response = http::Response<B>>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send,
+    S::Error: Into<BoxError>,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    Arc::new(move |i| {
+        let (svc, uri) = (svc.clone(), urls[i % urls.len()].clone());
+        Box::pin(async move {
+            let req = http::Request::get(uri).body(Empty::new())?;
+            let resp = svc.oneshot(req).await.map_err(Into::into)?;
+            if let Use::Read = usage {
+                resp.into_body().collect().await.map_err(Into::into)?;
+            }
+            Ok(())
+        })
+    })
 }
 
 fn urls(servers: &[support::Server], path: &str, names: usize) -> Arc<Vec<String>> {
@@ -242,61 +312,55 @@ fn senders(
 ) -> Vec<(&'static str, Send_, Option<Metrics>)> {
     let urls = urls(servers, w.path, w.names);
     let usage = w.usage;
+    let Some(server) = servers.first() else {
+        return Vec::new();
+    };
     let mut out: Vec<(&'static str, Send_, Option<Metrics>)> = Vec::new();
 
     // Bare hyper-util; a metrics layer (which changes nothing) reads reuse
     // from socket addresses.
     let metrics = Metrics::new();
-    let svc = tower::ServiceBuilder::new()
-        .layer(ReuseMetricsLayer::new(metrics.clone()))
-        .service(hyper_client(
-            HttpConnector::new_with_resolver(Loopback),
-            w.bare_idle,
-            w,
-        ));
-    let u = urls.clone();
-    out.push((
-        "hyper-util bare",
-        Arc::new(move |i| {
-            let (svc, uri) = (svc.clone(), u[i % u.len()].clone());
-            Box::pin(async move {
-                let req = http::Request::get(uri).body(Empty::new())?;
-                let resp = svc.oneshot(req).await?;
-                if let Use::Read = usage {
-                    resp.into_body().collect().await?;
-                }
-                Ok(())
-            })
-        }),
-        Some(metrics),
-    ));
+    let reuse = ReuseMetricsLayer::new(metrics.clone());
+    let bare = match w.transport {
+        Transport::Tls { .. } => hyper_send(
+            reuse.layer(hyper_client(https(server), w.bare_idle, w)),
+            urls.clone(),
+            usage,
+        ),
+        _ => hyper_send(
+            reuse.layer(hyper_client(
+                HttpConnector::new_with_resolver(Loopback),
+                w.bare_idle,
+                w,
+            )),
+            urls.clone(),
+            usage,
+        ),
+    };
+    out.push(("hyper-util bare", bare, Some(metrics)));
 
     let guard = PoolGuard::builder().max_per_host(w.max_per_host).build();
-    let svc = tower::ServiceBuilder::new()
-        .layer(guard.layer())
-        .service(hyper_client(
-            guard.connector(HttpConnector::new_with_resolver(Loopback)),
-            w.max_per_host,
-            w,
-        ));
-    let u = urls.clone();
-    out.push((
-        "hyper-util guarded",
-        Arc::new(move |i| {
-            let (svc, uri) = (svc.clone(), u[i % u.len()].clone());
-            Box::pin(async move {
-                let req = http::Request::get(uri).body(Empty::new())?;
-                let resp = svc.oneshot(req).await?;
-                if let Use::Read = usage {
-                    resp.into_body().collect().await?;
-                }
-                Ok(())
-            })
-        }),
-        Some(guard.metrics().clone()),
-    ));
+    let guarded = match w.transport {
+        Transport::Tls { .. } => hyper_send(
+            guard
+                .layer()
+                .layer(hyper_client(guard.connector(https(server)), w.max_per_host, w)),
+            urls.clone(),
+            usage,
+        ),
+        _ => hyper_send(
+            guard.layer().layer(hyper_client(
+                guard.connector(HttpConnector::new_with_resolver(Loopback)),
+                w.max_per_host,
+                w,
+            )),
+            urls.clone(),
+            usage,
+        ),
+    };
+    out.push(("hyper-util guarded", guarded, Some(guard.metrics().clone())));
 
-    let client = reqwest_client(w.bare_idle, w)
+    let client = reqwest_client(w.bare_idle, w, server)
         .build()
         .expect("reqwest client");
     let u = urls.clone();
@@ -317,7 +381,7 @@ fn senders(
 
     let guard = PoolGuard::builder().max_per_host(w.max_per_host).build();
     let client = guard.reqwest(
-        reqwest_client(w.max_per_host, w)
+        reqwest_client(w.max_per_host, w, server)
             .connector_layer(guard.reqwest_connector_layer())
             .build()
             .expect("reqwest client"),
@@ -362,11 +426,15 @@ async fn run(w: &Workload, round: usize) -> Vec<Row> {
                     .await
                 }
                 None => {
-                    support::serve_with(support::Options {
+                    let options = support::Options {
                         delay: w.delay,
-                        ..Default::default()
-                    })
-                    .await
+                        http2: matches!(w.transport, Transport::H2c | Transport::Tls { h2: true }),
+                        goaway_after: w.goaway_after,
+                    };
+                    match w.transport {
+                        Transport::Tls { .. } => support::serve_tls_with(options).await,
+                        _ => support::serve_with(options).await,
+                    }
                 }
             });
         }
@@ -415,6 +483,8 @@ fn workloads(scale: f64) -> Vec<Workload> {
         names: 0,
         idle_timeout: None,
         server_idle_close: None,
+        transport: Transport::Plain,
+        goaway_after: 0,
     };
     vec![
         Workload {
@@ -492,6 +562,50 @@ fn workloads(scale: f64) -> Vec<Workload> {
             usage: Use::Drop,
             ..base
         },
+        Workload {
+            name: "h2-flood",
+            tasks: 100,
+            requests: n(10_000),
+            path: "/bytes/512",
+            usage: Use::Read,
+            delay: Duration::from_millis(5),
+            transport: Transport::H2c,
+            ..base
+        },
+        Workload {
+            name: "tls-h2-flood",
+            tasks: 100,
+            requests: n(10_000),
+            path: "/bytes/512",
+            usage: Use::Read,
+            delay: Duration::from_millis(5),
+            transport: Transport::Tls { h2: true },
+            ..base
+        },
+        Workload {
+            name: "h2-drop-64k",
+            path: "/chunked/65536",
+            requests: n(2000),
+            transport: Transport::Tls { h2: true },
+            ..base
+        },
+        Workload {
+            name: "h2-goaway",
+            tasks: 50,
+            requests: n(5000),
+            path: "/bytes/512",
+            usage: Use::Read,
+            transport: Transport::H2c,
+            goaway_after: 100,
+            ..base
+        },
+        Workload {
+            name: "tls-drop-64k",
+            path: "/bytes/65536",
+            requests: n(2000),
+            transport: Transport::Tls { h2: false },
+            ..base
+        },
     ]
 }
 
@@ -519,6 +633,8 @@ fn scaling(scale: f64) -> Vec<Workload> {
             names: 0,
             idle_timeout: None,
             server_idle_close: None,
+            transport: Transport::Plain,
+            goaway_after: 0,
         });
     }
     for (name, names) in [
@@ -546,6 +662,8 @@ fn scaling(scale: f64) -> Vec<Workload> {
             // machine's open-file limit of 20,000.
             idle_timeout: Some(Duration::from_millis(200)),
             server_idle_close: None,
+            transport: Transport::Plain,
+            goaway_after: 0,
         });
     }
     out
@@ -651,7 +769,7 @@ async fn main() {
             "--scaling" => series = true,
             "--rounds" => rounds = args.next().and_then(|s| s.parse().ok()).unwrap_or(1).max(1),
             "-h" | "--help" => {
-                println!("usage: demo [--scale F] [--rounds N] [--scaling] [--only drop-5b|drop-64k|read-64k|bursty|flood|slow-100|crawler|stale|endless|conc-N|hosts-N]");
+                println!("usage: demo [--scale F] [--rounds N] [--scaling] [--only drop-5b|drop-64k|read-64k|bursty|flood|slow-100|crawler|stale|endless|h2-flood|tls-h2-flood|h2-drop-64k|h2-goaway|tls-drop-64k|conc-N|hosts-N]");
                 return;
             }
             other => {
