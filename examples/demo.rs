@@ -342,9 +342,11 @@ fn senders(
     let guard = PoolGuard::builder().max_per_host(w.max_per_host).build();
     let guarded = match w.transport {
         Transport::Tls { .. } => hyper_send(
-            guard
-                .layer()
-                .layer(hyper_client(guard.connector(https(server)), w.max_per_host, w)),
+            guard.layer().layer(hyper_client(
+                guard.connector(https(server)),
+                w.max_per_host,
+                w,
+            )),
             urls.clone(),
             usage,
         ),

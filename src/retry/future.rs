@@ -17,6 +17,11 @@ use super::layer::Seen;
 use super::{service::replay, stale, ReplayBody, Retried, RetryCause, RetryEvent, RetryHook};
 use crate::BoxError;
 
+/// Retries of one request that the server never processed, besides
+/// `max_retries`: each is safe, and each follows a connection that is going
+/// away, but a burst of them can meet several such connections in a row.
+const NOT_PROCESSED_RETRIES: u32 = 3;
+
 pin_project! {
     /// Response future of [`RetryStale`](super::RetryStale).
     pub struct ResponseFuture<S, B>
@@ -40,6 +45,8 @@ pin_project! {
         idempotent: bool,
         // Why the retry under way is made.
         cause: RetryCause,
+        // Retries left for requests that were never processed.
+        unprocessed_left: u32,
     }
 }
 
@@ -84,6 +91,7 @@ where
             seen,
             idempotent,
             cause: RetryCause::StaleConnection,
+            unprocessed_left: if left > 0 { NOT_PROCESSED_RETRIES } else { 0 },
         }
     }
 }
@@ -139,11 +147,14 @@ where
                         }
                         Err(error) => error.into(),
                     };
-                    let cause = if *this.left == 0 || this.retry.is_none() {
+                    let cause = if this.retry.is_none() {
                         None
-                    } else if stale::not_processed(&*error) {
+                    } else if *this.unprocessed_left > 0 && stale::not_processed(&*error) {
                         Some(RetryCause::NotProcessed)
-                    } else if *this.idempotent && stale::is_stale(&*error, this.seen.as_deref()) {
+                    } else if *this.left > 0
+                        && *this.idempotent
+                        && stale::is_stale(&*error, this.seen.as_deref())
+                    {
                         Some(RetryCause::StaleConnection)
                     } else {
                         None
@@ -170,15 +181,20 @@ where
                     let Some((mut service, req)) = this.retry.take().map(|r| *r) else {
                         return Poll::Ready(Err(MISSING.into()));
                     };
-                    *this.left -= 1;
-                    *this.retries += 1;
+                    match this.cause {
+                        RetryCause::NotProcessed => {
+                            *this.unprocessed_left = this.unprocessed_left.saturating_sub(1)
+                        }
+                        _ => *this.left = this.left.saturating_sub(1),
+                    }
+                    *this.retries = this.retries.saturating_add(1);
                     if let Some(o) = this.observer.as_ref() {
                         o.tell(RetryEvent::Retrying {
                             attempt: *this.retries,
                             cause: *this.cause,
                         });
                     }
-                    if *this.left > 0 {
+                    if *this.left > 0 || *this.unprocessed_left > 0 {
                         if let Some(next) = replay(&req) {
                             *this.retry = Some(Box::new((service.clone(), next)));
                         }

@@ -25,11 +25,13 @@ pub(crate) fn record(seen: &Seen, extensions: &http::Extensions) {
     let _ = (seen, extensions);
 }
 
-/// Whether an HTTP/2 server said it did not process the request that failed
-/// with `error`: its stream was refused, or was above the last stream id
-/// of the server's `GOAWAY` (h2 fails such streams, and any opened after
-/// the `GOAWAY`, with the `GOAWAY` itself). RFC 9113 §8.7: such a request
-/// can be sent again whatever its method.
+/// Whether the request that failed with `error` was never processed: an
+/// HTTP/2 server refused its stream, or it was above the last stream id of
+/// the server's `GOAWAY` (h2 fails such streams, and any opened after the
+/// `GOAWAY`, with the `GOAWAY` itself), or hyper never sent it (hyper's
+/// "canceled": the connection closed, or was not ready, before the request
+/// was handed to it). RFC 9113 §8.7: such a request can be sent again
+/// whatever its method.
 pub(crate) fn not_processed(error: &(dyn Error + 'static)) -> bool {
     #[cfg(feature = "hyper-util")]
     {
@@ -38,6 +40,11 @@ pub(crate) fn not_processed(error: &(dyn Error + 'static)) -> bool {
             if let Some(h2) = e.downcast_ref::<h2::Error>() {
                 return h2.is_remote()
                     && (h2.is_go_away() || h2.reason() == Some(h2::Reason::REFUSED_STREAM));
+            }
+            if e.downcast_ref::<hyper::Error>()
+                .is_some_and(hyper::Error::is_canceled)
+            {
+                return true;
             }
             source = e.source();
         }
