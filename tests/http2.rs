@@ -7,12 +7,13 @@ use poolguard_testkit as support;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
+use http::Method;
+use http_body_util::Empty;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use poolguard::PoolGuard;
-use tower::ServiceExt;
+use support::{sender, Body};
 
 type Stack = poolguard::Guarded<Client<poolguard::GuardedConnector<HttpConnector>, Empty<Bytes>>>;
 
@@ -26,46 +27,40 @@ fn h2c_stack(guard: &PoolGuard) -> Stack {
         .service(client)
 }
 
-/// Sends `n` GETs at once and reads every body; returns the errors.
-async fn all_at_once(svc: &Stack, uri: http::Uri, n: usize) -> usize {
-    let mut tasks = Vec::new();
-    for _ in 0..n {
-        let (svc, uri) = (svc.clone(), uri.clone());
-        tasks.push(tokio::spawn(async move {
-            let req = http::Request::get(uri).body(Empty::new())?;
-            let response = svc.oneshot(req).await?;
-            response.into_body().collect().await?;
-            Ok::<_, poolguard::BoxError>(())
-        }));
-    }
-    let mut errors = 0;
-    for t in tasks {
-        match tokio::time::timeout(Duration::from_secs(20), t).await {
-            Ok(Ok(Ok(()))) => {}
-            other => {
-                eprintln!("request failed: {other:?}");
-                errors += 1;
-            }
-        }
-    }
-    errors
+/// Bare hyper-util speaking h2c.
+fn h2c_bare() -> Client<HttpConnector, Empty<Bytes>> {
+    Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http()
+}
+
+async fn h2c_server(options: support::Options) -> support::Server {
+    support::serve_with(support::Options {
+        http2: true,
+        ..options
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_streams_are_not_capped_by_max_per_host() {
     // A slow handler: every request the client lets through is at the
     // server at once.
-    let server = support::serve_with(support::Options {
+    let server = h2c_server(support::Options {
         delay: Duration::from_millis(500),
-        http2: true,
         ..Default::default()
     })
     .await;
     let guard = PoolGuard::builder().max_per_host(10).build();
-    let svc = h2c_stack(&guard);
+    let send = sender(
+        h2c_stack(&guard),
+        Method::GET,
+        server.uri("/bytes/10"),
+        Body::Read,
+    );
     // One request first, so that the host's protocol is known.
-    assert_eq!(all_at_once(&svc, server.uri("/bytes/10"), 1).await, 0);
-    assert_eq!(all_at_once(&svc, server.uri("/bytes/10"), 100).await, 0);
+    assert_eq!(support::drive(1, 1, 0, send.clone()).await.errors, 0);
+    assert_eq!(support::drive(100, 100, 0, send).await.errors, 0);
     println!(
         "accepted {}, peak at the server {}",
         server.stats.accepted(),
@@ -81,9 +76,8 @@ async fn http2_streams_are_not_capped_by_max_per_host() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_streams_per_host_bounds_an_http2_host() {
-    let server = support::serve_with(support::Options {
+    let server = h2c_server(support::Options {
         delay: Duration::from_millis(300),
-        http2: true,
         ..Default::default()
     })
     .await;
@@ -91,8 +85,13 @@ async fn max_streams_per_host_bounds_an_http2_host() {
         .max_per_host(4)
         .max_streams_per_host(20)
         .build();
-    let svc = h2c_stack(&guard);
-    assert_eq!(all_at_once(&svc, server.uri("/bytes/10"), 100).await, 0);
+    let send = sender(
+        h2c_stack(&guard),
+        Method::GET,
+        server.uri("/bytes/10"),
+        Body::Read,
+    );
+    assert_eq!(support::drive(100, 100, 0, send).await.errors, 0);
     println!(
         "accepted {}, peak at the server {}",
         server.stats.accepted(),
@@ -105,43 +104,22 @@ async fn max_streams_per_host_bounds_an_http2_host() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_early_drops_are_drained_and_lose_no_request() {
     const TOTAL: usize = 2000;
-    let server = support::serve_with(support::Options {
-        delay: Duration::ZERO,
-        http2: true,
-        ..Default::default()
-    })
-    .await;
+    // A server for each client: its counts are that client's alone.
+    let (bare_server, server) = (
+        h2c_server(support::Options::default()).await,
+        h2c_server(support::Options::default()).await,
+    );
     // 64 KiB in 1 KiB frames: a body dropped right after its headers has
     // not all arrived, and bare, every such drop resets its stream.
-    let uri = server.uri("/chunked/65536");
-    let bare = Client::builder(TokioExecutor::new())
-        .http2_only(true)
-        .build_http::<Empty<Bytes>>();
-    let send = {
-        let uri = uri.clone();
-        move || {
-            let (bare, uri) = (bare.clone(), uri.clone());
-            async move {
-                drop(bare.get(uri).await?);
-                Ok(())
-            }
-        }
-    };
-    let bare_run = support::drive(8, TOTAL, 0, send).await;
-    let bare_accepts = server.stats.accepted();
+    const PATH: &str = "/chunked/65536";
+    let bare = sender(h2c_bare(), Method::GET, bare_server.uri(PATH), Body::Drop);
+    let bare_run = support::drive(8, TOTAL, 0, bare).await;
+    let bare_accepts = bare_server.stats.accepted();
 
     let guard = PoolGuard::builder().build();
-    let svc = h2c_stack(&guard);
-    let send = move || {
-        let (svc, uri) = (svc.clone(), uri.clone());
-        async move {
-            let req = http::Request::get(uri).body(Empty::new())?;
-            drop(svc.oneshot(req).await?);
-            Ok(())
-        }
-    };
-    let run = support::drive(8, TOTAL, 0, send).await;
-    let accepts = server.stats.accepted() - bare_accepts;
+    let guarded = sender(h2c_stack(&guard), Method::GET, server.uri(PATH), Body::Drop);
+    let run = support::drive(8, TOTAL, 0, guarded).await;
+    let accepts = server.stats.accepted();
     let snap = guard.metrics().snapshot();
     println!(
         "bare: {} failed, {} connections; guarded: {} failed, {} connections, \
@@ -162,44 +140,32 @@ async fn http2_early_drops_are_drained_and_lose_no_request() {
 async fn no_request_is_lost_to_a_graceful_goaway() {
     const TOTAL: usize = 3000;
     // Every connection ends gracefully after 100 streams.
-    let server = support::serve_with(support::Options {
-        http2: true,
-        goaway_after: 100,
-        ..Default::default()
-    })
-    .await;
-    let uri = server.uri("/bytes/100");
-    let bare = Client::builder(TokioExecutor::new())
-        .http2_only(true)
-        .build_http::<Empty<Bytes>>();
-    let send = {
-        let uri = uri.clone();
-        move || {
-            let (bare, uri) = (bare.clone(), uri.clone());
-            async move {
-                bare.get(uri).await?.into_body().collect().await?;
-                Ok(())
-            }
-        }
+    // A server for each client: its counts are that client's alone.
+    let goaway = || {
+        h2c_server(support::Options {
+            goaway_after: 100,
+            ..Default::default()
+        })
     };
-    let bare_run = support::drive(50, TOTAL, 0, send).await;
-    let bare_requests = server.stats.requests();
+    let (bare_server, server) = (goaway().await, goaway().await);
+    const PATH: &str = "/bytes/100";
+    let bare = sender(h2c_bare(), Method::GET, bare_server.uri(PATH), Body::Read);
+    let bare_run = support::drive(50, TOTAL, 0, bare).await;
 
     let guard = PoolGuard::builder().build();
-    let svc = h2c_stack(&guard);
-    let send = move || {
-        let (svc, uri) = (svc.clone(), uri.clone());
-        async move {
-            // POST: not idempotent, and still safe to send again when the
-            // server did not process it.
-            let req = http::Request::post(uri).body(Empty::new())?;
-            svc.oneshot(req).await?.into_body().collect().await?;
-            Ok(())
-        }
-    };
-    let run = support::drive(50, TOTAL, 0, send).await;
-    let requests = server.stats.requests() - bare_requests;
+    // POST: not idempotent, and still safe to send again when the server
+    // did not process it.
+    let guarded = sender(
+        h2c_stack(&guard),
+        Method::POST,
+        server.uri(PATH),
+        Body::Read,
+    );
+    let run = support::drive(50, TOTAL, 0, guarded).await;
     let snap = guard.metrics().snapshot();
+    // A duplicate whose handler starts late is still counted.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let requests = server.stats.requests();
     println!(
         "bare: {} lost of {TOTAL}; guarded: {} lost, {} retried as not processed \
          ({} succeeded, {} failed), server saw {requests}",

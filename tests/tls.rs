@@ -9,13 +9,15 @@ use poolguard_testkit as support;
 use std::time::Duration;
 
 use bytes::Bytes;
+use http::Method;
 use http_body_util::Empty;
 use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use poolguard::{BoxError, PoolGuard};
-use tower::ServiceExt;
+use support::{sender, Body};
+use tower::Layer;
 
 const H2_H1: &[&[u8]] = &[b"h2", b"http/1.1"];
 
@@ -45,38 +47,25 @@ async fn tls_server(http2: bool) -> support::Server {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_http1_early_drops_reuse_connections() {
     const TOTAL: usize = 2000;
-    let server = tls_server(false).await;
-    let uri = server.uri("/bytes/65536");
-    let bare = Client::builder(TokioExecutor::new()).build::<_, Empty<Bytes>>(https(&server));
-    let send = {
-        let uri = uri.clone();
-        move || {
-            let (bare, uri) = (bare.clone(), uri.clone());
-            async move {
-                drop(bare.get(uri).await?);
-                Ok(())
-            }
-        }
-    };
-    let bare_run = support::drive(8, TOTAL, 0, send).await;
-    let bare_dials = server.stats.accepted();
+    // A server for each client: its counts are that client's alone.
+    let (bare_server, server) = (tls_server(false).await, tls_server(false).await);
+    let uri = bare_server.uri("/bytes/65536");
+    let bare = Client::builder(TokioExecutor::new()).build::<_, Empty<Bytes>>(https(&bare_server));
+    let bare_run = support::drive(8, TOTAL, 0, sender(bare, Method::GET, uri, Body::Drop)).await;
+    let bare_dials = bare_server.stats.accepted();
 
     let guard = PoolGuard::builder().build();
     let client = Client::builder(TokioExecutor::new())
         .build::<_, Empty<Bytes>>(guard.connector(https(&server)));
-    let svc = tower::ServiceBuilder::new()
-        .layer(guard.layer())
-        .service(client);
-    let send = move || {
-        let (svc, uri) = (svc.clone(), uri.clone());
-        async move {
-            let req = http::Request::get(uri).body(Empty::new())?;
-            drop(svc.oneshot(req).await?);
-            Ok::<_, BoxError>(())
-        }
-    };
-    let run = support::drive(8, TOTAL, 0, send).await;
-    let dials = server.stats.accepted() - bare_dials;
+    let svc = guard.layer().layer(client);
+    let run = support::drive(
+        8,
+        TOTAL,
+        0,
+        sender(svc, Method::GET, server.uri("/bytes/65536"), Body::Drop),
+    )
+    .await;
+    let dials = server.stats.accepted();
     println!(
         "bare: {bare_dials} TLS dials, {} failed; guarded: {dials} TLS dials, {} failed",
         bare_run.errors, run.errors
@@ -88,70 +77,82 @@ async fn tls_http1_early_drops_reuse_connections() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_alpn_h2_burst_opens_one_connection() {
-    let server = support::serve_tls_with(support::Options {
-        http2: true,
-        delay: Duration::from_millis(200),
-        ..Default::default()
-    })
-    .await;
-    let uri = server.url("/bytes/100");
-    let burst = |client: reqwest::Client| {
-        let uri = uri.clone();
-        async move {
-            let mut tasks = Vec::new();
-            for _ in 0..100 {
-                let (client, uri) = (client.clone(), uri.clone());
-                tasks.push(tokio::spawn(async move {
-                    let response = client.get(uri).send().await?;
-                    assert_eq!(response.version(), http::Version::HTTP_2);
-                    response.bytes().await?;
-                    Ok::<_, BoxError>(())
-                }));
+/// A `send` for `support::drive`: a GET of `url` through reqwest (guarded
+/// when `guarded` is given, with `plain` building the request), checking
+/// that it came over HTTP/2, its body used as `body` says.
+fn reqwest_h2(
+    plain: reqwest::Client,
+    guarded: Option<poolguard::reqwest::GuardedClient>,
+    url: String,
+    body: Body,
+) -> impl Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), BoxError>> + Send>>
+       + Clone
+       + Send
+       + 'static {
+    move || {
+        let (plain, guarded, url) = (plain.clone(), guarded.clone(), url.clone());
+        Box::pin(async move {
+            let request = plain.get(url).build()?;
+            let response = match guarded {
+                Some(guarded) => guarded.execute(request).await?,
+                None => plain.execute(request).await?,
+            };
+            if response.version() != http::Version::HTTP_2 {
+                return Err(format!("{:?}, not HTTP/2", response.version()).into());
             }
-            let mut errors = 0;
-            for t in tasks {
-                if !matches!(t.await, Ok(Ok(()))) {
-                    errors += 1;
-                }
+            if let Body::Read = body {
+                response.bytes().await?;
             }
-            errors
-        }
-    };
-    let bare = reqwest_client(&server, reqwest::Client::builder());
-    let bare_errors = burst(bare).await;
-    let bare_dials = server.stats.accepted();
+            Ok(())
+        })
+    }
+}
 
-    let guard = PoolGuard::builder().build();
+/// A guarded reqwest client of `server` with its dial counter, and the
+/// plain client under it.
+fn guarded_reqwest(
+    server: &support::Server,
+    guard: &PoolGuard,
+) -> (reqwest::Client, poolguard::reqwest::GuardedClient) {
     let plain = reqwest_client(
-        &server,
+        server,
         reqwest::Client::builder().connector_layer(guard.reqwest_connector_layer()),
     );
-    let guarded = guard.reqwest(plain.clone());
-    let mut tasks = Vec::new();
-    for _ in 0..100 {
-        let (client, plain, uri) = (guarded.clone(), plain.clone(), uri.clone());
-        tasks.push(tokio::spawn(async move {
-            let response = client.execute(plain.get(uri).build()?).await?;
-            assert_eq!(response.version(), http::Version::HTTP_2);
-            response.bytes().await?;
-            Ok::<_, BoxError>(())
-        }));
-    }
-    let mut errors = 0;
-    for t in tasks {
-        if !matches!(t.await, Ok(Ok(()))) {
-            errors += 1;
-        }
-    }
-    let dials = server.stats.accepted() - bare_dials;
+    (plain.clone(), guard.reqwest(plain))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_alpn_h2_burst_opens_one_connection() {
+    let slow = || {
+        support::serve_tls_with(support::Options {
+            http2: true,
+            delay: Duration::from_millis(200),
+            ..Default::default()
+        })
+    };
+    // A server for each client: its counts are that client's alone.
+    let (bare_server, server) = (slow().await, slow().await);
+    let url = bare_server.url("/bytes/100");
+    let bare = reqwest_client(&bare_server, reqwest::Client::builder());
+    let bare_run = support::drive(100, 100, 0, reqwest_h2(bare, None, url, Body::Read)).await;
+    let bare_dials = bare_server.stats.accepted();
+
+    let guard = PoolGuard::builder().build();
+    let (plain, guarded) = guarded_reqwest(&server, &guard);
+    let run = support::drive(
+        100,
+        100,
+        0,
+        reqwest_h2(plain, Some(guarded), server.url("/bytes/100"), Body::Read),
+    )
+    .await;
+    let dials = server.stats.accepted();
     println!(
-        "100 concurrent GETs, ALPN h2: bare {bare_dials} connections ({bare_errors} failed), \
-         guarded {dials} ({errors} failed), peak at the server {}",
-        server.stats.peak()
+        "100 concurrent GETs, ALPN h2: bare {bare_dials} connections ({} failed), \
+         guarded {dials} ({} failed)",
+        bare_run.errors, run.errors
     );
-    assert_eq!(errors, 0);
+    assert_eq!(run.errors, 0);
     assert!(dials <= 2, "guarded opened {dials} connections");
 }
 
@@ -190,40 +191,29 @@ async fn a_tls_connector_outside_the_guard_is_refused_with_a_clear_error() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reqwest_h2_early_drops_lose_no_request() {
     const TOTAL: usize = 2000;
-    let server = tls_server(true).await;
+    // A server for each client: its counts are that client's alone.
+    let (bare_server, server) = (tls_server(true).await, tls_server(true).await);
     // 64 KiB in 1 KiB frames: not all there when the body is dropped.
-    let uri = server.url("/chunked/65536");
-    let bare = reqwest_client(&server, reqwest::Client::builder());
-    let send = {
-        let uri = uri.clone();
-        move || {
-            let (bare, uri) = (bare.clone(), uri.clone());
-            async move {
-                let response = bare.get(uri).send().await?;
-                assert_eq!(response.version(), http::Version::HTTP_2);
-                drop(response);
-                Ok(())
-            }
-        }
-    };
-    let bare_run = support::drive(8, TOTAL, 0, send).await;
-    let bare_dials = server.stats.accepted();
+    let url = bare_server.url("/chunked/65536");
+    let bare = reqwest_client(&bare_server, reqwest::Client::builder());
+    let bare_run = support::drive(8, TOTAL, 0, reqwest_h2(bare, None, url, Body::Drop)).await;
+    let bare_dials = bare_server.stats.accepted();
 
     let guard = PoolGuard::builder().build();
-    let plain = reqwest_client(
-        &server,
-        reqwest::Client::builder().connector_layer(guard.reqwest_connector_layer()),
-    );
-    let guarded = guard.reqwest(plain.clone());
-    let send = move || {
-        let (guarded, plain, uri) = (guarded.clone(), plain.clone(), uri.clone());
-        async move {
-            drop(guarded.execute(plain.get(uri).build()?).await?);
-            Ok::<_, BoxError>(())
-        }
-    };
-    let run = support::drive(8, TOTAL, 0, send).await;
-    let dials = server.stats.accepted() - bare_dials;
+    let (plain, guarded) = guarded_reqwest(&server, &guard);
+    let run = support::drive(
+        8,
+        TOTAL,
+        0,
+        reqwest_h2(
+            plain,
+            Some(guarded),
+            server.url("/chunked/65536"),
+            Body::Drop,
+        ),
+    )
+    .await;
+    let dials = server.stats.accepted();
     println!(
         "reqwest, TLS + ALPN h2, {TOTAL} early drops: bare {} failed over {bare_dials} \
          connections; guarded {} failed over {dials}",

@@ -109,3 +109,57 @@ pub fn rss_kib() -> usize {
         })
         .unwrap_or(0)
 }
+
+/// What a sender does with each response body.
+#[derive(Clone, Copy, Debug)]
+pub enum Body {
+    /// Drops it right after the headers.
+    Drop,
+    /// Reads it to its end.
+    Read,
+}
+
+/// A `send` for [`drive`]: one `method` request to `uri` through `svc`
+/// (a hyper-util `Client` or any tower stack over one), its body used as
+/// `body` says.
+pub fn sender<S, B>(
+    svc: S,
+    method: http::Method,
+    uri: http::Uri,
+    body: Body,
+) -> impl Fn() -> std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<(), crate::BoxError>> + Send>,
+> + Clone
+       + Send
+       + 'static
+where
+    S: tower::Service<
+            http::Request<http_body_util::Empty<bytes::Bytes>>,
+            Response = http::Response<B>,
+        > + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send,
+    S::Error: Into<crate::BoxError>,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<crate::BoxError>,
+{
+    use http_body_util::BodyExt as _;
+    use tower::ServiceExt as _;
+    move || {
+        let (svc, method, uri) = (svc.clone(), method.clone(), uri.clone());
+        Box::pin(async move {
+            let req = http::Request::builder()
+                .method(method)
+                .uri(uri)
+                .body(http_body_util::Empty::new())?;
+            let response = svc.oneshot(req).await.map_err(Into::into)?;
+            if let Body::Read = body {
+                response.into_body().collect().await.map_err(Into::into)?;
+            }
+            Ok(())
+        })
+    }
+}
