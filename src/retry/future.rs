@@ -149,7 +149,13 @@ where
                     };
                     let cause = if this.retry.is_none() {
                         None
-                    } else if *this.unprocessed_left > 0 && stale::not_processed(&*error) {
+                    } else if *this.unprocessed_left > 0
+                        && match stale::unprocessed(&*error) {
+                            Some(stale::Unprocessed::Surely) => true,
+                            Some(stale::Unprocessed::GoAway) => *this.idempotent,
+                            None => false,
+                        }
+                    {
                         Some(RetryCause::NotProcessed)
                     } else if *this.left > 0
                         && *this.idempotent

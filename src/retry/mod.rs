@@ -19,16 +19,25 @@
 //!   first attempt (with the method, URI, version, headers and extensions);
 //! - over HTTP/1: an HTTP/2 connection's failure is about no one request.
 //!
-//! Over HTTP/2 the server says itself which requests it did not process: a
-//! stream it refused (`REFUSED_STREAM`), and every stream above the last
-//! stream id of its `GOAWAY` (a graceful shutdown, as nginx's
-//! `keepalive_requests` makes every 1000 requests), which the h2 crate fails
-//! with the `GOAWAY`. RFC 9113 §8.7 makes such a request safe to send again
-//! whatever its method; so it is, when its body can be replayed (bare
-//! hyper-util loses them: hyperium/hyper#2500). A copy of every request
-//! with a replayable body is therefore taken while retries are on. These
-//! retries count in [`Snapshot::retries_not_processed`](crate::Snapshot)
-//! too, and tell their [`RetryCause`].
+//! Requests that were not processed are sent again too, up to 3 times
+//! besides `max_retries` (they tell [`RetryCause::NotProcessed`] and count
+//! in [`Snapshot::retries_not_processed`](crate::Snapshot)):
+//!
+//! - whatever the method, when the body can be replayed: a stream an
+//!   HTTP/2 server refused (`REFUSED_STREAM`, RFC 9113 §8.7), and a request
+//!   hyper never sent (its "canceled", which hyper reports only with the
+//!   request handed back unsent). A copy of every request with a replayable
+//!   body is therefore taken while retries are on;
+//! - an idempotent request that failed with the server's `GOAWAY` (a
+//!   graceful shutdown, as nginx's `keepalive_requests` makes every 1000
+//!   requests; bare hyper-util loses them: hyperium/hyper#2500). h2 fails
+//!   so the streams above the `GOAWAY`'s last stream id, which the server
+//!   never processed, and RFC 9113 would allow any method; but hyper 1.x
+//!   also fails a request it has just handed to h2 with the connection's
+//!   `GOAWAY` (from its next readiness check) while that request's stream
+//!   still goes out, and a loopback test saw servers process such requests.
+//!   The error does not tell the two apart, so a `POST` failing so is not
+//!   sent again.
 //!
 //! The retry waits 1 ms (one tick of tokio's timer) first: a server that
 //! closes idle connections has likely closed others at the same moment, and

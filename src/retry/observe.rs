@@ -28,9 +28,11 @@ pub enum RetryCause {
     /// It failed on a reused HTTP/1 connection before any byte of a
     /// response came: the server had closed the idle connection.
     StaleConnection,
-    /// An HTTP/2 server said it did not process it: the stream was refused
-    /// (`REFUSED_STREAM`) or was above the last stream id of the server's
-    /// `GOAWAY` (RFC 9113 §8.7). Safe whatever the method.
+    /// It was not processed: an HTTP/2 server refused its stream
+    /// (`REFUSED_STREAM`) or hyper never sent it, whatever its method (RFC
+    /// 9113 §8.7); or, for an idempotent request, it failed with the
+    /// server's `GOAWAY` (which hyper can also report for a request that
+    /// was sent: see the [module docs](super)).
     NotProcessed,
 }
 

@@ -25,35 +25,53 @@ pub(crate) fn record(seen: &Seen, extensions: &http::Extensions) {
     let _ = (seen, extensions);
 }
 
-/// Whether the request that failed with `error` was never processed: an
-/// HTTP/2 server refused its stream, or it was above the last stream id of
-/// the server's `GOAWAY` (h2 fails such streams, and any opened after the
-/// `GOAWAY`, with the `GOAWAY` itself), or hyper never sent it (hyper's
-/// "canceled": the connection closed, or was not ready, before the request
-/// was handed to it). RFC 9113 §8.7: such a request can be sent again
-/// whatever its method.
-pub(crate) fn not_processed(error: &(dyn Error + 'static)) -> bool {
+/// What an error says of whether its request was processed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Unprocessed {
+    /// Surely not: an HTTP/2 server refused its stream (`REFUSED_STREAM`),
+    /// or hyper never sent it (hyper's "canceled", which hyper reports only
+    /// with the request handed back unsent). Safe to send again whatever
+    /// its method (RFC 9113 §8.7).
+    Surely,
+    /// It failed with the server's `GOAWAY`. h2 fails so the streams above
+    /// the `GOAWAY`'s last stream id, which the server did not process;
+    /// but hyper 1.x also fails a request it has just handed to h2 with the
+    /// connection's `GOAWAY` when it next asks h2 for room, and that
+    /// request's stream still goes out and may be processed (seen here: a
+    /// server on loopback processed requests that failed so). Safe to send
+    /// again only when sending twice is harmless: an idempotent request.
+    GoAway,
+}
+
+/// Whether the request that failed with `error` was processed, as far as
+/// the error tells.
+pub(crate) fn unprocessed(error: &(dyn Error + 'static)) -> Option<Unprocessed> {
     #[cfg(feature = "hyper-util")]
     {
         let mut source = Some(error);
         while let Some(e) = source {
             if let Some(h2) = e.downcast_ref::<h2::Error>() {
-                return h2.is_remote()
-                    && (h2.is_go_away() || h2.reason() == Some(h2::Reason::REFUSED_STREAM));
+                if !h2.is_remote() {
+                    return None;
+                }
+                if h2.reason() == Some(h2::Reason::REFUSED_STREAM) && h2.is_reset() {
+                    return Some(Unprocessed::Surely);
+                }
+                return h2.is_go_away().then_some(Unprocessed::GoAway);
             }
             if e.downcast_ref::<hyper::Error>()
                 .is_some_and(hyper::Error::is_canceled)
             {
-                return true;
+                return Some(Unprocessed::Surely);
             }
             source = e.source();
         }
-        false
+        None
     }
     #[cfg(not(feature = "hyper-util"))]
     {
         let _ = error;
-        false
+        None
     }
 }
 

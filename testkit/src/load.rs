@@ -121,7 +121,8 @@ pub enum Body {
 
 /// A `send` for [`drive`]: one `method` request to `uri` through `svc`
 /// (a hyper-util `Client` or any tower stack over one), its body used as
-/// `body` says.
+/// `body` says. Each request carries an `x-id` header, unique per sender
+/// (0, 1, 2, ...), which the hyper servers count in [`crate::Stats::ids`].
 pub fn sender<S, B>(
     svc: S,
     method: http::Method,
@@ -148,12 +149,15 @@ where
 {
     use http_body_util::BodyExt as _;
     use tower::ServiceExt as _;
+    let next = Arc::new(AtomicUsize::new(0));
     move || {
         let (svc, method, uri) = (svc.clone(), method.clone(), uri.clone());
+        let id = next.fetch_add(1, Ordering::Relaxed);
         Box::pin(async move {
             let req = http::Request::builder()
                 .method(method)
                 .uri(uri)
+                .header("x-id", id)
                 .body(http_body_util::Empty::new())?;
             let response = svc.oneshot(req).await.map_err(Into::into)?;
             if let Body::Read = body {

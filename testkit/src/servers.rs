@@ -34,6 +34,9 @@ pub struct Stats {
     /// Connections the server closed after an idle timeout (raw servers
     /// with [`After::IdleTimeout`] only).
     pub idle_closed: AtomicUsize,
+    /// How many times each `x-id` header value was received (hyper
+    /// servers only).
+    pub ids: std::sync::Mutex<std::collections::HashMap<String, usize>>,
 }
 
 impl Stats {
@@ -234,6 +237,13 @@ async fn handle(
     delay: Duration,
 ) -> Result<Response<ServerBody>, Infallible> {
     stats.requests.fetch_add(1, Ordering::SeqCst);
+    if let Some(id) = req.headers().get("x-id").and_then(|v| v.to_str().ok()) {
+        let mut ids = stats
+            .ids
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *ids.entry(id.to_owned()).or_default() += 1;
+    }
     let now = stats.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
     stats.peak.fetch_max(now, Ordering::SeqCst);
     if !delay.is_zero() {
