@@ -8,7 +8,8 @@
 //!
 //! Flags: `--scale F` multiplies every request count (default 1.0);
 //! `--only NAME` runs one workload: `drop-5b`, `drop-64k`, `read-64k`,
-//! `bursty`, `flood`, `slow-100`, `crawler`, `stale`, `endless`, and over
+//! `bursty`, `flood`, `slow-100`, `crawler`, `stale`, `endless` (16 KiB chunks for
+//! ever), `trickle` (a byte every 10 ms), and over
 //! HTTP/2 and TLS `h2-flood` (h2c), `tls-h2-flood` (TLS, ALPN h2),
 //! `h2-drop-64k` (TLS h2, bodies in 1 KiB frames dropped after the
 //! headers), `h2-goaway` (h2c, a graceful `GOAWAY` every 100 streams),
@@ -559,7 +560,15 @@ fn workloads(scale: f64) -> Vec<Workload> {
         Workload {
             name: "endless",
             tasks: 8,
-            requests: n(200),
+            requests: n(2000),
+            path: "/endless",
+            usage: Use::Drop,
+            ..base
+        },
+        Workload {
+            name: "trickle",
+            tasks: 8,
+            requests: n(2000),
             path: "/trickle",
             usage: Use::Drop,
             ..base
@@ -771,7 +780,7 @@ async fn main() {
             "--scaling" => series = true,
             "--rounds" => rounds = args.next().and_then(|s| s.parse().ok()).unwrap_or(1).max(1),
             "-h" | "--help" => {
-                println!("usage: demo [--scale F] [--rounds N] [--scaling] [--only drop-5b|drop-64k|read-64k|bursty|flood|slow-100|crawler|stale|endless|h2-flood|tls-h2-flood|h2-drop-64k|h2-goaway|tls-drop-64k|conc-N|hosts-N]");
+                println!("usage: demo [--scale F] [--rounds N] [--scaling] [--only drop-5b|drop-64k|read-64k|bursty|flood|slow-100|crawler|stale|endless|trickle|h2-flood|tls-h2-flood|h2-drop-64k|h2-goaway|tls-drop-64k|conc-N|hosts-N]");
                 return;
             }
             other => {

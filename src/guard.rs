@@ -222,6 +222,23 @@ impl PoolGuardBuilder {
     /// Builds the guard and its shared state.
     pub fn build(self) -> PoolGuard {
         let metrics = Metrics::new();
+        let limit = PerHostLimitLayer::new(self.max_per_host)
+            .max_queued(self.max_queued)
+            .queue_timeout(self.queue_timeout)
+            .max_streams_per_host(self.max_streams_per_host)
+            .on_queue(metrics.clone());
+        #[cfg(feature = "hyper-util")]
+        let connections = std::sync::Arc::<crate::limit::registry::Registry>::default();
+        // A drain weighs the dial costs the connectors report against the
+        // requests and dials waiting for its host's slots.
+        #[cfg_attr(not(feature = "hyper-util"), allow(unused_mut))]
+        let mut demand: Vec<std::sync::Arc<dyn crate::conn::Demand>> = vec![limit.registry()];
+        #[cfg(feature = "hyper-util")]
+        demand.push(connections.clone());
+        let pricing = crate::conn::Pricing {
+            costs: metrics.dial_costs().clone(),
+            demand,
+        };
         let layer = PoolGuardLayer {
             metrics: ReuseMetricsLayer::new(metrics.clone()),
             retry: RetryStaleLayer::new()
@@ -231,12 +248,9 @@ impl PoolGuardBuilder {
                 .max_bytes(self.drain_max_bytes)
                 .max_time(self.drain_max_time)
                 .max_concurrent(self.drain_max_concurrent)
-                .on_drain(metrics.clone()),
-            limit: PerHostLimitLayer::new(self.max_per_host)
-                .max_queued(self.max_queued)
-                .queue_timeout(self.queue_timeout)
-                .max_streams_per_host(self.max_streams_per_host)
-                .on_queue(metrics.clone()),
+                .on_drain(metrics.clone())
+                .priced(pricing),
+            limit,
         };
         PoolGuard {
             max_per_host: self.max_per_host,
@@ -244,7 +258,7 @@ impl PoolGuardBuilder {
             queue_timeout: self.queue_timeout,
             max_queued: self.max_queued,
             #[cfg(feature = "hyper-util")]
-            connections: std::sync::Arc::default(),
+            connections,
             metrics,
             layer,
         }

@@ -474,8 +474,8 @@ async fn close_reasons_need_no_metrics_layer() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn close_reasons_do_not_depend_on_the_stacking_order() {
-    let server = support::serve().await;
     for drain_outside in [false, true] {
+        let server = support::serve().await;
         let metrics = Metrics::new();
         let client = tracked(&metrics, 8);
         let drain = DrainLayer::new().max_bytes(1024).on_drain(metrics.clone());
@@ -495,11 +495,24 @@ async fn close_reasons_do_not_depend_on_the_stacking_order() {
         let info = *response.extensions().get::<ConnInfo>().expect("ConnInfo");
         assert_eq!((info.reused, info.requests), (true, 2));
         drop(response);
+        // hyper-util may dial a second connection for the second request
+        // (its checkout races a connect) and keep it idle: that one closes
+        // idle. The drained connection's reason is the point.
+        let reasons = close_reasons(&metrics).await;
+        let count = |r| reasons.iter().find(|(x, _)| *x == r).map_or(0, |(_, n)| *n);
         assert_eq!(
-            close_reasons(&metrics).await,
-            [(CloseReason::DrainGaveUp, 1)],
-            "drain outside the metrics layer: {drain_outside}"
+            count(CloseReason::DrainGaveUp),
+            1,
+            "drain outside the metrics layer: {drain_outside}: {reasons:?}"
         );
-        assert_eq!(server.stats.accepted(), if drain_outside { 2 } else { 1 });
+        assert_eq!(
+            count(CloseReason::DrainGaveUp) + count(CloseReason::ClosedIdle),
+            metrics.snapshot().connections_closed,
+            "{reasons:?}"
+        );
+        assert_eq!(
+            metrics.snapshot().connections_opened,
+            server.stats.accepted() as u64
+        );
     }
 }

@@ -306,9 +306,11 @@ where
             .acquire_dial(key.clone(), link.pool_key().clone(), &policy)
         {
             Acquire::Ready(slot) => {
+                let started = tokio::time::Instant::now();
                 let connect = self.inner.call(dst);
                 ConnectFuture::new(async move {
                     let io = connect.await.map_err(Into::into)?;
+                    track.dialed(started.elapsed());
                     Ok(GuardedIo::new(io, Some(slot), link, track))
                 })
             }
@@ -343,7 +345,9 @@ where
                         Poll::Pending
                     })
                     .await?;
+                    let started = tokio::time::Instant::now();
                     let io = ready.call(dst).await.map_err(Into::into)?;
+                    track.dialed(started.elapsed());
                     Ok(GuardedIo::new(io, Some(slot), link, track))
                 })
             }
@@ -404,6 +408,15 @@ impl Track {
         metrics: None,
         honor_keep_alive: false,
     };
+
+    /// A dial (connect and TLS handshake, whatever the inner connector
+    /// does) took `took`: the host's dial cost, which a guard's drains
+    /// weigh.
+    fn dialed(&self, took: std::time::Duration) {
+        if let Some((metrics, key)) = &self.metrics {
+            metrics.dial_costs().record(key, took);
+        }
+    }
 }
 
 /// A connection made by [`GuardedConnector`]: holds its host's connection

@@ -14,6 +14,7 @@
 
 #[cfg(feature = "hyper-util")]
 pub(crate) mod addrs;
+mod cost;
 #[cfg(feature = "hyper-util")]
 pub(crate) mod http1;
 #[cfg(feature = "hyper-util")]
@@ -26,6 +27,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::Waker;
 
+pub(crate) use self::cost::{Demand, DialCosts, Pricing};
 #[cfg(feature = "hyper-util")]
 pub(crate) use self::http1::{Event, Tracker};
 pub(crate) use self::phase::Phase;

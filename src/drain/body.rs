@@ -10,9 +10,10 @@ use tokio::time::Instant;
 
 use super::hook::{DrainOutcome, SkipReason};
 use super::layer::Shared;
-use super::task::DrainTask;
+use super::task::{DrainTask, Rent};
 use crate::body_end::Polled;
 use crate::conn::{Exchange, Stamp};
+use crate::key::HostKey;
 
 /// Frames read inline on drop, from what is already buffered, before the
 /// rest is left to a background task. Bounds the work done on the caller's
@@ -40,6 +41,8 @@ pub struct DrainBody<B> {
     /// answers there (taken when the response arrived), told how a drain
     /// ends.
     conn: Option<Exchange>,
+    /// The host the body comes from, when the drain is priced.
+    host: Option<HostKey>,
     /// The drop logic, instantiated where `B: Body + Send + 'static` holds, so
     /// that the type itself needs no bounds.
     on_drop: fn(Pin<Box<B>>, Dropped),
@@ -51,13 +54,18 @@ pub(crate) struct Dropped {
     content_length: Option<u64>,
     shared: Arc<Shared>,
     conn: Option<Exchange>,
+    host: Option<HostKey>,
 }
 
 impl<B> DrainBody<B>
 where
     B: Body + Send + 'static,
 {
-    pub(crate) fn wrap(response: Response<B>, shared: Arc<Shared>) -> Response<Self> {
+    pub(crate) fn wrap(
+        response: Response<B>,
+        shared: Arc<Shared>,
+        host: Option<HostKey>,
+    ) -> Response<Self> {
         let content_length = response
             .headers()
             .get(header::CONTENT_LENGTH)
@@ -74,6 +82,7 @@ where
                 content_length,
                 shared,
                 conn,
+                host,
                 on_drop: drop_early::<B>,
             }
         })
@@ -135,6 +144,7 @@ impl<B> Drop for DrainBody<B> {
                     content_length: self.content_length,
                     shared: self.shared.clone(),
                     conn: self.conn.take(),
+                    host: self.host.take(),
                 },
             );
         }
@@ -208,6 +218,19 @@ where
         }
     }
 
+    let remaining = dropped
+        .content_length
+        .map(|len| len.saturating_sub(dropped.read).saturating_sub(bytes));
+    let rent = dropped.host.map(|host| Rent::new(host, remaining));
+    if let (Some(rent), Some(pricing)) = (&rent, &shared.pricing) {
+        if rent.buy_now(pricing) {
+            return report(DrainOutcome::GaveUpCost {
+                bytes,
+                elapsed: start.elapsed(),
+            });
+        }
+    }
+
     // Dropping during a panic must not risk a second one.
     if std::thread::panicking() {
         return report(DrainOutcome::Skipped(SkipReason::NoRuntime));
@@ -224,7 +247,7 @@ where
     if !acquired {
         return report(DrainOutcome::Skipped(SkipReason::TooManyDrains));
     }
-    match DrainTask::new(body, shared.clone(), conn.clone(), bytes, start) {
+    match DrainTask::new(body, shared.clone(), conn.clone(), bytes, start, rent) {
         Some(task) => drop(handle.spawn(task)),
         // The runtime has no timer: a drain without a deadline is a hole.
         None => report(DrainOutcome::Skipped(SkipReason::NoRuntime)),

@@ -10,6 +10,7 @@ use pin_project_lite::pin_project;
 
 use super::layer::Shared;
 use super::DrainBody;
+use crate::key::HostKey;
 
 pin_project! {
     /// Response future of [`Drain`](super::Drain): wraps the response body
@@ -19,12 +20,17 @@ pin_project! {
         #[pin]
         inner: F,
         shared: Arc<Shared>,
+        host: Option<HostKey>,
     }
 }
 
 impl<F> ResponseFuture<F> {
-    pub(crate) fn new(inner: F, shared: Arc<Shared>) -> Self {
-        ResponseFuture { inner, shared }
+    pub(crate) fn new(inner: F, shared: Arc<Shared>, host: Option<HostKey>) -> Self {
+        ResponseFuture {
+            inner,
+            shared,
+            host,
+        }
     }
 }
 
@@ -38,6 +44,10 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let response = ready!(this.inner.poll(cx))?;
-        Poll::Ready(Ok(DrainBody::wrap(response, this.shared.clone())))
+        Poll::Ready(Ok(DrainBody::wrap(
+            response,
+            this.shared.clone(),
+            this.host.take(),
+        )))
     }
 }

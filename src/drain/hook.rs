@@ -32,6 +32,16 @@ pub enum DrainOutcome {
         /// Time from the drop to giving up.
         elapsed: Duration,
     },
+    /// Going on would have cost more than a new connection to the host
+    /// while something waited for the host's slots: the drain ran as long
+    /// as a new connection costs (see the [module docs](super)), then the
+    /// body was dropped.
+    GaveUpCost {
+        /// Bytes read and discarded before giving up.
+        bytes: u64,
+        /// Time from the drop to giving up.
+        elapsed: Duration,
+    },
     /// The body returned an error while it was drained.
     Failed {
         /// Bytes read and discarded before the error.
@@ -63,6 +73,7 @@ impl DrainOutcome {
             DrainOutcome::Completed { .. } => BodyEnd::Complete,
             DrainOutcome::GaveUpBytes { .. }
             | DrainOutcome::GaveUpTime { .. }
+            | DrainOutcome::GaveUpCost { .. }
             | DrainOutcome::Failed { .. } => BodyEnd::DrainGaveUp,
             DrainOutcome::Aborted { .. } | DrainOutcome::Skipped(_) => BodyEnd::Dropped,
         }
@@ -74,6 +85,7 @@ impl DrainOutcome {
             DrainOutcome::Completed { bytes, .. }
             | DrainOutcome::GaveUpBytes { bytes, .. }
             | DrainOutcome::GaveUpTime { bytes, .. }
+            | DrainOutcome::GaveUpCost { bytes, .. }
             | DrainOutcome::Failed { bytes, .. }
             | DrainOutcome::Aborted { bytes, .. } => *bytes,
             DrainOutcome::Skipped(_) => 0,

@@ -7,6 +7,7 @@ use tower_layer::Layer;
 
 use super::hook::OnDrain;
 use super::service::Drain;
+use crate::conn::Pricing;
 
 /// Default byte budget of one drain: 64 KiB.
 pub(crate) const DEFAULT_MAX_BYTES: u64 = 64 * 1024;
@@ -31,6 +32,10 @@ pub(crate) struct Shared {
     /// Background drains running now: shared by every layer configured
     /// from one [`DrainLayer::new`], whatever was set after a clone.
     pub(crate) running: Arc<AtomicUsize>,
+    /// What a new connection to each host costs and who waits for slots:
+    /// set by a guard, so that a drain gives up once going on would cost
+    /// more than a new connection while something waits.
+    pub(crate) pricing: Option<Pricing>,
 }
 
 impl fmt::Debug for Shared {
@@ -70,6 +75,7 @@ impl DrainLayer {
                 },
                 hook: Arc::new(()),
                 running: Arc::default(),
+                pricing: None,
             }),
         }
     }
@@ -82,6 +88,20 @@ impl DrainLayer {
                 config,
                 hook,
                 running: self.shared.running.clone(),
+                pricing: self.shared.pricing.clone(),
+            }),
+        }
+    }
+
+    /// Prices every drain: past the time a new connection to its host
+    /// costs, a drain gives up while anything waits for the host's slots.
+    pub(crate) fn priced(self, pricing: Pricing) -> Self {
+        DrainLayer {
+            shared: Arc::new(Shared {
+                config: self.shared.config,
+                hook: self.shared.hook.clone(),
+                running: self.shared.running.clone(),
+                pricing: Some(pricing),
             }),
         }
     }

@@ -7,6 +7,7 @@ use tower_service::Service;
 use super::future::ResponseFuture;
 use super::layer::{DrainLayer, Shared};
 use super::DrainBody;
+use crate::key::HostKey;
 
 /// Wraps each response body of the inner service in a
 /// [`DrainBody`](super::DrainBody).
@@ -65,6 +66,13 @@ where
     }
 
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
-        ResponseFuture::new(self.inner.call(req), self.shared.clone())
+        // The host's key, to price the drain of its body: only when a
+        // pricing is set (a guard's drain), so a plain drain costs nothing.
+        let host = self
+            .shared
+            .pricing
+            .as_ref()
+            .and_then(|_| HostKey::from_request(&req));
+        ResponseFuture::new(self.inner.call(req), self.shared.clone(), host)
     }
 }

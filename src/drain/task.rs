@@ -8,24 +8,86 @@ use http_body::Body;
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 
+use std::time::Duration;
+
 use super::hook::DrainOutcome;
 use super::layer::Shared;
 use crate::body_end::Polled;
-use crate::conn::Exchange;
+use crate::conn::{Exchange, Pricing};
+use crate::key::HostKey;
 
 /// Frames a drain reads in one poll before it yields to the runtime, so that
 /// a body that is always ready cannot monopolise a worker thread.
 const FRAMES_PER_POLL: usize = 64;
 
+/// The shortest pause between two looks at whether a priced drain is to
+/// give up.
+const MIN_RECHECK: Duration = Duration::from_millis(1);
+
+/// tokio's timer fires on millisecond ticks: no look at the price can come
+/// sooner after a drop.
+const TIMER_RESOLUTION: Duration = Duration::from_millis(1);
+
+/// The price of a drain: a new connection to its host, and what is known
+/// of the body's rest (the ski-rental rule, see the module docs).
+#[derive(Debug)]
+pub(crate) struct Rent {
+    host: HostKey,
+    /// Bytes of the body still to come, from its `Content-Length`.
+    remaining: Option<u64>,
+}
+
+impl Rent {
+    pub(crate) fn new(host: HostKey, remaining: Option<u64>) -> Self {
+        Rent { host, remaining }
+    }
+
+    /// Whether to give up at once, before any task: something waits for
+    /// the host's slots, a new connection costs less than the timer's
+    /// resolution (the drain could not look again before renting had cost
+    /// more than buying), and the body's length is unknown (a stream,
+    /// which may trickle; a body of known length is expected at the
+    /// connection's rate, and gets its look at the price).
+    pub(crate) fn buy_now(&self, pricing: &Pricing) -> bool {
+        self.remaining.is_none()
+            && pricing.costs.estimate(&self.host) < TIMER_RESOLUTION
+            && pricing.wanted(&self.host)
+    }
+
+    /// Whether the drain is to give up now, `elapsed` into it after reading
+    /// `bytes`: something waits for the host's slots, and the rest of the
+    /// body is not known to come sooner than a new connection would.
+    fn give_up(&self, pricing: &Pricing, cost: Duration, bytes: u64, elapsed: Duration) -> bool {
+        if !pricing.wanted(&self.host) {
+            return false;
+        }
+        let finishes_sooner = match self.remaining {
+            Some(total) if bytes > 0 => {
+                let left = total.saturating_sub(bytes);
+                // At the rate seen so far: left / (bytes / elapsed).
+                let nanos = u128::from(left).saturating_mul(elapsed.as_nanos()) / u128::from(bytes);
+                nanos < cost.as_nanos()
+            }
+            _ => false,
+        };
+        !finishes_sooner
+    }
+}
+
 pin_project! {
     /// The background drain of one body: reads and discards frames until the
-    /// end, the byte budget, the deadline or an error.
+    /// end, the byte budget, the deadline, an error or, when priced, the
+    /// moment going on costs more than a new connection.
     pub(crate) struct DrainTask<B> {
         // `None`: the time budget is past the end of time (no limit).
         #[pin]
         deadline: Option<Sleep>,
+        // When a priced drain next looks at its price.
+        #[pin]
+        check: Option<Sleep>,
         body: Option<Pin<Box<B>>>,
         guard: TaskGuard,
+        rent: Option<(Rent, Duration)>,
     }
 }
 
@@ -87,6 +149,7 @@ where
         conn: Option<Exchange>,
         bytes: u64,
         start: Instant,
+        rent: Option<Rent>,
     ) -> Option<Self> {
         let mut guard = TaskGuard {
             conn,
@@ -95,20 +158,37 @@ where
             finished: false,
             shared,
         };
+        // Priced: the first look at the price is when the drain has cost
+        // as much as a new connection.
+        let rent = match (&guard.shared.pricing, rent) {
+            (Some(pricing), Some(rent)) => Some({
+                let cost = pricing.costs.estimate(&rent.host);
+                (rent, cost)
+            }),
+            _ => None,
+        };
+        let check = rent
+            .as_ref()
+            .and_then(|(_, cost)| start.checked_add(*cost))
+            .and_then(crate::timer::sleep_until);
         // A budget of `Duration::MAX` runs past the end of time: no limit.
         let Some(deadline) = start.checked_add(guard.shared.config.max_time) else {
             return Some(DrainTask {
                 deadline: None,
+                check,
                 body: Some(body),
                 guard,
+                rent,
             });
         };
         // tokio panics when the runtime was built without `enable_time`.
         match crate::timer::sleep_until(deadline) {
             Some(deadline) => Some(DrainTask {
                 deadline: Some(deadline),
+                check,
                 body: Some(body),
                 guard,
+                rent,
             }),
             None => {
                 guard.finished = true;
@@ -136,8 +216,14 @@ where
                 .as_mut()
                 .as_pin_mut()
                 .is_some_and(|d| d.poll(cx).is_ready());
+            let too_dear = !expired && too_dear(this.check.as_mut(), this.rent, guard, cx);
             let outcome = if expired {
                 DrainOutcome::GaveUpTime {
+                    bytes: guard.bytes,
+                    elapsed: guard.start.elapsed(),
+                }
+            } else if too_dear {
+                DrainOutcome::GaveUpCost {
                     bytes: guard.bytes,
                     elapsed: guard.start.elapsed(),
                 }
@@ -172,4 +258,36 @@ where
         cx.waker().wake_by_ref();
         Poll::Pending
     }
+}
+
+/// Whether a priced drain is to give up now: its look at the price is due,
+/// and the price says so. Otherwise the next look is set, one dial cost on
+/// (at least [`MIN_RECHECK`]).
+fn too_dear(
+    check: Pin<&mut Option<Sleep>>,
+    rent: &Option<(Rent, Duration)>,
+    guard: &TaskGuard,
+    cx: &mut Context<'_>,
+) -> bool {
+    let (Some(mut check), Some((rent, cost)), Some(pricing)) = (
+        check.as_pin_mut(),
+        rent.as_ref(),
+        guard.shared.pricing.as_ref(),
+    ) else {
+        return false;
+    };
+    if check.as_mut().poll(cx).is_pending() {
+        return false;
+    }
+    let elapsed = guard.start.elapsed();
+    if rent.give_up(pricing, *cost, guard.bytes, elapsed) {
+        return true;
+    }
+    let next = Instant::now().checked_add((*cost).max(MIN_RECHECK));
+    if let Some(next) = next {
+        check.as_mut().reset(next);
+        // Registers the timer's waker.
+        let _ = check.poll(cx);
+    }
+    false
 }

@@ -636,3 +636,190 @@ async fn a_layer_configured_after_cloning_shares_the_drain_count() {
     settle().await;
     assert_eq!(first.running(), 0);
 }
+
+/// Whether anything waits for a host's slots: set by the test.
+#[derive(Debug, Default)]
+struct Waiting(AtomicBool);
+
+impl crate::conn::Demand for Waiting {
+    fn waiting(&self, _key: &crate::key::HostKey) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// A layer whose drains are priced: a new connection to `http://h` costs
+/// 5 ms, and `waiting` says whether anything waits for its slots.
+fn priced(layer: DrainLayer) -> (DrainLayer, Arc<Waiting>) {
+    let costs = Arc::new(crate::conn::DialCosts::default());
+    let host = crate::key::HostKey::from_uri(&"http://h/".parse().unwrap()).unwrap();
+    costs.record(&host, Duration::from_millis(5));
+    let waiting = Arc::new(Waiting::default());
+    let pricing = crate::conn::Pricing {
+        costs,
+        demand: vec![waiting.clone()],
+    };
+    (layer.priced(pricing), waiting)
+}
+
+/// Passes `response` through a `Drain` made by `layer`, for a request to
+/// `http://h/`.
+async fn through_h<B>(layer: &DrainLayer, response: Response<B>) -> Response<DrainBody<B>>
+where
+    B: Body + Send + 'static,
+{
+    let response = Mutex::new(Some(response));
+    let svc = tower::ServiceBuilder::new()
+        .layer(layer.clone())
+        .service_fn(move |_: http::Request<()>| {
+            let response = response.lock().unwrap().take().unwrap();
+            async move { Ok::<_, Infallible>(response) }
+        });
+    let req = http::Request::get("http://h/").body(()).unwrap();
+    svc.oneshot(req).await.unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_priced_drain_gives_up_at_the_dial_cost_while_a_request_waits() {
+    let (layer, outcomes) = recording(DrainLayer::new());
+    let (layer, waiting) = priced(layer);
+    waiting.0.store(true, Ordering::SeqCst);
+    let (tx, body, probe) = scripted();
+    drop(through_h(&layer, Response::new(body)).await);
+
+    tokio::time::sleep(Duration::from_millis(4)).await;
+    tx.send(data(10)).unwrap();
+    settle().await;
+    assert!(taken(&outcomes).is_empty(), "renting: cheaper than a dial");
+
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    settle().await;
+    assert!(probe.dropped.load(Ordering::SeqCst), "gave up and dropped");
+    assert_eq!(
+        taken(&outcomes),
+        vec![DrainOutcome::GaveUpCost {
+            bytes: 10,
+            elapsed: Duration::from_millis(5)
+        }]
+    );
+    assert_eq!(layer.running(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn with_nobody_waiting_a_priced_drain_goes_on_until_someone_does() {
+    let (layer, outcomes) = recording(DrainLayer::new());
+    let (layer, waiting) = priced(layer);
+    let (tx, body, probe) = scripted();
+    drop(through_h(&layer, Response::new(body)).await);
+
+    // Past the dial cost, nobody waits: the budgets apply.
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    settle().await;
+    assert!(!probe.dropped.load(Ordering::SeqCst));
+    // A request starts waiting at 32 ms: the next look (every dial cost,
+    // so at 35 ms) gives up.
+    tokio::time::sleep(Duration::from_millis(2)).await;
+    waiting.0.store(true, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(2)).await;
+    settle().await;
+    assert!(!probe.dropped.load(Ordering::SeqCst));
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    settle().await;
+    assert!(probe.dropped.load(Ordering::SeqCst));
+    assert_eq!(
+        taken(&outcomes),
+        vec![DrainOutcome::GaveUpCost {
+            bytes: 0,
+            elapsed: Duration::from_millis(35)
+        }]
+    );
+    drop(tx);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_body_that_ends_sooner_than_a_dial_is_finished() {
+    let (layer, outcomes) = recording(DrainLayer::new());
+    let (layer, waiting) = priced(layer);
+    waiting.0.store(true, Ordering::SeqCst);
+    let (tx, body, _probe) = scripted();
+    let response = Response::builder()
+        .header(http::header::CONTENT_LENGTH, "1000")
+        .body(body)
+        .unwrap();
+    drop(through_h(&layer, response).await);
+
+    // 900 of 1000 bytes in the first 4 ms: the last 100 come in well under
+    // a dial's 5 ms at that rate, so the drain goes on past 5 ms.
+    tokio::time::sleep(Duration::from_millis(4)).await;
+    tx.send(data(900)).unwrap();
+    tokio::time::sleep(Duration::from_millis(2)).await;
+    settle().await;
+    assert!(taken(&outcomes).is_empty(), "still draining at 6 ms");
+    tx.send(data(100)).unwrap();
+    drop(tx);
+    settle().await;
+    assert!(matches!(
+        taken(&outcomes)[..],
+        [DrainOutcome::Completed { bytes: 1000, .. }]
+    ));
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_unpriced_drain_keeps_its_budgets() {
+    // A `DrainLayer` of its own (not a guard's) has no price: 100 ms.
+    let (layer, outcomes) = recording(DrainLayer::new());
+    let (tx, body, _probe) = scripted();
+    drop(through_h(&layer, Response::new(body)).await);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    settle().await;
+    assert!(matches!(
+        taken(&outcomes)[..],
+        [DrainOutcome::GaveUpTime { .. }]
+    ));
+    drop(tx);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stream_gives_up_at_once_when_a_dial_costs_less_than_a_timer_tick() {
+    for (length, at_once) in [(None, true), (Some("1000"), false)] {
+        let (layer, outcomes) = recording(DrainLayer::new());
+        let costs = Arc::new(crate::conn::DialCosts::default());
+        let host = crate::key::HostKey::from_uri(&"http://h/".parse().unwrap()).unwrap();
+        costs.record(&host, Duration::from_micros(200));
+        let waiting = Arc::new(Waiting(AtomicBool::new(true)));
+        let layer = layer.priced(crate::conn::Pricing {
+            costs,
+            demand: vec![waiting],
+        });
+        let (tx, body, probe) = scripted();
+        let mut response = Response::new(body);
+        if let Some(length) = length {
+            response
+                .headers_mut()
+                .insert(http::header::CONTENT_LENGTH, length.parse().unwrap());
+        }
+        drop(through_h(&layer, response).await);
+        assert_eq!(
+            probe.dropped.load(Ordering::SeqCst),
+            at_once,
+            "Content-Length {length:?}"
+        );
+        if at_once {
+            assert!(matches!(
+                taken(&outcomes)[..],
+                [DrainOutcome::GaveUpCost { bytes: 0, .. }]
+            ));
+            assert_eq!(layer.running(), 0, "no drain slot taken");
+        } else {
+            // A body of known length gets its look at the price, a timer
+            // tick later.
+            assert!(taken(&outcomes).is_empty());
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            settle().await;
+            assert!(matches!(
+                taken(&outcomes)[..],
+                [DrainOutcome::GaveUpCost { .. }]
+            ));
+        }
+        drop(tx);
+    }
+}

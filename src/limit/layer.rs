@@ -61,6 +61,11 @@ impl PerHostLimitLayer {
         }
     }
 
+    /// The per-host slots every clone shares.
+    pub(crate) fn registry(&self) -> Arc<Registry> {
+        self.registry.clone()
+    }
+
     fn config_mut(&mut self) -> &mut Config {
         Arc::make_mut(&mut self.config)
     }

@@ -314,6 +314,15 @@ impl Registry {
     }
 }
 
+impl crate::conn::Demand for Registry {
+    fn waiting(&self, key: &HostKey) -> bool {
+        self.state()
+            .hosts
+            .get(key)
+            .is_some_and(|host| !host.waiters.is_empty())
+    }
+}
+
 /// The hosts with something in flight or queued.
 #[derive(Debug, Default)]
 struct State {

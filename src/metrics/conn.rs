@@ -61,6 +61,7 @@ impl ConnObserver for Counting {
 impl Metrics {
     /// Counts a new connection to `host`, whose IO publishes in `link`, and
     /// returns its record, which reports its responses and its close here.
+    #[cfg_attr(not(feature = "hyper-util"), allow(dead_code))]
     pub(crate) fn open_connection(&self, host: HostKey, link: Arc<Link>) -> Arc<Record> {
         let inner = &self.inner;
         let counters = inner.hosts.counters(&host);

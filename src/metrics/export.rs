@@ -98,6 +98,7 @@ fn publish(s: &Snapshot, per_host: bool) {
         ("completed", s.drains_completed),
         ("gave_up_bytes", s.drains_gave_up_bytes),
         ("gave_up_time", s.drains_gave_up_time),
+        ("gave_up_cost", s.drains_gave_up_cost),
         ("failed", s.drains_failed),
         ("aborted", s.drains_aborted),
         ("skipped_http2", s.drains_skipped.http2),

@@ -41,6 +41,7 @@ pub(crate) struct Inner {
     pub(crate) drains_inline: AtomicU64,
     pub(crate) drains_gave_up_bytes: AtomicU64,
     pub(crate) drains_gave_up_time: AtomicU64,
+    pub(crate) drains_gave_up_cost: AtomicU64,
     pub(crate) drains_failed: AtomicU64,
     pub(crate) drains_aborted: AtomicU64,
     pub(crate) drains_skipped: [AtomicU64; 4],
@@ -59,6 +60,9 @@ pub(crate) struct Inner {
     pub(crate) next_connection: AtomicU64,
     /// A `ReuseMetricsLayer` reports responses to this handle.
     pub(crate) hosts: HostTable,
+    /// What a new connection to each host costs, as the connectors timed
+    /// their dials.
+    pub(crate) dial_costs: Arc<crate::conn::DialCosts>,
     #[cfg(feature = "hyper-util")]
     pub(crate) addrs: crate::conn::addrs::AddrTracker,
 }
@@ -79,6 +83,7 @@ impl Default for Inner {
             drains_inline: AtomicU64::new(0),
             drains_gave_up_bytes: AtomicU64::new(0),
             drains_gave_up_time: AtomicU64::new(0),
+            drains_gave_up_cost: AtomicU64::new(0),
             drains_failed: AtomicU64::new(0),
             drains_aborted: AtomicU64::new(0),
             drains_skipped: Default::default(),
@@ -96,6 +101,7 @@ impl Default for Inner {
             retries_not_processed: AtomicU64::new(0),
             next_connection: AtomicU64::new(1),
             hosts: HostTable::default(),
+            dial_costs: Arc::default(),
             #[cfg(feature = "hyper-util")]
             addrs: Default::default(),
         }
@@ -147,6 +153,11 @@ impl Metrics {
         Self::default()
     }
 
+    /// The per-host dial costs the connectors report here.
+    pub(crate) fn dial_costs(&self) -> &Arc<crate::conn::DialCosts> {
+        &self.inner.dial_costs
+    }
+
     /// The figures now. Each figure is read atomically; figures that move
     /// together (say `requests` and `responses`) may be a request apart.
     pub fn snapshot(&self) -> Snapshot {
@@ -169,6 +180,7 @@ impl Metrics {
             drains_inline: load(&i.drains_inline),
             drains_gave_up_bytes: load(&i.drains_gave_up_bytes),
             drains_gave_up_time: load(&i.drains_gave_up_time),
+            drains_gave_up_cost: load(&i.drains_gave_up_cost),
             drains_failed: load(&i.drains_failed),
             drains_aborted: load(&i.drains_aborted),
             drains_skipped: DrainSkips {
@@ -189,7 +201,7 @@ impl Metrics {
             retries_succeeded: load(&i.retries_succeeded),
             retries_failed: load(&i.retries_failed),
             retries_not_processed: load(&i.retries_not_processed),
-            hosts: i.hosts.snapshot(),
+            hosts: i.hosts.snapshot(&i.dial_costs),
         }
     }
 }
@@ -222,6 +234,7 @@ impl OnDrain for Metrics {
             }
             DrainOutcome::GaveUpBytes { .. } => &i.drains_gave_up_bytes,
             DrainOutcome::GaveUpTime { .. } => &i.drains_gave_up_time,
+            DrainOutcome::GaveUpCost { .. } => &i.drains_gave_up_cost,
             DrainOutcome::Failed { .. } => &i.drains_failed,
             DrainOutcome::Aborted { .. } => &i.drains_aborted,
             DrainOutcome::Skipped(reason) => &i.drains_skipped[skip_index(*reason)],
@@ -232,6 +245,7 @@ impl OnDrain for Metrics {
             DrainOutcome::Completed { elapsed, .. } => Some(("completed", *elapsed)),
             DrainOutcome::GaveUpBytes { elapsed, .. } => Some(("gave_up_bytes", *elapsed)),
             DrainOutcome::GaveUpTime { elapsed, .. } => Some(("gave_up_time", *elapsed)),
+            DrainOutcome::GaveUpCost { elapsed, .. } => Some(("gave_up_cost", *elapsed)),
             DrainOutcome::Failed { elapsed, .. } => Some(("failed", *elapsed)),
             DrainOutcome::Aborted { elapsed, .. } => Some(("aborted", *elapsed)),
             DrainOutcome::Skipped(_) => None,

@@ -40,8 +40,9 @@ impl HostTable {
         self.other.clone()
     }
 
-    pub(crate) fn snapshot(&self) -> Vec<HostSnapshot> {
+    pub(crate) fn snapshot(&self, costs: &crate::conn::DialCosts) -> Vec<HostSnapshot> {
         let row = |host: Option<HostKey>, c: &HostCounters| HostSnapshot {
+            dial_cost: host.as_ref().and_then(|h| costs.measured(h)),
             host,
             responses: c.responses.load(Relaxed),
             reused: c.reused.load(Relaxed),

@@ -32,6 +32,9 @@ pub struct Snapshot {
     pub drains_gave_up_bytes: u64,
     /// Drains that gave up over `max_time`.
     pub drains_gave_up_time: u64,
+    /// Drains that gave up because going on would have cost more than a
+    /// new connection while requests waited (a guard's drains).
+    pub drains_gave_up_cost: u64,
     /// Drains whose body failed.
     pub drains_failed: u64,
     /// Drains cut short by their runtime shutting down.
@@ -85,10 +88,11 @@ impl Snapshot {
     /// Drains that ran (completed, gave up, failed or aborted).
     pub fn drains_started(&self) -> u64 {
         self.drains_completed
-            + self.drains_gave_up_bytes
-            + self.drains_gave_up_time
-            + self.drains_failed
-            + self.drains_aborted
+            .saturating_add(self.drains_gave_up_bytes)
+            .saturating_add(self.drains_gave_up_time)
+            .saturating_add(self.drains_gave_up_cost)
+            .saturating_add(self.drains_failed)
+            .saturating_add(self.drains_aborted)
     }
 }
 
@@ -154,4 +158,8 @@ pub struct HostSnapshot {
     pub connections_opened: u64,
     /// Connections closed.
     pub connections_closed: u64,
+    /// What a new connection to this host costs, as the connector timed
+    /// its dials (connect and TLS handshake; an exponentially weighted
+    /// mean), if one was timed: the price a guard's drain weighs.
+    pub dial_cost: Option<std::time::Duration>,
 }

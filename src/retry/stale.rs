@@ -27,6 +27,7 @@ pub(crate) fn record(seen: &Seen, extensions: &http::Extensions) {
 
 /// What an error says of whether its request was processed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(not(feature = "hyper-util"), allow(dead_code))]
 pub(crate) enum Unprocessed {
     /// Surely not: an HTTP/2 server refused its stream (`REFUSED_STREAM`),
     /// or hyper never sent it (hyper's "canceled", which hyper reports only
