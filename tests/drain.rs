@@ -188,3 +188,46 @@ async fn never_ending_bodies_give_up_within_budget() {
         .count();
     assert_eq!(timed_out, 10, "{outcomes:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guards_drain_gives_up_when_it_costs_more_than_a_dial_and_a_request_waits() {
+    const TOTAL: usize = 200;
+    const TASKS: usize = 8;
+    let server = support::serve().await;
+    let guard = poolguard::PoolGuard::builder().max_per_host(2).build();
+    let client = Client::builder(TokioExecutor::new()).build::<_, Empty<Bytes>>(
+        guard.connector(hyper_util::client::legacy::connect::HttpConnector::new()),
+    );
+    let svc = tower::Layer::layer(&guard.layer(), client);
+    // A byte every 10 ms for ever, dropped after the headers, 8 tasks on 2
+    // slots: the next request always waits while a drain holds a slot.
+    let send = support::sender(
+        svc,
+        http::Method::GET,
+        server.uri("/trickle"),
+        support::Body::Drop,
+    );
+    let run = support::drive(TASKS, TOTAL, 0, send).await;
+    assert_eq!(run.errors, 0);
+    // Let the last drains end.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let s = guard.metrics().snapshot();
+    let dial = s.hosts.first().and_then(|h| h.dial_cost);
+    println!(
+        "{} drains gave up for cost, {} for time; dial cost {dial:?}",
+        s.drains_gave_up_cost, s.drains_gave_up_time,
+    );
+    assert!(dial.is_some(), "the connector timed its dials");
+    // Only the drains left when no request waited any more (at most one
+    // per task) may run to their time budget.
+    assert!(
+        s.drains_gave_up_time <= TASKS as u64,
+        "{} drains held their slot for drain_max_time while requests waited",
+        s.drains_gave_up_time
+    );
+    assert_eq!(
+        s.drains_gave_up_cost + s.drains_gave_up_time,
+        TOTAL as u64,
+        "every drop of an endless body ends in a give-up"
+    );
+}

@@ -35,6 +35,33 @@
 //! to its end, or already at its end, costs no task. Each drain reports its
 //! outcome to an [`OnDrain`] hook.
 //!
+//! # A drain never costs more than the connection it saves (with `PoolGuard`)
+//!
+//! Draining trades time for a connection: while it runs, the drain holds
+//! its request's per-host slot and its connection. A guard's drains price
+//! that trade. The guard's connector (or, with reqwest, its dial counter)
+//! times every dial, connect and TLS handshake included, and keeps per
+//! host a mean of the last dials (weight 1/4; before any dial to a host,
+//! the mean over all dials, else 5 ms; see
+//! [`HostSnapshot::dial_cost`](crate::metrics::HostSnapshot)). The rule is
+//! ski rental's: **keep draining until the time spent equals what a new
+//! connection costs; then, if anything waits for the host's slots (a
+//! request in its queue, or a dial under the connection cap), give up**
+//! ([`DrainOutcome::GaveUpCost`]) and free both slots at once. Whatever the
+//! body would have done, the time lost this way is at most twice what the
+//! best choice in hindsight would have lost (it pays at most the rent plus
+//! one dial where the best pays one of them). With nothing waiting, the
+//! drain goes on and the budgets below apply; it looks again every dial
+//! cost (at least every millisecond). A body whose `Content-Length` says
+//! the rest will come, at the rate seen so far, sooner than a dial would
+//! is finished. tokio's timer ticks every millisecond: where a dial costs
+//! less (loopback, a LAN), a body of unknown length (a stream) is given up
+//! at once when something waits, since no look could come before renting
+//! had cost more than buying.
+//!
+//! A `DrainLayer` of your own (outside a `PoolGuard`) has no price: its
+//! budgets alone apply.
+//!
 //! # Defaults
 //!
 //! | setting          | default  | why |

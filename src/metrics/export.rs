@@ -131,6 +131,10 @@ fn publish(s: &Snapshot, per_host: bool) {
             counter!("poolguard_host_reused_total", "host" => host.clone()).absolute(row.reused);
             counter!("poolguard_host_connections_opened_total", "host" => host.clone())
                 .absolute(row.connections_opened);
+            if let Some(cost) = row.dial_cost {
+                gauge!("poolguard_host_dial_cost_seconds", "host" => host.clone())
+                    .set(cost.as_secs_f64());
+            }
             counter!("poolguard_host_connections_closed_total", "host" => host)
                 .absolute(row.connections_closed);
         }
