@@ -42,63 +42,47 @@ async fn h2c_server(options: support::Options) -> support::Server {
     .await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn http2_streams_are_not_capped_by_max_per_host() {
-    // A slow handler: every request the client lets through is at the
-    // server at once.
+/// 100 GETs at once through `guard` to an h2c server whose handler takes
+/// `delay` (after `warm` GETs one by one); returns the connections the
+/// server accepted and the most requests it held at once.
+async fn burst_of_100(guard: &PoolGuard, delay: Duration, warm: usize) -> (usize, usize) {
     let server = h2c_server(support::Options {
-        delay: Duration::from_millis(500),
+        delay,
         ..Default::default()
     })
     .await;
-    let guard = PoolGuard::builder().max_per_host(10).build();
     let send = sender(
-        h2c_stack(&guard),
+        h2c_stack(guard),
         Method::GET,
         server.uri("/bytes/10"),
         Body::Read,
     );
-    // One request first, so that the host's protocol is known.
-    assert_eq!(support::drive(1, 1, 0, send.clone()).await.errors, 0);
+    assert_eq!(support::drive(1, warm, 0, send.clone()).await.errors, 0);
     assert_eq!(support::drive(100, 100, 0, send).await.errors, 0);
-    println!(
-        "accepted {}, peak at the server {}",
-        server.stats.accepted(),
-        server.stats.peak()
-    );
-    assert_eq!(server.stats.accepted(), 1, "one connection");
-    assert_eq!(
-        server.stats.peak(),
-        100,
-        "all 100 streams at once, not max_per_host"
-    );
+    let (accepted, peak) = (server.stats.accepted(), server.stats.peak());
+    println!("accepted {accepted}, peak at the server {peak}");
+    (accepted, peak)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_streams_are_not_capped_by_max_per_host() {
+    // A slow handler: every request the client lets through is at the
+    // server at once. One request first, so that the protocol is known.
+    let guard = PoolGuard::builder().max_per_host(10).build();
+    let (accepted, peak) = burst_of_100(&guard, Duration::from_millis(500), 1).await;
+    assert_eq!(accepted, 1, "one connection");
+    assert_eq!(peak, 100, "all 100 streams at once, not max_per_host");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_streams_per_host_bounds_an_http2_host() {
-    let server = h2c_server(support::Options {
-        delay: Duration::from_millis(300),
-        ..Default::default()
-    })
-    .await;
     let guard = PoolGuard::builder()
         .max_per_host(4)
         .max_streams_per_host(20)
         .build();
-    let send = sender(
-        h2c_stack(&guard),
-        Method::GET,
-        server.uri("/bytes/10"),
-        Body::Read,
-    );
-    assert_eq!(support::drive(100, 100, 0, send).await.errors, 0);
-    println!(
-        "accepted {}, peak at the server {}",
-        server.stats.accepted(),
-        server.stats.peak()
-    );
-    assert_eq!(server.stats.accepted(), 1, "one connection");
-    assert_eq!(server.stats.peak(), 20, "max_streams_per_host, exactly");
+    let (accepted, peak) = burst_of_100(&guard, Duration::from_millis(300), 0).await;
+    assert_eq!(accepted, 1, "one connection");
+    assert_eq!(peak, 20, "max_streams_per_host, exactly");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

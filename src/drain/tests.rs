@@ -103,8 +103,22 @@ fn taken(outcomes: &Mutex<Vec<DrainOutcome>>) -> Vec<DrainOutcome> {
     std::mem::take(&mut *outcomes.lock().unwrap())
 }
 
-/// Passes `response` through a `Drain` service made by `layer`.
+/// Passes `response` through a `Drain` service made by `layer`, for a
+/// request without a host.
 async fn through<B>(layer: &DrainLayer, response: Response<B>) -> Response<DrainBody<B>>
+where
+    B: Body + Send + 'static,
+{
+    through_to(layer, response, "/").await
+}
+
+/// Passes `response` through a `Drain` service made by `layer`, for a
+/// request to `uri`.
+async fn through_to<B>(
+    layer: &DrainLayer,
+    response: Response<B>,
+    uri: &str,
+) -> Response<DrainBody<B>>
 where
     B: Body + Send + 'static,
 {
@@ -115,7 +129,8 @@ where
             let response = response.lock().unwrap().take().unwrap();
             async move { Ok::<_, Infallible>(response) }
         });
-    svc.oneshot(http::Request::new(())).await.unwrap()
+    let req = http::Request::get(uri).body(()).unwrap();
+    svc.oneshot(req).await.unwrap()
 }
 
 /// Lets spawned tasks run to their next await point.
@@ -667,15 +682,7 @@ async fn through_h<B>(layer: &DrainLayer, response: Response<B>) -> Response<Dra
 where
     B: Body + Send + 'static,
 {
-    let response = Mutex::new(Some(response));
-    let svc = tower::ServiceBuilder::new()
-        .layer(layer.clone())
-        .service_fn(move |_: http::Request<()>| {
-            let response = response.lock().unwrap().take().unwrap();
-            async move { Ok::<_, Infallible>(response) }
-        });
-    let req = http::Request::get("http://h/").body(()).unwrap();
-    svc.oneshot(req).await.unwrap()
+    through_to(layer, response, "http://h/").await
 }
 
 #[tokio::test(start_paused = true)]
