@@ -20,6 +20,9 @@
 //! scaling series instead: concurrency 1, 10, 100 and 1000 to one host with
 //! N = 10 (`conc-*`), and 1 to 10,000 hosts (`hosts-*`: names that all
 //! resolve to one loopback server, each a host of its own to the clients).
+//! `--client NAME` runs one client only (`hyper-util bare`, `hyper-util
+//! guarded`, `reqwest bare`, `reqwest guarded`), for side-by-side runs of one
+//! client over two workloads.
 
 use poolguard_testkit as support;
 
@@ -408,7 +411,7 @@ fn senders(
     out
 }
 
-async fn run(w: &Workload, round: usize) -> Vec<Row> {
+async fn run(w: &Workload, round: usize, client: Option<&str>) -> Vec<Row> {
     let mut rows = Vec::new();
     let clients = 4;
     for k in 0..clients {
@@ -442,6 +445,9 @@ async fn run(w: &Workload, round: usize) -> Vec<Row> {
             });
         }
         let (name, send, metrics) = senders(w, &servers).swap_remove(c);
+        if client.is_some_and(|only| only != name) {
+            continue;
+        }
         eprint!("  {:<9} {:<19} ...", w.name, name);
         let rss_before = support::rss_kib();
         let (errors, latencies, elapsed) = drive(w.tasks, w.requests, w.pause_ms, send).await;
@@ -771,16 +777,18 @@ async fn main() {
     let mut scale = 1.0;
     let mut rounds = 1usize;
     let mut only: Option<String> = None;
+    let mut client: Option<String> = None;
     let mut series = false;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--scale" => scale = args.next().and_then(|s| s.parse().ok()).unwrap_or(1.0),
             "--only" => only = args.next(),
+            "--client" => client = args.next(),
             "--scaling" => series = true,
             "--rounds" => rounds = args.next().and_then(|s| s.parse().ok()).unwrap_or(1).max(1),
             "-h" | "--help" => {
-                println!("usage: demo [--scale F] [--rounds N] [--scaling] [--only drop-5b|drop-64k|read-64k|bursty|flood|slow-100|crawler|stale|endless|trickle|h2-flood|tls-h2-flood|h2-drop-64k|h2-goaway|tls-drop-64k|conc-N|hosts-N]");
+                println!("usage: demo [--scale F] [--rounds N] [--scaling] [--client \"hyper-util guarded\"] [--only drop-5b|drop-64k|read-64k|bursty|flood|slow-100|crawler|stale|endless|trickle|h2-flood|tls-h2-flood|h2-drop-64k|h2-goaway|tls-drop-64k|conc-N|hosts-N]");
                 return;
             }
             other => {
@@ -806,7 +814,7 @@ async fn main() {
             if only.as_deref().is_some_and(|o| o != w.name) {
                 continue;
             }
-            rows.extend(run(&w, round).await);
+            rows.extend(run(&w, round, client.as_deref()).await);
         }
         all.push(rows);
     }
