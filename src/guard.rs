@@ -63,6 +63,8 @@ pub struct PoolGuard {
     queue_timeout: Duration,
     #[cfg_attr(not(feature = "hyper-util"), allow(dead_code))]
     max_queued: usize,
+    #[cfg_attr(not(feature = "hyper-util"), allow(dead_code))]
+    overrides: Option<std::sync::Arc<crate::limit::registry::Overrides>>,
     metrics: Metrics,
     layer: PoolGuardLayer,
     #[cfg(feature = "hyper-util")]
@@ -109,6 +111,7 @@ impl PoolGuard {
             Some(self.metrics.clone()),
             self.honor_keep_alive,
             self.queue_timeout,
+            self.overrides.clone(),
         )
     }
 }
@@ -127,6 +130,7 @@ impl fmt::Debug for PoolGuard {
 #[must_use]
 pub struct PoolGuardBuilder {
     max_per_host: usize,
+    overrides: Option<crate::limit::registry::Overrides>,
     max_streams_per_host: usize,
     max_queued: usize,
     queue_timeout: Duration,
@@ -141,6 +145,7 @@ impl Default for PoolGuardBuilder {
     fn default() -> Self {
         PoolGuardBuilder {
             max_per_host: 10,
+            overrides: None,
             max_streams_per_host: crate::limit::layer::DEFAULT_MAX_STREAMS,
             max_queued: crate::limit::layer::DEFAULT_MAX_QUEUED,
             queue_timeout: crate::limit::layer::DEFAULT_QUEUE_TIMEOUT,
@@ -158,6 +163,21 @@ impl PoolGuardBuilder {
     /// [`PoolGuard::connector`]) connections per host. Default: 10.
     pub fn max_per_host(mut self, n: usize) -> Self {
         self.max_per_host = n;
+        self
+    }
+
+    /// Requests in flight to `host`, and (through [`PoolGuard::connector`])
+    /// connections to it, instead of `max_per_host`: `host` is a name or an
+    /// IP literal as in a URI, every port and scheme of it (a value of 0 is
+    /// taken as 1; called again for the same host, the last value holds).
+    /// An internal API may take 100 while a partner allows 4. Once the host
+    /// speaks HTTP/2, its requests are limited by
+    /// [`max_streams_per_host`](PoolGuardBuilder::max_streams_per_host) like
+    /// any host's, and its connections still by this value.
+    pub fn max_per_host_for(mut self, host: &str, n: usize) -> Self {
+        self.overrides
+            .get_or_insert_with(Default::default)
+            .set(host, n);
         self
     }
 
@@ -222,7 +242,9 @@ impl PoolGuardBuilder {
     /// Builds the guard and its shared state.
     pub fn build(self) -> PoolGuard {
         let metrics = Metrics::new();
+        let overrides = self.overrides.map(std::sync::Arc::new);
         let limit = PerHostLimitLayer::new(self.max_per_host)
+            .with_overrides(overrides.clone())
             .max_queued(self.max_queued)
             .queue_timeout(self.queue_timeout)
             .max_streams_per_host(self.max_streams_per_host)
@@ -257,6 +279,7 @@ impl PoolGuardBuilder {
             honor_keep_alive: self.honor_keep_alive,
             queue_timeout: self.queue_timeout,
             max_queued: self.max_queued,
+            overrides,
             #[cfg(feature = "hyper-util")]
             connections,
             metrics,

@@ -18,7 +18,7 @@ use tower_service::Service;
 use crate::conn::keep_alive::Limits;
 use crate::conn::{Event, Link, LinkHandle, Phase, Record, Stamp, Tracker};
 use crate::key::HostKey;
-use crate::limit::registry::{Acquire, Bounds, Policy, Registry, Slot, TimedOut};
+use crate::limit::registry::{Acquire, Bounds, Overrides, Policy, Registry, Slot, TimedOut};
 use crate::limit::{QueueFull, QueueTimeout};
 use crate::metrics::Metrics;
 use crate::BoxError;
@@ -91,6 +91,8 @@ pub struct GuardedConnector<C> {
     honor_keep_alive: bool,
     /// The longest a dial waits for a slot; `None`: no limit.
     queue_timeout: Option<Duration>,
+    /// Connection caps of named hosts.
+    overrides: Option<Arc<Overrides>>,
     life: Arc<Life>,
 }
 
@@ -154,6 +156,7 @@ impl<C> GuardedConnector<C> {
             metrics: None,
             honor_keep_alive: true,
             queue_timeout: Some(crate::limit::layer::DEFAULT_QUEUE_TIMEOUT),
+            overrides: None,
             life: Arc::default(),
         }
     }
@@ -165,6 +168,7 @@ impl<C> GuardedConnector<C> {
         metrics: Option<Metrics>,
         honor_keep_alive: bool,
         queue_timeout: Duration,
+        overrides: Option<Arc<Overrides>>,
     ) -> Self {
         GuardedConnector {
             inner,
@@ -173,8 +177,20 @@ impl<C> GuardedConnector<C> {
             metrics,
             honor_keep_alive,
             queue_timeout: Some(queue_timeout),
+            overrides,
             life: Arc::default(),
         }
+    }
+
+    /// At most `n` connections to `host` (a name or an IP literal, as in a
+    /// URI: every port and scheme of it), instead of `max_per_host`; a
+    /// value of 0 is taken as 1. Called again for the same host, the last
+    /// value holds.
+    pub fn max_per_host_for(mut self, host: &str, n: usize) -> Self {
+        let mut overrides = self.overrides.as_deref().cloned().unwrap_or_default();
+        overrides.set(host, n);
+        self.overrides = Some(Arc::new(overrides));
+        self
     }
 
     /// The longest a dial waits for a connection slot before it fails with
@@ -300,6 +316,7 @@ where
         let policy = Policy {
             bounds: self.bounds,
             observer: None,
+            overrides: self.overrides.clone(),
         };
         match self
             .registry
@@ -911,6 +928,7 @@ mod tests {
                 max_streams: None,
             },
             observer: None,
+            overrides: None,
         };
         let key = HostKey::from_uri(&Uri::from_static("http://h/")).unwrap();
         let Acquire::Ready(slot) = registry.acquire_dial(key, Arc::from("http://h"), &policy)

@@ -55,6 +55,7 @@ impl PerHostLimitLayer {
                         max_streams: Some(DEFAULT_MAX_STREAMS),
                     },
                     observer: None,
+                    overrides: None,
                 },
                 queue_timeout: Some(DEFAULT_QUEUE_TIMEOUT),
             }),
@@ -76,6 +77,28 @@ impl PerHostLimitLayer {
     /// counts them all.
     pub fn on_queue(mut self, hook: impl OnQueue) -> Self {
         self.config_mut().policy.observer = Some(QueueHook::new(hook));
+        self
+    }
+
+    /// At most `n` requests in flight to `host` (a name or an IP literal, as
+    /// in a URI: every port and scheme of it), instead of `max_per_host`; a
+    /// value of 0 is taken as 1. Called again for the same host, the last
+    /// value holds. Once the host speaks HTTP/2, `max_streams_per_host`
+    /// applies to it like to any host.
+    pub fn max_per_host_for(mut self, host: &str, n: usize) -> Self {
+        let policy = &mut self.config_mut().policy;
+        let mut overrides = policy.overrides.as_deref().cloned().unwrap_or_default();
+        overrides.set(host, n);
+        policy.overrides = Some(Arc::new(overrides));
+        self
+    }
+
+    /// Sets every host's override at once (a guard's).
+    pub(crate) fn with_overrides(
+        mut self,
+        overrides: Option<Arc<super::registry::Overrides>>,
+    ) -> Self {
+        self.config_mut().policy.overrides = overrides;
         self
     }
 

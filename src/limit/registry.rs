@@ -84,6 +84,38 @@ impl Proto {
 pub(crate) struct Policy {
     pub(crate) bounds: Bounds,
     pub(crate) observer: Option<QueueHook>,
+    /// `max_per_host` of named hosts, every port and scheme of them.
+    pub(crate) overrides: Option<Arc<Overrides>>,
+}
+
+/// Per-host limits of named hosts, by the host part of their key.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Overrides(HashMap<Box<str>, usize>);
+
+impl Overrides {
+    /// `host` (a name or an IP literal, as in a URI) gets `n` slots. A host
+    /// that is no valid URI host matches nothing.
+    pub(crate) fn set(&mut self, host: &str, n: usize) {
+        let uri = format!("http://{host}/");
+        if let Some(key) = uri.parse().ok().as_ref().and_then(HostKey::from_uri) {
+            self.0.insert(key.host().into(), n);
+        }
+    }
+
+    fn get(&self, key: &HostKey) -> Option<usize> {
+        self.0.get(key.host()).copied()
+    }
+}
+
+impl Policy {
+    /// The bounds that apply to `key`.
+    fn bounds_for(&self, key: &HostKey) -> Bounds {
+        let mut bounds = self.bounds;
+        if let Some(n) = self.overrides.as_ref().and_then(|o| o.get(key)) {
+            bounds.max_per_host = n;
+        }
+        bounds
+    }
 }
 
 /// Slots per host, shared by every clone of a layer or connector.
@@ -176,7 +208,7 @@ impl Registry {
         pool_key: Option<Arc<str>>,
         policy: &Policy,
     ) -> Acquire {
-        let bounds = policy.bounds;
+        let bounds = policy.bounds_for(&key);
         let mut state = self.state();
         let host = match state.hosts.get_mut(&key) {
             Some(host) => host,

@@ -550,3 +550,55 @@ async fn a_host_keeps_its_protocol_while_quiet() {
         "no held burst the second time"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_named_host_gets_its_own_limit_on_every_port_and_scheme() {
+    let layer = PerHostLimitLayer::new(1)
+        .max_per_host_for("A.example", 3)
+        .max_per_host_for("[::1]", 2);
+    let (mut svc, _handle) = limited(&layer);
+    let mut held = Vec::new();
+    for uri in [
+        "http://a.example/",
+        "http://a.example:80/x",
+        "http://A.EXAMPLE/y",
+    ] {
+        let mut f = start(&mut svc, uri).await;
+        assert_pending!(f.poll());
+        held.push(f);
+    }
+    assert_eq!(
+        (layer.in_flight(), layer.queued()),
+        (3, 0),
+        "3 for a.example"
+    );
+    let mut more = start(&mut svc, "http://a.example/").await;
+    assert_pending!(more.poll());
+    assert_eq!(layer.queued(), 1, "the 4th waits");
+    // Another port of the host: 3 of its own (an https one would hold its
+    // first burst until the protocol is known).
+    for _ in 0..3 {
+        let mut f = start(&mut svc, "http://a.example:8080/").await;
+        assert_pending!(f.poll());
+        held.push(f);
+    }
+    assert_eq!((layer.in_flight(), layer.queued()), (6, 1));
+    let mut other = start(&mut svc, "http://b.example/").await;
+    assert_pending!(other.poll());
+    let mut other2 = start(&mut svc, "http://b.example/").await;
+    assert_pending!(other2.poll());
+    assert_eq!(
+        (layer.in_flight(), layer.queued()),
+        (7, 2),
+        "1 for b.example"
+    );
+    let mut v6 = start(&mut svc, "http://[0:0::1]/").await;
+    assert_pending!(v6.poll());
+    let mut v6b = start(&mut svc, "http://[::1]/").await;
+    assert_pending!(v6b.poll());
+    assert_eq!(
+        (layer.in_flight(), layer.queued()),
+        (9, 2),
+        "2 for [::1], however spelt"
+    );
+}
