@@ -366,19 +366,39 @@ async fn a_reqwest_retry_needs_no_metrics_layer() {
             .body(reqwest::Body::from(""))
             .expect("request")
     };
-    // A first request opens the connection; the second meets it closed.
+    // A first request opens the connection; the next meets it closed. The
+    // premise, a request on the pooled connection, is established: reqwest
+    // gives a connection back to its pool a moment after its body ends, and
+    // a request sent before then dials anew (the server answers a request
+    // on a new connection normally); such a request is sent again until one
+    // lands on a pooled connection (bounded).
     let warm = svc
         .clone()
         .oneshot(get("/slow", "warm"))
         .await
         .expect("warm-up");
     warm.into_body().collect().await.expect("body");
-    let response = svc
-        .clone()
-        .oneshot(get("/close-reused", "get-1"))
-        .await
-        .expect("GET retried");
-    assert_eq!(count("get-1"), 2);
+    let mut landed = None;
+    for attempt in 0..20 {
+        let id = format!("get-{attempt}");
+        let response = svc
+            .clone()
+            .oneshot(get("/close-reused", &id))
+            .await
+            .expect("GET retried");
+        if count(&id) == 2 {
+            landed = Some((id, response));
+            break;
+        }
+        // Answered on a new connection: no retry, nothing heard.
+        assert_eq!(count(&id), 1);
+        assert!(response.extensions().get::<Retried>().is_none());
+        assert!(events.lock().unwrap().is_empty());
+        response.into_body().collect().await.expect("body");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let (id, response) = landed.expect("a request on a pooled connection within 20 tries");
+    assert_eq!(count(&id), 2);
     assert_eq!(
         response.extensions().get::<Retried>().map(|r| r.retries),
         Some(1)
