@@ -10,10 +10,11 @@ use pin_project_lite::pin_project;
 use tower_service::Service;
 
 use super::registry::{Slot, TimedOut};
+use super::QueueFull;
 use super::{QueueTimeout, QueueWait, ResponseBody};
 use crate::BoxError;
 
-type Wait = Pin<Box<dyn Future<Output = Result<Slot, TimedOut>> + Send>>;
+pub(crate) type Wait = Pin<Box<dyn Future<Output = Result<Slot, TimedOut>> + Send>>;
 
 pin_project! {
     /// Response future of [`PerHostLimit`](super::PerHostLimit): waits for a
@@ -61,14 +62,10 @@ where
         }
     }
 
-    pub(crate) fn queued(
-        wait: impl Future<Output = Result<Slot, TimedOut>> + Send + 'static,
-        service: S,
-        request: Req,
-    ) -> Self {
+    pub(crate) fn queued(wait: Wait, service: S, request: Req) -> Self {
         ResponseFuture {
             state: State::Queued {
-                wait: Box::pin(wait),
+                wait,
                 parked: Some(Box::new((service, request))),
             },
         }
@@ -96,6 +93,9 @@ where
                 StateProj::Queued { wait, parked } => {
                     let slot = match ready!(wait.as_mut().poll(cx)) {
                         Ok(slot) => slot,
+                        Err(TimedOut {
+                            key, evicted: true, ..
+                        }) => return Poll::Ready(Err(QueueFull::new(key).into())),
                         Err(TimedOut { key, waited, .. }) => {
                             return Poll::Ready(Err(QueueTimeout::new(key, waited).into()))
                         }

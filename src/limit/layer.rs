@@ -31,6 +31,8 @@ pub(crate) const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_secs(30);
 #[must_use]
 pub struct PerHostLimitLayer {
     pub(crate) registry: Arc<Registry>,
+    /// The slots of the cap across hosts, under one key.
+    pub(crate) total: Arc<Registry>,
     pub(crate) config: Arc<Config>,
 }
 
@@ -38,6 +40,8 @@ pub struct PerHostLimitLayer {
 #[derive(Clone, Debug)]
 pub(crate) struct Config {
     pub(crate) policy: Policy,
+    /// Requests in flight across all hosts (`None`: no cap).
+    pub(crate) max_total: Option<usize>,
     pub(crate) queue_timeout: Option<Duration>,
 }
 
@@ -47,7 +51,9 @@ impl PerHostLimitLayer {
     pub fn new(max_per_host: usize) -> Self {
         PerHostLimitLayer {
             registry: Arc::new(Registry::new()),
+            total: Arc::new(Registry::new()),
             config: Arc::new(Config {
+                max_total: None,
                 policy: Policy {
                     bounds: Bounds {
                         max_per_host,
@@ -99,6 +105,18 @@ impl PerHostLimitLayer {
         overrides: Option<Arc<super::registry::Overrides>>,
     ) -> Self {
         self.config_mut().policy.overrides = overrides;
+        self
+    }
+
+    /// At most `max_total` requests in flight across all hosts (a value of
+    /// 0 is taken as 1), besides each host's limit: a crawler's bound on
+    /// what it holds open at once. A request takes its host's slot first,
+    /// then one of the total, waiting FIFO for each; it waits at most
+    /// `queue_timeout` for both together, and fails with
+    /// [`QueueFull`](super::QueueFull) when `max_queued` requests already
+    /// wait for the total. Default: no cap.
+    pub fn max_total(mut self, max_total: usize) -> Self {
+        self.config_mut().max_total = Some(max_total);
         self
     }
 
@@ -160,6 +178,7 @@ impl fmt::Debug for PerHostLimitLayer {
             .field("max_per_host", &bounds.slots())
             .field("max_queued", &bounds.max_queued)
             .field("queue_timeout", &self.config.queue_timeout)
+            .field("max_total", &self.config.max_total)
             .finish()
     }
 }

@@ -457,6 +457,8 @@ pub(crate) struct Slot {
     key: Option<HostKey>,
     registry: Arc<Registry>,
     waited: Duration,
+    /// A slot of the cap across hosts, given back with this one.
+    total: Option<Box<Slot>>,
     /// The host's protocol when the slot was taken.
     proto: Proto,
     /// The connection holding the slot (a connector's slot).
@@ -473,6 +475,7 @@ impl Slot {
             key: Some(key),
             registry,
             waited,
+            total: None,
             proto: Proto::Unknown,
             #[cfg(feature = "hyper-util")]
             link: None,
@@ -481,9 +484,18 @@ impl Slot {
         }
     }
 
-    /// How long the slot's holder waited in the queue for it.
+    /// How long the slot's holder waited in the queues for it (its host's
+    /// and the cap's across hosts).
     pub(crate) fn waited(&self) -> Duration {
-        self.waited
+        let total = self.total.as_ref().map_or(Duration::ZERO, |t| t.waited);
+        self.waited.saturating_add(total)
+    }
+
+    /// Holds `total`, a slot of the cap across hosts, until this one is
+    /// given back.
+    pub(crate) fn with_total(mut self, total: Slot) -> Slot {
+        self.total = Some(Box::new(total));
+        self
     }
 
     /// The response to the slot's request came over `version`: the host's
@@ -585,9 +597,25 @@ pub(crate) struct Waiter {
 pub(crate) struct TimedOut {
     pub(crate) key: HostKey,
     pub(crate) waited: Duration,
-    /// Dropped from a full queue, not timed out.
-    #[cfg_attr(not(feature = "hyper-util"), allow(dead_code))]
+    /// Dropped from a full queue (or found the queue full), not timed out.
     pub(crate) evicted: bool,
+}
+
+impl TimedOut {
+    /// A full queue met by a request for `key`.
+    pub(crate) fn full(key: HostKey) -> Self {
+        TimedOut {
+            key,
+            waited: Duration::ZERO,
+            evicted: true,
+        }
+    }
+
+    /// The same, told of the request's host rather than of the queue's key
+    /// (the cap across hosts has a key of its own).
+    pub(crate) fn for_host(self, key: HostKey) -> Self {
+        TimedOut { key, ..self }
+    }
 }
 
 impl Waiter {

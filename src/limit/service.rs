@@ -5,7 +5,7 @@ use tower_service::Service;
 
 use super::future::ResponseFuture;
 use super::layer::PerHostLimitLayer;
-use super::registry::Acquire;
+use super::registry::{Acquire, Bounds, Policy, TimedOut};
 use super::{QueueFull, ResponseBody};
 use crate::key::HostKey;
 use crate::BoxError;
@@ -76,22 +76,75 @@ where
         let Some(key) = HostKey::from_request(&req) else {
             return ResponseFuture::called(self.inner.call(req), None);
         };
-        match self.layer.registry.acquire(key, &self.layer.config.policy) {
-            Acquire::Ready(slot) => ResponseFuture::called(self.inner.call(req), Some(slot)),
-            Acquire::Full(key) => ResponseFuture::failed(QueueFull::new(key).into()),
+        let config = &self.layer.config;
+        // `Duration::MAX` (past the end of time) is no deadline.
+        let deadline = || config.queue_timeout.and_then(crate::timer::deadline_in);
+        let total = config.max_total.and_then(|max| {
+            let policy = Policy {
+                bounds: Bounds {
+                    max_per_host: max,
+                    max_queued: config.policy.bounds.max_queued,
+                    max_streams: None,
+                },
+                observer: config.policy.observer.clone(),
+                overrides: None,
+            };
+            Some((self.layer.total.clone(), total_key()?, policy))
+        });
+        let wait = match self.layer.registry.acquire(key.clone(), &config.policy) {
+            Acquire::Full(key) => return ResponseFuture::failed(QueueFull::new(key).into()),
+            Acquire::Ready(slot) => match total {
+                None => return ResponseFuture::called(self.inner.call(req), Some(slot)),
+                Some((registry, total_key, policy)) => match registry.acquire(total_key, &policy) {
+                    Acquire::Ready(t) => {
+                        return ResponseFuture::called(
+                            self.inner.call(req),
+                            Some(slot.with_total(t)),
+                        )
+                    }
+                    // The host's slot goes back as `slot` drops.
+                    Acquire::Full(_) => return ResponseFuture::failed(QueueFull::new(key).into()),
+                    Acquire::Queued(waiter) => {
+                        let deadline = deadline();
+                        let wait: super::future::Wait = Box::pin(async move {
+                            let t = waiter.wait(deadline).await.map_err(|no| no.for_host(key))?;
+                            Ok(slot.with_total(t))
+                        });
+                        wait
+                    }
+                },
+            },
             Acquire::Queued(waiter) => {
-                // Take the service that was made ready into the future, and
-                // leave a fresh clone behind for the next `poll_ready`.
-                let clone = self.inner.clone();
-                let ready = std::mem::replace(&mut self.inner, clone);
-                // `Duration::MAX` (past the end of time) is no deadline.
-                let deadline = self
-                    .layer
-                    .config
-                    .queue_timeout
-                    .and_then(crate::timer::deadline_in);
-                ResponseFuture::queued(waiter.wait(deadline), ready, req)
+                let deadline = deadline();
+                Box::pin(async move {
+                    let slot = waiter.wait(deadline).await?;
+                    let Some((registry, total_key, policy)) = total else {
+                        return Ok(slot);
+                    };
+                    match registry.acquire(total_key, &policy) {
+                        Acquire::Ready(t) => Ok(slot.with_total(t)),
+                        Acquire::Full(_) => Err(TimedOut::full(key)),
+                        Acquire::Queued(waiter) => {
+                            let t = waiter.wait(deadline).await.map_err(|no| no.for_host(key))?;
+                            Ok(slot.with_total(t))
+                        }
+                    }
+                })
             }
-        }
+        };
+        // Take the service that was made ready into the future, and leave
+        // a fresh clone behind for the next `poll_ready`.
+        let clone = self.inner.clone();
+        let ready = std::mem::replace(&mut self.inner, clone);
+        ResponseFuture::queued(wait, ready, req)
     }
+}
+
+/// The key every request shares under the cap across hosts.
+fn total_key() -> Option<HostKey> {
+    static KEY: std::sync::OnceLock<Option<HostKey>> = std::sync::OnceLock::new();
+    KEY.get_or_init(|| {
+        HostKey::from_uri(&http::Uri::from_static("http://total.poolguard.invalid/"))
+    })
+    .clone()
 }

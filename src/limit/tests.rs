@@ -602,3 +602,49 @@ async fn a_named_host_gets_its_own_limit_on_every_port_and_scheme() {
         "2 for [::1], however spelt"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn max_total_caps_requests_across_hosts() {
+    let layer = PerHostLimitLayer::new(10)
+        .max_total(2)
+        .max_queued(1)
+        .queue_timeout(Duration::from_secs(1));
+    let (mut svc, mut handle) = limited(&layer);
+    let mut a = start(&mut svc, "http://a.example/a").await;
+    let mut b = start(&mut svc, "http://b.example/b").await;
+    assert_pending!(a.poll());
+    assert_pending!(b.poll());
+    // A third host: its own slot is free, the total is not.
+    let mut c = start(&mut svc, "http://c.example/c").await;
+    assert_pending!(c.poll());
+    // One more waiting for the total: the total's queue (1) is full.
+    let mut d = start(&mut svc, "http://d.example/d").await;
+    let err = assert_ready!(d.poll()).unwrap_err();
+    let full = err.downcast_ref::<QueueFull>().expect("QueueFull");
+    assert_eq!(full.host().to_string(), "http://d.example:80");
+    // `a` ends: `c` gets the total's slot, FIFO.
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    assert_eq!(answer(&mut handle, some_data()).await, "/a");
+    drop(assert_ready!(a.poll()).unwrap());
+    assert!(c.is_woken());
+    assert_pending!(c.poll());
+    assert_eq!(answer(&mut handle, some_data()).await, "/b");
+    assert_eq!(answer(&mut handle, some_data()).await, "/c");
+    let response = assert_ready!(c.poll()).unwrap();
+    assert_eq!(
+        response.extensions().get::<QueueWait>(),
+        Some(&QueueWait(Duration::from_millis(5))),
+        "the wait for the total counts"
+    );
+    // `b` and `c` hold the total: a new host waits, and times out naming
+    // its own host.
+    let mut e = start(&mut svc, "http://e.example/e").await;
+    assert_pending!(e.poll());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let err = assert_ready!(e.poll()).unwrap_err();
+    let timeout = err.downcast_ref::<QueueTimeout>().expect("QueueTimeout");
+    assert_eq!(timeout.host().to_string(), "http://e.example:80");
+    drop((b, response));
+    assert_eq!(layer.in_flight(), 0, "every host slot given back");
+    assert_eq!(layer.hosts_tracked(), 0);
+}
