@@ -26,7 +26,11 @@ impl XorShift {
 #[derive(Debug, Default)]
 pub struct Run {
     pub ok: usize,
+    /// Requests that failed, those that did not end within
+    /// [`REQUEST_LIMIT`] included.
     pub errors: usize,
+    /// Of the errors, requests that did not end within [`REQUEST_LIMIT`].
+    pub hung: usize,
 }
 
 /// The longest one request of [`drive`] may take.
@@ -42,9 +46,11 @@ where
     let next = Arc::new(AtomicUsize::new(0));
     let ok = Arc::new(AtomicUsize::new(0));
     let errors = Arc::new(AtomicUsize::new(0));
+    let hung = Arc::new(AtomicUsize::new(0));
     let mut handles = Vec::new();
     for t in 0..tasks {
         let (send, next, ok, errors) = (send.clone(), next.clone(), ok.clone(), errors.clone());
+        let hung = hung.clone();
         handles.push(tokio::spawn(async move {
             let mut rng = XorShift(0x2545_F491_4F6C_DD1D_u64 ^ (t as u64 + 1));
             while next.fetch_add(1, Ordering::Relaxed) < total {
@@ -58,6 +64,7 @@ where
                     }
                     Err(_) => {
                         eprintln!("request did not end within {REQUEST_LIMIT:?}");
+                        hung.fetch_add(1, Ordering::Relaxed);
                         errors.fetch_add(1, Ordering::Relaxed)
                     }
                 };
@@ -73,6 +80,7 @@ where
     Run {
         ok: ok.load(Ordering::Relaxed),
         errors: errors.load(Ordering::Relaxed),
+        hung: hung.load(Ordering::Relaxed),
     }
 }
 
