@@ -25,6 +25,7 @@
 //! client over two workloads.
 
 use poolguard_testkit as support;
+use support::Loopback;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -279,34 +280,6 @@ fn urls(servers: &[support::Server], path: &str, names: usize) -> Arc<Vec<String
         );
     }
     Arc::new(servers.iter().map(|s| s.url(path)).collect())
-}
-
-/// Every name is the loopback address (the connector sets the port).
-#[derive(Clone, Copy, Debug)]
-struct Loopback;
-
-impl tower::Service<hyper_util::client::legacy::connect::dns::Name> for Loopback {
-    type Response = std::iter::Once<std::net::SocketAddr>;
-    type Error = std::io::Error;
-    type Future = std::future::Ready<Result<Self::Response, Self::Error>>;
-
-    fn poll_ready(
-        &mut self,
-        _cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), Self::Error>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, _name: hyper_util::client::legacy::connect::dns::Name) -> Self::Future {
-        std::future::ready(Ok(std::iter::once(([127, 0, 0, 1], 0).into())))
-    }
-}
-
-impl reqwest::dns::Resolve for Loopback {
-    fn resolve(&self, _name: reqwest::dns::Name) -> reqwest::dns::Resolving {
-        let addrs: reqwest::dns::Addrs = Box::new(std::iter::once(([127, 0, 0, 1], 0).into()));
-        Box::pin(std::future::ready(Ok(addrs)))
-    }
 }
 
 /// The four clients of one workload, as request senders.

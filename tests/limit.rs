@@ -245,28 +245,6 @@ async fn queue_errors_surface_through_a_real_client() {
     assert_eq!(layer.hosts_tracked(), 0);
 }
 
-/// Resolves every name to 127.0.0.1, so that loopback servers can be
-/// reached as hosts of their own.
-#[derive(Clone, Debug)]
-struct Loopback;
-
-impl Service<hyper_util::client::legacy::connect::dns::Name> for Loopback {
-    type Response = std::iter::Once<std::net::SocketAddr>;
-    type Error = std::io::Error;
-    type Future = std::future::Ready<Result<Self::Response, Self::Error>>;
-
-    fn poll_ready(
-        &mut self,
-        _cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), Self::Error>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, _name: hyper_util::client::legacy::connect::dns::Name) -> Self::Future {
-        std::future::ready(Ok(std::iter::once(([127, 0, 0, 1], 0).into())))
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_per_host_override_holds_at_the_server() {
     // Two hosts (two names, a server each), 50 tasks each: the partner API
@@ -283,8 +261,9 @@ async fn a_per_host_override_holds_at_the_server() {
         .max_per_host_for("partner.test", 2)
         .max_per_host_for("internal.test", 8)
         .build();
-    let client = Client::builder(TokioExecutor::new())
-        .build::<_, Empty<Bytes>>(guard.connector(HttpConnector::new_with_resolver(Loopback)));
+    let client = Client::builder(TokioExecutor::new()).build::<_, Empty<Bytes>>(
+        guard.connector(HttpConnector::new_with_resolver(support::Loopback)),
+    );
     let svc = tower::Layer::layer(&guard.layer(), client);
     let uri = |name: &str, server: &support::Server| -> http::Uri {
         format!("http://{name}:{}/bytes/10", server.addr.port())

@@ -7,10 +7,12 @@
 
 mod load;
 mod raw;
+mod resolve;
 mod servers;
 
 pub use load::*;
 pub use raw::*;
+pub use resolve::Loopback;
 pub use servers::*;
 
 /// The error type of the load driver's requests (the same as
