@@ -189,6 +189,47 @@ impl Hasher for KeyHasher {
 /// `BuildHasher` of [`KeyHasher`].
 pub(crate) type BuildKeyHasher = std::hash::BuildHasherDefault<KeyHasher>;
 
+/// A value remembered per host after the host's own state is gone, by the
+/// 64-bit hash of its key (so a few bytes a host whatever its name; two
+/// hosts whose hashes collide would share a value), for at most `max`
+/// hosts: past that, an arbitrary one is forgotten.
+#[derive(Debug)]
+pub(crate) struct HostMemo<V> {
+    map: std::collections::HashMap<u64, V, BuildKeyHasher>,
+    max: usize,
+}
+
+impl<V> HostMemo<V> {
+    pub(crate) fn new(max: usize) -> Self {
+        HostMemo {
+            map: Default::default(),
+            max,
+        }
+    }
+
+    pub(crate) fn get(&self, key: &HostKey) -> Option<&V> {
+        self.map.get(&key.hash)
+    }
+
+    pub(crate) fn get_mut(&mut self, key: &HostKey) -> Option<&mut V> {
+        self.map.get_mut(&key.hash)
+    }
+
+    pub(crate) fn remove(&mut self, key: &HostKey) -> Option<V> {
+        self.map.remove(&key.hash)
+    }
+
+    /// Remembers `value` for `key`, forgetting another host if full.
+    pub(crate) fn insert(&mut self, key: &HostKey, value: V) {
+        if self.map.len() >= self.max && !self.map.contains_key(&key.hash) {
+            if let Some(old) = self.map.keys().next().copied() {
+                self.map.remove(&old);
+            }
+        }
+        self.map.insert(key.hash, value);
+    }
+}
+
 fn default_port(scheme: &str) -> Option<u16> {
     let is = |name: &str| scheme.eq_ignore_ascii_case(name);
     if is("http") || is("ws") {

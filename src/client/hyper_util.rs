@@ -187,9 +187,7 @@ impl<C> GuardedConnector<C> {
     /// value of 0 is taken as 1. Called again for the same host, the last
     /// value holds.
     pub fn max_per_host_for(mut self, host: &str, n: usize) -> Self {
-        let mut overrides = self.overrides.as_deref().cloned().unwrap_or_default();
-        overrides.set(host, n);
-        self.overrides = Some(Arc::new(overrides));
+        Overrides::with(&mut self.overrides, host, n);
         self
     }
 

@@ -1,13 +1,11 @@
 //! What a new connection to a host costs, and whether anyone waits for one
 //! of the host's slots: the two facts a drain weighs before it goes on.
 
-use std::collections::HashMap;
 use std::fmt;
-use std::hash::BuildHasher;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use crate::key::{BuildKeyHasher, HostKey};
+use crate::key::{HostKey, HostMemo};
 
 /// What a new connection costs before any was seen to a host: a TLS
 /// handshake to a nearby host (loopback measures ~0.1 ms plain, ~1 ms with
@@ -21,14 +19,25 @@ const MAX_HOSTS: usize = 4096;
 /// weighted mean (weight 1/4) of the dials the connectors timed, connect
 /// and TLS handshake included; for a host never dialed, the same mean over
 /// every dial.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct DialCosts {
     hosts: Mutex<Means>,
 }
 
-#[derive(Debug, Default)]
+impl Default for DialCosts {
+    fn default() -> Self {
+        DialCosts {
+            hosts: Mutex::new(Means {
+                hosts: HostMemo::new(MAX_HOSTS),
+                any: None,
+            }),
+        }
+    }
+}
+
+#[derive(Debug)]
 struct Means {
-    hosts: HashMap<u64, Duration, BuildKeyHasher>,
+    hosts: HostMemo<Duration>,
     any: Option<Duration>,
 }
 
@@ -40,10 +49,6 @@ fn ewma(mean: Option<Duration>, took: Duration) -> Duration {
     }
 }
 
-fn hash(key: &HostKey) -> u64 {
-    BuildKeyHasher::default().hash_one(key)
-}
-
 impl DialCosts {
     fn means(&self) -> std::sync::MutexGuard<'_, Means> {
         self.hosts.lock().unwrap_or_else(PoisonError::into_inner)
@@ -53,17 +58,10 @@ impl DialCosts {
     pub(crate) fn record(&self, key: &HostKey, took: Duration) {
         let mut means = self.means();
         means.any = Some(ewma(means.any, took));
-        let h = hash(key);
-        if let Some(mean) = means.hosts.get_mut(&h) {
-            *mean = ewma(Some(*mean), took);
-            return;
+        match means.hosts.get_mut(key) {
+            Some(mean) => *mean = ewma(Some(*mean), took),
+            None => means.hosts.insert(key, took),
         }
-        if means.hosts.len() >= MAX_HOSTS {
-            if let Some(old) = means.hosts.keys().next().copied() {
-                means.hosts.remove(&old);
-            }
-        }
-        means.hosts.insert(h, took);
     }
 
     /// A dial to a host that cannot be named took `took` (reqwest's
@@ -80,7 +78,7 @@ impl DialCosts {
         let means = self.means();
         means
             .hosts
-            .get(&hash(key))
+            .get(key)
             .copied()
             .or(means.any)
             .unwrap_or(DEFAULT_DIAL_COST)
@@ -88,7 +86,7 @@ impl DialCosts {
 
     /// The estimate for `key`, if a dial to it was timed.
     pub(crate) fn measured(&self, key: &HostKey) -> Option<Duration> {
-        self.means().hosts.get(&hash(key)).copied()
+        self.means().hosts.get(key).copied()
     }
 }
 

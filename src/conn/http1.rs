@@ -230,7 +230,7 @@ impl Tracker {
     }
 
     fn is_http1(&self) -> bool {
-        !matches!(self.phase, Phase::Upgraded | Phase::Http2 | Phase::Unknown)
+        self.phase.is_http1()
     }
 
     fn leave(&mut self, phase: Phase) -> Event {

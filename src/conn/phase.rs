@@ -37,6 +37,12 @@ impl Phase {
         }
     }
 
+    /// Whether the connection still speaks HTTP/1 as its bytes show: not
+    /// upgraded, not HTTP/2, nothing it could not frame.
+    pub(crate) fn is_http1(self) -> bool {
+        !matches!(self, Phase::Upgraded | Phase::Http2 | Phase::Unknown)
+    }
+
     /// Whether no byte of a response to the current request has arrived
     /// (and the connection is still HTTP/1 as far as the bytes show).
     pub(crate) fn unanswered(self) -> bool {

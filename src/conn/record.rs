@@ -23,8 +23,8 @@ pub(crate) trait ConnObserver: fmt::Debug + Send + Sync + 'static {
     /// A response arrived on the connection; `reused` if the connection
     /// had served one before.
     fn responded(&self, reused: bool);
-    /// The connection closed, for `reason`, after `responses` responses.
-    fn closed(&self, reason: CloseReason, responses: u64);
+    /// The connection closed, for `reason`.
+    fn closed(&self, reason: CloseReason);
 }
 
 /// How the body of a response ended, as the layer holding it saw.
@@ -117,10 +117,7 @@ impl Record {
     /// Whether the connection still speaks HTTP/1 as its bytes show, so
     /// that each response answers one exchange.
     fn is_http1(&self) -> bool {
-        matches!(
-            self.link.phase(),
-            Phase::Idle | Phase::Requesting | Phase::Awaiting | Phase::Responding
-        )
+        self.link.phase().is_http1()
     }
 
     /// The IO read end of file.
@@ -138,11 +135,10 @@ impl Record {
         let _ = self.io.compare_exchange(IO_NONE, seen, Relaxed, Relaxed);
     }
 
-    /// The IO ends the connection on a `Keep-Alive` limit.
+    /// The IO ends the connection on a `Keep-Alive` limit (the IO logs it;
+    /// the close event that follows names the reason).
     pub(crate) fn retire(&self) {
-        if !self.retired.swap(true, Relaxed) {
-            tracing::debug!(connection = self.id, host = %self.host, "connection retired (Keep-Alive)");
-        }
+        self.retired.store(true, Relaxed);
     }
 
     /// hyper dropped the connection: counts its close, once.
@@ -152,7 +148,7 @@ impl Record {
         }
         let reason = self.reason();
         let responses = self.responses.load(Relaxed);
-        self.observer.closed(reason, responses);
+        self.observer.closed(reason);
         tracing::debug!(
             connection = self.id,
             host = %self.host,

@@ -221,7 +221,10 @@ where
     let remaining = dropped
         .content_length
         .map(|len| len.saturating_sub(dropped.read).saturating_sub(bytes));
-    let rent = dropped.host.map(|host| Rent::new(host, remaining));
+    let rent = dropped
+        .host
+        .zip(shared.pricing.as_ref())
+        .map(|(host, pricing)| Rent::new(host, remaining, pricing));
     if let (Some(rent), Some(pricing)) = (&rent, &shared.pricing) {
         if rent.buy_now(pricing) {
             return report(DrainOutcome::GaveUpCost {

@@ -43,7 +43,7 @@
 //! times every dial, connect and TLS handshake included, and keeps per
 //! host a mean of the last dials (weight 1/4; before any dial to a host,
 //! the mean over all dials, else 5 ms; see
-//! [`HostSnapshot::dial_cost`](crate::metrics::HostSnapshot)). The rule is
+//! `HostSnapshot::dial_cost` in a guard's metrics). The rule is
 //! ski rental's: **keep draining until the time spent equals what a new
 //! connection costs; then, if anything waits for the host's slots (a
 //! request in its queue, or a dial under the connection cap), give up**

@@ -20,26 +20,31 @@ use crate::key::HostKey;
 /// a body that is always ready cannot monopolise a worker thread.
 const FRAMES_PER_POLL: usize = 64;
 
-/// The shortest pause between two looks at whether a priced drain is to
-/// give up.
-const MIN_RECHECK: Duration = Duration::from_millis(1);
-
 /// tokio's timer fires on millisecond ticks: no look at the price can come
-/// sooner after a drop.
-const TIMER_RESOLUTION: Duration = Duration::from_millis(1);
+/// sooner after a drop, nor two looks closer together.
+const TIMER_TICK: Duration = Duration::from_millis(1);
 
 /// The price of a drain: a new connection to its host, and what is known
 /// of the body's rest (the ski-rental rule, see the module docs).
 #[derive(Debug)]
 pub(crate) struct Rent {
     host: HostKey,
+    /// What a new connection to the host costs.
+    cost: Duration,
     /// Bytes of the body still to come, from its `Content-Length`.
     remaining: Option<u64>,
 }
 
 impl Rent {
-    pub(crate) fn new(host: HostKey, remaining: Option<u64>) -> Self {
-        Rent { host, remaining }
+    /// The price of draining a body of `host`, of which `remaining` bytes
+    /// are known to come.
+    pub(crate) fn new(host: HostKey, remaining: Option<u64>, pricing: &Pricing) -> Self {
+        let cost = pricing.costs.estimate(&host);
+        Rent {
+            host,
+            cost,
+            remaining,
+        }
     }
 
     /// Whether to give up at once, before any task: something waits for
@@ -49,15 +54,13 @@ impl Rent {
     /// which may trickle; a body of known length is expected at the
     /// connection's rate, and gets its look at the price).
     pub(crate) fn buy_now(&self, pricing: &Pricing) -> bool {
-        self.remaining.is_none()
-            && pricing.costs.estimate(&self.host) < TIMER_RESOLUTION
-            && pricing.wanted(&self.host)
+        self.remaining.is_none() && self.cost < TIMER_TICK && pricing.wanted(&self.host)
     }
 
     /// Whether the drain is to give up now, `elapsed` into it after reading
     /// `bytes`: something waits for the host's slots, and the rest of the
     /// body is not known to come sooner than a new connection would.
-    fn give_up(&self, pricing: &Pricing, cost: Duration, bytes: u64, elapsed: Duration) -> bool {
+    fn give_up(&self, pricing: &Pricing, bytes: u64, elapsed: Duration) -> bool {
         if !pricing.wanted(&self.host) {
             return false;
         }
@@ -66,7 +69,7 @@ impl Rent {
                 let left = total.saturating_sub(bytes);
                 // At the rate seen so far: left / (bytes / elapsed).
                 let nanos = u128::from(left).saturating_mul(elapsed.as_nanos()) / u128::from(bytes);
-                nanos < cost.as_nanos()
+                nanos < self.cost.as_nanos()
             }
             _ => false,
         };
@@ -87,7 +90,7 @@ pin_project! {
         check: Option<Sleep>,
         body: Option<Pin<Box<B>>>,
         guard: TaskGuard,
-        rent: Option<(Rent, Duration)>,
+        rent: Option<Rent>,
     }
 }
 
@@ -160,16 +163,9 @@ where
         };
         // Priced: the first look at the price is when the drain has cost
         // as much as a new connection.
-        let rent = match (&guard.shared.pricing, rent) {
-            (Some(pricing), Some(rent)) => Some({
-                let cost = pricing.costs.estimate(&rent.host);
-                (rent, cost)
-            }),
-            _ => None,
-        };
         let check = rent
             .as_ref()
-            .and_then(|(_, cost)| start.checked_add(*cost))
+            .and_then(|rent| start.checked_add(rent.cost))
             .and_then(crate::timer::sleep_until);
         // A budget of `Duration::MAX` runs past the end of time: no limit.
         let Some(deadline) = start.checked_add(guard.shared.config.max_time) else {
@@ -262,14 +258,14 @@ where
 
 /// Whether a priced drain is to give up now: its look at the price is due,
 /// and the price says so. Otherwise the next look is set, one dial cost on
-/// (at least [`MIN_RECHECK`]).
+/// (at least a [`TIMER_TICK`]).
 fn too_dear(
     check: Pin<&mut Option<Sleep>>,
-    rent: &Option<(Rent, Duration)>,
+    rent: &Option<Rent>,
     guard: &TaskGuard,
     cx: &mut Context<'_>,
 ) -> bool {
-    let (Some(mut check), Some((rent, cost)), Some(pricing)) = (
+    let (Some(mut check), Some(rent), Some(pricing)) = (
         check.as_pin_mut(),
         rent.as_ref(),
         guard.shared.pricing.as_ref(),
@@ -280,10 +276,10 @@ fn too_dear(
         return false;
     }
     let elapsed = guard.start.elapsed();
-    if rent.give_up(pricing, *cost, guard.bytes, elapsed) {
+    if rent.give_up(pricing, guard.bytes, elapsed) {
         return true;
     }
-    let next = Instant::now().checked_add((*cost).max(MIN_RECHECK));
+    let next = Instant::now().checked_add(rent.cost.max(TIMER_TICK));
     if let Some(next) = next {
         check.as_mut().reset(next);
         // Registers the timer's waker.

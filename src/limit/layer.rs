@@ -5,8 +5,9 @@ use std::time::Duration;
 use tower_layer::Layer;
 
 use super::observe::{OnQueue, QueueHook};
-use super::registry::{Bounds, Policy, Registry};
+use super::registry::{Bounds, Overrides, Policy, Registry};
 use super::service::PerHostLimit;
+use crate::key::HostKey;
 
 /// Default bound on requests waiting per host.
 pub(crate) const DEFAULT_MAX_QUEUED: usize = 1024;
@@ -68,6 +69,25 @@ impl PerHostLimitLayer {
         }
     }
 
+    /// The cap across hosts, for one request, if one is set.
+    pub(crate) fn total_cap(&self) -> Option<TotalCap> {
+        let config = &self.config;
+        let max = config.max_total?;
+        Some(TotalCap {
+            registry: self.total.clone(),
+            key: total_key()?,
+            policy: Policy {
+                bounds: Bounds {
+                    max_per_host: max,
+                    max_queued: config.policy.bounds.max_queued,
+                    max_streams: None,
+                },
+                observer: config.policy.observer.clone(),
+                overrides: None,
+            },
+        })
+    }
+
     /// The per-host slots every clone shares.
     pub(crate) fn registry(&self) -> Arc<Registry> {
         self.registry.clone()
@@ -92,10 +112,7 @@ impl PerHostLimitLayer {
     /// value holds. Once the host speaks HTTP/2, `max_streams_per_host`
     /// applies to it like to any host.
     pub fn max_per_host_for(mut self, host: &str, n: usize) -> Self {
-        let policy = &mut self.config_mut().policy;
-        let mut overrides = policy.overrides.as_deref().cloned().unwrap_or_default();
-        overrides.set(host, n);
-        policy.overrides = Some(Arc::new(overrides));
+        Overrides::with(&mut self.config_mut().policy.overrides, host, n);
         self
     }
 
@@ -189,4 +206,21 @@ impl<S> Layer<S> for PerHostLimitLayer {
     fn layer(&self, inner: S) -> Self::Service {
         PerHostLimit::from_layer(inner, self.clone())
     }
+}
+
+/// The cap across hosts: its slots, under one key, and the bounds to take
+/// one with.
+pub(crate) struct TotalCap {
+    pub(crate) registry: Arc<Registry>,
+    pub(crate) key: HostKey,
+    pub(crate) policy: Policy,
+}
+
+/// The key every request shares under the cap across hosts.
+fn total_key() -> Option<HostKey> {
+    static KEY: std::sync::OnceLock<Option<HostKey>> = std::sync::OnceLock::new();
+    KEY.get_or_init(|| {
+        HostKey::from_uri(&http::Uri::from_static("http://total.poolguard.invalid/"))
+    })
+    .clone()
 }

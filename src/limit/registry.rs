@@ -19,7 +19,7 @@ use tokio::time::Instant;
 use super::observe::{QueueEvent, QueueHook};
 #[cfg(feature = "hyper-util")]
 use crate::conn::{Link, Phase};
-use crate::key::{BuildKeyHasher, HostKey};
+use crate::key::{BuildKeyHasher, HostKey, HostMemo};
 
 /// The bounds a request (or dial) is admitted under.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -100,6 +100,11 @@ impl Overrides {
         if let Some(key) = uri.parse().ok().as_ref().and_then(HostKey::from_uri) {
             self.0.insert(key.host().into(), n);
         }
+    }
+
+    /// `overrides` (shared, copied on write) with `host` at `n` slots.
+    pub(crate) fn with(overrides: &mut Option<Arc<Overrides>>, host: &str, n: usize) {
+        Arc::make_mut(overrides.get_or_insert_with(Arc::default)).set(host, n);
     }
 
     fn get(&self, key: &HostKey) -> Option<usize> {
@@ -356,24 +361,25 @@ impl crate::conn::Demand for Registry {
 }
 
 /// The hosts with something in flight or queued.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct State {
     hosts: HashMap<HostKey, Host, BuildKeyHasher>,
     /// What hosts no longer tracked were last seen to speak, where it
     /// changes their limit (HTTP/2, or HTTP/1 over TLS), so that a host that
-    /// goes quiet keeps its protocol: at most [`MAX_KNOWN`] hosts, by the
-    /// 64-bit hash of their key (about 20 bytes each; two hosts whose
-    /// hashes collide would share a protocol until the next response).
-    known: HashMap<u64, Proto, BuildKeyHasher>,
+    /// goes quiet keeps its protocol (at most [`MAX_KNOWN`] hosts).
+    known: HostMemo<Proto>,
 }
 
 /// Hosts whose protocol is remembered while they have nothing in flight.
 const MAX_KNOWN: usize = 4096;
 
-/// The hash a host's protocol is remembered under.
-fn known_hash(key: &HostKey) -> u64 {
-    use std::hash::BuildHasher;
-    BuildKeyHasher::default().hash_one(key)
+impl Default for State {
+    fn default() -> Self {
+        State {
+            hosts: HashMap::default(),
+            known: HostMemo::new(MAX_KNOWN),
+        }
+    }
 }
 
 impl Host {
@@ -415,7 +421,7 @@ impl HostSlots {
 impl State {
     /// Starts tracking `key`, with the protocol it was last seen to speak.
     fn open(&mut self, key: &HostKey) -> &mut Host {
-        let proto = self.known.remove(&known_hash(key)).unwrap_or_default();
+        let proto = self.known.remove(key).unwrap_or_default();
         let tls = key.scheme() == "https";
         self.hosts.entry(key.clone()).or_insert_with(|| Host {
             proto,
@@ -434,13 +440,8 @@ impl State {
                 Proto::Http2 => true,
             };
             if matters {
-                if self.known.len() >= MAX_KNOWN {
-                    // Forget an arbitrary host: the cost is one held burst.
-                    if let Some(old) = self.known.keys().next().cloned() {
-                        self.known.remove(&old);
-                    }
-                }
-                self.known.insert(known_hash(key), host.proto);
+                // A host forgotten when full costs one held burst.
+                self.known.insert(key, host.proto);
             }
         }
         const MIN_CAPACITY: usize = 64;

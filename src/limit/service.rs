@@ -5,7 +5,11 @@ use tower_service::Service;
 
 use super::future::ResponseFuture;
 use super::layer::PerHostLimitLayer;
-use super::registry::{Acquire, Bounds, Policy, TimedOut};
+use tokio::time::Instant;
+
+use super::future::Wait;
+use super::layer::TotalCap;
+use super::registry::{Acquire, Slot, TimedOut};
 use super::{QueueFull, ResponseBody};
 use crate::key::HostKey;
 use crate::BoxError;
@@ -77,57 +81,28 @@ where
             return ResponseFuture::called(self.inner.call(req), None);
         };
         let config = &self.layer.config;
-        // `Duration::MAX` (past the end of time) is no deadline.
+        // `Duration::MAX` (past the end of time) is no deadline. Read the
+        // clock only for a request that waits.
         let deadline = || config.queue_timeout.and_then(crate::timer::deadline_in);
-        let total = config.max_total.and_then(|max| {
-            let policy = Policy {
-                bounds: Bounds {
-                    max_per_host: max,
-                    max_queued: config.policy.bounds.max_queued,
-                    max_streams: None,
-                },
-                observer: config.policy.observer.clone(),
-                overrides: None,
-            };
-            Some((self.layer.total.clone(), total_key()?, policy))
-        });
+        let total = self.layer.total_cap();
         let wait = match self.layer.registry.acquire(key.clone(), &config.policy) {
             Acquire::Full(key) => return ResponseFuture::failed(QueueFull::new(key).into()),
-            Acquire::Ready(slot) => match total {
-                None => return ResponseFuture::called(self.inner.call(req), Some(slot)),
-                Some((registry, total_key, policy)) => match registry.acquire(total_key, &policy) {
-                    Acquire::Ready(t) => {
-                        return ResponseFuture::called(
-                            self.inner.call(req),
-                            Some(slot.with_total(t)),
-                        )
-                    }
-                    // The host's slot goes back as `slot` drops.
-                    Acquire::Full(_) => return ResponseFuture::failed(QueueFull::new(key).into()),
-                    Acquire::Queued(waiter) => {
-                        let deadline = deadline();
-                        let wait: super::future::Wait = Box::pin(async move {
-                            let t = waiter.wait(deadline).await.map_err(|no| no.for_host(key))?;
-                            Ok(slot.with_total(t))
-                        });
-                        wait
-                    }
-                },
+            Acquire::Ready(slot) => match join(total, slot, &key, deadline) {
+                Joined::Now(slot) => {
+                    return ResponseFuture::called(self.inner.call(req), Some(slot))
+                }
+                // The host's slot went back as it dropped.
+                Joined::Full => return ResponseFuture::failed(QueueFull::new(key).into()),
+                Joined::Later(wait) => wait,
             },
             Acquire::Queued(waiter) => {
                 let deadline = deadline();
                 Box::pin(async move {
                     let slot = waiter.wait(deadline).await?;
-                    let Some((registry, total_key, policy)) = total else {
-                        return Ok(slot);
-                    };
-                    match registry.acquire(total_key, &policy) {
-                        Acquire::Ready(t) => Ok(slot.with_total(t)),
-                        Acquire::Full(_) => Err(TimedOut::full(key)),
-                        Acquire::Queued(waiter) => {
-                            let t = waiter.wait(deadline).await.map_err(|no| no.for_host(key))?;
-                            Ok(slot.with_total(t))
-                        }
+                    match join(total, slot, &key, || deadline) {
+                        Joined::Now(slot) => Ok(slot),
+                        Joined::Full => Err(TimedOut::full(key)),
+                        Joined::Later(wait) => wait.await,
                     }
                 })
             }
@@ -140,11 +115,39 @@ where
     }
 }
 
-/// The key every request shares under the cap across hosts.
-fn total_key() -> Option<HostKey> {
-    static KEY: std::sync::OnceLock<Option<HostKey>> = std::sync::OnceLock::new();
-    KEY.get_or_init(|| {
-        HostKey::from_uri(&http::Uri::from_static("http://total.poolguard.invalid/"))
-    })
-    .clone()
+/// A host's slot joined with one of the cap across hosts.
+enum Joined {
+    /// At once (or there is no cap).
+    Now(Slot),
+    /// The cap's queue is full; the host's slot was given back.
+    Full,
+    /// After a wait in the cap's queue.
+    Later(Wait),
+}
+
+/// Joins `slot` (of `host`) with a slot of `total`, if there is a cap; a
+/// wait for it ends at `deadline`.
+fn join(
+    total: Option<TotalCap>,
+    slot: Slot,
+    host: &HostKey,
+    deadline: impl FnOnce() -> Option<Instant>,
+) -> Joined {
+    let Some(total) = total else {
+        return Joined::Now(slot);
+    };
+    match total.registry.acquire(total.key, &total.policy) {
+        Acquire::Ready(t) => Joined::Now(slot.with_total(t)),
+        Acquire::Full(_) => Joined::Full,
+        Acquire::Queued(waiter) => {
+            let (host, deadline) = (host.clone(), deadline());
+            Joined::Later(Box::pin(async move {
+                let t = waiter
+                    .wait(deadline)
+                    .await
+                    .map_err(|no| no.for_host(host))?;
+                Ok(slot.with_total(t))
+            }))
+        }
+    }
 }

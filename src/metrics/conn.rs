@@ -52,7 +52,7 @@ impl ConnObserver for Counting {
         }
     }
 
-    fn closed(&self, reason: CloseReason, _responses: u64) {
+    fn closed(&self, reason: CloseReason) {
         self.metrics.inner.closed(reason);
         self.host.closed.fetch_add(1, Relaxed);
     }
