@@ -22,7 +22,11 @@
 //! resolve to one loopback server, each a host of its own to the clients).
 //! `--client NAME` runs one client only (`hyper-util bare`, `hyper-util
 //! guarded`, `reqwest bare`, `reqwest guarded`), for side-by-side runs of one
-//! client over two workloads.
+//! client over two workloads. `--versus` runs the early-drop comparison:
+//! each guarded client dropping 64 KiB bodies after the headers and reading
+//! them to the end, 10,000 requests each (times `--scale`), alternated
+//! (which goes first changes every round) for `--rounds` pairs (default 5),
+//! and prints the drop/read ratio of each pair with the median and spread.
 
 use poolguard_testkit as support;
 use support::Loopback;
@@ -102,6 +106,8 @@ struct Row {
     reuse: Option<f64>,
     /// Growth of the process's resident memory during the run.
     rss_kib: usize,
+    /// CPU time of the whole process (clients and server) per request.
+    cpu_per_request: Duration,
 }
 
 /// Client sockets in TIME_WAIT towards any of `ports` (Linux only).
@@ -423,7 +429,9 @@ async fn run(w: &Workload, round: usize, client: Option<&str>) -> Vec<Row> {
         }
         eprint!("  {:<9} {:<19} ...", w.name, name);
         let rss_before = support::rss_kib();
+        let cpu_before = support::cpu_time();
         let (errors, latencies, elapsed) = drive(w.tasks, w.requests, w.pause_ms, send).await;
+        let cpu = support::cpu_time().saturating_sub(cpu_before);
         let rss = support::rss_kib().saturating_sub(rss_before);
         // Let closing connections reach TIME_WAIT before counting.
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -441,6 +449,7 @@ async fn run(w: &Workload, round: usize, client: Option<&str>) -> Vec<Row> {
             p99: percentile(&latencies, 0.99),
             reuse: metrics.map(|m| m.snapshot().reuse_rate()),
             rss_kib: rss,
+            cpu_per_request: cpu / u32::try_from(w.requests.max(1)).unwrap_or(u32::MAX),
         };
         eprintln!(" {:.1} s", elapsed.as_secs_f64());
         rows.push(row);
@@ -689,6 +698,9 @@ fn summarize(rounds: Vec<Vec<Row>>) -> Vec<(Row, f64, f64)> {
                 p99: Duration::from_secs_f64(median(&|r| r.p99.as_secs_f64())),
                 reuse: m.reuse,
                 rss_kib: median(&|r| r.rss_kib as f64) as usize,
+                cpu_per_request: Duration::from_secs_f64(median(&|r| {
+                    r.cpu_per_request.as_secs_f64()
+                })),
             },
             min,
             max,
@@ -752,6 +764,7 @@ async fn main() {
     let mut only: Option<String> = None;
     let mut client: Option<String> = None;
     let mut series = false;
+    let mut versus = false;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -759,9 +772,10 @@ async fn main() {
             "--only" => only = args.next(),
             "--client" => client = args.next(),
             "--scaling" => series = true,
+            "--versus" => versus = true,
             "--rounds" => rounds = args.next().and_then(|s| s.parse().ok()).unwrap_or(1).max(1),
             "-h" | "--help" => {
-                println!("usage: demo [--scale F] [--rounds N] [--scaling] [--client \"hyper-util guarded\"] [--only drop-5b|drop-64k|read-64k|bursty|flood|slow-100|crawler|stale|endless|trickle|h2-flood|tls-h2-flood|h2-drop-64k|h2-goaway|tls-drop-64k|conc-N|hosts-N]");
+                println!("usage: demo [--scale F] [--rounds N] [--scaling] [--versus] [--client \"hyper-util guarded\"] [--only drop-5b|drop-64k|read-64k|bursty|flood|slow-100|crawler|stale|endless|trickle|h2-flood|tls-h2-flood|h2-drop-64k|h2-goaway|tls-drop-64k|conc-N|hosts-N]");
                 return;
             }
             other => {
@@ -771,6 +785,9 @@ async fn main() {
         }
     }
     support::raise_nofile_limit();
+    if versus {
+        return drop_versus_read(scale, if rounds > 1 { rounds } else { 5 }, client).await;
+    }
     let started = Instant::now();
     let mut all = Vec::new();
     for round in 0..rounds {
@@ -796,5 +813,71 @@ async fn main() {
         print_table(&all.swap_remove(0));
     } else {
         print_rounds(&summarize(all), rounds);
+    }
+}
+
+/// Early drops against reading to the end, one guarded client at a time,
+/// the two workloads alternated with equal request counts: prints each
+/// pair's drop/read ratio of req/s, then the median and spread.
+async fn drop_versus_read(scale: f64, pairs: usize, client: Option<String>) {
+    let list = workloads(scale);
+    let (Some(read), Some(drop)) = (
+        list.iter().find(|w| w.name == "read-64k"),
+        list.iter().find(|w| w.name == "drop-64k"),
+    ) else {
+        return;
+    };
+    let drop = Workload {
+        requests: read.requests,
+        ..*drop
+    };
+    println!(
+        "| client | pair | drop req/s | read req/s | drop / read | CPU µs/request drop | read |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    let mut summary = Vec::new();
+    for name in ["hyper-util guarded", "reqwest guarded"] {
+        if client.as_deref().is_some_and(|c| c != name) {
+            continue;
+        }
+        let mut ratios = Vec::new();
+        for pair in 0..pairs {
+            let order = if pair % 2 == 0 {
+                [&drop, read]
+            } else {
+                [read, &drop]
+            };
+            let mut rps = [0.0f64; 2];
+            let mut cpu = [Duration::ZERO; 2];
+            for w in order {
+                let rows = run(w, 0, Some(name)).await;
+                let slot = usize::from(w.name == "read-64k");
+                rps[slot] = rows.first().map_or(0.0, |r| r.rps);
+                cpu[slot] = rows.first().map_or(Duration::ZERO, |r| r.cpu_per_request);
+            }
+            let ratio = rps[0] / rps[1];
+            println!(
+                "| {name} | {} | {:.0} | {:.0} | {ratio:.3} | {:.1} | {:.1} |",
+                pair + 1,
+                rps[0],
+                rps[1],
+                cpu[0].as_secs_f64() * 1e6,
+                cpu[1].as_secs_f64() * 1e6,
+            );
+            ratios.push(ratio);
+        }
+        ratios.sort_by(f64::total_cmp);
+        summary.push((name, ratios));
+    }
+    println!();
+    println!("| client | drop / read median | min–max ({pairs} pairs) |");
+    println!("|---|---:|---:|");
+    for (name, ratios) in summary {
+        if let (Some(min), Some(max)) = (ratios.first(), ratios.last()) {
+            println!(
+                "| {name} | {:.3} | {min:.3}–{max:.3} |",
+                ratios[ratios.len() / 2]
+            );
+        }
     }
 }

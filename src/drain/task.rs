@@ -203,56 +203,69 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let mut this = self.project();
         let guard = this.guard;
+        let mut outcome = None;
+        let mut waiting = false;
         for _ in 0..FRAMES_PER_POLL {
             let Some(body) = this.body.as_mut() else {
                 return Poll::Ready(());
             };
-            let expired = this
-                .deadline
-                .as_mut()
-                .as_pin_mut()
-                .is_some_and(|d| d.poll(cx).is_ready());
-            let too_dear = !expired && too_dear(this.check.as_mut(), this.rent, guard, cx);
-            let outcome = if expired {
-                DrainOutcome::GaveUpTime {
-                    bytes: guard.bytes,
-                    elapsed: guard.start.elapsed(),
+            let polled = body.as_mut().poll_frame(cx);
+            let step = Polled::of(&polled, || body.is_end_stream());
+            guard.bytes = guard.bytes.saturating_add(step.data());
+            let (bytes, elapsed) = (guard.bytes, guard.start.elapsed());
+            outcome = match step {
+                // The clocks are looked at only when the body has to wait
+                // (or after a run of ready frames, below): a drain that
+                // finishes without waiting never sets a timer.
+                Polled::Pending => {
+                    waiting = true;
+                    break;
                 }
-            } else if too_dear {
-                DrainOutcome::GaveUpCost {
-                    bytes: guard.bytes,
-                    elapsed: guard.start.elapsed(),
+                Polled::Error => Some(DrainOutcome::Failed { bytes, elapsed }),
+                // The body ended: complete, even if its last frame crossed
+                // the byte budget.
+                done if done.is_done() => Some(DrainOutcome::Completed {
+                    bytes,
+                    elapsed,
+                    inline: false,
+                }),
+                _ if bytes > guard.shared.config.max_bytes => {
+                    Some(DrainOutcome::GaveUpBytes { bytes, elapsed })
                 }
-            } else {
-                let polled = body.as_mut().poll_frame(cx);
-                let step = Polled::of(&polled, || body.is_end_stream());
-                guard.bytes = guard.bytes.saturating_add(step.data());
-                let (bytes, elapsed) = (guard.bytes, guard.start.elapsed());
-                match step {
-                    Polled::Pending => return Poll::Pending,
-                    Polled::Error => DrainOutcome::Failed { bytes, elapsed },
-                    // The body ended: complete, even if its last frame
-                    // crossed the byte budget.
-                    done if done.is_done() => DrainOutcome::Completed {
-                        bytes,
-                        elapsed,
-                        inline: false,
-                    },
-                    _ if bytes > guard.shared.config.max_bytes => {
-                        DrainOutcome::GaveUpBytes { bytes, elapsed }
-                    }
-                    _ => continue,
-                }
+                _ => continue,
             };
-            // Drop the body (and whatever it holds) before reporting to the
-            // hook, so that a hook that sees the outcome sees the body gone.
-            guard.tell_connection(&outcome);
-            *this.body = None;
-            guard.finish(outcome);
-            return Poll::Ready(());
+            break;
         }
-        cx.waker().wake_by_ref();
-        Poll::Pending
+        let outcome = match outcome {
+            Some(outcome) => outcome,
+            None => {
+                let expired = this
+                    .deadline
+                    .as_mut()
+                    .as_pin_mut()
+                    .is_some_and(|d| d.poll(cx).is_ready());
+                let (bytes, elapsed) = (guard.bytes, guard.start.elapsed());
+                if expired {
+                    DrainOutcome::GaveUpTime { bytes, elapsed }
+                } else if too_dear(this.check.as_mut(), this.rent, guard, cx) {
+                    DrainOutcome::GaveUpCost { bytes, elapsed }
+                } else {
+                    // Waiting on the body, whose waker is registered; or
+                    // yielding after a run of ready frames, so that a body
+                    // that is always ready cannot hold a worker thread.
+                    if !waiting {
+                        cx.waker().wake_by_ref();
+                    }
+                    return Poll::Pending;
+                }
+            }
+        };
+        // Drop the body (and whatever it holds) before reporting to the
+        // hook, so that a hook that sees the outcome sees the body gone.
+        guard.tell_connection(&outcome);
+        *this.body = None;
+        guard.finish(outcome);
+        Poll::Ready(())
     }
 }
 

@@ -100,6 +100,22 @@ pub fn raise_nofile_limit() {
     }
 }
 
+/// CPU time (user and system) the whole process has used so far, or zero
+/// where it cannot be read.
+pub fn cpu_time() -> Duration {
+    // SAFETY: getrusage writes into the zeroed struct it is given.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid pointer to a rusage of this process.
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } != 0 {
+        return Duration::ZERO;
+    }
+    let part = |t: libc::timeval| {
+        Duration::from_secs(u64::try_from(t.tv_sec).unwrap_or(0))
+            + Duration::from_micros(u64::try_from(t.tv_usec).unwrap_or(0))
+    };
+    part(usage.ru_utime) + part(usage.ru_stime)
+}
+
 /// Resident memory of this process in KiB (after giving free heap back
 /// to the system where glibc allows), or 0 where `/proc` is missing.
 pub fn rss_kib() -> usize {
