@@ -131,6 +131,7 @@ impl fmt::Debug for PoolGuard {
 pub struct PoolGuardBuilder {
     max_per_host: usize,
     overrides: Option<crate::limit::registry::Overrides>,
+    max_total: Option<usize>,
     max_streams_per_host: usize,
     max_queued: usize,
     queue_timeout: Duration,
@@ -146,6 +147,7 @@ impl Default for PoolGuardBuilder {
         PoolGuardBuilder {
             max_per_host: 10,
             overrides: None,
+            max_total: None,
             max_streams_per_host: crate::limit::layer::DEFAULT_MAX_STREAMS,
             max_queued: crate::limit::layer::DEFAULT_MAX_QUEUED,
             queue_timeout: crate::limit::layer::DEFAULT_QUEUE_TIMEOUT,
@@ -178,6 +180,22 @@ impl PoolGuardBuilder {
         self.overrides
             .get_or_insert_with(Default::default)
             .set(host, n);
+        self
+    }
+
+    /// At most `n` requests in flight across all hosts (a value of 0 is
+    /// taken as 1), besides each host's limit: what a crawler needs, whose
+    /// per-host limit alone allows `max_per_host` times the number of
+    /// hosts. Requests wait FIFO (their host's slot first, then one of the
+    /// total), within the same `queue_timeout` and `max_queued`, and fail
+    /// with the same [`QueueFull`](crate::QueueFull) and
+    /// [`QueueTimeout`](crate::QueueTimeout). It bounds the connections
+    /// *in use* across hosts; idle ones are bounded by the pool's own
+    /// settings (`pool_max_idle_per_host`, `pool_idle_timeout`): a cap on
+    /// connections across hosts, idle ones included, is not built yet.
+    /// Default: no cap.
+    pub fn max_total(mut self, n: usize) -> Self {
+        self.max_total = Some(n);
         self
     }
 
@@ -249,14 +267,24 @@ impl PoolGuardBuilder {
             .queue_timeout(self.queue_timeout)
             .max_streams_per_host(self.max_streams_per_host)
             .on_queue(metrics.clone());
+        let limit = match self.max_total {
+            Some(n) => limit.max_total(n),
+            None => limit,
+        };
         #[cfg(feature = "hyper-util")]
         let connections = std::sync::Arc::<crate::limit::registry::Registry>::default();
         // A drain weighs the dial costs the connectors report against the
         // requests and dials waiting for its host's slots.
-        #[cfg_attr(not(feature = "hyper-util"), allow(unused_mut))]
         let mut demand: Vec<std::sync::Arc<dyn crate::conn::Demand>> = vec![limit.registry()];
         #[cfg(feature = "hyper-util")]
         demand.push(connections.clone());
+        // With a cap across hosts, a drain is wanted whenever anything
+        // waits for the cap: any slot given back may let it in.
+        if self.max_total.is_some() {
+            demand.push(std::sync::Arc::new(crate::limit::total::TotalDemand(
+                limit.total.clone(),
+            )));
+        }
         let pricing = crate::conn::Pricing {
             costs: metrics.dial_costs().clone(),
             demand,

@@ -14,7 +14,7 @@ use super::QueueFull;
 use super::{QueueTimeout, QueueWait, ResponseBody};
 use crate::BoxError;
 
-pub(crate) type Wait = Pin<Box<dyn Future<Output = Result<Slot, TimedOut>> + Send>>;
+pub(crate) use super::total::Wait;
 
 pin_project! {
     /// Response future of [`PerHostLimit`](super::PerHostLimit): waits for a

@@ -7,7 +7,7 @@ use tower_layer::Layer;
 use super::observe::{OnQueue, QueueHook};
 use super::registry::{Bounds, Overrides, Policy, Registry};
 use super::service::PerHostLimit;
-use crate::key::HostKey;
+use super::total::TotalCap;
 
 /// Default bound on requests waiting per host.
 pub(crate) const DEFAULT_MAX_QUEUED: usize = 1024;
@@ -73,10 +73,9 @@ impl PerHostLimitLayer {
     pub(crate) fn total_cap(&self) -> Option<TotalCap> {
         let config = &self.config;
         let max = config.max_total?;
-        Some(TotalCap {
-            registry: self.total.clone(),
-            key: total_key()?,
-            policy: Policy {
+        TotalCap::new(
+            self.total.clone(),
+            Policy {
                 bounds: Bounds {
                     max_per_host: max,
                     max_queued: config.policy.bounds.max_queued,
@@ -85,7 +84,7 @@ impl PerHostLimitLayer {
                 observer: config.policy.observer.clone(),
                 overrides: None,
             },
-        })
+        )
     }
 
     /// The per-host slots every clone shares.
@@ -206,21 +205,4 @@ impl<S> Layer<S> for PerHostLimitLayer {
     fn layer(&self, inner: S) -> Self::Service {
         PerHostLimit::from_layer(inner, self.clone())
     }
-}
-
-/// The cap across hosts: its slots, under one key, and the bounds to take
-/// one with.
-pub(crate) struct TotalCap {
-    pub(crate) registry: Arc<Registry>,
-    pub(crate) key: HostKey,
-    pub(crate) policy: Policy,
-}
-
-/// The key every request shares under the cap across hosts.
-fn total_key() -> Option<HostKey> {
-    static KEY: std::sync::OnceLock<Option<HostKey>> = std::sync::OnceLock::new();
-    KEY.get_or_init(|| {
-        HostKey::from_uri(&http::Uri::from_static("http://total.poolguard.invalid/"))
-    })
-    .clone()
 }

@@ -85,6 +85,7 @@ mod body;
 pub(crate) mod layer;
 pub(crate) mod registry;
 mod service;
+pub(crate) mod total;
 
 pub mod error;
 pub mod future;

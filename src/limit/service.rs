@@ -5,11 +5,9 @@ use tower_service::Service;
 
 use super::future::ResponseFuture;
 use super::layer::PerHostLimitLayer;
-use tokio::time::Instant;
 
-use super::future::Wait;
-use super::layer::TotalCap;
-use super::registry::{Acquire, Slot, TimedOut};
+use super::registry::{Acquire, TimedOut};
+use super::total::{join, Joined};
 use super::{QueueFull, ResponseBody};
 use crate::key::HostKey;
 use crate::BoxError;
@@ -85,9 +83,10 @@ where
         // clock only for a request that waits.
         let deadline = || config.queue_timeout.and_then(crate::timer::deadline_in);
         let total = self.layer.total_cap();
+        let total = total.as_ref();
         let wait = match self.layer.registry.acquire(key.clone(), &config.policy) {
             Acquire::Full(key) => return ResponseFuture::failed(QueueFull::new(key).into()),
-            Acquire::Ready(slot) => match join(total, slot, &key, deadline) {
+            Acquire::Ready(slot) => match join(total, slot, &key, None, deadline) {
                 Joined::Now(slot) => {
                     return ResponseFuture::called(self.inner.call(req), Some(slot))
                 }
@@ -97,9 +96,10 @@ where
             },
             Acquire::Queued(waiter) => {
                 let deadline = deadline();
+                let total = total.cloned();
                 Box::pin(async move {
                     let slot = waiter.wait(deadline).await?;
-                    match join(total, slot, &key, || deadline) {
+                    match join(total.as_ref(), slot, &key, None, || deadline) {
                         Joined::Now(slot) => Ok(slot),
                         Joined::Full => Err(TimedOut::full(key)),
                         Joined::Later(wait) => wait.await,
@@ -112,42 +112,5 @@ where
         let clone = self.inner.clone();
         let ready = std::mem::replace(&mut self.inner, clone);
         ResponseFuture::queued(wait, ready, req)
-    }
-}
-
-/// A host's slot joined with one of the cap across hosts.
-enum Joined {
-    /// At once (or there is no cap).
-    Now(Slot),
-    /// The cap's queue is full; the host's slot was given back.
-    Full,
-    /// After a wait in the cap's queue.
-    Later(Wait),
-}
-
-/// Joins `slot` (of `host`) with a slot of `total`, if there is a cap; a
-/// wait for it ends at `deadline`.
-fn join(
-    total: Option<TotalCap>,
-    slot: Slot,
-    host: &HostKey,
-    deadline: impl FnOnce() -> Option<Instant>,
-) -> Joined {
-    let Some(total) = total else {
-        return Joined::Now(slot);
-    };
-    match total.registry.acquire(total.key, &total.policy) {
-        Acquire::Ready(t) => Joined::Now(slot.with_total(t)),
-        Acquire::Full(_) => Joined::Full,
-        Acquire::Queued(waiter) => {
-            let (host, deadline) = (host.clone(), deadline());
-            Joined::Later(Box::pin(async move {
-                let t = waiter
-                    .wait(deadline)
-                    .await
-                    .map_err(|no| no.for_host(host))?;
-                Ok(slot.with_total(t))
-            }))
-        }
     }
 }

@@ -37,6 +37,10 @@ pub struct Stats {
     /// How many times each `x-id` header value was received (hyper
     /// servers only).
     pub ids: std::sync::Mutex<std::collections::HashMap<String, usize>>,
+    /// The most connections open at once, with [`Options::count_open`].
+    pub peak_open: AtomicUsize,
+    /// Connections the server has not seen end yet.
+    pub open: AtomicUsize,
 }
 
 impl Stats {
@@ -48,6 +52,15 @@ impl Stats {
     }
     pub fn peak(&self) -> usize {
         self.peak.load(Ordering::SeqCst)
+    }
+    /// Connections the server has not seen end yet (it sees a client's
+    /// close when it next reads).
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::SeqCst)
+    }
+    /// The most connections open at once (with [`Options::count_open`]).
+    pub fn peak_open(&self) -> usize {
+        self.peak_open.load(Ordering::SeqCst)
     }
 }
 
@@ -108,6 +121,12 @@ pub struct Options {
     /// received this many requests, as nginx's `keepalive_requests` does
     /// (0: never).
     pub goaway_after: usize,
+    /// Count the connections open at once ([`Stats::peak_open`]), exactly:
+    /// at every accept, each connection counted open is asked of the
+    /// kernel (a peek) whether the client has closed it, so that a close
+    /// the server's task has not read yet does not count. Costs a system
+    /// call per open connection per accept.
+    pub count_open: bool,
 }
 
 /// Starts an HTTP/1.1 server on 127.0.0.1:0. Routes:
@@ -121,7 +140,8 @@ pub async fn serve() -> Server {
 }
 
 pub async fn serve_with(options: Options) -> Server {
-    listen(move |stream, stats| {
+    let count_open = options.count_open;
+    listen_with(count_open, move |stream, stats| {
         serve_conn(TokioIo::new(stream), stats, options.clone(), options.http2)
     })
     .await
@@ -151,7 +171,7 @@ pub async fn serve_tls_with(options: Options) -> Server {
         vec![b"http/1.1".to_vec()]
     };
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-    let mut server = listen(move |stream, stats| {
+    let mut server = listen_with(options.count_open, move |stream, stats| {
         let (acceptor, options) = (acceptor.clone(), options.clone());
         async move {
             let Ok(tls) = acceptor.accept(stream).await else {
@@ -208,17 +228,42 @@ where
     F: Fn(TcpStream, Arc<Stats>) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
+    listen_with(false, serve_conn).await
+}
+
+/// [`listen`], counting the connections open at once if `count_open`.
+async fn listen_with<F, Fut>(count_open: bool, serve_conn: F) -> Server
+where
+    F: Fn(TcpStream, Arc<Stats>) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("local addr");
     let stats = Arc::new(Stats::default());
     let task_stats = stats.clone();
     let task = tokio::spawn(async move {
+        let open = Arc::new(OpenSet::default());
+        let mut next_id = 0u64;
         loop {
             let Ok((stream, _)) = listener.accept().await else {
                 continue;
             };
             task_stats.accepted.fetch_add(1, Ordering::SeqCst);
-            tokio::spawn(serve_conn(stream, task_stats.clone()));
+            task_stats.open.fetch_add(1, Ordering::SeqCst);
+            next_id += 1;
+            let id = next_id;
+            if count_open {
+                let now = open.accepted(id, &stream);
+                task_stats.peak_open.fetch_max(now, Ordering::SeqCst);
+            }
+            let (open, stats) = (open.clone(), task_stats.clone());
+            let served = serve_conn(stream, task_stats.clone());
+            tokio::spawn(async move {
+                served.await;
+                // The duplicate must not keep the socket open.
+                open.closed(id);
+                stats.open.fetch_sub(1, Ordering::SeqCst);
+            });
         }
     });
     Server {
@@ -315,5 +360,52 @@ impl Body for Chunks {
         let n = self.chunk.min(self.left);
         self.left -= n;
         Poll::Ready(Some(Ok(Frame::data(Bytes::from(vec![b'x'; n])))))
+    }
+}
+
+/// The connections a server counts open: a duplicate of each one's socket,
+/// dropped once the kernel says the client closed it.
+#[derive(Default)]
+struct OpenSet(std::sync::Mutex<Vec<(u64, std::os::fd::OwnedFd)>>);
+
+impl OpenSet {
+    fn set(&self) -> std::sync::MutexGuard<'_, Vec<(u64, std::os::fd::OwnedFd)>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The server is done with connection `id`.
+    fn closed(&self, id: u64) {
+        self.set().retain(|(i, _)| *i != id);
+    }
+
+    /// Counts `stream` in as `id`, drops the connections the client
+    /// closed, and returns how many are open now.
+    fn accepted(&self, id: u64, stream: &TcpStream) -> usize {
+        use std::os::fd::{AsFd, AsRawFd};
+        let mut set = self.set();
+        set.retain(|(_, fd)| {
+            let mut byte = 0u8;
+            // SAFETY: a peek of at most one byte into a live buffer, on a
+            // socket this set owns a duplicate of; never blocks.
+            let n = unsafe {
+                libc::recv(
+                    fd.as_raw_fd(),
+                    (&mut byte as *mut u8).cast(),
+                    1,
+                    libc::MSG_PEEK | libc::MSG_DONTWAIT,
+                )
+            };
+            // 0: the client's end of file (closed); an error other than
+            // "would block": reset or gone. Pending bytes: still open.
+            n > 0
+                || (n < 0
+                    && std::io::Error::last_os_error().kind() == std::io::ErrorKind::WouldBlock)
+        });
+        if let Ok(fd) = stream.as_fd().try_clone_to_owned() {
+            set.push((id, fd));
+        }
+        set.len()
     }
 }
