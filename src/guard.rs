@@ -69,6 +69,12 @@ pub struct PoolGuard {
     layer: PoolGuardLayer,
     #[cfg(feature = "hyper-util")]
     connections: std::sync::Arc<crate::limit::registry::Registry>,
+    /// The connectors' slots of the cap across hosts, and the cap.
+    #[cfg(feature = "hyper-util")]
+    total_connections: (
+        std::sync::Arc<crate::limit::registry::Registry>,
+        Option<usize>,
+    ),
 }
 
 impl PoolGuard {
@@ -112,6 +118,7 @@ impl PoolGuard {
             self.honor_keep_alive,
             self.queue_timeout,
             self.overrides.clone(),
+            self.total_connections.clone(),
         )
     }
 }
@@ -186,14 +193,16 @@ impl PoolGuardBuilder {
     /// At most `n` requests in flight across all hosts (a value of 0 is
     /// taken as 1), besides each host's limit: what a crawler needs, whose
     /// per-host limit alone allows `max_per_host` times the number of
-    /// hosts. Requests wait FIFO (their host's slot first, then one of the
-    /// total), within the same `queue_timeout` and `max_queued`, and fail
-    /// with the same [`QueueFull`](crate::QueueFull) and
-    /// [`QueueTimeout`](crate::QueueTimeout). It bounds the connections
-    /// *in use* across hosts; idle ones are bounded by the pool's own
-    /// settings (`pool_max_idle_per_host`, `pool_idle_timeout`): a cap on
-    /// connections across hosts, idle ones included, is not built yet.
-    /// Default: no cap.
+    /// hosts. Requests wait FIFO (host's slot first, then the total's),
+    /// within the same `queue_timeout` and `max_queued`, failing with the
+    /// same [`QueueFull`](crate::QueueFull) and
+    /// [`QueueTimeout`](crate::QueueTimeout). With the guard's
+    /// [`connector`](PoolGuard::connector), also at most `n` connections
+    /// across all hosts, idle ones included: a dial beyond it closes the
+    /// least recently used idle connection of another host rather than
+    /// wait for it. With reqwest the cap is on requests only (reqwest's
+    /// pool keeps its idle connections; bound them with its
+    /// `pool_max_idle_per_host` and `pool_idle_timeout`). Default: no cap.
     pub fn max_total(mut self, n: usize) -> Self {
         self.max_total = Some(n);
         self
@@ -273,17 +282,19 @@ impl PoolGuardBuilder {
         };
         #[cfg(feature = "hyper-util")]
         let connections = std::sync::Arc::<crate::limit::registry::Registry>::default();
+        #[cfg(feature = "hyper-util")]
+        let total_connections = std::sync::Arc::<crate::limit::registry::Registry>::default();
         // A drain weighs the dial costs the connectors report against the
-        // requests and dials waiting for its host's slots.
+        // requests and dials waiting for its host's slots (or, with a cap
+        // across hosts, for the cap's).
         let mut demand: Vec<std::sync::Arc<dyn crate::conn::Demand>> = vec![limit.registry()];
         #[cfg(feature = "hyper-util")]
         demand.push(connections.clone());
-        // With a cap across hosts, a drain is wanted whenever anything
-        // waits for the cap: any slot given back may let it in.
         if self.max_total.is_some() {
-            demand.push(std::sync::Arc::new(crate::limit::total::TotalDemand(
-                limit.total.clone(),
-            )));
+            use crate::limit::total::TotalDemand;
+            demand.push(std::sync::Arc::new(TotalDemand(limit.total.clone())));
+            #[cfg(feature = "hyper-util")]
+            demand.push(std::sync::Arc::new(TotalDemand(total_connections.clone())));
         }
         let pricing = crate::conn::Pricing {
             costs: metrics.dial_costs().clone(),
@@ -310,6 +321,8 @@ impl PoolGuardBuilder {
             overrides,
             #[cfg(feature = "hyper-util")]
             connections,
+            #[cfg(feature = "hyper-util")]
+            total_connections: (total_connections, self.max_total),
             metrics,
             layer,
         }

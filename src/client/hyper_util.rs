@@ -19,6 +19,7 @@ use crate::conn::keep_alive::Limits;
 use crate::conn::{Event, Link, LinkHandle, Phase, Record, Stamp, Tracker};
 use crate::key::HostKey;
 use crate::limit::registry::{Acquire, Bounds, Overrides, Policy, Registry, Slot, TimedOut};
+use crate::limit::total::{join, Joined, TotalCap, Wait};
 use crate::limit::{QueueFull, QueueTimeout};
 use crate::metrics::Metrics;
 use crate::BoxError;
@@ -43,9 +44,14 @@ use crate::BoxError;
 /// connections by scheme and authority *as written*, while the cap counts
 /// per [`HostKey`](crate::HostKey) (`http://u@Host:080` and `http://host`
 /// are one host): a connection idle under one spelling is never handed to a
-/// request made with another. When such a dial must wait, one idle
-/// connection of the host pooled under another spelling is closed to make
-/// room, as Go's transport does when it needs a slot. The connector knows
+/// request made with another. When such a dial must wait, the least
+/// recently used idle connection of the host pooled under another spelling
+/// is closed to make room, as Go's transport does when it needs a slot.
+/// With [`max_total`](GuardedConnector::max_total), the same holds across
+/// hosts: a dial waiting for the cap closes the least recently used idle
+/// connection of another host. A connection that has carried no request
+/// is left alone for its first 250 ms (hyper fails a request whose fresh
+/// connection ends before it is written). The connector knows
 /// when a connection is idle by following the HTTP/1 framing of the bytes
 /// that cross it; HTTP/2 connections are never closed this way.
 ///
@@ -93,6 +99,10 @@ pub struct GuardedConnector<C> {
     queue_timeout: Option<Duration>,
     /// Connection caps of named hosts.
     overrides: Option<Arc<Overrides>>,
+    /// The slots of the cap across hosts, shared by clones.
+    total: Arc<Registry>,
+    /// Connections across all hosts (`None`: no cap).
+    max_total: Option<usize>,
     life: Arc<Life>,
 }
 
@@ -157,10 +167,13 @@ impl<C> GuardedConnector<C> {
             honor_keep_alive: true,
             queue_timeout: Some(crate::limit::layer::DEFAULT_QUEUE_TIMEOUT),
             overrides: None,
+            total: Arc::default(),
+            max_total: None,
             life: Arc::default(),
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn from_parts(
         inner: C,
         registry: Arc<Registry>,
@@ -169,6 +182,7 @@ impl<C> GuardedConnector<C> {
         honor_keep_alive: bool,
         queue_timeout: Duration,
         overrides: Option<Arc<Overrides>>,
+        total: (Arc<Registry>, Option<usize>),
     ) -> Self {
         GuardedConnector {
             inner,
@@ -178,8 +192,40 @@ impl<C> GuardedConnector<C> {
             honor_keep_alive,
             queue_timeout: Some(queue_timeout),
             overrides,
+            total: total.0,
+            max_total: total.1,
             life: Arc::default(),
         }
+    }
+
+    /// At most `n` connections across all hosts (a value of 0 is taken as
+    /// 1), dialing, in use and idle together, besides each host's cap.
+    /// A dial beyond it first takes its host's slot, then waits (FIFO,
+    /// within the same [`queue_timeout`](GuardedConnector::queue_timeout),
+    /// at most [`max_queued`](GuardedConnector::max_queued) dials) for one
+    /// of the total; meanwhile the least recently used idle connection of
+    /// another host (pooled under another key) is closed to make room,
+    /// rather than waiting for the pool to let it go. Default: no cap.
+    pub fn max_total(mut self, n: usize) -> Self {
+        self.max_total = Some(n);
+        self
+    }
+
+    /// The cap across hosts, for one dial, if one is set.
+    fn total_cap(&self) -> Option<TotalCap> {
+        let max = self.max_total?;
+        TotalCap::new(
+            self.total.clone(),
+            Policy {
+                bounds: Bounds {
+                    max_per_host: max,
+                    max_queued: self.bounds.max_queued,
+                    max_streams: None,
+                },
+                observer: None,
+                overrides: None,
+            },
+        )
     }
 
     /// At most `n` connections to `host` (a name or an IP literal, as in a
@@ -239,7 +285,9 @@ impl<C> GuardedConnector<C> {
         self
     }
 
-    /// Connections open or being dialed now, across hosts.
+    /// Host connection slots held now, across hosts: connections open or
+    /// being dialed, and dials that hold their host's slot while they wait
+    /// for one of [`max_total`](GuardedConnector::max_total).
     pub fn connections(&self) -> usize {
         self.registry.in_flight()
     }
@@ -271,6 +319,7 @@ impl<C: fmt::Debug> fmt::Debug for GuardedConnector<C> {
             .field("inner", &self.inner)
             .field("max_per_host", &self.bounds.slots())
             .field("max_queued", &self.bounds.max_queued)
+            .field("max_total", &self.max_total)
             .field("queue_timeout", &self.queue_timeout)
             .field("connections", &self.registry.in_flight())
             .finish()
@@ -316,60 +365,81 @@ where
             observer: None,
             overrides: self.overrides.clone(),
         };
-        match self
+        let pool_key = link.pool_key().clone();
+        let total = self.total_cap();
+        let queue_timeout = self.queue_timeout;
+        let deadline = move || queue_timeout.and_then(crate::timer::deadline_in);
+        let wait: Wait = match self
             .registry
-            .acquire_dial(key.clone(), link.pool_key().clone(), &policy)
+            .acquire_dial(key.clone(), pool_key.clone(), &policy)
         {
             Acquire::Ready(slot) => {
-                let started = tokio::time::Instant::now();
-                let connect = self.inner.call(dst);
-                ConnectFuture::new(async move {
-                    let io = connect.await.map_err(Into::into)?;
-                    track.dialed(started.elapsed());
-                    Ok(GuardedIo::new(io, Some(slot), link, track))
-                })
+                match join(total.as_ref(), slot, &key, Some(pool_key), deadline) {
+                    Joined::Now(slot) => {
+                        let started = tokio::time::Instant::now();
+                        let connect = self.inner.call(dst);
+                        return ConnectFuture::new(async move {
+                            let io = connect.await.map_err(Into::into)?;
+                            track.dialed(started.elapsed());
+                            Ok(GuardedIo::new(io, Some(slot), link, track))
+                        });
+                    }
+                    // The host's slot went back as it dropped.
+                    Joined::Full => {
+                        return ConnectFuture::new(async move { Err(QueueFull::new(key).into()) })
+                    }
+                    Joined::Later(wait) => wait,
+                }
             }
             Acquire::Queued(waiter) => {
-                // Take the connector that was made ready into the future.
-                let clone = self.inner.clone();
-                let mut ready = std::mem::replace(&mut self.inner, clone);
-                let life = Arc::downgrade(&self.life);
-                let gone = self.life.gone.clone();
-                let deadline = self.queue_timeout.and_then(crate::timer::deadline_in);
-                ConnectFuture::new(async move {
-                    let mut notified = std::pin::pin!(gone.notified());
-                    notified.as_mut().enable();
-                    if life.upgrade().is_none() {
-                        return Err(ClientDropped { host: key }.into());
+                let (key, deadline) = (key.clone(), deadline());
+                Box::pin(async move {
+                    let slot = waiter.wait(deadline).await?;
+                    match join(total.as_ref(), slot, &key, Some(pool_key), || deadline) {
+                        Joined::Now(slot) => Ok(slot),
+                        Joined::Full => Err(TimedOut::full(key)),
+                        Joined::Later(wait) => wait.await,
                     }
-                    let mut wait = std::pin::pin!(waiter.wait(deadline));
-                    let slot = std::future::poll_fn(|cx| {
-                        if let Poll::Ready(slot) = wait.as_mut().poll(cx) {
-                            return Poll::Ready(slot.map_err(|no| match no {
-                                TimedOut {
-                                    key, evicted: true, ..
-                                } => BoxError::from(QueueFull::new(key)),
-                                TimedOut { key, waited, .. } => {
-                                    BoxError::from(QueueTimeout::new(key, waited))
-                                }
-                            }));
-                        }
-                        if notified.as_mut().poll(cx).is_ready() {
-                            return Poll::Ready(Err(ClientDropped { host: key.clone() }.into()));
-                        }
-                        Poll::Pending
-                    })
-                    .await?;
-                    let started = tokio::time::Instant::now();
-                    let io = ready.call(dst).await.map_err(Into::into)?;
-                    track.dialed(started.elapsed());
-                    Ok(GuardedIo::new(io, Some(slot), link, track))
                 })
             }
             Acquire::Full(key) => {
-                ConnectFuture::new(async move { Err(QueueFull::new(key).into()) })
+                return ConnectFuture::new(async move { Err(QueueFull::new(key).into()) })
             }
-        }
+        };
+        // Take the connector that was made ready into the future.
+        let clone = self.inner.clone();
+        let mut ready = std::mem::replace(&mut self.inner, clone);
+        let life = Arc::downgrade(&self.life);
+        let gone = self.life.gone.clone();
+        ConnectFuture::new(async move {
+            let mut notified = std::pin::pin!(gone.notified());
+            notified.as_mut().enable();
+            if life.upgrade().is_none() {
+                return Err(ClientDropped { host: key }.into());
+            }
+            let mut wait = wait;
+            let slot = std::future::poll_fn(|cx| {
+                if let Poll::Ready(slot) = wait.as_mut().poll(cx) {
+                    return Poll::Ready(slot.map_err(|no| match no {
+                        TimedOut {
+                            key, evicted: true, ..
+                        } => BoxError::from(QueueFull::new(key)),
+                        TimedOut { key, waited, .. } => {
+                            BoxError::from(QueueTimeout::new(key, waited))
+                        }
+                    }));
+                }
+                if notified.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Err(ClientDropped { host: key.clone() }.into()));
+                }
+                Poll::Pending
+            })
+            .await?;
+            let started = tokio::time::Instant::now();
+            let io = ready.call(dst).await.map_err(Into::into)?;
+            track.dialed(started.elapsed());
+            Ok(GuardedIo::new(io, Some(slot), link, track))
+        })
     }
 }
 
@@ -461,6 +531,9 @@ struct IoGuard {
     idle_since: Option<tokio::time::Instant>,
     /// When the `Keep-Alive` timeout retires the idle connection.
     retire_at: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// The end of a fresh connection's grace, armed while a dial waits
+    /// (`Some(None)`: the runtime has no timer).
+    fresh_timer: Option<Option<Pin<Box<tokio::time::Sleep>>>>,
 }
 
 impl<T> GuardedIo<T> {
@@ -482,6 +555,7 @@ impl<T> GuardedIo<T> {
                 limits: Limits::default(),
                 idle_since: None,
                 retire_at: None,
+                fresh_timer: None,
             },
         }
     }
@@ -552,6 +626,9 @@ impl IoGuard {
     fn on_event(&mut self, event: Event) {
         // Every step is published: the phase moves on events and between.
         self.link.publish(&self.tracker);
+        if event == Event::Completed {
+            self.link.touch();
+        }
         if event == Event::Completed && self.honor_keep_alive {
             if let Some(ka) = self.tracker.keep_alive() {
                 self.limits = self.limits.update(self.tracker.completed(), ka);
@@ -566,8 +643,36 @@ impl IoGuard {
 
     /// Whether the idle connection is to close now to make room for a dial
     /// that waits for another pool key.
-    fn retire_for_dial(&mut self) -> bool {
-        self.tracker.phase() == Phase::Idle && self.slot.as_mut().is_some_and(Slot::should_retire)
+    ///
+    /// Never a connection that has carried no request within
+    /// [`FRESH_GRACE`](crate::conn::FRESH_GRACE) of being made: it was
+    /// dialed for a request that may be about to use it, and hyper fails
+    /// that request (`IncompleteMessage`, not retried) when a fresh
+    /// connection ends before its first request. An idle connection that
+    /// served before ends as any reused one may: hyper leaves a request it
+    /// has not begun to write in its queue, and hyper-util sends it again.
+    fn retire_for_dial(&mut self, cx: &mut Context<'_>) -> bool {
+        if self.tracker.phase() != Phase::Idle {
+            return false;
+        }
+        let Some(slot) = self.slot.as_mut() else {
+            return false;
+        };
+        if !self.link.may_retire(tokio::time::Instant::now()) {
+            // Fresh: if a dial waits, look again when the grace ends.
+            if slot.dial_waits() {
+                if let Some(until) = self.link.fresh_until() {
+                    let timer = self
+                        .fresh_timer
+                        .get_or_insert_with(|| crate::timer::sleep_until(until).map(Box::pin));
+                    if let Some(timer) = timer.as_mut() {
+                        let _ = timer.as_mut().poll(cx);
+                    }
+                }
+            }
+            return false;
+        }
+        slot.should_retire()
     }
 
     /// Whether a `Keep-Alive` limit ends the idle connection now: the
@@ -621,7 +726,7 @@ impl IoGuard {
             }
             return true;
         }
-        if self.retire_for_dial() {
+        if self.retire_for_dial(cx) {
             tracing::debug!(pool = %self.link.pool_key(), "idle connection retired for a waiting dial");
             return true;
         }

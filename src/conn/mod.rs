@@ -74,7 +74,24 @@ pub(crate) struct Link {
     pool_key: Arc<str>,
     /// The IO's task while it waits on an idle read.
     waker: ReadWaker,
+    /// When the connection last finished an exchange (or opened), on a
+    /// process-wide logical clock: the least recently used idle
+    /// connection is the one with the smallest stamp.
+    used: AtomicU64,
+    /// When the connection was made.
+    born: tokio::time::Instant,
 }
+
+/// How long a connection that has carried no request yet is left alone:
+/// hyper-util writes a dial's request right after its handshake, and ending
+/// a fresh connection before that fails the request (not retried). A fresh
+/// connection idle for longer is one nobody waited for (its dial lost the
+/// race to a pooled connection), which may make room like any idle one.
+pub(crate) const FRESH_GRACE: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// The logical clock of [`Link::touch`]: one tick per exchange completed
+/// or connection opened, process-wide.
+static USE_CLOCK: AtomicU64 = AtomicU64::new(0);
 
 impl Link {
     /// The link of a new connection dialed for `pool_key`.
@@ -84,7 +101,34 @@ impl Link {
             closing: AtomicBool::new(false),
             pool_key,
             waker: ReadWaker::default(),
+            used: AtomicU64::new(USE_CLOCK.fetch_add(1, Relaxed)),
+            born: tokio::time::Instant::now(),
         })
+    }
+
+    /// When a connection that has carried no request may make room for a
+    /// dial ([`FRESH_GRACE`] after it was made).
+    pub(crate) fn fresh_until(&self) -> Option<tokio::time::Instant> {
+        self.born.checked_add(FRESH_GRACE)
+    }
+
+    /// Whether the connection may be closed to make room for a dial, if
+    /// idle: it completed an exchange, or was made more than
+    /// [`FRESH_GRACE`] ago.
+    pub(crate) fn may_retire(&self, now: tokio::time::Instant) -> bool {
+        self.completed() > 0 || self.fresh_until().is_none_or(|until| now >= until)
+    }
+
+    /// The connection finished an exchange: it is now the most recently
+    /// used.
+    pub(crate) fn touch(&self) {
+        self.used.store(USE_CLOCK.fetch_add(1, Relaxed), Relaxed);
+    }
+
+    /// When the connection was last used, on the logical clock of
+    /// [`touch`](Link::touch): smaller is longer ago.
+    pub(crate) fn used(&self) -> u64 {
+        self.used.load(Relaxed)
     }
 
     /// What the connection is doing, as its IO last published.

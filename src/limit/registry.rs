@@ -148,9 +148,14 @@ struct Host {
     /// to wake when a dial for another pool key must wait.
     #[cfg(feature = "hyper-util")]
     links: Vec<Arc<Link>>,
-    /// Idle connections closing to make room for a waiting dial.
+    /// Idle connections closing (or chosen to close) to make room for a
+    /// waiting dial.
     #[cfg(feature = "hyper-util")]
     retiring: usize,
+    /// Connections chosen to close for a waiting dial that have not yet
+    /// looked (counted in `retiring`).
+    #[cfg(feature = "hyper-util")]
+    chosen: Vec<Arc<Link>>,
 }
 
 /// One waiter's cell: set, under the registry lock, when a slot is handed
@@ -251,13 +256,8 @@ impl Registry {
             return Acquire::Full(key);
         }
         #[cfg(feature = "hyper-util")]
-        let wake: Vec<Arc<Link>> = match &pool_key {
-            Some(pool_key) => host
-                .links
-                .iter()
-                .filter(|l| l.pool_key() != pool_key && l.phase() == Phase::Idle)
-                .cloned()
-                .collect(),
+        let wake = match &pool_key {
+            Some(pool_key) => host.choose_retirees(pool_key),
             None => Vec::new(),
         };
         let grant = Arc::new(Grant {
@@ -383,6 +383,76 @@ impl Default for State {
 }
 
 impl Host {
+    /// Chooses the idle connections to close for one more dial for
+    /// `pool_key` that must wait, and returns them to be woken: the least
+    /// recently used first, as many as dials waiting (with a pool key)
+    /// outnumber connections already retiring. Only connections pooled
+    /// under another key (the pool would hand one of `pool_key`'s own to
+    /// the dial's request instead) that have completed an exchange (a
+    /// fresh one may be about to carry its first request). A chosen
+    /// connection closes when it next looks, if a dial still waits then
+    /// ([`Slot::should_retire`]).
+    #[cfg(feature = "hyper-util")]
+    fn choose_retirees(&mut self, pool_key: &Arc<str>) -> Vec<Arc<Link>> {
+        self.forget_busy_choices();
+        let dials = self
+            .waiters
+            .iter()
+            .filter(|g| g.pool_key.is_some())
+            .count()
+            .saturating_add(1);
+        let wanted = dials.saturating_sub(self.retiring);
+        if wanted == 0 {
+            return Vec::new();
+        }
+        let chosen = &self.chosen;
+        let now = Instant::now();
+        let (mut idle, fresh): (Vec<&Arc<Link>>, Vec<&Arc<Link>>) = self
+            .links
+            .iter()
+            .filter(|l| {
+                l.pool_key() != pool_key
+                    && l.phase() == Phase::Idle
+                    && !chosen.iter().any(|c| Arc::ptr_eq(c, l))
+            })
+            .partition(|l| l.may_retire(now));
+        if idle.len() > wanted {
+            idle.select_nth_unstable_by_key(wanted - 1, |l| l.used());
+            idle.truncate(wanted);
+        }
+        let idle: Vec<Arc<Link>> = idle.into_iter().cloned().collect();
+        self.retiring = self.retiring.saturating_add(idle.len());
+        self.chosen.extend(idle.iter().cloned());
+        // Fresh connections are woken too, unchosen: each sets a timer for
+        // the end of its grace and then looks by itself.
+        idle.into_iter().chain(fresh.into_iter().cloned()).collect()
+    }
+
+    /// Forgets the chosen connections that are busy again (the pool handed
+    /// them a request before they looked): a busy connection that the
+    /// pool keeps busy might never look while idle, and the dial it was
+    /// chosen for would wait on it. Another idle connection, chosen or
+    /// looking by itself, makes room instead.
+    #[cfg(feature = "hyper-util")]
+    fn forget_busy_choices(&mut self) {
+        let before = self.chosen.len();
+        self.chosen.retain(|l| l.phase() == Phase::Idle);
+        let forgotten = before.saturating_sub(self.chosen.len());
+        self.retiring = self.retiring.saturating_sub(forgotten);
+    }
+
+    /// Takes `link` off the chosen list; whether it was on it.
+    #[cfg(feature = "hyper-util")]
+    fn unchoose(&mut self, link: &Arc<Link>) -> bool {
+        match self.chosen.iter().position(|c| Arc::ptr_eq(c, link)) {
+            Some(at) => {
+                self.chosen.swap_remove(at);
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Slots the host may hold now.
     fn limit(&self) -> usize {
         self.slots.for_proto(self.proto, self.tls)
@@ -517,6 +587,9 @@ impl Slot {
     /// for another pool key must wait.
     #[cfg(feature = "hyper-util")]
     pub(crate) fn attach(&mut self, link: Arc<Link>) {
+        if let Some(total) = self.total.as_mut() {
+            total.attach(link.clone());
+        }
         let Some(key) = &self.key else { return };
         let mut state = self.registry.state();
         if let Some(host) = state.hosts.get_mut(key) {
@@ -530,11 +603,26 @@ impl Slot {
     /// room for a dial that waits for another pool key: the pool would
     /// never hand this connection to that dial's request. At most one
     /// connection retires per such dial.
+    ///
+    /// With a cap across hosts, the same holds for a dial of any host that
+    /// waits for the cap.
     #[cfg(feature = "hyper-util")]
     pub(crate) fn should_retire(&mut self) -> bool {
-        if self.retiring {
+        if self.retiring || self.total.as_ref().is_some_and(|t| t.retiring) {
             return true;
         }
+        self.retire_here() || self.total.as_mut().is_some_and(|t| t.retire_here())
+    }
+
+    /// Whether a dial waits in this slot's registry or the cap's.
+    #[cfg(feature = "hyper-util")]
+    pub(crate) fn dial_waits(&self) -> bool {
+        self.registry.queued() > 0 || self.total.as_ref().is_some_and(|t| t.registry.queued() > 0)
+    }
+
+    /// [`should_retire`](Slot::should_retire) for this slot's registry.
+    #[cfg(feature = "hyper-util")]
+    fn retire_here(&mut self) -> bool {
         // One load when no dial waits: the common case.
         if self.registry.queued() == 0 {
             return false;
@@ -551,9 +639,28 @@ impl Slot {
             .iter()
             .filter(|g| g.pool_key.as_ref().is_some_and(|k| k != link.pool_key()))
             .count();
-        if foreign > host.retiring {
+        if host.unchoose(link) {
+            // Chosen (and counted) when the dial queued: it retires if a
+            // dial it can make room for still waits.
+            if foreign > 0 {
+                self.retiring = true;
+            } else {
+                host.retiring = host.retiring.saturating_sub(1);
+            }
+        } else if foreign > {
+            host.forget_busy_choices();
+            host.retiring
+        } {
+            // A dial waits that no idle connection was there for when it
+            // queued: this one, idle now, makes room.
             host.retiring += 1;
             self.retiring = true;
+        }
+        if self.retiring {
+            // Leaving: never chosen again (which would count it twice).
+            if let Some(at) = host.links.iter().position(|l| Arc::ptr_eq(l, link)) {
+                host.links.swap_remove(at);
+            }
         }
         self.retiring
     }
@@ -570,7 +677,7 @@ impl Drop for Slot {
                 if let Some(at) = host.links.iter().position(|l| Arc::ptr_eq(l, &link)) {
                     host.links.swap_remove(at);
                 }
-                if self.retiring {
+                if host.unchoose(&link) || self.retiring {
                     host.retiring = host.retiring.saturating_sub(1);
                 }
             }
