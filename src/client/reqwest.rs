@@ -62,6 +62,12 @@ use tower::ServiceExt;
 use tower_layer::Layer;
 use tower_service::Service;
 
+#[cfg(feature = "reqwest-middleware")]
+mod middleware;
+#[cfg(feature = "reqwest-middleware")]
+#[cfg_attr(docsrs, doc(cfg(feature = "reqwest-middleware")))]
+pub use self::middleware::GuardMiddleware;
+
 use crate::guard::{Guarded, PoolGuard};
 use crate::key::HostKey;
 use crate::metrics::Metrics;
@@ -111,10 +117,22 @@ impl Service<::reqwest::Request> for GuardedClient {
     }
 }
 
-async fn call_reqwest(
-    svc: Guarded<Execute>,
+/// Sends `request` through the guarded stack over `S` (reqwest itself, or
+/// the rest of a middleware chain), and gives reqwest's response back with
+/// the guarded body.
+async fn call_reqwest<S>(
+    svc: Guarded<S>,
     request: ::reqwest::Request,
-) -> Result<::reqwest::Response, BoxError> {
+) -> Result<::reqwest::Response, BoxError>
+where
+    S: Service<
+            http::Request<::reqwest::Body>,
+            Response = http::Response<::reqwest::Body>,
+            Error = BoxError,
+        > + Clone
+        + Send,
+    S::Future: Send,
+{
     let request: http::Request<::reqwest::Body> = request.try_into()?;
     let response = svc.oneshot(request).await?;
     let (mut parts, body) = response.into_parts();
