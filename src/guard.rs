@@ -137,6 +137,7 @@ impl fmt::Debug for PoolGuard {
 #[must_use]
 pub struct PoolGuardBuilder {
     max_per_host: usize,
+    name: Option<String>,
     overrides: Option<crate::limit::registry::Overrides>,
     max_total: Option<usize>,
     max_streams_per_host: usize,
@@ -153,6 +154,7 @@ impl Default for PoolGuardBuilder {
     fn default() -> Self {
         PoolGuardBuilder {
             max_per_host: 10,
+            name: None,
             overrides: None,
             max_total: None,
             max_streams_per_host: crate::limit::layer::DEFAULT_MAX_STREAMS,
@@ -187,6 +189,15 @@ impl PoolGuardBuilder {
         self.overrides
             .get_or_insert_with(Default::default)
             .set(host, n);
+        self
+    }
+
+    /// A name for this guard: with the `metrics` feature, every metric it
+    /// emits carries the attribute `poolguard.guard = name`, so that two
+    /// guards in one process (say, one per upstream) can be told apart.
+    /// Unnamed guards' counts add up. Default: none.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
         self
     }
 
@@ -268,7 +279,10 @@ impl PoolGuardBuilder {
 
     /// Builds the guard and its shared state.
     pub fn build(self) -> PoolGuard {
-        let metrics = Metrics::new();
+        let metrics = match self.name {
+            Some(name) => Metrics::named(name),
+            None => Metrics::new(),
+        };
         let overrides = self.overrides.map(std::sync::Arc::new);
         let limit = PerHostLimitLayer::new(self.max_per_host)
             .with_overrides(overrides.clone())

@@ -629,6 +629,14 @@ impl IoGuard {
         if event == Event::Completed {
             self.link.touch();
         }
+        if let Some(conn) = &self.conn {
+            match event {
+                Event::Started => conn.on_state(true, true),
+                Event::Completed => conn.on_state(false, true),
+                Event::Left => conn.on_state(true, false),
+                Event::None | Event::Upgraded => {}
+            }
+        }
         if event == Event::Completed && self.honor_keep_alive {
             if let Some(ka) = self.tracker.keep_alive() {
                 self.limits = self.limits.update(self.tracker.completed(), ka);

@@ -266,6 +266,8 @@ where
             let took = started.elapsed();
             let inner = &metrics.inner;
             inner.connections_opened.fetch_add(1, Relaxed);
+            #[cfg(feature = "metrics")]
+            inner.emit.dialed();
             let mut extensions = Extensions::new();
             conn.connected().get_extras(&mut extensions);
             let key = extensions
@@ -273,7 +275,7 @@ where
                 .and_then(|info| format!("tcp://{}", info.remote_addr()).parse().ok())
                 .and_then(|uri: http::Uri| HostKey::from_uri(&uri));
             if let Some(key) = key {
-                inner.hosts.counters(&key).opened.fetch_add(1, Relaxed);
+                inner.hosts.row(&key).0.opened.fetch_add(1, Relaxed);
             }
             // reqwest's connector is called with a type that does not show
             // the host: the dial counts in the mean over every dial, which

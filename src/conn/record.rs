@@ -25,6 +25,12 @@ pub(crate) trait ConnObserver: fmt::Debug + Send + Sync + 'static {
     fn responded(&self, reused: bool);
     /// The connection closed, for `reason`.
     fn closed(&self, reason: CloseReason);
+    /// The connection's IO saw it start carrying a request (`busy`) or
+    /// fall idle, over HTTP/1 (`http1`) or, once its bytes stopped being
+    /// HTTP/1, something else (HTTP/2: busy for the rest of its life).
+    fn state(&self, busy: bool, http1: bool) {
+        let _ = (busy, http1);
+    }
 }
 
 /// How the body of a response ended, as the layer holding it saw.
@@ -118,6 +124,12 @@ impl Record {
     /// that each response answers one exchange.
     fn is_http1(&self) -> bool {
         self.link.phase().is_http1()
+    }
+
+    /// The IO saw the connection start an exchange (`busy`) or fall idle,
+    /// speaking HTTP/1 or not (`http1`).
+    pub(crate) fn on_state(&self, busy: bool, http1: bool) {
+        self.observer.state(busy, http1);
     }
 
     /// The IO read end of file.

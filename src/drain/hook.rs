@@ -79,6 +79,38 @@ impl DrainOutcome {
         }
     }
 
+    /// How long the drain ran (`None` when skipped).
+    pub fn elapsed(&self) -> Option<std::time::Duration> {
+        match self {
+            DrainOutcome::Completed { elapsed, .. }
+            | DrainOutcome::GaveUpBytes { elapsed, .. }
+            | DrainOutcome::GaveUpTime { elapsed, .. }
+            | DrainOutcome::GaveUpCost { elapsed, .. }
+            | DrainOutcome::Failed { elapsed, .. }
+            | DrainOutcome::Aborted { elapsed, .. } => Some(*elapsed),
+            DrainOutcome::Skipped(_) => None,
+        }
+    }
+
+    /// A short, stable name of the outcome, for metric attributes:
+    /// `completed`, `gave_up_bytes`, `gave_up_time`, `gave_up_cost`,
+    /// `failed`, `aborted`, or `skipped_` and the reason (`skipped_http2`,
+    /// `skipped_too_large`, `skipped_no_runtime`, `skipped_too_many`).
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            DrainOutcome::Completed { .. } => "completed",
+            DrainOutcome::GaveUpBytes { .. } => "gave_up_bytes",
+            DrainOutcome::GaveUpTime { .. } => "gave_up_time",
+            DrainOutcome::GaveUpCost { .. } => "gave_up_cost",
+            DrainOutcome::Failed { .. } => "failed",
+            DrainOutcome::Aborted { .. } => "aborted",
+            DrainOutcome::Skipped(SkipReason::Http2) => "skipped_http2",
+            DrainOutcome::Skipped(SkipReason::TooLarge) => "skipped_too_large",
+            DrainOutcome::Skipped(SkipReason::NoRuntime) => "skipped_no_runtime",
+            DrainOutcome::Skipped(SkipReason::TooManyDrains) => "skipped_too_many",
+        }
+    }
+
     /// Bytes read and discarded by the drain (0 when skipped).
     pub fn bytes(&self) -> u64 {
         match self {

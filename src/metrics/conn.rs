@@ -38,6 +38,26 @@ pub struct ConnInfo {
 struct Counting {
     metrics: Metrics,
     host: Arc<HostCounters>,
+    /// Its events in the `metrics` facade, and where it stands there.
+    #[cfg(feature = "metrics")]
+    emit: super::emit::ConnEmit,
+    #[cfg(feature = "metrics")]
+    standing: std::sync::Mutex<Option<Standing>>,
+    #[cfg(feature = "metrics")]
+    opened_at: std::time::Instant,
+}
+
+/// Where a connection is counted in `http.client.open_connections`.
+#[cfg(feature = "metrics")]
+type Standing = (super::emit::ConnState, &'static str);
+
+#[cfg(feature = "metrics")]
+fn version(http1: bool) -> &'static str {
+    if http1 {
+        "1.1"
+    } else {
+        "2"
+    }
 }
 
 impl ConnObserver for Counting {
@@ -55,6 +75,46 @@ impl ConnObserver for Counting {
     fn closed(&self, reason: CloseReason) {
         self.metrics.inner.closed(reason);
         self.host.closed.fetch_add(1, Relaxed);
+        tracing::debug!(reason = reason.as_str(), "poolguard: connection closed");
+        #[cfg(feature = "metrics")]
+        {
+            let was = self
+                .standing
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take();
+            self.emit.moved(was, None);
+            let version = was.map_or("1.1", |(_, v)| v);
+            self.emit.closed(reason, self.opened_at.elapsed(), version);
+        }
+    }
+
+    fn state(&self, busy: bool, http1: bool) {
+        #[cfg(feature = "metrics")]
+        {
+            use super::emit::ConnState;
+            let to = (
+                if busy {
+                    ConnState::Active
+                } else {
+                    ConnState::Idle
+                },
+                version(http1),
+            );
+            let mut standing = self
+                .standing
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            // Closed already (counted out), or no change.
+            if standing.is_none() || *standing == Some(to) {
+                return;
+            }
+            let was = standing.replace(to);
+            drop(standing);
+            self.emit.moved(was, Some(to));
+        }
+        #[cfg(not(feature = "metrics"))]
+        let _ = (busy, http1);
     }
 }
 
@@ -64,13 +124,27 @@ impl Metrics {
     #[cfg_attr(not(feature = "hyper-util"), allow(dead_code))]
     pub(crate) fn open_connection(&self, host: HostKey, link: Arc<Link>) -> Arc<Record> {
         let inner = &self.inner;
-        let counters = inner.hosts.counters(&host);
+        let (counters, _own_row) = inner.hosts.row(&host);
         inner.connections_opened.fetch_add(1, Relaxed);
         counters.opened.fetch_add(1, Relaxed);
         let id = inner.next_connection.fetch_add(1, Relaxed);
+        // Counted idle over HTTP/1.1 until its bytes say otherwise.
+        #[cfg(feature = "metrics")]
+        let (emit, standing) = {
+            let emit = inner.emit.opened(&host, _own_row);
+            let idle = (super::emit::ConnState::Idle, version(true));
+            emit.moved(None, Some(idle));
+            (emit, std::sync::Mutex::new(Some(idle)))
+        };
         let counting = Counting {
             metrics: self.clone(),
             host: counters,
+            #[cfg(feature = "metrics")]
+            emit,
+            #[cfg(feature = "metrics")]
+            standing,
+            #[cfg(feature = "metrics")]
+            opened_at: std::time::Instant::now(),
         };
         Record::new(id, host, link, Box::new(counting))
     }

@@ -9,12 +9,6 @@ pub(crate) fn record_queue_wait(waited: Duration) {
     ::metrics::histogram!("poolguard_queue_wait_seconds").record(waited.as_secs_f64());
 }
 
-/// Histogram of the time background drains ran, in seconds, by outcome.
-pub(crate) fn record_drain(outcome: &'static str, elapsed: Duration) {
-    ::metrics::histogram!("poolguard_drain_seconds", "outcome" => outcome)
-        .record(elapsed.as_secs_f64());
-}
-
 impl Metrics {
     /// Publishes the figures to the `metrics` facade: counters
     /// (`poolguard_requests_total`, `poolguard_connections_closed_total` with

@@ -65,6 +65,9 @@ pub(crate) struct Inner {
     pub(crate) dial_costs: Arc<crate::conn::DialCosts>,
     #[cfg(feature = "hyper-util")]
     pub(crate) addrs: crate::conn::addrs::AddrTracker,
+    /// Events as they happen, to the `metrics` facade.
+    #[cfg(feature = "metrics")]
+    pub(crate) emit: super::emit::Emitter,
 }
 
 impl Default for Inner {
@@ -104,6 +107,8 @@ impl Default for Inner {
             dial_costs: Arc::default(),
             #[cfg(feature = "hyper-util")]
             addrs: Default::default(),
+            #[cfg(feature = "metrics")]
+            emit: Default::default(),
         }
     }
 }
@@ -134,12 +139,22 @@ impl Inner {
             QueueEvent::Admitted { waited } => {
                 self.queue_wait_nanos.fetch_add(nanos(waited), Relaxed);
                 #[cfg(feature = "metrics")]
-                super::export::record_queue_wait(waited);
+                {
+                    super::export::record_queue_wait(waited);
+                    self.emit.queue_admitted(waited);
+                }
                 &self.queue_waited
             }
             QueueEvent::TimedOut { .. } => &self.queue_timeout,
             QueueEvent::Cancelled { .. } => &self.queue_cancelled,
         };
+        #[cfg(feature = "metrics")]
+        match event {
+            QueueEvent::Full => self.emit.queue_full(),
+            QueueEvent::TimedOut { .. } => self.emit.queue_timed_out(),
+            QueueEvent::Cancelled { .. } => self.emit.queue_cancelled(),
+            QueueEvent::Entered | QueueEvent::Admitted { .. } => {}
+        }
         if !matches!(event, QueueEvent::Full) {
             self.queued.fetch_sub(1, Relaxed);
         }
@@ -151,6 +166,27 @@ impl Metrics {
     /// A new handle with every figure at 0.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A new handle whose events carry the attribute `poolguard.guard =
+    /// name` in the `metrics` facade (feature `metrics`), so that two
+    /// guards in one process can be told apart; without a name, their
+    /// counts add up. The name changes nothing else.
+    pub fn named(name: impl Into<String>) -> Self {
+        #[cfg(feature = "metrics")]
+        {
+            Metrics {
+                inner: Arc::new(Inner {
+                    emit: super::emit::Emitter::named(name),
+                    ..Inner::default()
+                }),
+            }
+        }
+        #[cfg(not(feature = "metrics"))]
+        {
+            let _ = name.into();
+            Self::default()
+        }
     }
 
     /// The per-host dial costs the connectors report here.
@@ -241,17 +277,7 @@ impl OnDrain for Metrics {
         };
         counter.fetch_add(1, Relaxed);
         #[cfg(feature = "metrics")]
-        if let Some((name, elapsed)) = match outcome {
-            DrainOutcome::Completed { elapsed, .. } => Some(("completed", *elapsed)),
-            DrainOutcome::GaveUpBytes { elapsed, .. } => Some(("gave_up_bytes", *elapsed)),
-            DrainOutcome::GaveUpTime { elapsed, .. } => Some(("gave_up_time", *elapsed)),
-            DrainOutcome::GaveUpCost { elapsed, .. } => Some(("gave_up_cost", *elapsed)),
-            DrainOutcome::Failed { elapsed, .. } => Some(("failed", *elapsed)),
-            DrainOutcome::Aborted { elapsed, .. } => Some(("aborted", *elapsed)),
-            DrainOutcome::Skipped(_) => None,
-        } {
-            super::export::record_drain(name, elapsed);
-        }
+        i.emit.drain(outcome);
     }
 }
 
@@ -270,6 +296,8 @@ impl crate::retry::OnRetry for Metrics {
             RetryEvent::Failed => &i.retries_failed,
         };
         counter.fetch_add(1, Relaxed);
+        #[cfg(feature = "metrics")]
+        i.emit.retry(event);
     }
 }
 

@@ -27,17 +27,19 @@ pub(crate) struct HostTable {
 }
 
 impl HostTable {
-    pub(crate) fn counters(&self, key: &HostKey) -> Arc<HostCounters> {
+    /// The counters of `key`, and whether they are its own (not the
+    /// shared "other" row).
+    pub(crate) fn row(&self, key: &HostKey) -> (Arc<HostCounters>, bool) {
         let mut rows = self.rows.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some((_, c)) = rows.iter().find(|(k, _)| k == key) {
-            return c.clone();
+            return (c.clone(), true);
         }
         if rows.len() < MAX_HOSTS {
             let c = Arc::new(HostCounters::default());
             rows.push((key.clone(), c.clone()));
-            return c;
+            return (c, true);
         }
-        self.other.clone()
+        (self.other.clone(), false)
     }
 
     pub(crate) fn snapshot(&self, costs: &crate::conn::DialCosts) -> Vec<HostSnapshot> {

@@ -109,6 +109,8 @@ where
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
         let inner = &self.metrics.inner;
         inner.requests.fetch_add(1, Relaxed);
+        #[cfg(feature = "metrics")]
+        inner.emit.request();
         inner.in_flight.fetch_add(1, Relaxed);
         let close = says_close(req.headers());
         ResponseFuture {
@@ -181,6 +183,8 @@ where
             Ok(response) => response,
             Err(e) => {
                 inner.errors.fetch_add(1, Relaxed);
+                #[cfg(feature = "metrics")]
+                inner.emit.error();
                 return Poll::Ready(Err(e));
             }
         };
@@ -212,6 +216,9 @@ where
         } else {
             reused_by_address(&f.metrics, &response, close)
         };
+        #[cfg(feature = "metrics")]
+        inner.emit.response(reused == Some(true));
+        trace_response(&response, reused, queue_wait);
         match reused {
             Some(true) => {
                 inner.reused.fetch_add(1, Relaxed);
@@ -223,6 +230,36 @@ where
         }
         Poll::Ready(Ok(response.map(|b| ResponseBody::new(b, flight))))
     }
+}
+
+/// Tells tracing what the guard knows of a response: fields recorded on the
+/// current span (where it declares them) and one debug event.
+fn trace_response<B>(response: &Response<B>, reused: Option<bool>, queue_wait: Duration) {
+    if !tracing::enabled!(tracing::Level::DEBUG) {
+        return;
+    }
+    let info = response.extensions().get::<ConnInfo>();
+    let id = info.map(|i| i.id);
+    let resends = info.map_or(0, |i| i.retries);
+    let wait = queue_wait.as_secs_f64();
+    let span = tracing::Span::current();
+    if let Some(reused) = reused {
+        span.record("poolguard.connection.reused", reused);
+    }
+    if let Some(id) = id {
+        span.record("poolguard.connection.id", id);
+    }
+    span.record("http.client.request.time_in_queue", wait);
+    if resends > 0 {
+        span.record("http.request.resend_count", resends);
+    }
+    tracing::debug!(
+        poolguard.connection.reused = ?reused,
+        poolguard.connection.id = ?id,
+        http.client.request.time_in_queue = wait,
+        http.request.resend_count = resends,
+        "poolguard: response"
+    );
 }
 
 /// Reuse from hyper-util's `HttpInfo`: the address pair was seen before. A

@@ -6,6 +6,52 @@
 //! a shared [`Metrics`] handle; [`Metrics::snapshot`] reads it as a plain
 //! [`Snapshot`].
 //!
+//! # Export to the `metrics` facade (feature `metrics`)
+//!
+//! Events are emitted as they happen, under OpenTelemetry's HTTP client
+//! names and poolguard's own (a Prometheus exporter turns the dots into
+//! underscores: `http_client_open_connections`), each described with its
+//! unit; install the recorder before the guard's first request. See
+//! `examples/prometheus.rs`.
+//!
+//! | name | kind | unit | attributes |
+//! |---|---|---|---|
+//! | `http.client.open_connections` | gauge (up-down) | `{connection}` | `http.connection.state` (`active`, `idle`), `server.address`, `server.port`, `url.scheme`, `network.protocol.version` |
+//! | `http.client.connection.duration` | histogram | `s` | as above, without the state |
+//! | `http.client.request.time_in_queue` | histogram | `s` | — |
+//! | `poolguard.requests` / `.responses` / `.errors` / `.reused` | counter | `{request}` | — |
+//! | `poolguard.connections.opened` | counter | `{connection}` | — |
+//! | `poolguard.connections.closed` | counter | `{connection}` | `poolguard.close.reason` |
+//! | `poolguard.drains` | counter | `{drain}` | `poolguard.drain.outcome` |
+//! | `poolguard.drain.bytes` | counter | `By` | — |
+//! | `poolguard.drain.duration` | histogram | `s` | `poolguard.drain.outcome` |
+//! | `poolguard.retries` | counter | `{request}` | `poolguard.retry.result` (`retrying`, `succeeded`, `failed`) |
+//! | `poolguard.retries.not_processed` | counter | `{request}` | — |
+//! | `poolguard.queue.full` / `.timeouts` / `.cancelled` | counter | `{request}` | — |
+//!
+//! Every metric also carries `poolguard.guard` when the guard has a name
+//! ([`Metrics::named`], `PoolGuardBuilder::name`). Counters are incremented,
+//! never set: two guards in one process add up (or stay apart by name).
+//! `server.address` is the host's for the first 64 hosts a guard sees and
+//! `other` after, so that a crawler cannot grow the label set without
+//! bound.
+//!
+//! A connection counts as `idle` from its dial until its first request's
+//! bytes, and as HTTP/1.1 until its bytes show otherwise; an HTTP/2
+//! connection counts as `active` for its whole life. `Metrics::publish`
+//! and `Metrics::exporter` (absolute `poolguard_*_total` values from
+//! snapshots) remain for dashboards built on them.
+//!
+//! # Tracing
+//!
+//! With a subscriber at `DEBUG`, each response records on the current span
+//! (where the span declares them, e.g. `tracing::field::Empty`)
+//! `poolguard.connection.reused`, `poolguard.connection.id`,
+//! `http.client.request.time_in_queue` (seconds) and, for a request sent
+//! again, `http.request.resend_count`, and emits one debug event with the
+//! same fields; a tracked connection's close is a debug event with its
+//! `reason`.
+//!
 //! # Where the figures come from
 //!
 //! - **Tracked connections** (hyper-util with a `GuardedConnector` given the
@@ -28,7 +74,7 @@
 //!   `RetryStaleLayer::on_retry(metrics.clone())`: both hooks, which a
 //!   `Metrics` implements.
 //!
-//! With the `metrics` feature, [`Metrics::publish`] exports the figures to
+//! With the `metrics` feature, `Metrics::publish` exports the figures to
 //! the `metrics` facade crate as `poolguard_*` counters and gauges, and the
 //! queue wait and drain times are recorded as histograms when they happen.
 //! `tracing` events at debug level tell when a connection closes (id, host,
@@ -76,6 +122,8 @@
 #[cfg_attr(not(feature = "hyper-util"), allow(dead_code))]
 mod compat;
 mod conn;
+#[cfg(feature = "metrics")]
+mod emit;
 #[cfg(feature = "metrics")]
 mod export;
 pub mod future;
