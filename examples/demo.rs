@@ -766,6 +766,7 @@ async fn main() {
     let mut client: Option<String> = None;
     let mut series = false;
     let mut versus = false;
+    let mut svg: Option<String> = None;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -774,9 +775,10 @@ async fn main() {
             "--client" => client = args.next(),
             "--scaling" => series = true,
             "--versus" => versus = true,
+            "--svg" => svg = args.next(),
             "--rounds" => rounds = args.next().and_then(|s| s.parse().ok()).unwrap_or(1).max(1),
             "-h" | "--help" => {
-                println!("usage: demo [--scale F] [--rounds N] [--scaling] [--versus] [--client \"hyper-util guarded\"] [--only drop-5b|drop-64k|read-64k|bursty|flood|slow-100|crawler|stale|endless|trickle|h2-flood|tls-h2-flood|h2-drop-64k|h2-goaway|tls-drop-64k|conc-N|hosts-N]");
+                println!("usage: demo [--scale F] [--rounds N] [--scaling] [--versus] [--svg FILE] [--client \"hyper-util guarded\"] [--only drop-5b|drop-64k|read-64k|bursty|flood|slow-100|crawler|stale|endless|trickle|h2-flood|tls-h2-flood|h2-drop-64k|h2-goaway|tls-drop-64k|conc-N|hosts-N]");
                 return;
             }
             other => {
@@ -810,10 +812,23 @@ async fn main() {
         all.push(rows);
     }
     eprintln!("done in {:.1} s", started.elapsed().as_secs_f64());
-    if rounds == 1 {
-        print_table(&all.swap_remove(0));
+    let rows: Vec<Row> = if rounds == 1 {
+        let rows = all.swap_remove(0);
+        print_table(&rows);
+        rows
     } else {
-        print_rounds(&summarize(all), rounds);
+        let summary = summarize(all);
+        print_rounds(&summary, rounds);
+        summary.into_iter().map(|(row, _, _)| row).collect()
+    };
+    if let Some(path) = svg {
+        match chart::write(&path, &rows) {
+            Ok(()) => eprintln!("chart written to {path}"),
+            Err(e) => {
+                eprintln!("chart not written: {e}");
+                std::process::exit(1);
+            }
+        }
     }
 }
 
@@ -880,5 +895,95 @@ async fn drop_versus_read(scale: f64, pairs: usize, client: Option<String>) {
                 ratios[ratios.len() / 2]
             );
         }
+    }
+}
+
+/// The run as a chart: per workload, each client's dials (the server's
+/// accepts) and req/s, on log scales.
+mod chart {
+    use super::Row;
+    use plotters::prelude::*;
+    use plotters::style::text_anchor::{HPos, Pos, VPos};
+
+    const CLIENTS: [(&str, RGBColor); 4] = [
+        ("hyper-util bare", RGBColor(0xd6, 0x27, 0x28)),
+        ("hyper-util guarded", RGBColor(0x2c, 0xa0, 0x2c)),
+        ("reqwest bare", RGBColor(0xff, 0x7f, 0x0e)),
+        ("reqwest guarded", RGBColor(0x1f, 0x77, 0xb4)),
+    ];
+
+    pub fn write(path: &str, rows: &[Row]) -> Result<(), Box<dyn std::error::Error>> {
+        let mut workloads: Vec<&str> = Vec::new();
+        for r in rows {
+            if !workloads.contains(&r.workload) {
+                workloads.push(r.workload);
+            }
+        }
+        let n = workloads.len().max(1);
+        let width = (160 + 90 * n).max(800) as u32;
+        let root = SVGBackend::new(path, (width, 760)).into_drawing_area();
+        root.fill(&WHITE)?;
+        let (top, bottom) = root.split_vertically(380);
+        type Value = fn(&Row) -> f64;
+        let panels: [(_, &str, Value); 2] = [
+            (
+                top,
+                "connections dialed (server accepts; log scale; lower is better)",
+                |r| r.accepts as f64,
+            ),
+            (
+                bottom,
+                "requests per second (log scale; higher is better)",
+                |r| r.rps,
+            ),
+        ];
+        for (i, (area, title, value)) in panels.into_iter().enumerate() {
+            let max = rows.iter().map(value).fold(1.0f64, f64::max);
+            let mut chart = ChartBuilder::on(&area)
+                .caption(title, ("sans-serif", 18))
+                .margin(12)
+                .x_label_area_size(if i == 1 { 70 } else { 40 })
+                .y_label_area_size(70)
+                .build_cartesian_2d(0f64..n as f64, (0.8f64..max * 2.0).log_scale())?;
+            chart
+                .configure_mesh()
+                .disable_x_mesh()
+                .disable_x_axis()
+                .y_label_formatter(&|v| format!("{v:.0}"))
+                .draw()?;
+            for (c, (client, color)) in CLIENTS.iter().enumerate() {
+                let bars = rows.iter().filter(|r| r.client == *client).filter_map(|r| {
+                    let w = workloads.iter().position(|w| *w == r.workload)?;
+                    let x0 = w as f64 + 0.1 + 0.2 * c as f64;
+                    Some(Rectangle::new(
+                        [(x0, 0.8), (x0 + 0.18, value(r).max(0.8))],
+                        color.filled(),
+                    ))
+                });
+                let series = chart.draw_series(bars)?;
+                if i == 0 {
+                    series.label(*client).legend(move |(x, y)| {
+                        Rectangle::new([(x, y - 5), (x + 12, y + 5)], color.filled())
+                    });
+                }
+            }
+            if i == 0 {
+                chart
+                    .configure_series_labels()
+                    .position(SeriesLabelPosition::UpperRight)
+                    .background_style(WHITE.mix(0.9))
+                    .border_style(BLACK)
+                    .draw()?;
+            }
+            // Workload names under the bars.
+            let style = TextStyle::from(("sans-serif", 13).into_font())
+                .pos(Pos::new(HPos::Center, VPos::Top));
+            for (w, name) in workloads.iter().enumerate() {
+                let (x, y) = chart.backend_coord(&(w as f64 + 0.5, 0.8));
+                root.draw(&Text::new(name.to_string(), (x, y + 6), style.clone()))?;
+            }
+        }
+        root.present()?;
+        Ok(())
     }
 }

@@ -298,15 +298,20 @@ impl Emitter {
         ConnEmit {
             labels: Arc::from(labels),
             closed: self.handles().closed.clone(),
+            gauges: Default::default(),
         }
     }
 }
 
-/// One connection's emitter: its attributes, and where its close counts.
+/// One connection's emitter: its attributes, where its close counts, and
+/// its `open_connections` series (registered at first use: a state change
+/// per exchange must not build a key).
 #[derive(Debug)]
 pub(crate) struct ConnEmit {
     labels: Arc<[Label]>,
     closed: Vec<Counter>,
+    /// By state (active, idle) and version (1.1, 2).
+    gauges: [[OnceLock<Gauge>; 2]; 2],
 }
 
 /// Where a connection stands in `http.client.open_connections`.
@@ -317,17 +322,24 @@ pub(crate) enum ConnState {
 }
 
 impl ConnEmit {
-    fn gauge(&self, state: ConnState, version: &'static str) -> Gauge {
-        let mut labels = self.labels.to_vec();
-        labels.push(Label::new(
-            "http.connection.state",
-            match state {
-                ConnState::Active => "active",
-                ConnState::Idle => "idle",
-            },
-        ));
-        labels.push(Label::new("network.protocol.version", version));
-        metrics::gauge!(OPEN_CONNECTIONS, labels.iter())
+    fn gauge(&self, state: ConnState, version: &'static str) -> &Gauge {
+        let s = match state {
+            ConnState::Active => 0,
+            ConnState::Idle => 1,
+        };
+        let v = usize::from(version != "1.1");
+        self.gauges[s][v].get_or_init(|| {
+            let mut labels = self.labels.to_vec();
+            labels.push(Label::new(
+                "http.connection.state",
+                match state {
+                    ConnState::Active => "active",
+                    ConnState::Idle => "idle",
+                },
+            ));
+            labels.push(Label::new("network.protocol.version", version));
+            metrics::gauge!(OPEN_CONNECTIONS, labels.iter())
+        })
     }
 
     /// The connection moved from `from` (if it was counted) to `to` (if it
