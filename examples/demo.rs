@@ -944,7 +944,8 @@ mod chart {
                 .margin(12)
                 .x_label_area_size(if i == 1 { 70 } else { 40 })
                 .y_label_area_size(70)
-                .build_cartesian_2d(0f64..n as f64, (0.8f64..max * 2.0).log_scale())?;
+                // Headroom above the tallest bar for the legend.
+                .build_cartesian_2d(0f64..n as f64, (0.8f64..max * 40.0).log_scale())?;
             chart
                 .configure_mesh()
                 .disable_x_mesh()
