@@ -80,7 +80,8 @@
 )]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
-#[cfg(doctest)]
+// The README's examples use the default features (hyper-util and reqwest).
+#[cfg(all(doctest, feature = "hyper-util", feature = "reqwest"))]
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
 

@@ -1,6 +1,8 @@
 //! DrainLayer against real hyper servers on loopback: the server's count of
 //! accepted connections is the truth about dials.
 
+#![cfg(feature = "hyper-util")]
+
 use poolguard_testkit as support;
 
 use std::sync::{Arc, Mutex};
