@@ -229,4 +229,55 @@ async fn events_follow_the_servers_and_guards_add_up_or_stay_apart() {
         })
         .sum();
     assert_eq!(durations as f64, held, "one duration per connection closed");
+
+    // HTTP/2 (h2c): one connection, counted active over version 2 while it
+    // lives, whatever its streams do.
+    let h2 = support::serve_with(support::Options {
+        http2: true,
+        ..Default::default()
+    })
+    .await;
+    let guard = PoolGuard::builder().name("h2").build();
+    let client = Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build::<_, Empty<Bytes>>(guard.connector(HttpConnector::new()));
+    let svc = guard.layer().layer(client);
+    for _ in 0..20 {
+        let req = http::Request::get(h2.uri("/bytes/10"))
+            .body(Empty::<Bytes>::new())
+            .expect("request");
+        let resp = svc.clone().oneshot(req).await.expect("response");
+        resp.into_body().collect().await.expect("body");
+    }
+    let all = series();
+    let h2_label = "poolguard.guard=h2";
+    assert_eq!(h2.stats.accepted(), 1);
+    assert_eq!(
+        gauge(
+            &all,
+            "http.client.open_connections",
+            &[
+                h2_label,
+                "network.protocol.version=2",
+                "http.connection.state=active"
+            ],
+        ),
+        1.0
+    );
+    assert_eq!(
+        gauge(&all, "http.client.open_connections", &[h2_label]),
+        1.0,
+        "counted once"
+    );
+    drop((svc, guard));
+    for _ in 0..500 {
+        if gauge(&series(), "http.client.open_connections", &[h2_label]) == 0.0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        gauge(&series(), "http.client.open_connections", &[h2_label]),
+        0.0
+    );
 }
