@@ -51,86 +51,84 @@ const QUEUE_TIMEOUTS: &str = "poolguard.queue.timeouts";
 const QUEUE_CANCELLED: &str = "poolguard.queue.cancelled";
 
 /// Describes every metric (name, unit, help) to the installed recorder.
-/// Done once per process, when the first guard emits; a recorder installed
-/// later hears no description (install it first).
+/// Done by each guard at its first event (describing again is harmless):
+/// a recorder installed after that guard's first event hears no
+/// description from it.
 fn describe() {
-    static DONE: OnceLock<()> = OnceLock::new();
-    DONE.get_or_init(|| {
-        use metrics::{describe_counter, describe_gauge, describe_histogram};
-        describe_gauge!(
-            OPEN_CONNECTIONS,
-            Unit::Count,
-            "Outbound HTTP connections open now, active (carrying a request) or idle."
-        );
-        describe_histogram!(
-            CONNECTION_DURATION,
-            Unit::Seconds,
-            "How long outbound HTTP connections were open."
-        );
-        describe_histogram!(
-            TIME_IN_QUEUE,
-            Unit::Seconds,
-            "Time requests waited in poolguard's queues for a slot (host or total)."
-        );
-        describe_counter!(REQUESTS, Unit::Count, "Requests that entered the guard.");
-        describe_counter!(
-            RESPONSES,
-            Unit::Count,
-            "Responses that came back through the guard."
-        );
-        describe_counter!(
-            ERRORS,
-            Unit::Count,
-            "Requests that failed without a response."
-        );
-        describe_counter!(
-            REUSED,
-            Unit::Count,
-            "Responses that came on a reused connection."
-        );
-        describe_counter!(OPENED, Unit::Count, "Connections opened (dials).");
-        describe_counter!(CLOSED, Unit::Count, "Connections closed, by reason.");
-        describe_counter!(
-            DRAINS,
-            Unit::Count,
-            "Bodies dropped early, by how the drain ended."
-        );
-        describe_counter!(
-            DRAIN_BYTES,
-            Unit::Bytes,
-            "Bytes read and discarded by drains."
-        );
-        describe_histogram!(
-            DRAIN_DURATION,
-            Unit::Seconds,
-            "How long drains ran, by outcome."
-        );
-        describe_counter!(
-            RETRIES,
-            Unit::Count,
-            "Requests sent again after a stale pooled connection, and how the retry ended."
-        );
-        describe_counter!(
-            RETRIES_NOT_PROCESSED,
-            Unit::Count,
-            "Retries of requests the server did not process (refused stream, GOAWAY)."
-        );
-        describe_counter!(
-            QUEUE_FULL,
-            Unit::Count,
-            "Requests refused: the queue was full."
-        );
-        describe_counter!(
-            QUEUE_TIMEOUTS,
-            Unit::Count,
-            "Requests that waited past queue_timeout."
-        );
-        describe_counter!(
-            QUEUE_CANCELLED,
-            Unit::Count,
-            "Requests dropped while they waited."
-        );
-    });
+    use metrics::{describe_counter, describe_gauge, describe_histogram};
+    describe_gauge!(
+        OPEN_CONNECTIONS,
+        Unit::Count,
+        "Outbound HTTP connections open now, active (carrying a request) or idle."
+    );
+    describe_histogram!(
+        CONNECTION_DURATION,
+        Unit::Seconds,
+        "How long outbound HTTP connections were open."
+    );
+    describe_histogram!(
+        TIME_IN_QUEUE,
+        Unit::Seconds,
+        "Time requests waited in poolguard's queues for a slot (host or total)."
+    );
+    describe_counter!(REQUESTS, Unit::Count, "Requests that entered the guard.");
+    describe_counter!(
+        RESPONSES,
+        Unit::Count,
+        "Responses that came back through the guard."
+    );
+    describe_counter!(
+        ERRORS,
+        Unit::Count,
+        "Requests that failed without a response."
+    );
+    describe_counter!(
+        REUSED,
+        Unit::Count,
+        "Responses that came on a reused connection."
+    );
+    describe_counter!(OPENED, Unit::Count, "Connections opened (dials).");
+    describe_counter!(CLOSED, Unit::Count, "Connections closed, by reason.");
+    describe_counter!(
+        DRAINS,
+        Unit::Count,
+        "Bodies dropped early, by how the drain ended."
+    );
+    describe_counter!(
+        DRAIN_BYTES,
+        Unit::Bytes,
+        "Bytes read and discarded by drains."
+    );
+    describe_histogram!(
+        DRAIN_DURATION,
+        Unit::Seconds,
+        "How long drains ran, by outcome."
+    );
+    describe_counter!(
+        RETRIES,
+        Unit::Count,
+        "Requests sent again after a stale pooled connection, and how the retry ended."
+    );
+    describe_counter!(
+        RETRIES_NOT_PROCESSED,
+        Unit::Count,
+        "Retries of requests the server did not process (refused stream, GOAWAY)."
+    );
+    describe_counter!(
+        QUEUE_FULL,
+        Unit::Count,
+        "Requests refused: the queue was full."
+    );
+    describe_counter!(
+        QUEUE_TIMEOUTS,
+        Unit::Count,
+        "Requests that waited past queue_timeout."
+    );
+    describe_counter!(
+        QUEUE_CANCELLED,
+        Unit::Count,
+        "Requests dropped while they waited."
+    );
 }
 
 /// One guard's emitter: its name, and the handles of the metrics without

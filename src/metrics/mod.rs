@@ -11,7 +11,7 @@
 //! Events are emitted as they happen, under OpenTelemetry's HTTP client
 //! names and poolguard's own (a Prometheus exporter turns the dots into
 //! underscores: `http_client_open_connections`), each described with its
-//! unit; install the recorder before the guard's first request. See
+//! unit (by each guard at its first event: install the recorder before that). See
 //! `examples/prometheus.rs`.
 //!
 //! | name | kind | unit | attributes |
