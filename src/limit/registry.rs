@@ -653,7 +653,7 @@ impl Slot {
         } {
             // A dial waits that no idle connection was there for when it
             // queued: this one, idle now, makes room.
-            host.retiring += 1;
+            host.retiring = host.retiring.saturating_add(1);
             self.retiring = true;
         }
         if self.retiring {
