@@ -214,18 +214,7 @@ impl<C> GuardedConnector<C> {
     /// The cap across hosts, for one dial, if one is set.
     fn total_cap(&self) -> Option<TotalCap> {
         let max = self.max_total?;
-        TotalCap::new(
-            self.total.clone(),
-            Policy {
-                bounds: Bounds {
-                    max_per_host: max,
-                    max_queued: self.bounds.max_queued,
-                    max_streams: None,
-                },
-                observer: None,
-                overrides: None,
-            },
-        )
+        TotalCap::new(self.total.clone(), max, self.bounds.max_queued, None)
     }
 
     /// At most `n` connections to `host` (a name or an IP literal, as in a

@@ -61,6 +61,20 @@ pub enum DrainOutcome {
     Skipped(SkipReason),
 }
 
+/// The names of [`DrainOutcome::as_str`], by [`DrainOutcome::index`].
+pub(crate) const OUTCOME_NAMES: [&str; 10] = [
+    "completed",
+    "gave_up_bytes",
+    "gave_up_time",
+    "gave_up_cost",
+    "failed",
+    "aborted",
+    "skipped_http2",
+    "skipped_too_large",
+    "skipped_no_runtime",
+    "skipped_too_many",
+];
+
 impl DrainOutcome {
     /// Whether the body reached its end, so that its connection can be reused.
     pub fn is_completed(&self) -> bool {
@@ -81,13 +95,18 @@ impl DrainOutcome {
 
     /// How long the drain ran (`None` when skipped).
     pub fn elapsed(&self) -> Option<std::time::Duration> {
+        self.progress().map(|(_, elapsed)| elapsed)
+    }
+
+    /// Bytes read and time spent by the drain (`None` when skipped).
+    fn progress(&self) -> Option<(u64, std::time::Duration)> {
         match self {
-            DrainOutcome::Completed { elapsed, .. }
-            | DrainOutcome::GaveUpBytes { elapsed, .. }
-            | DrainOutcome::GaveUpTime { elapsed, .. }
-            | DrainOutcome::GaveUpCost { elapsed, .. }
-            | DrainOutcome::Failed { elapsed, .. }
-            | DrainOutcome::Aborted { elapsed, .. } => Some(*elapsed),
+            DrainOutcome::Completed { bytes, elapsed, .. }
+            | DrainOutcome::GaveUpBytes { bytes, elapsed }
+            | DrainOutcome::GaveUpTime { bytes, elapsed }
+            | DrainOutcome::GaveUpCost { bytes, elapsed }
+            | DrainOutcome::Failed { bytes, elapsed }
+            | DrainOutcome::Aborted { bytes, elapsed } => Some((*bytes, *elapsed)),
             DrainOutcome::Skipped(_) => None,
         }
     }
@@ -97,31 +116,28 @@ impl DrainOutcome {
     /// `failed`, `aborted`, or `skipped_` and the reason (`skipped_http2`,
     /// `skipped_too_large`, `skipped_no_runtime`, `skipped_too_many`).
     pub fn as_str(&self) -> &'static str {
+        OUTCOME_NAMES[self.index()]
+    }
+
+    /// The outcome's place in [`OUTCOME_NAMES`].
+    pub(crate) fn index(&self) -> usize {
         match self {
-            DrainOutcome::Completed { .. } => "completed",
-            DrainOutcome::GaveUpBytes { .. } => "gave_up_bytes",
-            DrainOutcome::GaveUpTime { .. } => "gave_up_time",
-            DrainOutcome::GaveUpCost { .. } => "gave_up_cost",
-            DrainOutcome::Failed { .. } => "failed",
-            DrainOutcome::Aborted { .. } => "aborted",
-            DrainOutcome::Skipped(SkipReason::Http2) => "skipped_http2",
-            DrainOutcome::Skipped(SkipReason::TooLarge) => "skipped_too_large",
-            DrainOutcome::Skipped(SkipReason::NoRuntime) => "skipped_no_runtime",
-            DrainOutcome::Skipped(SkipReason::TooManyDrains) => "skipped_too_many",
+            DrainOutcome::Completed { .. } => 0,
+            DrainOutcome::GaveUpBytes { .. } => 1,
+            DrainOutcome::GaveUpTime { .. } => 2,
+            DrainOutcome::GaveUpCost { .. } => 3,
+            DrainOutcome::Failed { .. } => 4,
+            DrainOutcome::Aborted { .. } => 5,
+            DrainOutcome::Skipped(SkipReason::Http2) => 6,
+            DrainOutcome::Skipped(SkipReason::TooLarge) => 7,
+            DrainOutcome::Skipped(SkipReason::NoRuntime) => 8,
+            DrainOutcome::Skipped(SkipReason::TooManyDrains) => 9,
         }
     }
 
     /// Bytes read and discarded by the drain (0 when skipped).
     pub fn bytes(&self) -> u64 {
-        match self {
-            DrainOutcome::Completed { bytes, .. }
-            | DrainOutcome::GaveUpBytes { bytes, .. }
-            | DrainOutcome::GaveUpTime { bytes, .. }
-            | DrainOutcome::GaveUpCost { bytes, .. }
-            | DrainOutcome::Failed { bytes, .. }
-            | DrainOutcome::Aborted { bytes, .. } => *bytes,
-            DrainOutcome::Skipped(_) => 0,
-        }
+        self.progress().map_or(0, |(bytes, _)| bytes)
     }
 }
 

@@ -119,6 +119,8 @@ mod task;
 pub mod future;
 
 pub use self::body::DrainBody;
+#[cfg(feature = "metrics")]
+pub(crate) use self::hook::OUTCOME_NAMES;
 pub use self::hook::{DrainOutcome, OnDrain, SkipReason};
 pub use self::layer::DrainLayer;
 pub use self::service::Drain;

@@ -75,15 +75,9 @@ impl PerHostLimitLayer {
         let max = config.max_total?;
         TotalCap::new(
             self.total.clone(),
-            Policy {
-                bounds: Bounds {
-                    max_per_host: max,
-                    max_queued: config.policy.bounds.max_queued,
-                    max_streams: None,
-                },
-                observer: config.policy.observer.clone(),
-                overrides: None,
-            },
+            max,
+            config.policy.bounds.max_queued,
+            config.policy.observer.clone(),
         )
     }
 

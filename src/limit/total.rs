@@ -8,7 +8,8 @@ use std::sync::{Arc, OnceLock};
 
 use tokio::time::Instant;
 
-use super::registry::{Acquire, Policy, Registry, Slot, TimedOut};
+use super::observe::QueueHook;
+use super::registry::{Acquire, Bounds, Policy, Registry, Slot, TimedOut};
 use crate::key::HostKey;
 
 /// A wait for a slot (a host's, then the cap's).
@@ -24,13 +25,26 @@ pub(crate) struct TotalCap {
 }
 
 impl TotalCap {
-    /// A cap of `registry`'s slots under `policy` (its `max_per_host` is
-    /// the cap), or `None` if the shared key cannot be made.
-    pub(crate) fn new(registry: Arc<Registry>, policy: Policy) -> Option<Self> {
+    /// A cap of `max` of `registry`'s slots, with at most `max_queued`
+    /// waiters, told to `observer`; `None` if the shared key cannot be made.
+    pub(crate) fn new(
+        registry: Arc<Registry>,
+        max: usize,
+        max_queued: usize,
+        observer: Option<QueueHook>,
+    ) -> Option<Self> {
         Some(TotalCap {
             registry,
             key: total_key()?,
-            policy,
+            policy: Policy {
+                bounds: Bounds {
+                    max_per_host: max,
+                    max_queued,
+                    max_streams: None,
+                },
+                observer,
+                overrides: None,
+            },
         })
     }
 }

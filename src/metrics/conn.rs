@@ -44,7 +44,8 @@ struct Counting {
     #[cfg(feature = "metrics")]
     standing: std::sync::Mutex<Option<Standing>>,
     #[cfg(feature = "metrics")]
-    opened_at: std::time::Instant,
+    /// When the connection opened, on the handle's clock (tokio's).
+    opened_at: u64,
 }
 
 /// Where a connection is counted in `http.client.open_connections`.
@@ -85,7 +86,9 @@ impl ConnObserver for Counting {
                 .take();
             self.emit.moved(was, None);
             let version = was.map_or("1.1", |(_, v)| v);
-            self.emit.closed(reason, self.opened_at.elapsed(), version);
+            let open = self.metrics.inner.now().saturating_sub(self.opened_at);
+            self.emit
+                .closed(reason, Duration::from_nanos(open), version);
         }
     }
 
@@ -144,7 +147,7 @@ impl Metrics {
             #[cfg(feature = "metrics")]
             standing,
             #[cfg(feature = "metrics")]
-            opened_at: std::time::Instant::now(),
+            opened_at: inner.now(),
         };
         Record::new(id, host, link, Box::new(counting))
     }

@@ -151,6 +151,8 @@ struct Handles {
     closed: Vec<Counter>,
     time_in_queue: Histogram,
     drain_bytes: Counter,
+    /// By [`DrainOutcome::index`]: how many, and how long they ran.
+    drains: Vec<(Counter, Histogram)>,
     retries_retrying: Counter,
     retries_succeeded: Counter,
     retries_failed: Counter,
@@ -207,6 +209,16 @@ impl Emitter {
                     .collect(),
                 time_in_queue: metrics::histogram!(TIME_IN_QUEUE, base.iter()),
                 drain_bytes: counter(DRAIN_BYTES),
+                drains: crate::drain::OUTCOME_NAMES
+                    .iter()
+                    .map(|name| {
+                        let labels = self.with("poolguard.drain.outcome", *name);
+                        (
+                            metrics::counter!(DRAINS, labels.iter()),
+                            metrics::histogram!(DRAIN_DURATION, labels.iter()),
+                        )
+                    })
+                    .collect(),
                 retries_retrying: retries("retrying"),
                 retries_succeeded: retries("succeeded"),
                 retries_failed: retries("failed"),
@@ -268,14 +280,11 @@ impl Emitter {
     pub(crate) fn drain(&self, outcome: &DrainOutcome) {
         let h = self.handles();
         h.drain_bytes.increment(outcome.bytes());
-        let name = outcome.as_str();
-        metrics::counter!(DRAINS, self.with("poolguard.drain.outcome", name).iter()).increment(1);
-        if let Some(elapsed) = outcome.elapsed() {
-            metrics::histogram!(
-                DRAIN_DURATION,
-                self.with("poolguard.drain.outcome", name).iter()
-            )
-            .record(elapsed.as_secs_f64());
+        if let Some((count, duration)) = h.drains.get(outcome.index()) {
+            count.increment(1);
+            if let Some(elapsed) = outcome.elapsed() {
+                duration.record(elapsed.as_secs_f64());
+            }
         }
     }
 
@@ -297,6 +306,7 @@ impl Emitter {
             labels: Arc::from(labels),
             closed: self.handles().closed.clone(),
             gauges: Default::default(),
+            durations: Default::default(),
         }
     }
 }
@@ -310,6 +320,8 @@ pub(crate) struct ConnEmit {
     closed: Vec<Counter>,
     /// By state (active, idle) and version (1.1, 2).
     gauges: [[OnceLock<Gauge>; 2]; 2],
+    /// By version (1.1, 2).
+    durations: [OnceLock<Histogram>; 2],
 }
 
 /// Where a connection stands in `http.client.open_connections`.
@@ -361,8 +373,13 @@ impl ConnEmit {
         if let Some(counter) = self.closed.get(reason.index()) {
             counter.increment(1);
         }
-        let mut labels = self.labels.to_vec();
-        labels.push(Label::new("network.protocol.version", version));
-        metrics::histogram!(CONNECTION_DURATION, labels.iter()).record(open.as_secs_f64());
+        let v = usize::from(version != "1.1");
+        self.durations[v]
+            .get_or_init(|| {
+                let mut labels = self.labels.to_vec();
+                labels.push(Label::new("network.protocol.version", version));
+                metrics::histogram!(CONNECTION_DURATION, labels.iter())
+            })
+            .record(open.as_secs_f64());
     }
 }
