@@ -546,7 +546,6 @@ async fn upgraded_connections_do_not_hold_their_hosts_slots() {
 #[cfg(feature = "reqwest")]
 mod reqwest_observables {
     use super::*;
-    use support::After;
 
     fn guarded(
         guard: &PoolGuard,
@@ -560,23 +559,9 @@ mod reqwest_observables {
         )
     }
 
-    /// `/redirect` answers `302` to `/final`, which answers `ok`.
-    async fn redirecting() -> support::Server {
-        support::serve_raw_with(|head: &support::Head| {
-            let path = head.text.split(' ').nth(1).unwrap_or("/");
-            let bytes: &[u8] = if path == "/redirect" {
-                b"HTTP/1.1 302 Found\r\nlocation: /final\r\ncontent-length: 0\r\n\r\n"
-            } else {
-                b"HTTP/1.1 200 OK\r\nx-final: yes\r\ncontent-length: 2\r\n\r\nok"
-            };
-            (bytes.to_vec(), After::KeepAlive)
-        })
-        .await
-    }
-
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_redirected_response_says_what_plain_reqwest_says() {
-        let server = redirecting().await;
+        let server = support::serve_redirecting().await;
         let guard = PoolGuard::builder().build();
         let plain = reqwest::Client::new();
         let client = guarded(&guard, reqwest::Client::builder());

@@ -12,7 +12,6 @@ use std::sync::Arc;
 use http::Extensions;
 use poolguard::{BoxError, PoolGuard};
 use reqwest_middleware::{ClientBuilder, ClientWithMiddleware, Middleware, Next};
-use support::After;
 
 /// Another middleware in the chain: counts the requests it passes on and
 /// marks each with a header the servers can see.
@@ -34,37 +33,27 @@ impl Middleware for Counting {
     }
 }
 
-/// A `ClientWithMiddleware`: `Counting`, then the guard, then reqwest.
-fn chained(guard: &PoolGuard, counting: &Counting, idle: usize) -> ClientWithMiddleware {
-    ClientBuilder::new(
-        reqwest::Client::builder()
-            .pool_max_idle_per_host(idle)
-            .connector_layer(guard.reqwest_connector_layer())
-            .build()
-            .expect("client"),
-    )
-    .with(counting.clone())
-    .with(guard.middleware())
-    .build()
+/// A reqwest client keeping `idle` connections per host, its dials counted
+/// by `guard`.
+fn reqwest_client(guard: &PoolGuard, idle: usize) -> reqwest::Client {
+    reqwest::Client::builder()
+        .pool_max_idle_per_host(idle)
+        .connector_layer(guard.reqwest_connector_layer())
+        .build()
+        .expect("client")
 }
 
-/// `/redirect` answers `302` to `/final`, which answers `ok`.
-async fn redirecting() -> support::Server {
-    support::serve_raw_with(|head: &support::Head| {
-        let path = head.text.split(' ').nth(1).unwrap_or("/");
-        let bytes: &[u8] = if path == "/redirect" {
-            b"HTTP/1.1 302 Found\r\nlocation: /final\r\ncontent-length: 0\r\n\r\n"
-        } else {
-            b"HTTP/1.1 200 OK\r\nx-final: yes\r\ncontent-length: 2\r\n\r\nok"
-        };
-        (bytes.to_vec(), After::KeepAlive)
-    })
-    .await
+/// A `ClientWithMiddleware`: `Counting`, then the guard, then reqwest.
+fn chained(guard: &PoolGuard, counting: &Counting, idle: usize) -> ClientWithMiddleware {
+    ClientBuilder::new(reqwest_client(guard, idle))
+        .with(counting.clone())
+        .with(guard.middleware())
+        .build()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_chained_client_answers_as_plain_reqwest_does() {
-    let server = redirecting().await;
+    let server = support::serve_redirecting().await;
     let guard = PoolGuard::builder().build();
     let counting = Counting::default();
     let client = chained(&guard, &counting, 10);
@@ -119,13 +108,7 @@ async fn bursty_load_stays_within_the_dials_of_guarded_client() {
     // more than the GuardedClient does under the same load.
     let server = support::serve().await;
     let guard = PoolGuard::builder().max_per_host(10).build();
-    let direct = guard.reqwest(
-        reqwest::Client::builder()
-            .pool_max_idle_per_host(10)
-            .connector_layer(guard.reqwest_connector_layer())
-            .build()
-            .expect("client"),
-    );
+    let direct = guard.reqwest(reqwest_client(&guard, 10));
     let url = server.url("/bytes/512");
     let send = move || {
         let (client, url) = (direct.clone(), url.clone());

@@ -77,22 +77,35 @@ fn series() -> Vec<(String, Vec<String>, Val)> {
         .collect()
 }
 
+/// The values of the series called `name` whose labels include all of
+/// `with`.
+fn matching<'a>(
+    all: &'a [(String, Vec<String>, Val)],
+    name: &'a str,
+    with: &'a [&'a str],
+) -> impl Iterator<Item = &'a Val> + 'a {
+    all.iter()
+        .filter(move |(n, labels, _)| {
+            n == name && with.iter().all(|w| labels.iter().any(|l| l == w))
+        })
+        .map(|(_, _, v)| v)
+}
+
 /// The sum of the counters called `name` whose labels include all of
 /// `with`.
 fn counter(all: &[(String, Vec<String>, Val)], name: &str, with: &[&str]) -> u64 {
-    all.iter()
-        .filter(|(n, labels, _)| n == name && with.iter().all(|w| labels.iter().any(|l| l == w)))
-        .map(|(_, _, v)| match v {
+    matching(all, name, with)
+        .map(|v| match v {
             Val::Counter(c) => *c,
             _ => 0,
         })
         .sum()
 }
 
+/// The sum of the gauges called `name` whose labels include all of `with`.
 fn gauge(all: &[(String, Vec<String>, Val)], name: &str, with: &[&str]) -> f64 {
-    all.iter()
-        .filter(|(n, labels, _)| n == name && with.iter().all(|w| labels.iter().any(|l| l == w)))
-        .map(|(_, _, v)| match v {
+    matching(all, name, with)
+        .map(|v| match v {
             Val::Gauge(g) => *g,
             _ => 0.0,
         })
@@ -220,10 +233,8 @@ async fn events_follow_the_servers_and_guards_add_up_or_stay_apart() {
     assert_eq!(gauge(&all, "http.client.open_connections", &[]), 0.0);
     let closed = counter(&all, "poolguard.connections.closed", &[]);
     assert_eq!(closed - closes_before, held as u64);
-    let durations: usize = all
-        .iter()
-        .filter(|(n, _, _)| n == "http.client.connection.duration")
-        .map(|(_, _, v)| match v {
+    let durations: usize = matching(&all, "http.client.connection.duration", &[])
+        .map(|v| match v {
             Val::Histogram(n) => *n,
             _ => 0,
         })

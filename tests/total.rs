@@ -78,11 +78,18 @@ where
     run.errors
 }
 
-fn counting_server() -> impl std::future::Future<Output = support::Server> {
+/// A server that counts the connections open at once, answering after
+/// `delay`.
+fn counting_server_after(delay: Duration) -> impl std::future::Future<Output = support::Server> {
     support::serve_with(support::Options {
+        delay,
         count_open: true,
         ..Default::default()
     })
+}
+
+fn counting_server() -> impl std::future::Future<Output = support::Server> {
+    counting_server_after(Duration::ZERO)
 }
 
 /// The acceptance crawl: 1000 hosts, 200 tasks, 10,000 requests,
@@ -251,12 +258,7 @@ async fn max_total_bounds_requests_and_connections_across_hosts() {
     let _serial = SERIAL.lock().await;
     // Four host names of one slow server, 40 tasks: at most 3 requests in
     // flight and 3 connections open across the hosts, at the server.
-    let server = support::serve_with(support::Options {
-        delay: Duration::from_millis(10),
-        count_open: true,
-        ..Default::default()
-    })
-    .await;
+    let server = counting_server_after(Duration::from_millis(10)).await;
     let guard = PoolGuard::builder().max_per_host(10).max_total(3).build();
     let errors = crawl(guarded(&guard), server.addr.port(), 4, 40, 400).await;
     println!(
@@ -274,12 +276,7 @@ async fn max_total_bounds_requests_and_connections_across_hosts() {
     assert!(server.stats.peak_open() <= 3);
 
     // The premise: the same load without the cap holds more of both.
-    let server = support::serve_with(support::Options {
-        delay: Duration::from_millis(10),
-        count_open: true,
-        ..Default::default()
-    })
-    .await;
+    let server = counting_server_after(Duration::from_millis(10)).await;
     let guard = PoolGuard::builder().max_per_host(10).build();
     let errors = crawl(guarded(&guard), server.addr.port(), 4, 40, 400).await;
     assert_eq!(errors, 0);
@@ -293,12 +290,7 @@ async fn the_connector_alone_caps_connections_across_hosts() {
     // their dials over 4 host names, so many dials lose the race and wait
     // for nobody. The connector still never holds more than 3 open, and
     // every request is served.
-    let server = support::serve_with(support::Options {
-        delay: Duration::from_millis(10),
-        count_open: true,
-        ..Default::default()
-    })
-    .await;
+    let server = counting_server_after(Duration::from_millis(10)).await;
     let connector =
         poolguard::GuardedConnector::new(HttpConnector::new_with_resolver(support::Loopback), 10)
             .max_total(3);

@@ -70,6 +70,21 @@ where
     serve_raw_with(move |_| respond()).await
 }
 
+/// A raw server whose `/redirect` answers `302` to `/final`, which answers
+/// `ok` (with an `x-final: yes` header); connections kept alive.
+pub async fn serve_redirecting() -> Server {
+    serve_raw_with(|head: &Head| {
+        let path = head.text.split(' ').nth(1).unwrap_or("/");
+        let bytes: &[u8] = if path == "/redirect" {
+            b"HTTP/1.1 302 Found\r\nlocation: /final\r\ncontent-length: 0\r\n\r\n"
+        } else {
+            b"HTTP/1.1 200 OK\r\nx-final: yes\r\ncontent-length: 2\r\n\r\nok"
+        };
+        (bytes.to_vec(), After::KeepAlive)
+    })
+    .await
+}
+
 /// [`serve_raw`], answering each request by its head.
 pub async fn serve_raw_with<F>(respond: F) -> Server
 where
