@@ -16,7 +16,7 @@ use hyper_util::client::legacy::connect::{Connected, Connection};
 use tower_service::Service;
 
 use crate::conn::keep_alive::Limits;
-use crate::conn::{Event, Link, LinkHandle, Phase, Record, Stamp, Tracker};
+use crate::conn::{Event, Link, LinkHandle, Phase, Record, Retired, Stamp, Tracker};
 use crate::key::HostKey;
 use crate::limit::registry::{Acquire, Bounds, Overrides, Policy, Registry, Slot, TimedOut};
 use crate::limit::total::{join, Joined, TotalCap, Wait};
@@ -607,6 +607,8 @@ impl IoGuard {
                 if let Some(conn) = &self.conn {
                     conn.on_io_error(e);
                 }
+                let event = self.tracker.write_failed();
+                self.on_event(event);
             }
             Poll::Pending => {}
         }
@@ -614,8 +616,11 @@ impl IoGuard {
 
     fn on_event(&mut self, event: Event) {
         // Every step is published: the phase moves on events and between.
+        let before = self.link.completed();
         self.link.publish(&self.tracker);
-        if event == Event::Completed {
+        if self.tracker.completed() != before {
+            // An exchange ended: as the tracker read it, or as hyper's
+            // next request said.
             self.link.touch();
         }
         if let Some(conn) = &self.conn {
@@ -760,9 +765,8 @@ impl<T: Read + Unpin> Read for GuardedIo<T> {
     ) -> Poll<io::Result<()>> {
         let GuardedIo { io, guard } = &mut *self;
         if guard.poll_retire(cx) {
-            // An end of file: hyper closes the idle connection as if the
-            // server had, but before the server would.
-            return Poll::Ready(Ok(()));
+            // hyper closes the idle connection, before the server would.
+            return Poll::Ready(Err(Retired::error()));
         }
         // What a read filled must be seen (the framing of each exchange is
         // followed, and an end of file on a pooled connection is the stale
@@ -812,7 +816,7 @@ impl<T: Read + Unpin> Read for GuardedIo<T> {
                     // The exchange may have completed in this very read, or
                     // a dial started waiting since the check above.
                     if guard.poll_retire(cx) {
-                        return Poll::Ready(Ok(()));
+                        return Poll::Ready(Err(Retired::error()));
                     }
                 }
                 Poll::Pending
@@ -965,9 +969,50 @@ mod tests {
         assert_eq!(link(&io).phase(), Phase::Responding);
         read(&mut io).await.unwrap();
         assert_eq!((link(&io).phase(), link(&io).completed()), (Phase::Idle, 2));
-        // End of file while idle: the stale case, safe to send again.
+        // End of file while idle: no request was written, so none failed
+        // unanswered here (hyper cancels one it had not begun to write).
+        assert!(read(&mut io).await.unwrap().is_empty());
+        assert!(!link(&io).failed_unanswered_on_reused());
+    }
+
+    #[tokio::test]
+    async fn a_request_written_on_a_reused_connection_and_unanswered_is_stale() {
+        let mock = Builder::new().write(GET).read(OK).write(GET).build();
+        let mut io = io(mock, None, false);
+        write(&mut io, GET).await;
+        read(&mut io).await.unwrap();
+        assert!(!link(&io).failed_unanswered_on_reused(), "idle");
+        write(&mut io, GET).await;
         assert!(read(&mut io).await.unwrap().is_empty());
         assert!(link(&io).failed_unanswered_on_reused());
+    }
+
+    #[tokio::test]
+    async fn a_write_that_fails_on_a_reused_connection_is_unanswered() {
+        let broken = std::io::Error::new(std::io::ErrorKind::BrokenPipe, "closed");
+        let mock = Builder::new().write(GET).read(OK).write_error(broken).build();
+        let mut io = io(mock, None, false);
+        write(&mut io, GET).await;
+        read(&mut io).await.unwrap();
+        let failed = std::future::poll_fn(|cx| Pin::new(&mut io).poll_write(cx, GET)).await;
+        assert!(failed.is_err());
+        assert_eq!(link(&io).phase(), Phase::Requesting);
+        assert!(link(&io).failed_unanswered_on_reused());
+    }
+
+    #[tokio::test]
+    async fn a_request_failing_after_its_response_was_read_is_answered() {
+        // hyper rejects a head the tracker reads as complete only with a
+        // stricter option of its builder; the exchange is then over, and
+        // the request failed answered.
+        let mock = Builder::new().write(GET).read(OK).write(GET).read(OK).build();
+        let mut io = io(mock, None, false);
+        for _ in 0..2 {
+            write(&mut io, GET).await;
+            read(&mut io).await.unwrap();
+        }
+        assert_eq!((link(&io).phase(), link(&io).completed()), (Phase::Idle, 2));
+        assert!(!link(&io).failed_unanswered_on_reused());
     }
 
     #[tokio::test]
@@ -1073,12 +1118,13 @@ mod tests {
     async fn keep_alive_max_retires_after_the_last_exchange() {
         let last: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nkeep-alive: max=0\r\n\r\nok";
         // No read is scripted after the response: a retired connection
-        // returns end of file without reading.
+        // fails hyper's read with `Retired` without reading.
         let mock = Builder::new().write(GET).read(last).build();
         let mut io = io(mock, None, true);
         write(&mut io, GET).await;
         read(&mut io).await.unwrap();
-        assert!(read(&mut io).await.unwrap().is_empty());
+        let retired = read(&mut io).await.unwrap_err();
+        assert!(crate::conn::Retired::is(&retired));
         assert_eq!(link(&io).completed(), 1);
     }
 
@@ -1102,8 +1148,8 @@ mod tests {
         tokio_test::assert_pending!(idle.poll());
         tokio::time::advance(Duration::from_millis(1)).await;
         assert!(idle.is_woken());
-        let filled = tokio_test::assert_ready!(idle.poll()).unwrap();
-        assert!(filled.is_empty(), "retired: end of file");
+        let retired = tokio_test::assert_ready!(idle.poll()).unwrap_err();
+        assert!(crate::conn::Retired::is(&retired), "retired: {retired}");
         // 4 s less a margin of min(4 s / 4, 1 s).
         assert_eq!(started.elapsed(), Duration::from_secs(3));
     }

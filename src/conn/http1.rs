@@ -1,33 +1,77 @@
 //! What one HTTP/1 connection is doing, read off the bytes that cross it.
 //!
 //! The connection's IO wrapper feeds every byte hyper writes and reads into
-//! a [`Tracker`], which follows the framing of each exchange (request head
-//! and body, interim 1xx responses, final response head and body) the way
-//! RFC 9112 frames messages. So the connection knows exactly when it is idle
-//! (both messages of its last exchange complete), whether a response to the
-//! current request has begun (1xx included), how many exchanges it
-//! completed, and when it stopped being HTTP/1 (an upgrade, a `CONNECT`
-//! tunnel, an HTTP/2 preface, or bytes it cannot frame).
+//! a [`Tracker`], which follows each exchange (request head and body,
+//! interim 1xx responses, final response head and body). So the connection
+//! knows when it is idle, whether a response to the current request has
+//! begun (1xx included), how many exchanges it completed, and when it
+//! stopped being HTTP/1 (an upgrade, a `CONNECT` tunnel, an HTTP/2
+//! preface, or bytes it cannot place).
 //!
-//! The tracker never fails and never guesses: bytes it cannot frame make the
-//! connection [`Phase::Unknown`] for good, and every policy built on it
-//! (idle retirement, stale retries) treats an unknown connection as busy and
-//! never retries on it.
+//! # One truth: hyper's
+//!
+//! The tracker never decides anything hyper decided otherwise:
+//!
+//! - **Requests are hyper's own bytes**, and hyper does not pipeline: it
+//!   writes the next request on a connection only once it has read the
+//!   whole response to the last. So the first byte of a request written
+//!   after the last one ended says that hyper finished the exchange before
+//!   it, whatever the tracker made of its response. Exchange boundaries,
+//!   and so whether a connection was reused, come from there.
+//! - **"Answered" is any byte read** after the request's first byte went
+//!   out: no parse decides it, so no parser option can change it.
+//! - **Responses are read as hyper reads them** with its defaults, to know
+//!   when a connection is idle: httparse with a default `ParserConfig`,
+//!   at most 100 header fields and a head of at most hyper's read buffer
+//!   limit (8 KiB + 400 KiB), hyper's status codes (100 to 999), its
+//!   rules for `Transfer-Encoding` (the coding after the last comma of the
+//!   last field is `chunked`, or the body runs to the close; never with
+//!   HTTP/1.0), for `Content-Length` (digits only, every value equal), for
+//!   1xx, 204, 304, `HEAD` and `CONNECT`, and its chunked decoder with its
+//!   limits (chunk extensions, trailer count and size).
+//! - **Where it is unsure, it decides nothing.** A response the tracker
+//!   cannot frame as hyper would with its defaults (a head hyper may
+//!   accept only with a builder option, a body delimited by the close, a
+//!   head or chunk hyper rejects) leaves the exchange *unsure*: answered,
+//!   never idle, so never retired and never retried, until hyper's next
+//!   request says it ended. A client builder's parser options
+//!   (`http1_allow_*`, `http1_ignore_invalid_headers_in_responses`,
+//!   `http1_max_headers`, `http1_max_buf_size`, HTTP/0.9 responses) can
+//!   only make hyper accept a head the tracker is unsure of, or reject one
+//!   it took as complete, on a connection hyper then closes: neither makes
+//!   the tracker call a connection idle while hyper still reads it.
 
-/// The HTTP/2 client connection preface (RFC 9113 §3.4).
 use super::keep_alive::KeepAlive;
 use super::Phase;
 
+/// The HTTP/2 client connection preface (RFC 9113 §3.4).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-/// The most bytes of one message head the tracker buffers (hyper's own
-/// default read buffer limit is about 400 KiB); a longer head is
-/// [`Phase::Unknown`].
-const MAX_HEAD: usize = 512 * 1024;
+/// The most bytes of one response head hyper buffers with its defaults
+/// (`DEFAULT_MAX_BUFFER_SIZE`): a head that is still partial past it
+/// fails, and one that ends past it may or may not, by how the reads
+/// fell. Past it the tracker is unsure.
+const MAX_HEAD: usize = 8192 + 4096 * 100;
 
-/// Header fields parsed per head; a head with more is [`Phase::Unknown`]
-/// (hyper refuses more than 100 by default).
-const MAX_HEADERS: usize = 128;
+/// Header fields hyper parses per head by default (`DEFAULT_MAX_HEADERS`);
+/// also its limit of trailer fields.
+const MAX_HEADERS: usize = 100;
+
+/// Header fields of a request head the tracker reads (hyper writes as many
+/// as its caller gives; more is [`Phase::Unknown`]).
+const MAX_REQUEST_HEADERS: usize = 128;
+
+/// hyper refuses a header name of 64 KiB or more.
+const MAX_NAME: usize = 1 << 16;
+
+/// hyper's limit of chunk extension bytes in one body.
+const CHUNKED_EXTENSIONS_LIMIT: u64 = 16 * 1024;
+
+/// hyper's limit of trailer bytes in one body.
+const TRAILER_LIMIT: usize = 16 * 1024;
+
+/// The longest body hyper reads by its length (`DecodedLength::MAX_LEN`).
+const MAX_LENGTH: u64 = u64::MAX - 2;
 
 /// What one call to the tracker changed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -50,33 +94,55 @@ enum Framing {
     /// `remaining` bytes left (`Content-Length`).
     Length(u64),
     /// `Transfer-Encoding: chunked`.
-    Chunked(Chunk),
+    Chunked(Chunked),
+}
+
+/// A chunked decoder, as hyper's (`proto/h1/decode.rs`) steps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Chunked {
+    state: Chunk,
+    /// The size of the chunk being read, or left of it.
+    size: u64,
+    /// Chunk extension bytes so far in this body.
+    extensions: u64,
+    /// Trailer fields so far.
+    trailers: usize,
+    /// Trailer bytes so far (kept in the tracker's buffer); `None` before
+    /// the first.
+    trailer_bytes: Option<usize>,
 }
 
 /// Where a chunked decoder is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Chunk {
-    /// In a chunk-size line: the size so far, and whether a digit was read.
-    Size(u64, bool),
-    /// In a chunk extension, up to the end of the line.
-    Extension(u64),
+    /// Expecting the first hex digit of a chunk size.
+    Start,
+    /// In a chunk size.
+    Size,
+    /// White space after the size.
+    SizeLws,
+    /// In a chunk extension, up to the `\r`.
+    Extension,
     /// After the `\r` of a size line.
-    SizeLf(u64),
-    /// In chunk data: bytes left.
-    Data(u64),
+    SizeLf,
+    /// In chunk data.
+    Data,
     /// After chunk data: expecting `\r`.
     DataCr,
-    /// After chunk data's `\r`: expecting `\n`.
+    /// Expecting `\n`.
     DataLf,
-    /// At the start of a trailer line (or of the final empty line).
-    TrailerStart,
-    /// In a trailer line, up to its end.
-    TrailerLine,
-    /// After the `\r` of the final empty line.
+    /// After the last chunk's size line, or a trailer line: `\r` ends the
+    /// body, anything else starts a trailer line.
+    EndCr,
+    /// In a trailer line, up to its `\r`.
+    Trailer,
+    /// After a trailer line's `\r`.
+    TrailerLf,
+    /// After the final `\r`.
     EndLf,
 }
 
-/// One side of the current exchange.
+/// What the tracker knows of one side of the current exchange.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Side {
     /// Nothing of this message yet.
@@ -85,10 +151,11 @@ enum Side {
     Head,
     /// Inside the body.
     Body(Framing),
-    /// Bytes that break the body's framing.
-    Broken,
     /// The message is complete.
     Done,
+    /// Response bytes the tracker cannot frame as hyper does: answered,
+    /// never idle, until hyper's next request says the exchange ended.
+    Unsure,
 }
 
 /// Follows the exchanges of one HTTP/1 connection. See the module docs.
@@ -101,14 +168,20 @@ pub(crate) struct Tracker {
     head_request: bool,
     /// The current request was `CONNECT` (a 2xx opens a tunnel).
     connect_request: bool,
-    /// Bytes of a head not yet complete.
-    buf: Vec<u8>,
+    /// The current request asked for an upgrade, or opens a tunnel: after
+    /// it, hyper may write bytes that are no request.
+    may_upgrade: bool,
+    /// Bytes of a request head not yet complete.
+    req_buf: Vec<u8>,
+    /// Bytes of a response head not yet complete, or a response's
+    /// trailers.
+    res_buf: Vec<u8>,
     completed: u64,
     /// The `Keep-Alive` header of the last final response.
     keep_alive: Option<KeepAlive>,
     /// A request or a final response said the connection ends after it
     /// (`Connection: close`, or an HTTP/1.0 response without
-    /// `Connection: keep-alive`).
+    /// `Connection: keep-alive`), as hyper reads it.
     closing: bool,
 }
 
@@ -127,7 +200,9 @@ impl Tracker {
             response: Side::Before,
             head_request: false,
             connect_request: false,
-            buf: Vec::new(),
+            may_upgrade: false,
+            req_buf: Vec::new(),
+            res_buf: Vec::new(),
             completed: 0,
             keep_alive: None,
             closing: false,
@@ -155,6 +230,30 @@ impl Tracker {
         self.completed
     }
 
+    /// A write failed before the IO accepted any byte of it. On an idle
+    /// connection that is a request hyper began to send: it reached no
+    /// server (and is unanswered).
+    pub(crate) fn write_failed(&mut self) -> Event {
+        if self.phase != Phase::Idle {
+            return Event::None;
+        }
+        self.begin();
+        Event::Started
+    }
+
+    /// A new exchange: hyper began to write its request.
+    fn begin(&mut self) {
+        self.request = Side::Head;
+        self.response = Side::Before;
+        self.head_request = false;
+        self.connect_request = false;
+        self.may_upgrade = false;
+        self.keep_alive = None;
+        self.req_buf.clear();
+        self.res_buf.clear();
+        self.phase = Phase::Requesting;
+    }
+
     /// `bytes` were written to the peer (only what the IO accepted).
     pub(crate) fn wrote(&mut self, mut bytes: &[u8]) -> Event {
         let mut event = Event::None;
@@ -162,31 +261,35 @@ impl Tracker {
             if self.phase == Phase::Idle {
                 // hyper does not pipeline: the first byte written on an idle
                 // connection starts the next request.
-                self.request = Side::Head;
-                self.response = Side::Before;
-                self.head_request = false;
-                self.connect_request = false;
-                self.buf.clear();
-                self.phase = Phase::Requesting;
+                self.begin();
+                event = Event::Started;
+            } else if self.request == Side::Done {
+                // All of the request is written and its response has not
+                // ended as the tracker reads it: a new request means that
+                // hyper finished the exchange (it writes no other bytes),
+                // unless the exchange could have handed the connection to
+                // an upgrade, or no byte of a response came.
+                if self.may_upgrade || self.response == Side::Before {
+                    return self.leave(Phase::Unknown);
+                }
+                self.completed = self.completed.saturating_add(1);
+                self.begin();
                 event = Event::Started;
             }
             let used = match self.request {
                 Side::Head => self.request_head(bytes),
-                Side::Body(framing) => {
-                    let (used, next) = body(framing, bytes);
-                    if next == Side::Broken {
-                        return self.leave(Phase::Unknown);
+                Side::Body(framing) => match body(framing, bytes, None) {
+                    Some((used, next)) => {
+                        self.request = next;
+                        used
                     }
-                    self.request = next;
-                    used
-                }
-                // A request has no close-delimited body; bytes past its end
-                // are bytes the tracker cannot place.
-                Side::Before | Side::Broken | Side::Done => {
+                    None => return self.leave(Phase::Unknown),
+                },
+                Side::Before | Side::Done | Side::Unsure => {
                     return self.leave(Phase::Unknown);
                 }
             };
-            bytes = &bytes[used.min(bytes.len())..];
+            bytes = bytes.get(used..).unwrap_or_default();
             if let Some(e) = self.after_step() {
                 event = e;
             }
@@ -206,27 +309,36 @@ impl Tracker {
             self.phase = Phase::Responding;
             if self.response == Side::Before {
                 self.response = Side::Head;
-                self.buf.clear();
+                self.res_buf.clear();
             }
             let used = match self.response {
                 Side::Head => self.response_head(bytes),
-                Side::Body(framing) => {
-                    let (used, next) = body(framing, bytes);
-                    if next == Side::Broken {
-                        // Malformed chunking: hyper fails the body.
-                        return self.leave(Phase::Unknown);
+                Side::Body(framing) => match body(framing, bytes, Some(&mut self.res_buf)) {
+                    Some((used, next)) => {
+                        self.response = next;
+                        used
                     }
-                    self.response = next;
-                    used
-                }
-                Side::Before | Side::Broken | Side::Done => return self.leave(Phase::Unknown),
+                    // hyper fails the body.
+                    None => self.unsure(bytes.len()),
+                },
+                // Bytes after a response hyper ended, or of one the tracker
+                // cannot frame.
+                Side::Done | Side::Unsure | Side::Before => self.unsure(bytes.len()),
             };
-            bytes = &bytes[used.min(bytes.len())..];
+            bytes = bytes.get(used..).unwrap_or_default();
             if let Some(e) = self.after_step() {
                 event = e;
             }
         }
         event
+    }
+
+    /// The response is one the tracker cannot frame as hyper does: all of
+    /// `n` bytes are used.
+    fn unsure(&mut self, n: usize) -> usize {
+        self.response = Side::Unsure;
+        self.res_buf = Vec::new();
+        n
     }
 
     fn is_http1(&self) -> bool {
@@ -235,7 +347,8 @@ impl Tracker {
 
     fn leave(&mut self, phase: Phase) -> Event {
         self.phase = phase;
-        self.buf = Vec::new();
+        self.req_buf = Vec::new();
+        self.res_buf = Vec::new();
         Event::Left
     }
 
@@ -265,80 +378,83 @@ impl Tracker {
     fn request_head(&mut self, bytes: &[u8]) -> usize {
         if self.completed == 0 {
             // The first request of a connection may be HTTP/2's preface.
-            let seen = self.buf.len();
-            let have = (seen + bytes.len()).min(H2_PREFACE.len());
-            let mut prefix = self.buf.clone();
-            prefix.extend_from_slice(&bytes[..have.saturating_sub(seen).min(bytes.len())]);
+            let seen = self.req_buf.len();
+            let take = H2_PREFACE.len().saturating_sub(seen).min(bytes.len());
+            let mut prefix = self.req_buf.clone();
+            prefix.extend_from_slice(&bytes[..take]);
             if H2_PREFACE.starts_with(&prefix) {
                 if prefix.len() == H2_PREFACE.len() {
                     self.leave(Phase::Http2);
                     return bytes.len();
                 }
-                self.buf = prefix;
+                self.req_buf = prefix;
                 return bytes.len();
             }
         }
-        let (used, head) = match take_head(&mut self.buf, bytes, parse_request) {
+        let (used, head) = match take_head(&mut self.req_buf, bytes, parse_request) {
             Step::Partial => return bytes.len(),
-            Step::Invalid => {
+            Step::Unsure => {
                 self.leave(Phase::Unknown);
                 return bytes.len();
             }
             Step::Complete(used, head) => (used, head),
         };
-        self.head_request = head.method == Method::Head;
-        self.connect_request = head.method == Method::Connect;
-        self.closing |= head.close;
-        self.request = match head.framing {
-            // A request without framing headers has no body (RFC 9112 §6.3).
-            None | Some(Framing::Length(0)) => Side::Done,
-            Some(framing) => Side::Body(framing),
+        let RequestHead {
+            method,
+            framing,
+            close,
+            upgrade,
+        } = head;
+        self.head_request = method == Method::Head;
+        self.connect_request = method == Method::Connect;
+        self.may_upgrade = upgrade || self.connect_request;
+        self.closing |= close;
+        self.request = match framing {
+            RequestFraming::None | RequestFraming::Length(0) => Side::Done,
+            RequestFraming::Length(n) => Side::Body(Framing::Length(n)),
+            RequestFraming::Chunked => Side::Body(Framing::Chunked(Chunked::new())),
+            RequestFraming::Invalid => {
+                self.leave(Phase::Unknown);
+                return bytes.len();
+            }
         };
-        if head.invalid_framing {
-            self.leave(Phase::Unknown);
-        }
         used
     }
 
     /// Feeds `bytes` to the response head; returns how many it used.
     fn response_head(&mut self, bytes: &[u8]) -> usize {
-        let (used, head) = match take_head(&mut self.buf, bytes, parse_response) {
+        let connect = self.connect_request;
+        let head_request = self.head_request;
+        let parse = |b: &[u8]| parse_response(b, head_request, connect);
+        let (used, head) = match take_head(&mut self.res_buf, bytes, parse) {
             Step::Partial => return bytes.len(),
-            Step::Invalid => {
-                self.leave(Phase::Unknown);
-                return bytes.len();
-            }
+            Step::Unsure => return self.unsure(bytes.len()),
             Step::Complete(used, head) => (used, head),
         };
-        let status = head.status;
-        if status == 101 || (self.connect_request && (200..300).contains(&status)) {
-            self.phase = Phase::Upgraded;
-            self.buf = Vec::new();
-            return used;
-        }
-        if (100..200).contains(&status) {
-            // Interim: the final response's head comes next.
-            self.response = Side::Before;
-            return used;
-        }
-        self.keep_alive = head.keep_alive;
-        self.closing |= head.close;
-        if self.head_request || status == 204 || status == 304 {
-            self.response = Side::Done;
-            return used;
-        }
-        match head.framing {
-            _ if head.invalid_framing => {
-                self.leave(Phase::Unknown);
+        match head.body {
+            ResponseBody::Upgrade => {
+                self.phase = Phase::Upgraded;
+                self.req_buf = Vec::new();
+                self.res_buf = Vec::new();
             }
-            Some(Framing::Length(0)) => self.response = Side::Done,
-            Some(framing) => self.response = Side::Body(framing),
-            // Delimited by the connection's close: nothing after it.
-            None => {
-                self.leave(Phase::Unknown);
+            // Interim: the final response's head comes next.
+            ResponseBody::Interim => self.response = Side::Before,
+            ResponseBody::Empty => self.final_head(head, Side::Done),
+            ResponseBody::Length(n) => self.final_head(head, Side::Body(Framing::Length(n))),
+            ResponseBody::Chunked => {
+                self.final_head(head, Side::Body(Framing::Chunked(Chunked::new())))
+            }
+            ResponseBody::Unsure => {
+                self.final_head(head, Side::Unsure);
             }
         }
         used
+    }
+
+    fn final_head(&mut self, head: ResponseHead, next: Side) {
+        self.keep_alive = head.keep_alive;
+        self.closing |= !head.keep_alive_hyper;
+        self.response = next;
     }
 }
 
@@ -350,64 +466,102 @@ enum Method {
     Other,
 }
 
-/// What the tracker needs of a message head.
+/// What the tracker needs of a request head.
 #[derive(Clone, Copy, Debug)]
-struct Head {
+struct RequestHead {
     method: Method,
-    status: u16,
-    framing: Option<Framing>,
-    /// Conflicting or malformed framing headers.
-    invalid_framing: bool,
-    /// A response's `Keep-Alive` header.
-    keep_alive: Option<KeepAlive>,
-    /// The message ends its connection.
+    framing: RequestFraming,
+    /// `Connection: close`.
     close: bool,
+    /// An `Upgrade` field: a `101` may hand the connection over.
+    upgrade: bool,
 }
 
-enum Step {
-    Partial,
+/// How hyper framed a request it wrote.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum RequestFraming {
+    None,
+    Length(u64),
+    Chunked,
+    /// Framing fields the tracker cannot follow.
     Invalid,
+}
+
+/// What the tracker needs of a response head, as hyper reads it.
+#[derive(Clone, Copy, Debug)]
+struct ResponseHead {
+    body: ResponseBody,
+    /// A final response's `Keep-Alive` header.
+    keep_alive: Option<KeepAlive>,
+    /// Whether hyper keeps the connection after this response (HTTP/1.1
+    /// unless a `Connection` field says `close`; HTTP/1.0 only when one
+    /// says `keep-alive`).
+    keep_alive_hyper: bool,
+}
+
+/// How hyper reads the body of a response (`Client::decoder`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ResponseBody {
+    /// `101`, or a 2xx to `CONNECT`: the connection is handed over.
+    Upgrade,
+    /// `100`, `102` to `199`: skipped, the final head comes next.
+    Interim,
+    /// `204`, `304`, a response to `HEAD`, or a length of 0.
+    Empty,
+    Length(u64),
+    Chunked,
+    /// Delimited by the close, or framing hyper rejects.
+    Unsure,
+}
+
+enum Step<H> {
+    Partial,
+    /// Not a head the tracker can read as hyper does.
+    Unsure,
     /// Bytes of the new input the head used, and the head.
-    Complete(usize, Head),
+    Complete(usize, H),
 }
 
-enum Parsed {
+enum Parsed<H> {
     Partial,
-    Invalid,
-    Complete(usize, Head),
+    Unsure,
+    Complete(usize, H),
 }
 
 /// Finds a complete head in `buf` followed by `bytes`, parsing in place
-/// when `buf` is empty and the head is whole in `bytes`.
-fn take_head(buf: &mut Vec<u8>, bytes: &[u8], parse: fn(&[u8]) -> Parsed) -> Step {
-    if buf.is_empty() {
+/// when `buf` is empty and the head is whole in `bytes`. A head still
+/// partial at [`MAX_HEAD`] bytes, or complete past it, is
+/// [`Step::Unsure`] (so at most `MAX_HEAD` bytes are ever buffered).
+fn take_head<H>(buf: &mut Vec<u8>, bytes: &[u8], parse: impl Fn(&[u8]) -> Parsed<H>) -> Step<H> {
+    let before = buf.len();
+    if before == 0 {
         match parse(bytes) {
+            Parsed::Complete(n, _) if n > MAX_HEAD => return Step::Unsure,
             Parsed::Complete(n, head) => return Step::Complete(n, head),
-            Parsed::Invalid => return Step::Invalid,
-            Parsed::Partial => {}
+            Parsed::Unsure => return Step::Unsure,
+            Parsed::Partial if bytes.len() >= MAX_HEAD => return Step::Unsure,
+            Parsed::Partial => {
+                buf.extend_from_slice(bytes);
+                return Step::Partial;
+            }
         }
     }
-    let before = buf.len();
-    if before.saturating_add(bytes.len()) > MAX_HEAD {
-        return Step::Invalid;
-    }
-    buf.extend_from_slice(bytes);
-    if before == 0 {
-        // Parsed above: still partial.
-        return Step::Partial;
-    }
+    let room = MAX_HEAD.saturating_sub(before).min(bytes.len());
+    buf.extend_from_slice(&bytes[..room]);
     match parse(buf) {
+        Parsed::Complete(n, _) if n > MAX_HEAD => Step::Unsure,
         Parsed::Complete(n, head) => {
             buf.clear();
             Step::Complete(n.saturating_sub(before), head)
         }
-        Parsed::Invalid => Step::Invalid,
+        Parsed::Unsure => Step::Unsure,
+        Parsed::Partial if buf.len() >= MAX_HEAD => Step::Unsure,
         Parsed::Partial => Step::Partial,
     }
 }
 
-fn parse_request(bytes: &[u8]) -> Parsed {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+fn parse_request(bytes: &[u8]) -> Parsed<RequestHead> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_REQUEST_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     match req.parse(bytes) {
         Ok(httparse::Status::Complete(n)) => {
@@ -416,191 +570,384 @@ fn parse_request(bytes: &[u8]) -> Parsed {
                 Some(m) if m.eq_ignore_ascii_case("CONNECT") => Method::Connect,
                 _ => Method::Other,
             };
-            let mut head = framing_of(req.headers);
-            head.method = method;
-            Parsed::Complete(n, head)
+            let headers = &*req.headers;
+            let framing = if has(headers, "transfer-encoding") {
+                if is_chunked(headers) {
+                    RequestFraming::Chunked
+                } else {
+                    RequestFraming::Invalid
+                }
+            } else {
+                match content_length(headers) {
+                    Length::None => RequestFraming::None,
+                    Length::Valid(n) => RequestFraming::Length(n),
+                    Length::Invalid => RequestFraming::Invalid,
+                }
+            };
+            Parsed::Complete(
+                n,
+                RequestHead {
+                    method,
+                    framing,
+                    close: headers
+                        .iter()
+                        .filter(|h| h.name.eq_ignore_ascii_case("connection"))
+                        .any(|h| list_has(h.value, "close")),
+                    upgrade: has(headers, "upgrade"),
+                },
+            )
         }
         Ok(httparse::Status::Partial) => Parsed::Partial,
-        Err(_) => Parsed::Invalid,
+        Err(_) => Parsed::Unsure,
     }
 }
 
-fn parse_response(bytes: &[u8]) -> Parsed {
+/// Reads a response head as hyper's `Client::parse` and `Client::decoder`
+/// do with their defaults.
+fn parse_response(bytes: &[u8], head_request: bool, connect: bool) -> Parsed<ResponseHead> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut res = httparse::Response::new(&mut headers);
-    match res.parse(bytes) {
-        Ok(httparse::Status::Complete(n)) => {
-            let mut head = framing_of(res.headers);
-            head.status = res.code.unwrap_or(0);
-            if res.version == Some(0) {
-                // HTTP/1.0 keeps a connection only when it says so.
-                head.close = !connection_has(res.headers, "keep-alive");
+    let n = match httparse::ParserConfig::default().parse_response(&mut res, bytes) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Parsed::Partial,
+        // Too many fields, or bytes hyper takes only with an option of the
+        // client builder (or never).
+        Err(_) => return Parsed::Unsure,
+    };
+    let headers = &*res.headers;
+    // `StatusCode::from_u16`.
+    let Some(status) = res.code.filter(|c| (100..1000).contains(c)) else {
+        return Parsed::Unsure;
+    };
+    if headers.iter().any(|h| h.name.len() >= MAX_NAME) {
+        return Parsed::Unsure;
+    }
+    let http11 = res.version == Some(1);
+    let body = match status {
+        101 => ResponseBody::Upgrade,
+        100 | 102..=199 => ResponseBody::Interim,
+        204 | 304 => ResponseBody::Empty,
+        _ if head_request => ResponseBody::Empty,
+        200..=299 if connect => ResponseBody::Upgrade,
+        _ if has(headers, "transfer-encoding") => {
+            if !http11 {
+                // hyper: "HTTP/1.0 cannot have Transfer-Encoding header".
+                ResponseBody::Unsure
+            } else if is_chunked(headers) {
+                ResponseBody::Chunked
+            } else {
+                // Read until the close.
+                ResponseBody::Unsure
             }
-            head.keep_alive = KeepAlive::parse(
-                res.headers
-                    .iter()
-                    .filter(|h| h.name.eq_ignore_ascii_case("keep-alive"))
-                    .map(|h| h.value),
-            );
-            Parsed::Complete(n, head)
         }
-        Ok(httparse::Status::Partial) => Parsed::Partial,
-        Err(_) => Parsed::Invalid,
+        _ => match content_length(headers) {
+            Length::Valid(0) => ResponseBody::Empty,
+            Length::Valid(n) if n <= MAX_LENGTH => ResponseBody::Length(n),
+            // Read until the close, or rejected.
+            Length::Valid(_) | Length::Invalid | Length::None => ResponseBody::Unsure,
+        },
+    };
+    // hyper's keep-alive: HTTP/1.1 keeps the connection, HTTP/1.0 only
+    // with `keep-alive`; once a `Connection` field says `close`, nothing
+    // undoes it.
+    let mut keep_alive_hyper = http11;
+    let mut saw_close = false;
+    for h in headers.iter().filter(|h| h.name.eq_ignore_ascii_case("connection")) {
+        if saw_close || list_has(h.value, "close") {
+            saw_close = true;
+            keep_alive_hyper = false;
+        } else if !keep_alive_hyper {
+            keep_alive_hyper = list_has(h.value, "keep-alive");
+        }
+    }
+    let interim = matches!(body, ResponseBody::Interim);
+    Parsed::Complete(
+        n,
+        ResponseHead {
+            body,
+            keep_alive: if interim {
+                None
+            } else {
+                KeepAlive::parse(
+                    headers
+                        .iter()
+                        .filter(|h| h.name.eq_ignore_ascii_case("keep-alive"))
+                        .map(|h| h.value),
+                )
+            },
+            keep_alive_hyper,
+        },
+    )
+}
+
+/// Whether a field called `name` is present.
+fn has(headers: &[httparse::Header<'_>], name: &str) -> bool {
+    headers.iter().any(|h| h.name.eq_ignore_ascii_case(name))
+}
+
+/// A field value as `HeaderValue::to_str` gives it: only when every byte
+/// is visible ASCII or a tab.
+fn visible(value: &[u8]) -> Option<&str> {
+    if value.iter().all(|&b| b == b'\t' || (32..127).contains(&b)) {
+        std::str::from_utf8(value).ok()
+    } else {
+        None
     }
 }
 
-/// Whether a `Connection` field of `headers` lists `token`.
-fn connection_has(headers: &[httparse::Header<'_>], token: &str) -> bool {
+/// Whether a comma-separated field value lists `token` (hyper's
+/// `connection_has`).
+fn list_has(value: &[u8], token: &str) -> bool {
+    visible(value).is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+}
+
+/// hyper's `is_chunked`: the coding after the last comma of the last
+/// `Transfer-Encoding` field is `chunked`.
+fn is_chunked(headers: &[httparse::Header<'_>]) -> bool {
     headers
         .iter()
-        .filter(|h| h.name.eq_ignore_ascii_case("connection"))
-        .filter_map(|h| std::str::from_utf8(h.value).ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case(token))
+        .rev()
+        .find(|h| h.name.eq_ignore_ascii_case("transfer-encoding"))
+        .and_then(|h| visible(h.value))
+        .and_then(|v| v.rsplit(',').next())
+        .is_some_and(|c| c.trim().eq_ignore_ascii_case("chunked"))
 }
 
-/// The body framing a head's fields say (RFC 9112 §6.1–6.3).
-fn framing_of(headers: &[httparse::Header<'_>]) -> Head {
-    let mut head = Head {
-        method: Method::Other,
-        status: 0,
-        framing: None,
-        invalid_framing: false,
-        keep_alive: None,
-        close: connection_has(headers, "close"),
-    };
-    let mut length: Option<u64> = None;
-    let mut encoded = false;
-    let mut chunked_last = false;
-    for h in headers {
-        if h.name.eq_ignore_ascii_case("transfer-encoding") {
-            encoded = true;
-            let Ok(value) = std::str::from_utf8(h.value) else {
-                head.invalid_framing = true;
-                continue;
+/// What the `Content-Length` fields of a head say.
+enum Length {
+    None,
+    Valid(u64),
+    Invalid,
+}
+
+/// hyper's `content_length_parse_all`: every value of every field, digits
+/// only, all equal.
+fn content_length(headers: &[httparse::Header<'_>]) -> Length {
+    let mut length = None;
+    for h in headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("content-length"))
+    {
+        let Some(line) = visible(h.value) else {
+            return Length::Invalid;
+        };
+        for v in line.split(',') {
+            let Some(n) = digits(v.trim().as_bytes()) else {
+                return Length::Invalid;
             };
-            for coding in value.split(',').map(str::trim).filter(|c| !c.is_empty()) {
-                chunked_last = coding.eq_ignore_ascii_case("chunked");
-            }
-        } else if h.name.eq_ignore_ascii_case("content-length") {
-            let parsed = std::str::from_utf8(h.value).ok().and_then(|v| {
-                // A list of equal values is one length (RFC 9110 §8.6).
-                let mut values = v.split(',').map(|n| n.trim().parse::<u64>());
-                let first = values.next()?.ok()?;
-                values.all(|n| n == Ok(first)).then_some(first)
-            });
-            match (parsed, length) {
-                (Some(n), None) => length = Some(n),
-                (Some(n), Some(m)) if n == m => {}
-                _ => head.invalid_framing = true,
+            match length {
+                None => length = Some(n),
+                Some(m) if m == n => {}
+                Some(_) => return Length::Invalid,
             }
         }
     }
-    if encoded {
-        // Transfer-Encoding overrides Content-Length.
-        // Without `chunked` last, a response is delimited by the close.
-        if chunked_last {
-            head.framing = Some(Framing::Chunked(Chunk::Size(0, false)));
-        }
-    } else if let Some(n) = length {
-        head.framing = Some(Framing::Length(n));
+    match length {
+        Some(n) => Length::Valid(n),
+        None if has(headers, "content-length") => Length::Invalid,
+        None => Length::None,
     }
-    head
+}
+
+/// hyper's `from_digits`: a decimal number without sign, at most
+/// `u64::MAX`.
+fn digits(bytes: &[u8]) -> Option<u64> {
+    if bytes.is_empty() {
+        return None;
+    }
+    bytes.iter().try_fold(0u64, |n, &b| {
+        if b.is_ascii_digit() {
+            n.checked_mul(10)?.checked_add(u64::from(b - b'0'))
+        } else {
+            None
+        }
+    })
 }
 
 /// Feeds `bytes` to a body framed by `framing`: how many it used, and where
-/// the body is then.
-fn body(framing: Framing, bytes: &[u8]) -> (usize, Side) {
+/// the body is then; `None` when hyper would fail the body. `trailers`
+/// keeps a chunked body's trailers to check them as hyper does (`None`:
+/// a body hyper wrote, not checked).
+fn body(framing: Framing, bytes: &[u8], trailers: Option<&mut Vec<u8>>) -> Option<(usize, Side)> {
     match framing {
         Framing::Length(left) => {
             let take = u64::try_from(bytes.len()).unwrap_or(u64::MAX).min(left);
-            let left = left - take;
+            let left = left.saturating_sub(take);
             // `take` is at most `bytes.len()`.
             let used = usize::try_from(take).unwrap_or(bytes.len());
-            if left == 0 {
+            Some(if left == 0 {
                 (used, Side::Done)
             } else {
                 (used, Side::Body(Framing::Length(left)))
+            })
+        }
+        Framing::Chunked(mut decoder) => {
+            let (used, done) = decoder.feed(bytes, trailers)?;
+            Some(if done {
+                (used, Side::Done)
+            } else {
+                (used, Side::Body(Framing::Chunked(decoder)))
+            })
+        }
+    }
+}
+
+impl Chunked {
+    fn new() -> Self {
+        Chunked {
+            state: Chunk::Start,
+            size: 0,
+            extensions: 0,
+            trailers: 0,
+            trailer_bytes: None,
+        }
+    }
+
+    /// Steps over `bytes` as hyper's decoder does, until the body ends
+    /// (`true`) or the bytes do: how many it used; `None` where hyper
+    /// fails the body.
+    fn feed(&mut self, bytes: &[u8], mut trailers: Option<&mut Vec<u8>>) -> Option<(usize, bool)> {
+        let checked = trailers.is_some();
+        let mut at = 0;
+        while let Some(rest) = bytes.get(at..).filter(|r| !r.is_empty()) {
+            if self.state == Chunk::Data {
+                let avail = u64::try_from(rest.len()).unwrap_or(u64::MAX);
+                let take = avail.min(self.size);
+                // `take` is at most `rest.len()`.
+                at = at.saturating_add(usize::try_from(take).unwrap_or(rest.len()));
+                self.size = self.size.saturating_sub(take);
+                if self.size == 0 {
+                    self.state = Chunk::DataCr;
+                }
+                continue;
+            }
+            let b = rest[0];
+            at = at.saturating_add(1);
+            self.state = match self.state {
+                Chunk::Start => {
+                    self.size = hex(b)?;
+                    Chunk::Size
+                }
+                Chunk::Size => match b {
+                    b'\t' | b' ' => Chunk::SizeLws,
+                    b';' => Chunk::Extension,
+                    b'\r' => Chunk::SizeLf,
+                    _ => {
+                        self.size = self.size.checked_mul(16)?.checked_add(hex(b)?)?;
+                        Chunk::Size
+                    }
+                },
+                Chunk::SizeLws => match b {
+                    b'\t' | b' ' => Chunk::SizeLws,
+                    b';' => Chunk::Extension,
+                    b'\r' => Chunk::SizeLf,
+                    _ => return None,
+                },
+                Chunk::Extension => match b {
+                    b'\r' => Chunk::SizeLf,
+                    b'\n' if checked => return None,
+                    _ => {
+                        self.extensions = self.extensions.saturating_add(1);
+                        if checked && self.extensions >= CHUNKED_EXTENSIONS_LIMIT {
+                            return None;
+                        }
+                        Chunk::Extension
+                    }
+                },
+                Chunk::SizeLf => match b {
+                    b'\n' if self.size == 0 => Chunk::EndCr,
+                    b'\n' => Chunk::Data,
+                    _ => return None,
+                },
+                Chunk::DataCr => match b {
+                    b'\r' => Chunk::DataLf,
+                    _ => return None,
+                },
+                Chunk::DataLf => match b {
+                    b'\n' => Chunk::Start,
+                    _ => return None,
+                },
+                Chunk::EndCr => {
+                    if b == b'\r' {
+                        self.trailer_byte(&mut trailers, b)?;
+                        Chunk::EndLf
+                    } else {
+                        if self.trailer_bytes.is_none() {
+                            self.trailer_bytes = Some(0);
+                            if let Some(t) = trailers.as_deref_mut() {
+                                t.clear();
+                            }
+                        }
+                        self.trailer_byte(&mut trailers, b)?;
+                        Chunk::Trailer
+                    }
+                }
+                Chunk::Trailer => {
+                    self.trailer_byte(&mut trailers, b)?;
+                    if b == b'\r' {
+                        Chunk::TrailerLf
+                    } else {
+                        Chunk::Trailer
+                    }
+                }
+                Chunk::TrailerLf => match b {
+                    b'\n' => {
+                        if checked && self.trailers >= MAX_HEADERS {
+                            return None;
+                        }
+                        self.trailers = self.trailers.saturating_add(1);
+                        self.trailer_byte(&mut trailers, b)?;
+                        Chunk::EndCr
+                    }
+                    _ => return None,
+                },
+                Chunk::EndLf => match b {
+                    b'\n' => {
+                        self.trailer_byte(&mut trailers, b)?;
+                        if let Some(t) = trailers.as_deref() {
+                            if self.trailer_bytes.is_some() && !trailers_valid(t, self.trailers) {
+                                return None;
+                            }
+                        }
+                        return Some((at, true));
+                    }
+                    _ => return None,
+                },
+                // Handled above.
+                Chunk::Data => Chunk::Data,
+            };
+        }
+        Some((at, false))
+    }
+
+    /// Keeps a byte of the trailers, once they began; `None` past hyper's
+    /// limit.
+    fn trailer_byte(&mut self, trailers: &mut Option<&mut Vec<u8>>, b: u8) -> Option<()> {
+        let Some(n) = self.trailer_bytes else {
+            return Some(());
+        };
+        let n = n.saturating_add(1);
+        self.trailer_bytes = Some(n);
+        if let Some(t) = trailers.as_deref_mut() {
+            t.push(b);
+            if n >= TRAILER_LIMIT {
+                return None;
             }
         }
-        Framing::Chunked(state) => chunked(state, bytes),
+        Some(())
     }
 }
 
-/// Runs the chunked decoder over `bytes` until the body ends or the bytes do.
-fn chunked(mut state: Chunk, bytes: &[u8]) -> (usize, Side) {
-    let mut at = 0;
-    while at < bytes.len() {
-        if let Chunk::Data(left) = state {
-            let avail = u64::try_from(bytes.len() - at).unwrap_or(u64::MAX);
-            let take = avail.min(left);
-            at += usize::try_from(take).unwrap_or(0);
-            state = if left == take {
-                Chunk::DataCr
-            } else {
-                Chunk::Data(left - take)
-            };
-            continue;
-        }
-        let b = bytes[at];
-        at += 1;
-        state = match state {
-            Chunk::Size(size, digits) => match hex(b) {
-                Some(d) => match size.checked_mul(16).and_then(|s| s.checked_add(d)) {
-                    Some(size) => Chunk::Size(size, true),
-                    None => return (at, Side::Broken),
-                },
-                None if !digits => return (at, Side::Broken),
-                None => match b {
-                    b'\r' => Chunk::SizeLf(size),
-                    b'\n' => after_size(size),
-                    b';' | b' ' | b'\t' => Chunk::Extension(size),
-                    _ => return (at, Side::Broken),
-                },
-            },
-            Chunk::Extension(size) => match b {
-                b'\r' => Chunk::SizeLf(size),
-                b'\n' => after_size(size),
-                _ => Chunk::Extension(size),
-            },
-            Chunk::SizeLf(size) => match b {
-                b'\n' => after_size(size),
-                _ => return (at, Side::Broken),
-            },
-            Chunk::DataCr => match b {
-                b'\r' => Chunk::DataLf,
-                b'\n' => Chunk::Size(0, false),
-                _ => return (at, Side::Broken),
-            },
-            Chunk::DataLf => match b {
-                b'\n' => Chunk::Size(0, false),
-                _ => return (at, Side::Broken),
-            },
-            Chunk::TrailerStart => match b {
-                b'\r' => Chunk::EndLf,
-                b'\n' => return (at, Side::Done),
-                _ => Chunk::TrailerLine,
-            },
-            Chunk::TrailerLine => match b {
-                b'\n' => Chunk::TrailerStart,
-                _ => Chunk::TrailerLine,
-            },
-            Chunk::EndLf => match b {
-                b'\n' => return (at, Side::Done),
-                _ => return (at, Side::Broken),
-            },
-            // Handled above.
-            Chunk::Data(left) => Chunk::Data(left),
-        };
-    }
-    (at, Side::Body(Framing::Chunked(state)))
-}
-
-fn after_size(size: u64) -> Chunk {
-    if size == 0 {
-        Chunk::TrailerStart
-    } else {
-        Chunk::Data(size)
+/// Whether hyper takes `bytes` as `count` trailer fields
+/// (`decode_trailers`).
+fn trailers_valid(bytes: &[u8], count: usize) -> bool {
+    let mut headers = vec![httparse::EMPTY_HEADER; count];
+    match httparse::parse_headers(bytes, &mut headers) {
+        Ok(httparse::Status::Complete((_, fields))) => fields.iter().all(|h| {
+            http::HeaderName::from_bytes(h.name.as_bytes()).is_ok()
+                && http::HeaderValue::from_bytes(h.value).is_ok()
+        }),
+        _ => false,
     }
 }
 
@@ -618,6 +965,7 @@ mod tests {
     use super::*;
 
     const GET: &[u8] = b"GET / HTTP/1.1\r\nhost: a\r\n\r\n";
+    const OK_RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n";
 
     /// Feeds `bytes` one byte at a time; returns the events that were not
     /// `None`.
@@ -827,40 +1175,191 @@ mod tests {
     }
 
     #[test]
-    fn what_cannot_be_framed_is_unknown_for_good() {
+    fn what_cannot_be_placed_is_unknown_for_good() {
         // TLS bytes (a GuardedConnector inside a TLS connector).
         let mut t = Tracker::new();
         assert_eq!(t.wrote(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01]), Event::Left);
         assert_eq!(t.phase(), Phase::Unknown);
         assert_eq!(t.read(b"HTTP/1.1 200 OK\r\n\r\n"), Event::None);
         assert_eq!(t.phase(), Phase::Unknown);
-        // A response delimited by the close.
-        let mut t = Tracker::new();
-        t.wrote(GET);
-        assert_eq!(t.read(b"HTTP/1.1 200 OK\r\n\r\nbody"), Event::Left);
-        assert_eq!(t.phase(), Phase::Unknown);
         // Bytes nobody asked for.
         let mut t = Tracker::new();
         assert_eq!(t.read(b"HTTP/1.1 408 Timeout\r\n\r\n"), Event::Left);
-        // A chunk size that overflows, conflicting lengths.
+        // A request after one that may have upgraded, unsure of its
+        // response.
+        let mut t = Tracker::new();
+        t.wrote(b"GET /ws HTTP/1.1\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\n");
+        t.read(b"HTTP/1.1 101 Switching\r\nx-a : b\r\n\r\n");
+        assert_eq!(t.wrote(b"\x81\x00"), Event::Left);
+        assert_eq!(t.phase(), Phase::Unknown);
+    }
+
+    /// Reads `response` to a GET on a new tracker.
+    fn answered(response: &[u8]) -> Tracker {
         let mut t = Tracker::new();
         t.wrote(GET);
-        t.read(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n");
-        assert_eq!(t.read(b"fffffffffffffffff\r\n"), Event::Left);
-        let mut t = Tracker::new();
-        t.wrote(GET);
-        assert_eq!(
-            t.read(b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\n"),
-            Event::Left
+        t.read(response);
+        t
+    }
+
+    #[test]
+    fn what_hyper_rejects_or_reads_to_the_close_is_never_idle() {
+        let many = format!("HTTP/1.1 200 OK\r\n{}content-length: 0\r\n\r\n", "x-a: b\r\n".repeat(100));
+        let interim = format!(
+            "HTTP/1.1 103 Hints\r\n{}\r\nHTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n",
+            "x-a: b\r\n".repeat(101)
         );
-        // A head longer than any hyper reads.
+        for response in [
+            &b"HTTP/1.1 200 OK\r\ncontent-length: +2\r\n\r\nok"[..],
+            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-length: 3\r\n\r\nok",
+            b"HTTP/1.1 200 OK\r\ncontent-length: 2, 3\r\n\r\nok",
+            b"HTTP/1.1 200 OK\r\ncontent-length: 18446744073709551615\r\n\r\n",
+            b"HTTP/1.1 099 Odd\r\ncontent-length: 2\r\n\r\nok",
+            b"HTTP/1.0 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked,\r\n\r\n0\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ntransfer-encoding: gzip\r\n\r\n0\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\n\r\nuntil the close",
+            b"HTTP/1.1 200 OK\r\nx-a : b\r\ncontent-length: 0\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nx-folded: a\r\n b\r\ncontent-length: 0\r\n\r\n",
+            // Chunks hyper's decoder refuses.
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\nok\r\n0\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\n0\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n 2\r\nok\r\n0\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2 1\r\nok\r\n0\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2;a\nok\r\n0\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nfffffffffffffffff\r\n",
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n0\r\nbad trailer\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n0\r\nx-t: a\n\r\n",
+            many.as_bytes(),
+            interim.as_bytes(),
+        ] {
+            let t = answered(response);
+            let shown = String::from_utf8_lossy(response);
+            assert_eq!(t.phase(), Phase::Responding, "{shown}");
+            assert_eq!(t.completed(), 0, "{shown}");
+        }
+        // A head longer than hyper buffers.
         let mut t = Tracker::new();
         t.wrote(GET);
         t.read(b"HTTP/1.1 200 OK\r\n");
         let line = vec![b'a'; 1024];
-        for _ in 0..(MAX_HEAD / 1024) {
+        for _ in 0..(MAX_HEAD / 1024 + 1) {
             t.read(&line);
         }
-        assert_eq!(t.phase(), Phase::Unknown);
+        assert_eq!(t.phase(), Phase::Responding);
+        assert!(t.res_buf.len() <= MAX_HEAD, "buffered at most hyper's limit");
+    }
+
+    #[test]
+    fn framing_follows_hyper() {
+        for response in [
+            // Transfer-Encoding wins over any Content-Length, valid or not.
+            &b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: 3\r\ncontent-length: 4\r\n\r\n2\r\nok\r\n0\r\n\r\n"[..],
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: abc\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\ntransfer-encoding: Chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+            // Equal lengths, leading zeros.
+            b"HTTP/1.1 200 OK\r\ncontent-length: 002, 2\r\ncontent-length: 2\r\n\r\nok",
+            // Chunk sizes with leading zeros, capitals, white space and
+            // extensions; trailers.
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n0002 \t;a=\"b\"\r\nok\r\nA\r\n0123456789\r\n0\r\nx-t: 1\r\nx-u: \r\n\r\n",
+            // HTTP/1.0 with a length, interims, 204 and 304 with lengths.
+            b"HTTP/1.0 200 OK\r\ncontent-length: 2\r\n\r\nok",
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 102 Processing\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n",
+            b"HTTP/1.1 204 No Content\r\ncontent-length: 9\r\n\r\n",
+            b"HTTP/1.1 304 Not Modified\r\ntransfer-encoding: chunked\r\n\r\n",
+            // Leading empty lines, as httparse skips them.
+            b"\r\nHTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n",
+        ] {
+            let shown = String::from_utf8_lossy(response);
+            let mut t = answered(response);
+            assert_eq!((t.phase(), t.completed()), (Phase::Idle, 1), "{shown}");
+            let mut t2 = Tracker::new();
+            t2.wrote(GET);
+            assert_eq!(read_bytewise(&mut t2, response), vec![Event::Completed], "{shown}");
+            assert_eq!(t.wrote(GET), Event::Started);
+        }
+    }
+
+    #[test]
+    fn hyper_keeps_or_closes_the_connection_as_it_says() {
+        for (response, closing) in [
+            (&b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"[..], false),
+            (b"HTTP/1.1 200 OK\r\nconnection: close\r\nconnection: keep-alive\r\ncontent-length: 0\r\n\r\n", true),
+            (b"HTTP/1.0 200 OK\r\ncontent-length: 0\r\n\r\n", true),
+            (b"HTTP/1.0 200 OK\r\nconnection: x, Keep-Alive\r\ncontent-length: 0\r\n\r\n", false),
+            (b"HTTP/1.0 200 OK\r\nconnection: keep-alive\r\nconnection: close\r\ncontent-length: 0\r\n\r\n", true),
+        ] {
+            assert_eq!(answered(response).closing(), closing, "{}", String::from_utf8_lossy(response));
+        }
+    }
+
+    #[test]
+    fn hyper_s_next_request_ends_an_unsure_exchange() {
+        // A head the tracker cannot read as hyper does by default, which
+        // hyper takes with a builder option: the next request says the
+        // exchange ended.
+        let mut t = answered(b"HTTP/1.1 200 OK\r\nx-a : b\r\ncontent-length: 2\r\n\r\nok");
+        assert_eq!((t.phase(), t.completed()), (Phase::Responding, 0));
+        assert!(!t.phase().unanswered());
+        assert_eq!(t.wrote(GET), Event::Started);
+        assert_eq!((t.phase(), t.completed()), (Phase::Awaiting, 1));
+        assert!(t.phase().unanswered());
+        // And the tracker follows the exchanges after it.
+        assert_eq!(t.read(OK_RESPONSE), Event::Completed);
+        assert_eq!((t.phase(), t.completed()), (Phase::Idle, 2));
+        // A body the tracker reads longer than hyper did.
+        let mut t = answered(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nok");
+        assert_eq!(t.wrote(GET), Event::Started);
+        assert_eq!(t.completed(), 1);
+        // A request with a body after an unsure one.
+        let mut t = answered(b"HTTP/1.1 200 OK\r\nx@bad: b\r\ncontent-length: 0\r\n\r\n");
+        assert_eq!(t.wrote(b"PUT / HTTP/1.1\r\ncontent-length: 2\r\n\r\n"), Event::Started);
+        assert_eq!(t.phase(), Phase::Requesting);
+        t.wrote(b"ab");
+        assert_eq!((t.phase(), t.completed()), (Phase::Awaiting, 1));
+    }
+
+    #[test]
+    fn a_failed_write_on_an_idle_connection_starts_a_request() {
+        let mut t = answered(OK_RESPONSE);
+        assert_eq!(t.write_failed(), Event::Started);
+        assert_eq!((t.phase(), t.completed()), (Phase::Requesting, 1));
+        assert!(t.phase().unanswered());
+        // Not while a request is under way.
+        let mut t = Tracker::new();
+        t.wrote(GET);
+        t.read(b"HTTP/1.1 200 OK\r\n");
+        assert_eq!(t.write_failed(), Event::None);
+        assert_eq!(t.phase(), Phase::Responding);
+    }
+
+    #[test]
+    fn chunk_extensions_and_trailers_have_hyper_s_limits() {
+        let mut t = answered(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n");
+        let ext = format!("1;{}\r\na\r\n", "e".repeat(8 * 1024));
+        assert_eq!(t.read(ext.as_bytes()), Event::None);
+        assert_eq!(t.read(ext.as_bytes()), Event::None);
+        t.read(b"0\r\n\r\n");
+        assert_eq!(t.phase(), Phase::Responding, "extensions over 16 KiB");
+        let mut t = answered(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n0\r\n");
+        t.read("x-t: a\r\n".repeat(101).as_bytes());
+        t.read(b"\r\n");
+        assert_eq!(t.phase(), Phase::Responding, "more than 100 trailers");
+        let mut t = answered(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n0\r\n");
+        t.read(format!("x-t: {}\r\n\r\n", "a".repeat(16 * 1024)).as_bytes());
+        assert_eq!(t.phase(), Phase::Responding, "trailers over 16 KiB");
+        let mut t = answered(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n0\r\n");
+        t.read("x-t: a\r\n".repeat(100).as_bytes());
+        assert_eq!(t.read(b"\r\n"), Event::Completed, "100 trailers");
+    }
+
+    #[test]
+    fn a_request_head_and_an_early_response_do_not_mix() {
+        let mut t = Tracker::new();
+        t.wrote(b"POST / HTTP/1.1\r\ncontent-len");
+        t.read(b"HTTP/1.1 413 Too Large\r\ncontent-");
+        t.wrote(b"gth: 2\r\n\r\nab");
+        assert_eq!(t.read(b"length: 0\r\n\r\n"), Event::Completed);
+        assert_eq!((t.phase(), t.completed()), (Phase::Idle, 1));
     }
 }

@@ -181,12 +181,14 @@ impl Link {
     /// response, on a connection that had completed an exchange before it:
     /// such a request never reached a server that answered it. Never for a
     /// connection that is not (or no longer) plain HTTP/1.
+    ///
+    /// Only a request hyper began to write counts (its bytes, or a write
+    /// that failed): on an idle connection the failed request is the last
+    /// one, whose response was read. A request hyper never wrote fails as
+    /// "canceled", or with [`Retired`], which the retry reads from the
+    /// error.
     pub(crate) fn failed_unanswered_on_reused(&self) -> bool {
-        let phase = self.phase();
-        let completed = self.completed();
-        // Idle: not written (hyper found the connection closed first).
-        // Requesting or awaiting: written in part or whole, unanswered.
-        phase.unanswered() && completed >= 1
+        self.phase().unanswered() && self.completed() >= 1
     }
 
     /// Remembers the task of the IO's idle read.
@@ -198,6 +200,43 @@ impl Link {
     /// whether to retire the connection.
     pub(crate) fn wake(&self) {
         self.waker.wake();
+    }
+}
+
+/// The error a [`GuardedIo`](crate::GuardedIo) gives hyper's read of an
+/// idle connection it retires (a `Keep-Alive` limit, or room for a dial).
+///
+/// An error, not an end of file: were hyper reading a body after all, an
+/// end of file could end a body delimited by the close short without a
+/// word, while an error fails it. And it tells the retry that the request
+/// it failed, if any, was never written: the connection was retired only
+/// while no byte of a request was on it.
+#[derive(Debug)]
+pub(crate) struct Retired;
+
+impl std::fmt::Display for Retired {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("poolguard retired the idle connection")
+    }
+}
+
+impl std::error::Error for Retired {}
+
+impl Retired {
+    /// The IO error to give hyper.
+    pub(crate) fn error() -> std::io::Error {
+        std::io::Error::new(std::io::ErrorKind::ConnectionAborted, Retired)
+    }
+
+    /// Whether `error` is a [`Retired`], or an IO error made of one (its
+    /// sources are not looked at: `io::Error::source` skips the error it
+    /// wraps, so the caller walks the chain and asks of each).
+    pub(crate) fn is(error: &(dyn std::error::Error + 'static)) -> bool {
+        error.is::<Retired>()
+            || error
+                .downcast_ref::<std::io::Error>()
+                .and_then(std::io::Error::get_ref)
+                .is_some_and(|inner| inner.is::<Retired>())
     }
 }
 

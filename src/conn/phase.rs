@@ -43,9 +43,10 @@ impl Phase {
         !matches!(self, Phase::Upgraded | Phase::Http2 | Phase::Unknown)
     }
 
-    /// Whether no byte of a response to the current request has arrived
-    /// (and the connection is still HTTP/1 as far as the bytes show).
+    /// Whether hyper began to write the current request and no byte of a
+    /// response to it has arrived (and the connection is still HTTP/1 as
+    /// far as the bytes show).
     pub(crate) fn unanswered(self) -> bool {
-        matches!(self, Phase::Idle | Phase::Requesting | Phase::Awaiting)
+        matches!(self, Phase::Requesting | Phase::Awaiting)
     }
 }

@@ -65,6 +65,11 @@ pub(crate) fn unprocessed(error: &(dyn Error + 'static)) -> Option<Unprocessed> 
             {
                 return Some(Unprocessed::Surely);
             }
+            if crate::conn::Retired::is(e) {
+                // The guard ended the idle connection with no byte of a
+                // request on it.
+                return Some(Unprocessed::Surely);
+            }
             source = e.source();
         }
         None

@@ -1,5 +1,6 @@
 //! poolguard's test kit, one concern a file: loopback servers that count
-//! what they accept (`servers`), servers that break the rules (`raw`), and
+//! what they accept (`servers`), servers that break the rules (`raw`), one scripted response
+//! served alike to a bare and a guarded client (`script`), and
 //! the load driver with what the process holds (`load`). Used by the
 //! crate's tests, its demo and its benchmarks; never published.
 
@@ -8,11 +9,13 @@
 mod load;
 mod raw;
 mod resolve;
+mod script;
 mod servers;
 
 pub use load::*;
 pub use raw::*;
 pub use resolve::Loopback;
+pub use script::*;
 pub use servers::*;
 
 /// The error type of the load driver's requests (the same as
