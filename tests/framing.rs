@@ -101,7 +101,12 @@ where
     let trailers = collected.trailers().map(|t| {
         let mut t: Vec<_> = t
             .iter()
-            .map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+            .map(|(k, v)| {
+                (
+                    k.to_string(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
             .collect();
         t.sort();
         t
@@ -114,9 +119,7 @@ where
 }
 
 async fn within(fut: impl std::future::Future<Output = Got>) -> Got {
-    tokio::time::timeout(BUDGET, fut)
-        .await
-        .unwrap_or(Got::Hung)
+    tokio::time::timeout(BUDGET, fut).await.unwrap_or(Got::Hung)
 }
 
 fn follow_up_reused(server: &ScriptServer) -> bool {
@@ -134,13 +137,17 @@ async fn bare(script: &Script, method: &Method, config: fn(&mut Builder)) -> Run
     config(&mut builder);
     let client = builder.build::<_, Full<Bytes>>(HttpConnector::new());
     let first = within(async {
-        let r = client.request(first_request(server.uri("/a"), method)).await;
+        let r = client
+            .request(first_request(server.uri("/a"), method))
+            .await;
         got(r.map_err(Into::into)).await
     })
     .await;
     tokio::time::sleep(BETWEEN).await;
     let follow_up = within(async {
-        let r = client.request(first_request(server.uri("/b"), &Method::GET)).await;
+        let r = client
+            .request(first_request(server.uri("/b"), &Method::GET))
+            .await;
         got(r.map_err(Into::into)).await
     })
     .await;
@@ -269,7 +276,9 @@ async fn a_status_below_100_is_rejected_once() {
 #[tokio::test]
 async fn chunked_http10_is_rejected_once() {
     rejected(
-        Script::once(&b"HTTP/1.0 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n"[..]),
+        Script::once(
+            &b"HTTP/1.0 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n"[..],
+        ),
         Method::GET,
     )
     .await;
@@ -278,7 +287,10 @@ async fn chunked_http10_is_rejected_once() {
 #[tokio::test]
 async fn more_headers_than_hyper_takes_are_rejected_once() {
     for n in [101, 110, 128] {
-        let head = format!("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n{}\r\nok", headers(n - 1));
+        let head = format!(
+            "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n{}\r\nok",
+            headers(n - 1)
+        );
         rejected(Script::once(head.into_bytes()), Method::GET).await;
         let interim = format!(
             "HTTP/1.1 103 Early Hints\r\n{}\r\nHTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
@@ -287,7 +299,10 @@ async fn more_headers_than_hyper_takes_are_rejected_once() {
         rejected(Script::once(interim.into_bytes()), Method::GET).await;
     }
     // 100 is hyper's limit, and within it.
-    let head = format!("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n{}\r\nok", headers(99));
+    let head = format!(
+        "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n{}\r\nok",
+        headers(99)
+    );
     reused(Script::once(head.into_bytes()), defaults).await;
 }
 
@@ -337,9 +352,7 @@ async fn chunked_wins_over_any_content_length() {
 #[tokio::test]
 async fn the_builders_parser_options_do_not_blind_the_guard() {
     reused(
-        Script::once(
-            &b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nx-folded: a\r\n  b\r\n\r\nok"[..],
-        ),
+        Script::once(&b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nx-folded: a\r\n  b\r\n\r\nok"[..]),
         |b| {
             b.http1_allow_obsolete_multiline_headers_in_responses(true);
         },
@@ -359,7 +372,10 @@ async fn the_builders_parser_options_do_not_blind_the_guard() {
         },
     )
     .await;
-    let many = format!("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n{}\r\nok", headers(150));
+    let many = format!(
+        "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n{}\r\nok",
+        headers(150)
+    );
     reused(Script::once(many.into_bytes()), |b| {
         b.http1_max_headers(200);
     })
@@ -453,7 +469,9 @@ impl Case {
     fn script(&self) -> Script {
         let mut out = Vec::new();
         for code in &self.interims {
-            out.extend_from_slice(format!("HTTP/1.1 {code} Interim\r\nx-i: {code}\r\n\r\n").as_bytes());
+            out.extend_from_slice(
+                format!("HTTP/1.1 {code} Interim\r\nx-i: {code}\r\n\r\n").as_bytes(),
+            );
         }
         let version = if self.http10 { "HTTP/1.0" } else { "HTTP/1.1" };
         out.extend_from_slice(format!("{version} {} Status\r\n", self.status).as_bytes());

@@ -990,7 +990,11 @@ mod tests {
     #[tokio::test]
     async fn a_write_that_fails_on_a_reused_connection_is_unanswered() {
         let broken = std::io::Error::new(std::io::ErrorKind::BrokenPipe, "closed");
-        let mock = Builder::new().write(GET).read(OK).write_error(broken).build();
+        let mock = Builder::new()
+            .write(GET)
+            .read(OK)
+            .write_error(broken)
+            .build();
         let mut io = io(mock, None, false);
         write(&mut io, GET).await;
         read(&mut io).await.unwrap();
@@ -1005,7 +1009,12 @@ mod tests {
         // hyper rejects a head the tracker reads as complete only with a
         // stricter option of its builder; the exchange is then over, and
         // the request failed answered.
-        let mock = Builder::new().write(GET).read(OK).write(GET).read(OK).build();
+        let mock = Builder::new()
+            .write(GET)
+            .read(OK)
+            .write(GET)
+            .read(OK)
+            .build();
         let mut io = io(mock, None, false);
         for _ in 0..2 {
             write(&mut io, GET).await;

@@ -652,7 +652,10 @@ fn parse_response(bytes: &[u8], head_request: bool, connect: bool) -> Parsed<Res
     // undoes it.
     let mut keep_alive_hyper = http11;
     let mut saw_close = false;
-    for h in headers.iter().filter(|h| h.name.eq_ignore_ascii_case("connection")) {
+    for h in headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("connection"))
+    {
         if saw_close || list_has(h.value, "close") {
             saw_close = true;
             keep_alive_hyper = false;
@@ -1204,7 +1207,10 @@ mod tests {
 
     #[test]
     fn what_hyper_rejects_or_reads_to_the_close_is_never_idle() {
-        let many = format!("HTTP/1.1 200 OK\r\n{}content-length: 0\r\n\r\n", "x-a: b\r\n".repeat(100));
+        let many = format!(
+            "HTTP/1.1 200 OK\r\n{}content-length: 0\r\n\r\n",
+            "x-a: b\r\n".repeat(100)
+        );
         let interim = format!(
             "HTTP/1.1 103 Hints\r\n{}\r\nHTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n",
             "x-a: b\r\n".repeat(101)
@@ -1247,7 +1253,10 @@ mod tests {
             t.read(&line);
         }
         assert_eq!(t.phase(), Phase::Responding);
-        assert!(t.res_buf.len() <= MAX_HEAD, "buffered at most hyper's limit");
+        assert!(
+            t.res_buf.len() <= MAX_HEAD,
+            "buffered at most hyper's limit"
+        );
     }
 
     #[test]
@@ -1313,7 +1322,10 @@ mod tests {
         assert_eq!(t.completed(), 1);
         // A request with a body after an unsure one.
         let mut t = answered(b"HTTP/1.1 200 OK\r\nx@bad: b\r\ncontent-length: 0\r\n\r\n");
-        assert_eq!(t.wrote(b"PUT / HTTP/1.1\r\ncontent-length: 2\r\n\r\n"), Event::Started);
+        assert_eq!(
+            t.wrote(b"PUT / HTTP/1.1\r\ncontent-length: 2\r\n\r\n"),
+            Event::Started
+        );
         assert_eq!(t.phase(), Phase::Requesting);
         t.wrote(b"ab");
         assert_eq!((t.phase(), t.completed()), (Phase::Awaiting, 1));

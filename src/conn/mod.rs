@@ -7,6 +7,28 @@
 //! the per-host registry and the retry read the `Link`; the drain and the
 //! metrics layer report a response's fate to its connection's [`Record`],
 //! which tells its [`ConnObserver`] (the metrics) when it closes and why.
+//!
+//! # hyper is the authority
+//!
+//! What the tracker decides never depends on reading bytes differently from
+//! hyper (see the `http1` module for the details):
+//!
+//! - exchange boundaries, and so whether a connection was reused, come
+//!   from the requests hyper writes (it writes the next only once it has
+//!   read the whole response to the last);
+//! - a request is answered once any byte was read after it went out, with
+//!   no parsing at all;
+//! - "idle", which lets the guard retire a connection, comes from reading
+//!   responses with hyper's own rules and default parser configuration.
+//!   The client builder's parser options are not visible to the guard, and
+//!   need not be: a lenient option only makes hyper accept a head that the
+//!   tracker, reading strictly, is unsure of (and then decides nothing
+//!   until hyper's next request), and a stricter one only makes hyper reject
+//!   and close a connection the tracker took as idle;
+//! - a retirement fails hyper's idle read with [`Retired`] rather than an
+//!   end of file, so that even a disagreement could fail a body, never cut
+//!   it short; and the retry reads hyper's errors ("canceled", `Retired`)
+//!   for requests that never left.
 
 // Without hyper-util there are no tracked connections: the drain and the
 // metrics still look for their records, which never come.

@@ -55,8 +55,12 @@
 //! - **hyper-util with a [`GuardedConnector`](crate::GuardedConnector)**:
 //!   exactly. hyper-util gives the failed connection's `Connected` with its
 //!   error, and the connector's IO followed the HTTP/1 exchanges on it: the
-//!   connection had completed one before, and no byte of a response to
-//!   this request (an interim `100 Continue` included) arrived.
+//!   connection had completed one before (as hyper's own next request
+//!   shows), hyper began to write this request, and no byte at all was read
+//!   after it (an interim `100 Continue` is an answer). A request the
+//!   connector's retirement of an idle connection failed before it was
+//!   written is one that was never sent. Whatever the response bytes were,
+//!   once one arrived the request is never sent again.
 //! - **reqwest, or a client without a `GuardedConnector`**: the connection
 //!   is known to be reused when its socket address pair was seen on an
 //!   earlier response that passed through this layer (no other layer is
