@@ -147,6 +147,7 @@ pub struct PoolGuardBuilder {
     drain_max_time: Duration,
     drain_max_concurrent: usize,
     retry_stale: bool,
+    retry_budget: (f32, u32),
     honor_keep_alive: bool,
 }
 
@@ -164,6 +165,10 @@ impl Default for PoolGuardBuilder {
             drain_max_time: crate::drain::layer::DEFAULT_MAX_TIME,
             drain_max_concurrent: crate::drain::layer::DEFAULT_MAX_CONCURRENT,
             retry_stale: true,
+            retry_budget: (
+                crate::retry::budget::DEFAULT_PERCENT,
+                crate::retry::budget::DEFAULT_MIN_PER_SEC,
+            ),
             honor_keep_alive: true,
         }
     }
@@ -267,6 +272,18 @@ impl PoolGuardBuilder {
         self
     }
 
+    /// The retry budget of each host: retries (stale and not processed
+    /// alike) stay within `percent` of the host's requests over the last
+    /// 10 s, plus `min_per_sec` a second; past it the error goes back to
+    /// the caller and counts in
+    /// [`Snapshot::retries_budget_exhausted`](crate::Snapshot). Default:
+    /// 20 % plus 10 a second. See
+    /// [`RetryStaleLayer::budget`](crate::retry::RetryStaleLayer::budget).
+    pub fn retry_budget(mut self, percent: f32, min_per_sec: u32) -> Self {
+        self.retry_budget = (percent, min_per_sec);
+        self
+    }
+
     /// Whether connections made by [`PoolGuard::connector`] are retired
     /// before the server's advertised `Keep-Alive: timeout=N, max=M` would
     /// close them: see
@@ -318,6 +335,7 @@ impl PoolGuardBuilder {
             metrics: ReuseMetricsLayer::new(metrics.clone()),
             retry: RetryStaleLayer::new()
                 .max_retries(u32::from(self.retry_stale))
+                .budget(self.retry_budget.0, self.retry_budget.1)
                 .on_retry(metrics.clone()),
             drain: DrainLayer::new()
                 .max_bytes(self.drain_max_bytes)

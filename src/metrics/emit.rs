@@ -156,6 +156,7 @@ struct Handles {
     retries_retrying: Counter,
     retries_succeeded: Counter,
     retries_failed: Counter,
+    retries_budget_exhausted: Counter,
     retries_not_processed: Counter,
     queue_full: Counter,
     queue_timeouts: Counter,
@@ -222,6 +223,7 @@ impl Emitter {
                 retries_retrying: retries("retrying"),
                 retries_succeeded: retries("succeeded"),
                 retries_failed: retries("failed"),
+                retries_budget_exhausted: retries("budget_exhausted"),
                 retries_not_processed: counter(RETRIES_NOT_PROCESSED),
                 queue_full: counter(QUEUE_FULL),
                 queue_timeouts: counter(QUEUE_TIMEOUTS),
@@ -274,6 +276,7 @@ impl Emitter {
             }
             RetryEvent::Succeeded => h.retries_succeeded.increment(1),
             RetryEvent::Failed => h.retries_failed.increment(1),
+            RetryEvent::BudgetExhausted { .. } => h.retries_budget_exhausted.increment(1),
         }
     }
 

@@ -110,6 +110,7 @@ fn publish(s: &Snapshot, per_host: bool) {
     counter!("poolguard_retries_total").absolute(s.retries);
     counter!("poolguard_retries_succeeded_total").absolute(s.retries_succeeded);
     counter!("poolguard_retries_failed_total").absolute(s.retries_failed);
+    counter!("poolguard_retries_budget_exhausted_total").absolute(s.retries_budget_exhausted);
     counter!("poolguard_retries_not_processed_total").absolute(s.retries_not_processed);
     gauge!("poolguard_in_flight").set(s.in_flight as f64);
     gauge!("poolguard_queued").set(s.queued as f64);

@@ -56,6 +56,7 @@ pub(crate) struct Inner {
     pub(crate) retries: AtomicU64,
     pub(crate) retries_succeeded: AtomicU64,
     pub(crate) retries_failed: AtomicU64,
+    pub(crate) retries_budget_exhausted: AtomicU64,
     pub(crate) retries_not_processed: AtomicU64,
     pub(crate) next_connection: AtomicU64,
     /// A `ReuseMetricsLayer` reports responses to this handle.
@@ -101,6 +102,7 @@ impl Default for Inner {
             retries: AtomicU64::new(0),
             retries_succeeded: AtomicU64::new(0),
             retries_failed: AtomicU64::new(0),
+            retries_budget_exhausted: AtomicU64::new(0),
             retries_not_processed: AtomicU64::new(0),
             next_connection: AtomicU64::new(1),
             hosts: HostTable::default(),
@@ -236,6 +238,7 @@ impl Metrics {
             retries: load(&i.retries),
             retries_succeeded: load(&i.retries_succeeded),
             retries_failed: load(&i.retries_failed),
+            retries_budget_exhausted: load(&i.retries_budget_exhausted),
             retries_not_processed: load(&i.retries_not_processed),
             hosts: i.hosts.snapshot(&i.dial_costs),
         }
@@ -294,6 +297,7 @@ impl crate::retry::OnRetry for Metrics {
             }
             RetryEvent::Succeeded => &i.retries_succeeded,
             RetryEvent::Failed => &i.retries_failed,
+            RetryEvent::BudgetExhausted { .. } => &i.retries_budget_exhausted,
         };
         counter.fetch_add(1, Relaxed);
         #[cfg(feature = "metrics")]

@@ -65,6 +65,10 @@ pub struct Snapshot {
     pub retries_succeeded: u64,
     /// Of those, retries that failed too.
     pub retries_failed: u64,
+    /// Retries not made because the host's retry budget was spent (see
+    /// [`RetryStaleLayer::budget`](crate::retry::RetryStaleLayer::budget)):
+    /// each is an error returned to its caller.
+    pub retries_budget_exhausted: u64,
     /// Of all retries, those of requests an HTTP/2 server refused or left
     /// above its `GOAWAY`'s last stream id.
     pub retries_not_processed: u64,

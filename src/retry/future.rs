@@ -13,6 +13,7 @@ use tower_service::Service;
 
 use std::sync::Arc;
 
+use super::budget::RequestBudget;
 use super::layer::Seen;
 use super::{service::replay, stale, ReplayBody, Retried, RetryCause, RetryEvent, RetryHook};
 use crate::BoxError;
@@ -47,6 +48,8 @@ pin_project! {
         cause: RetryCause,
         // Retries left for requests that were never processed.
         unprocessed_left: u32,
+        // The host's retry budget, with this request deposited.
+        budget: Option<RequestBudget>,
     }
 }
 
@@ -81,6 +84,7 @@ where
         observer: Option<RetryHook>,
         seen: Option<Arc<Seen>>,
         idempotent: bool,
+        budget: Option<RequestBudget>,
     ) -> Self {
         ResponseFuture {
             state: State::Called { future },
@@ -92,6 +96,7 @@ where
             idempotent,
             cause: RetryCause::StaleConnection,
             unprocessed_left: if left > 0 { NOT_PROCESSED_RETRIES } else { 0 },
+            budget,
         }
     }
 }
@@ -168,6 +173,13 @@ where
                     let Some(cause) = cause else {
                         return Poll::Ready(Err(error));
                     };
+                    if this.budget.as_ref().is_some_and(|b| !b.withdraw()) {
+                        tracing::debug!(%error, ?cause, "retry budget spent; not sending the request again");
+                        if let Some(o) = this.observer.as_ref() {
+                            o.tell(RetryEvent::BudgetExhausted { cause });
+                        }
+                        return Poll::Ready(Err(error));
+                    }
                     *this.cause = cause;
                     tracing::debug!(%error, ?cause, "request not answered; sending it again");
                     match crate::timer::sleep_until(Instant::now() + PAUSE) {

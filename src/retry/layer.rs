@@ -2,6 +2,7 @@ use std::sync::{Arc, OnceLock};
 
 use tower_layer::Layer;
 
+use super::budget::{BudgetConfig, Budgets};
 use super::{OnRetry, RetryHook, RetryStale};
 
 /// Retries of requests that fail on a stale pooled connection; makes
@@ -18,6 +19,8 @@ pub struct RetryStaleLayer {
     pub(crate) max_retries: u32,
     pub(crate) observer: Option<RetryHook>,
     pub(crate) seen: OnceLock<Arc<Seen>>,
+    pub(crate) budget: BudgetConfig,
+    pub(crate) budgets: OnceLock<Arc<Budgets>>,
 }
 
 /// The connections a retry layer's responses came on, for clients whose
@@ -34,6 +37,8 @@ impl RetryStaleLayer {
             max_retries: 1,
             observer: None,
             seen: OnceLock::new(),
+            budget: BudgetConfig::DEFAULT,
+            budgets: OnceLock::new(),
         }
     }
 
@@ -50,6 +55,28 @@ impl RetryStaleLayer {
     pub fn on_retry(mut self, hook: impl OnRetry) -> Self {
         self.observer = Some(RetryHook::new(hook));
         self
+    }
+
+    /// The retry budget of each host: retries stay within `percent` of the
+    /// host's requests over the last 10 s, plus `min_per_sec` a second
+    /// (tower's [`TpsBudget`](tower::retry::budget::TpsBudget), one per
+    /// host). Default: 20 % plus 10 a second. A retry the budget does not
+    /// allow is not made: the error goes back to the caller, and the hook
+    /// is told [`RetryEvent::BudgetExhausted`](super::RetryEvent). Every
+    /// retry draws from it, stale and not processed alike. `percent` is
+    /// taken between 0 and 100,000 (NaN as 0); `min_per_sec(0)` with
+    /// `percent` 0 allows no retry at all.
+    pub fn budget(mut self, percent: f32, min_per_sec: u32) -> Self {
+        self.budget = BudgetConfig::new(percent, min_per_sec);
+        self.budgets = OnceLock::new();
+        self
+    }
+
+    /// The shared budgets, made on first use.
+    fn budgets(&self) -> Arc<Budgets> {
+        self.budgets
+            .get_or_init(|| Arc::new(Budgets::new(self.budget)))
+            .clone()
     }
 
     /// The shared record of connections, made on first use.
@@ -73,6 +100,7 @@ impl<S> Layer<S> for RetryStaleLayer {
             max_retries: self.max_retries,
             observer: self.observer.clone(),
             seen: self.seen(),
+            budgets: self.budgets(),
         }
     }
 }

@@ -105,6 +105,7 @@
 //! # }
 //! ```
 
+pub(crate) mod budget;
 pub mod future;
 mod layer;
 mod observe;

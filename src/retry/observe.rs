@@ -19,6 +19,12 @@ pub enum RetryEvent {
     Succeeded,
     /// The last attempt of a retried request failed too.
     Failed,
+    /// A request could have been sent again, but its host's retry budget
+    /// was spent: its error went back to the caller.
+    BudgetExhausted {
+        /// Why it could have been sent again.
+        cause: RetryCause,
+    },
 }
 
 /// Why a request is sent again.

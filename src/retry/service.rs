@@ -6,6 +6,7 @@ use tower_service::Service;
 
 use std::sync::Arc;
 
+use super::budget::{Budgets, RequestBudget};
 use super::future::ResponseFuture;
 use super::layer::Seen;
 use super::{ReplayBody, RetryHook, RetryStaleLayer};
@@ -23,6 +24,7 @@ pub struct RetryStale<S> {
     pub(crate) max_retries: u32,
     pub(crate) observer: Option<RetryHook>,
     pub(crate) seen: Arc<Seen>,
+    pub(crate) budgets: Arc<Budgets>,
 }
 
 impl<S> RetryStale<S> {
@@ -82,6 +84,13 @@ where
         // Every response records its connection (while retries are on):
         // a later request that fails on it knows it was reused.
         let seen = (self.max_retries > 0).then(|| self.seen.clone());
+        // Every request counts toward its host's retry budget.
+        let budget = (self.max_retries > 0).then(|| {
+            RequestBudget::deposit(
+                &self.budgets,
+                crate::key::HostKey::from_request(&req).as_ref(),
+            )
+        });
         ResponseFuture::new(
             self.inner.call(req),
             retry,
@@ -89,6 +98,7 @@ where
             observer,
             seen,
             idempotent,
+            budget,
         )
     }
 }
