@@ -107,9 +107,9 @@ struct Chunked {
     extensions: u64,
     /// Trailer fields so far.
     trailers: usize,
-    /// Trailer bytes so far (kept in the tracker's buffer); `None` before
-    /// the first.
-    trailer_bytes: Option<usize>,
+    /// Trailer bytes have begun (they are kept in the tracker's buffer,
+    /// when checked).
+    in_trailers: bool,
 }
 
 /// Where a chunked decoder is.
@@ -802,7 +802,7 @@ impl Chunked {
             size: 0,
             extensions: 0,
             trailers: 0,
-            trailer_bytes: None,
+            in_trailers: false,
         }
     }
 
@@ -875,8 +875,8 @@ impl Chunked {
                         self.trailer_byte(&mut trailers, b)?;
                         Chunk::EndLf
                     } else {
-                        if self.trailer_bytes.is_none() {
-                            self.trailer_bytes = Some(0);
+                        if !self.in_trailers {
+                            self.in_trailers = true;
                             if let Some(t) = trailers.as_deref_mut() {
                                 t.clear();
                             }
@@ -908,7 +908,7 @@ impl Chunked {
                     b'\n' => {
                         self.trailer_byte(&mut trailers, b)?;
                         if let Some(t) = trailers.as_deref() {
-                            if self.trailer_bytes.is_some() && !trailers_valid(t, self.trailers) {
+                            if self.in_trailers && !trailers_valid(t, self.trailers) {
                                 return None;
                             }
                         }
@@ -925,15 +925,10 @@ impl Chunked {
 
     /// Keeps a byte of the trailers, once they began; `None` past hyper's
     /// limit.
-    fn trailer_byte(&mut self, trailers: &mut Option<&mut Vec<u8>>, b: u8) -> Option<()> {
-        let Some(n) = self.trailer_bytes else {
-            return Some(());
-        };
-        let n = n.saturating_add(1);
-        self.trailer_bytes = Some(n);
-        if let Some(t) = trailers.as_deref_mut() {
+    fn trailer_byte(&self, trailers: &mut Option<&mut Vec<u8>>, b: u8) -> Option<()> {
+        if let Some(t) = trailers.as_deref_mut().filter(|_| self.in_trailers) {
             t.push(b);
-            if n >= TRAILER_LIMIT {
+            if t.len() >= TRAILER_LIMIT {
                 return None;
             }
         }
