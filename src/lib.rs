@@ -109,6 +109,9 @@ pub use retry::RetryStaleLayer;
 #[cfg(feature = "hyper-util")]
 #[cfg_attr(docsrs, doc(cfg(feature = "hyper-util")))]
 pub use client::hyper_util::{ClientDropped, ConnectFuture, GuardedConnector, GuardedIo};
+#[cfg(feature = "hyper-util")]
+#[cfg_attr(docsrs, doc(cfg(feature = "hyper-util")))]
+pub use conn::turnover::Coalesced;
 
 /// Alias for a type-erased error type, as used throughout the Tower ecosystem.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

@@ -15,7 +15,9 @@ use hyper::rt::{Read, ReadBufCursor, Write};
 use hyper_util::client::legacy::connect::{Connected, Connection};
 use tower_service::Service;
 
+use crate::conn::http2::Frames;
 use crate::conn::keep_alive::Limits;
+use crate::conn::turnover::{Entered, Lead, Turnover};
 use crate::conn::{Event, Link, LinkHandle, Phase, Record, Retired, Stamp, Tracker};
 use crate::key::HostKey;
 use crate::limit::registry::{Acquire, Bounds, Overrides, Policy, Registry, Slot, TimedOut};
@@ -104,6 +106,9 @@ pub struct GuardedConnector<C> {
     /// Connections across all hosts (`None`: no cap).
     max_total: Option<usize>,
     life: Arc<Life>,
+    /// One dial at a time for pool keys that speak HTTP/2, shared by
+    /// clones.
+    turnover: Arc<Turnover>,
 }
 
 /// A dial was waiting for a connection slot when every clone of the client
@@ -170,6 +175,7 @@ impl<C> GuardedConnector<C> {
             total: Arc::default(),
             max_total: None,
             life: Arc::default(),
+            turnover: Arc::default(),
         }
     }
 
@@ -195,6 +201,7 @@ impl<C> GuardedConnector<C> {
             total: total.0,
             max_total: total.1,
             life: Arc::default(),
+            turnover: Arc::default(),
         }
     }
 
@@ -331,24 +338,57 @@ where
     }
 
     fn call(&mut self, dst: Uri) -> Self::Future {
+        let pool_key = pool_key(&dst);
+        let tls = dst.scheme_str() == Some("https");
+        match self.turnover.enter(&pool_key, tls) {
+            Entered::Now(lead) => self.dial(dst, pool_key, lead),
+            Entered::Held(held) => {
+                // Take the connector that was made ready into the future.
+                let clone = self.inner.clone();
+                let ready = std::mem::replace(&mut self.inner, clone);
+                let mut this = GuardedConnector {
+                    inner: ready,
+                    ..self.clone()
+                };
+                ConnectFuture::new(async move {
+                    let lead = held.wait().await?;
+                    this.dial(dst, pool_key, lead).await
+                })
+            }
+        }
+    }
+}
+
+impl<C> GuardedConnector<C>
+where
+    C: Service<Uri> + Clone + Send + 'static,
+    C::Response: Send + 'static,
+    C::Error: Into<BoxError>,
+    C::Future: Send + 'static,
+{
+    /// Dials `dst` (the connector is ready) once its turn came: waits for
+    /// a slot of its host (and of the total), then calls the inner
+    /// connector.
+    fn dial(
+        &mut self,
+        dst: Uri,
+        pool_key: Arc<str>,
+        lead: Option<Lead>,
+    ) -> ConnectFuture<C::Response> {
         let Some(key) = HostKey::from_uri(&dst) else {
             // The client rejects such a URI before it dials; pass it on.
             let connect = self.inner.call(dst);
             return ConnectFuture::new(async move {
                 let io = connect.await.map_err(Into::into)?;
-                Ok(GuardedIo::new(
-                    io,
-                    None,
-                    Link::new(Arc::from("")),
-                    Track::NONE,
-                ))
+                Ok(GuardedIo::new(io, None, Link::new(pool_key), Track::NONE))
             });
         };
         let track = Track {
             metrics: self.metrics.clone().map(|m| (m, key.clone())),
             honor_keep_alive: self.honor_keep_alive,
+            lead,
         };
-        let link = Link::new(pool_key(&dst));
+        let link = Link::new(pool_key);
         let policy = Policy {
             bounds: self.bounds,
             observer: None,
@@ -475,12 +515,16 @@ impl<T> fmt::Debug for ConnectFuture<T> {
 struct Track {
     metrics: Option<(Metrics, HostKey)>,
     honor_keep_alive: bool,
+    /// The dial leads its pool key's turnover: the connection tells it
+    /// what it speaks.
+    lead: Option<Lead>,
 }
 
 impl Track {
     const NONE: Track = Track {
         metrics: None,
         honor_keep_alive: false,
+        lead: None,
     };
 
     /// A dial (connect and TLS handshake, whatever the inner connector
@@ -523,6 +567,14 @@ struct IoGuard {
     /// The end of a fresh connection's grace, armed while a dial waits
     /// (`Some(None)`: the runtime has no timer).
     fresh_timer: Option<Option<Pin<Box<tokio::time::Sleep>>>>,
+    /// The connection leads its pool key's turnover, until it shows what
+    /// it speaks.
+    lead: Option<Lead>,
+    /// The frames hyper writes, while the connection is (or may be)
+    /// HTTP/2.
+    h2_out: Option<Frames>,
+    /// The frames the server sends, once the connection is HTTP/2.
+    h2_in: Option<Frames>,
 }
 
 impl<T> GuardedIo<T> {
@@ -545,6 +597,9 @@ impl<T> GuardedIo<T> {
                 idle_since: None,
                 retire_at: None,
                 fresh_timer: None,
+                lead: track.lead,
+                h2_out: Some(Frames::client()),
+                h2_in: None,
             },
         }
     }
@@ -601,6 +656,7 @@ impl IoGuard {
                     left -= take;
                     let event = self.tracker.wrote(&buf[..take]);
                     self.on_event(event);
+                    self.wrote_h2(&buf[..take]);
                 }
             }
             Poll::Ready(Err(e)) => {
@@ -611,6 +667,37 @@ impl IoGuard {
                 self.on_event(event);
             }
             Poll::Pending => {}
+        }
+    }
+
+    /// Follows the HTTP/2 frames among `bytes` written, while the
+    /// connection is (or may still be) HTTP/2; tells the turnover's lead
+    /// what the connection speaks.
+    fn wrote_h2(&mut self, bytes: &[u8]) {
+        let Some(frames) = self.h2_out.as_mut() else {
+            return;
+        };
+        if self.tracker.phase() == Phase::Http2 || self.tracker.maybe_http2() {
+            if frames.feed(bytes).headers > 0 {
+                if let Some(lead) = self.lead.take() {
+                    lead.http2_in_use();
+                }
+            }
+        } else {
+            self.h2_out = None;
+            if let Some(lead) = self.lead.take() {
+                lead.http1();
+            }
+        }
+    }
+
+    /// Follows the HTTP/2 frames among `bytes` read: on a `GOAWAY`, the
+    /// connection leaves hyper-util's pool (see [`Link::went_away`]).
+    fn read_h2(&mut self, bytes: &[u8]) {
+        let frames = self.h2_in.get_or_insert_with(Frames::server);
+        if let Some(last) = frames.feed(bytes).goaway {
+            tracing::debug!(pool = %self.link.pool_key(), last_stream = last, "GOAWAY received");
+            self.link.went_away();
         }
     }
 
@@ -791,6 +878,13 @@ impl<T: Read + Unpin> Read for GuardedIo<T> {
                 if n == 0 {
                     if let Some(conn) = &guard.conn {
                         conn.on_eof();
+                    }
+                } else if guard.tracker.phase() == Phase::Http2 {
+                    guard.read_h2(filled);
+                    #[allow(unsafe_code)]
+                    // SAFETY: as below.
+                    unsafe {
+                        buf.advance(n);
                     }
                 } else {
                     let event = guard.tracker.read(filled);

@@ -254,6 +254,15 @@ impl Tracker {
         self.phase = Phase::Requesting;
     }
 
+    /// Whether the bytes written so far may still be the start of HTTP/2's
+    /// preface (nothing but a prefix of it was written).
+    pub(crate) fn maybe_http2(&self) -> bool {
+        self.completed == 0
+            && self.phase == Phase::Requesting
+            && self.request == Side::Head
+            && H2_PREFACE.starts_with(&self.req_buf)
+    }
+
     /// `bytes` were written to the peer (only what the IO accepted).
     pub(crate) fn wrote(&mut self, mut bytes: &[u8]) -> Event {
         let mut event = Event::None;

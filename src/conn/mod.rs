@@ -40,10 +40,14 @@ mod cost;
 #[cfg(feature = "hyper-util")]
 pub(crate) mod http1;
 #[cfg(feature = "hyper-util")]
+pub(crate) mod http2;
+#[cfg(feature = "hyper-util")]
 pub(crate) mod keep_alive;
 mod phase;
 mod reason;
 mod record;
+#[cfg(feature = "hyper-util")]
+pub(crate) mod turnover;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -102,6 +106,34 @@ pub(crate) struct Link {
     used: AtomicU64,
     /// When the connection was made.
     born: tokio::time::Instant,
+    /// The server said `GOAWAY`.
+    gone_away: AtomicBool,
+    /// Takes the connection out of its client's pool (hyper-util's
+    /// `Connected::poison`, which only a request can reach): armed by the
+    /// first request that learns its connection, called on `GOAWAY`.
+    poison: PoisonSlot,
+}
+
+/// What takes a connection out of its client's pool.
+pub(crate) type Poison = Box<dyn FnOnce() + Send>;
+
+#[derive(Default)]
+struct PoisonSlot(Mutex<Option<Poison>>);
+
+impl PoisonSlot {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Poison>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl std::fmt::Debug for PoisonSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.lock().is_some() {
+            "armed"
+        } else {
+            "unarmed"
+        })
+    }
 }
 
 /// How long a connection that has carried no request yet is left alone:
@@ -125,7 +157,47 @@ impl Link {
             waker: ReadWaker::default(),
             used: AtomicU64::new(USE_CLOCK.fetch_add(1, Relaxed)),
             born: tokio::time::Instant::now(),
+            gone_away: AtomicBool::new(false),
+            poison: PoisonSlot::default(),
         })
+    }
+
+    /// Whether the connection can be taken out of its pool on `GOAWAY`
+    /// already.
+    pub(crate) fn poison_armed(&self) -> bool {
+        self.gone_away.load(Relaxed) || self.poison.lock().is_some()
+    }
+
+    /// `poison` takes the connection out of its client's pool: called now
+    /// if the server already said `GOAWAY`, else when it does.
+    pub(crate) fn arm_poison(&self, poison: Poison) {
+        let mut slot = self.poison.lock();
+        if self.gone_away.load(Relaxed) {
+            drop(slot);
+            poison();
+        } else {
+            *slot = Some(poison);
+        }
+    }
+
+    /// The server said `GOAWAY`: no new request is to go to the
+    /// connection. Streams under way finish on it; a new request would
+    /// race hyper's shutdown of the connection (and fail, or, with hyper
+    /// 1.12, wait for ever: see the `retry` module).
+    pub(crate) fn went_away(&self) {
+        let poison = {
+            let mut slot = self.poison.lock();
+            self.gone_away.store(true, Relaxed);
+            slot.take()
+        };
+        if let Some(poison) = poison {
+            poison();
+        }
+    }
+
+    /// Whether the server said `GOAWAY`.
+    pub(crate) fn gone_away(&self) -> bool {
+        self.gone_away.load(Relaxed)
     }
 
     /// When a connection that has carried no request may make room for a

@@ -8,6 +8,7 @@
 //! the burst that follows a server closing every idle connection at once).
 
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
@@ -59,13 +60,22 @@ impl BudgetConfig {
     }
 }
 
+/// What the retry keeps of a host: its budget, and whether it speaks
+/// HTTP/2.
+pub(crate) struct HostRetry {
+    budget: TpsBudget,
+    /// The host's last response came over HTTP/2: its requests learn their
+    /// connection, so that a `GOAWAY` can take it out of the pool.
+    http2: AtomicBool,
+}
+
 /// The budgets of every host, shared by a layer's services and their
 /// clones.
 pub(crate) struct Budgets {
     config: BudgetConfig,
-    hosts: Mutex<HostMemo<Arc<TpsBudget>>>,
+    hosts: Mutex<HostMemo<Arc<HostRetry>>>,
     /// The budget of requests without a host.
-    hostless: OnceLock<Arc<TpsBudget>>,
+    hostless: OnceLock<Arc<HostRetry>>,
 }
 
 impl Budgets {
@@ -79,7 +89,7 @@ impl Budgets {
 
     /// The budget of `key`'s host, made on first use. Requests without a
     /// host share one budget.
-    pub(crate) fn of(&self, key: Option<&HostKey>) -> Arc<TpsBudget> {
+    pub(crate) fn of(&self, key: Option<&HostKey>) -> Arc<HostRetry> {
         let Some(key) = key else {
             return self
                 .hostless
@@ -95,8 +105,11 @@ impl Budgets {
         budget
     }
 
-    fn budget(&self) -> TpsBudget {
-        TpsBudget::new(TTL, self.config.min_per_sec, self.config.ratio)
+    fn budget(&self) -> HostRetry {
+        HostRetry {
+            budget: TpsBudget::new(TTL, self.config.min_per_sec, self.config.ratio),
+            http2: AtomicBool::new(false),
+        }
     }
 }
 
@@ -110,25 +123,38 @@ impl fmt::Debug for Budgets {
 
 /// One request's budget: deposits when made, withdraws for each retry.
 #[derive(Clone)]
-pub(crate) struct RequestBudget(Arc<TpsBudget>);
+pub(crate) struct RequestBudget(Arc<HostRetry>);
 
 impl RequestBudget {
     /// The budget of the request's host, with the request deposited.
     pub(crate) fn deposit(budgets: &Budgets, key: Option<&HostKey>) -> Self {
-        let budget = budgets.of(key);
-        budget.deposit();
-        RequestBudget(budget)
+        let host = budgets.of(key);
+        host.budget.deposit();
+        RequestBudget(host)
     }
 
     /// Takes one retry; `false` when the budget is spent.
     pub(crate) fn withdraw(&self) -> bool {
-        self.0.withdraw()
+        self.0.budget.withdraw()
+    }
+
+    /// Whether the host's last response came over HTTP/2.
+    pub(crate) fn http2(&self) -> bool {
+        self.0.http2.load(Relaxed)
+    }
+
+    /// A response of the host came over `version`.
+    pub(crate) fn answered(&self, version: http::Version) {
+        let http2 = version >= http::Version::HTTP_2;
+        if self.0.http2.load(Relaxed) != http2 {
+            self.0.http2.store(http2, Relaxed);
+        }
     }
 }
 
 impl fmt::Debug for RequestBudget {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.fmt(f)
+        self.0.budget.fmt(f)
     }
 }
 

@@ -50,6 +50,8 @@ pin_project! {
         unprocessed_left: u32,
         // The host's retry budget, with this request deposited.
         budget: Option<RequestBudget>,
+        // What the request learns of its connection.
+        capture: Option<stale::Capture>,
     }
 }
 
@@ -97,7 +99,14 @@ where
             cause: RetryCause::StaleConnection,
             unprocessed_left: if left > 0 { NOT_PROCESSED_RETRIES } else { 0 },
             budget,
+            capture: None,
         }
+    }
+
+    /// The request learns its connection through `capture`.
+    pub(crate) fn capturing(mut self, capture: Option<stale::Capture>) -> Self {
+        self.capture = capture;
+        self
     }
 }
 
@@ -142,6 +151,12 @@ where
                         Ok(mut response) => {
                             if let Some(seen) = this.seen.as_deref() {
                                 stale::record(seen, response.extensions());
+                            }
+                            if let Some(budget) = this.budget.as_ref() {
+                                budget.answered(response.version());
+                            }
+                            if let Some(capture) = this.capture.take() {
+                                stale::arm(capture, response.extensions());
                             }
                             if retried {
                                 response.extensions_mut().insert(Retried {

@@ -69,7 +69,7 @@ where
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
-    fn call(&mut self, req: Request<B>) -> Self::Future {
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
         // Any request may be sent again if an HTTP/2 server did not process
         // it; only an idempotent one after a stale connection.
         let idempotent = is_idempotent(&req);
@@ -91,6 +91,12 @@ where
                 crate::key::HostKey::from_request(&req).as_ref(),
             )
         });
+        // A request to an HTTP/2 host learns its connection: the first to
+        // come back on a connection arms its poison for a `GOAWAY`.
+        let capture = budget
+            .as_ref()
+            .filter(|b| b.http2())
+            .and_then(|_| super::stale::capture(&mut req));
         ResponseFuture::new(
             self.inner.call(req),
             retry,
@@ -100,6 +106,7 @@ where
             idempotent,
             budget,
         )
+        .capturing(capture)
     }
 }
 

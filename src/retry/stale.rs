@@ -25,6 +25,49 @@ pub(crate) fn record(seen: &Seen, extensions: &http::Extensions) {
     let _ = (seen, extensions);
 }
 
+/// What a request learns of the connection it goes out on.
+#[cfg(feature = "hyper-util")]
+pub(crate) type Capture = hyper_util::client::legacy::connect::CaptureConnection;
+#[cfg(not(feature = "hyper-util"))]
+pub(crate) type Capture = ();
+
+/// Asks hyper-util to tell the request which connection it goes out on.
+pub(crate) fn capture<B>(req: &mut http::Request<B>) -> Option<Capture> {
+    #[cfg(feature = "hyper-util")]
+    {
+        Some(hyper_util::client::legacy::connect::capture_connection(req))
+    }
+    #[cfg(not(feature = "hyper-util"))]
+    {
+        let _ = req;
+        None
+    }
+}
+
+/// The response came on a tracked connection whose `GOAWAY` poison is not
+/// armed yet: arms it with the connection `capture` learned, so that a
+/// `GOAWAY` takes the connection out of hyper-util's pool at once.
+pub(crate) fn arm(capture: Capture, extensions: &http::Extensions) {
+    #[cfg(feature = "hyper-util")]
+    {
+        use crate::conn::LinkHandle;
+
+        let Some(LinkHandle(link)) = extensions.get::<LinkHandle>() else {
+            return;
+        };
+        if link.poison_armed() {
+            return;
+        }
+        link.arm_poison(Box::new(move || {
+            if let Some(connected) = capture.connection_metadata().as_ref() {
+                connected.poison();
+            }
+        }));
+    }
+    #[cfg(not(feature = "hyper-util"))]
+    let _ = (capture, extensions);
+}
+
 /// What an error says of whether its request was processed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[cfg_attr(not(feature = "hyper-util"), allow(dead_code))]
@@ -63,6 +106,11 @@ pub(crate) fn unprocessed(error: &(dyn Error + 'static)) -> Option<Unprocessed> 
             if e.downcast_ref::<hyper::Error>()
                 .is_some_and(hyper::Error::is_canceled)
             {
+                return Some(Unprocessed::Surely);
+            }
+            if e.is::<crate::Coalesced>() {
+                // A dial held for another's HTTP/2 connection: the request
+                // never went out.
                 return Some(Unprocessed::Surely);
             }
             if crate::conn::Retired::is(e) {
