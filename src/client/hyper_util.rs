@@ -387,6 +387,7 @@ where
             metrics: self.metrics.clone().map(|m| (m, key.clone())),
             honor_keep_alive: self.honor_keep_alive,
             lead,
+            turnover: Some(self.turnover.clone()),
         };
         let link = Link::new(pool_key);
         let policy = Policy {
@@ -518,6 +519,9 @@ struct Track {
     /// The dial leads its pool key's turnover: the connection tells it
     /// what it speaks.
     lead: Option<Lead>,
+    /// The connector's turnover, which learns the streams its servers take
+    /// per connection.
+    turnover: Option<Arc<Turnover>>,
 }
 
 impl Track {
@@ -525,6 +529,7 @@ impl Track {
         metrics: None,
         honor_keep_alive: false,
         lead: None,
+        turnover: None,
     };
 
     /// A dial (connect and TLS handshake, whatever the inner connector
@@ -575,6 +580,20 @@ struct IoGuard {
     h2_out: Option<Frames>,
     /// The frames the server sends, once the connection is HTTP/2.
     h2_in: Option<Frames>,
+    /// HTTP/2: the streams opened on the connection, against what its
+    /// server takes.
+    streams: Streams,
+}
+
+/// The streams of an HTTP/2 connection, against what its server takes.
+#[derive(Default)]
+struct Streams {
+    /// The connector's turnover, which learns the limit.
+    turnover: Option<Arc<Turnover>>,
+    opened: u32,
+    /// After how many streams the connection leaves the pool: read at its
+    /// first stream (`None` inside: no limit known).
+    rotate_at: Option<Option<u32>>,
 }
 
 impl<T> GuardedIo<T> {
@@ -600,6 +619,10 @@ impl<T> GuardedIo<T> {
                 lead: track.lead,
                 h2_out: Some(Frames::client()),
                 h2_in: None,
+                streams: Streams {
+                    turnover: track.turnover,
+                    ..Streams::default()
+                },
             },
         }
     }
@@ -678,10 +701,12 @@ impl IoGuard {
             return;
         };
         if self.tracker.phase() == Phase::Http2 || self.tracker.maybe_http2() {
-            if frames.feed(bytes).headers > 0 {
+            let opened = frames.feed(bytes).opened;
+            if opened > 0 {
                 if let Some(lead) = self.lead.take() {
                     lead.http2_in_use();
                 }
+                self.opened_streams(opened);
             }
         } else {
             self.h2_out = None;
@@ -691,13 +716,48 @@ impl IoGuard {
         }
     }
 
+    /// `n` more streams were opened: once nearly as many as the server
+    /// takes (as its earlier connections showed), the connection leaves the
+    /// pool before the server refuses a stream.
+    fn opened_streams(&mut self, n: u32) {
+        let streams = &mut self.streams;
+        let before = streams.opened;
+        streams.opened = streams.opened.saturating_add(n);
+        let Some(turnover) = streams.turnover.as_ref() else {
+            return;
+        };
+        let rotate_at = *streams.rotate_at.get_or_insert_with(|| {
+            turnover
+                .streams_limit(self.link.pool_key())
+                .map(crate::conn::turnover::rotate_at)
+        });
+        // Once, as the count passes the mark (a write may open several).
+        if rotate_at.is_some_and(|at| before < at && streams.opened >= at) {
+            tracing::debug!(pool = %self.link.pool_key(), streams = streams.opened, "connection leaves the pool before its server's stream limit");
+            self.link.went_away();
+        }
+    }
+
     /// Follows the HTTP/2 frames among `bytes` read: on a `GOAWAY`, the
-    /// connection leaves hyper-util's pool (see [`Link::went_away`]).
+    /// connection leaves hyper-util's pool (see [`Link::went_away`]). A
+    /// `GOAWAY` that refused streams the client had opened (they crossed
+    /// it on the wire) teaches the server's limit of streams per
+    /// connection, for the next connections of the key.
     fn read_h2(&mut self, bytes: &[u8]) {
         let frames = self.h2_in.get_or_insert_with(Frames::server);
-        if let Some(last) = frames.feed(bytes).goaway {
-            tracing::debug!(pool = %self.link.pool_key(), last_stream = last, "GOAWAY received");
-            self.link.went_away();
+        let Some(last) = frames.feed(bytes).goaway else {
+            return;
+        };
+        tracing::debug!(pool = %self.link.pool_key(), last_stream = last, "GOAWAY received");
+        self.link.went_away();
+        // The client's streams are odd: 1, 3, ..., `last` were taken. The
+        // largest id means "all, for now" (a graceful shutdown's first
+        // GOAWAY), and refuses nothing.
+        let taken = last.div_ceil(2);
+        if last < 0x7fff_ffff && self.streams.opened > taken {
+            if let Some(turnover) = &self.streams.turnover {
+                turnover.learn_limit(self.link.pool_key(), taken);
+            }
         }
     }
 

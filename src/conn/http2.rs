@@ -19,9 +19,10 @@ pub(crate) const PREFACE_LEN: usize = 24;
 /// What a run of bytes showed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Seen {
-    /// `HEADERS` frames that began in these bytes (new streams, and the
-    /// trailers or interim heads of open ones).
-    pub(crate) headers: u32,
+    /// Streams opened in these bytes: `HEADERS` frames on a stream id
+    /// above every one before (not the trailers or interim heads of open
+    /// streams).
+    pub(crate) opened: u32,
     /// A `GOAWAY` whose last stream id was read in these bytes: the last
     /// one, if there were several.
     pub(crate) goaway: Option<u32>,
@@ -46,6 +47,8 @@ enum At {
 pub(crate) struct Frames {
     at: At,
     head: [u8; 9],
+    /// The highest stream id a `HEADERS` frame was seen on.
+    last_stream: u32,
 }
 
 impl Frames {
@@ -54,6 +57,7 @@ impl Frames {
         Frames {
             at: At::Preface(PREFACE_LEN),
             head: [0; 9],
+            last_stream: 0,
         }
     }
 
@@ -62,6 +66,7 @@ impl Frames {
         Frames {
             at: At::Header(0),
             head: [0; 9],
+            last_stream: 0,
         }
     }
 
@@ -89,8 +94,15 @@ impl Frames {
                     }
                     let len = u32::from_be_bytes([0, self.head[0], self.head[1], self.head[2]]);
                     let kind = self.head[3];
-                    if kind == HEADERS {
-                        seen.headers = seen.headers.saturating_add(1);
+                    let stream = u32::from_be_bytes([
+                        self.head[5],
+                        self.head[6],
+                        self.head[7],
+                        self.head[8],
+                    ]) & 0x7fff_ffff;
+                    if kind == HEADERS && stream > self.last_stream {
+                        self.last_stream = stream;
+                        seen.opened = seen.opened.saturating_add(1);
                     }
                     self.at = match (kind, len) {
                         (GOAWAY, len) if len >= 4 => At::GoAway(0, len - 4),
@@ -165,12 +177,14 @@ mod tests {
     }
 
     #[test]
-    fn headers_are_counted_whatever_the_split() {
-        let bytes = client_bytes();
+    fn streams_opened_are_counted_whatever_the_split() {
+        let mut bytes = client_bytes();
+        // Trailers of stream 1 open no stream.
+        bytes.extend(frame(HEADERS, 0x5, 1, &[0x40]));
         for step in 1..=bytes.len() {
             let mut frames = Frames::client();
-            let headers: u32 = bytes.chunks(step).map(|c| frames.feed(c).headers).sum();
-            assert_eq!(headers, 2, "chunks of {step}");
+            let opened: u32 = bytes.chunks(step).map(|c| frames.feed(c).opened).sum();
+            assert_eq!(opened, 2, "chunks of {step}");
         }
     }
 
@@ -187,7 +201,7 @@ mod tests {
             let mut headers = 0;
             for chunk in bytes.chunks(step) {
                 let seen = frames.feed(chunk);
-                headers += seen.headers;
+                headers += seen.opened;
                 ids.extend(seen.goaway);
             }
             // The reserved bit is not part of the id.

@@ -117,21 +117,33 @@ pub(crate) struct Link {
 /// What takes a connection out of its client's pool.
 pub(crate) type Poison = Box<dyn FnOnce() + Send>;
 
+/// Where a connection's poison stands.
 #[derive(Default)]
-struct PoisonSlot(Mutex<Option<Poison>>);
+enum PoisonState {
+    /// No request learnt the connection yet.
+    #[default]
+    Unarmed,
+    /// Ready for a `GOAWAY`.
+    Armed(Poison),
+    /// Given.
+    Given,
+}
+
+#[derive(Default)]
+struct PoisonSlot(Mutex<PoisonState>);
 
 impl PoisonSlot {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Poison>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, PoisonState> {
         self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
 impl std::fmt::Debug for PoisonSlot {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(if self.lock().is_some() {
-            "armed"
-        } else {
-            "unarmed"
+        f.write_str(match *self.lock() {
+            PoisonState::Unarmed => "unarmed",
+            PoisonState::Armed(_) => "armed",
+            PoisonState::Given => "given",
         })
     }
 }
@@ -162,42 +174,52 @@ impl Link {
         })
     }
 
-    /// Whether the connection can be taken out of its pool on `GOAWAY`
-    /// already.
+    /// Whether a request already armed the connection's poison (or gave
+    /// it).
     pub(crate) fn poison_armed(&self) -> bool {
-        self.gone_away.load(Relaxed) || self.poison.lock().is_some()
+        !matches!(*self.poison.lock(), PoisonState::Unarmed)
     }
 
-    /// `poison` takes the connection out of its client's pool: called now
-    /// if the server already said `GOAWAY`, else when it does.
+    /// `poison` takes the connection out of its client's pool: given now
+    /// if the connection already went away (a `GOAWAY` before any
+    /// response), else when it does.
     pub(crate) fn arm_poison(&self, poison: Poison) {
         let mut slot = self.poison.lock();
+        if !matches!(*slot, PoisonState::Unarmed) {
+            return;
+        }
         if self.gone_away.load(Relaxed) {
+            *slot = PoisonState::Given;
             drop(slot);
             poison();
         } else {
-            *slot = Some(poison);
+            *slot = PoisonState::Armed(poison);
         }
     }
 
-    /// The server said `GOAWAY`: no new request is to go to the
-    /// connection. Streams under way finish on it; a new request would
-    /// race hyper's shutdown of the connection (and fail, or, with hyper
-    /// 1.12, wait for ever: see the `retry` module).
+    /// The server said `GOAWAY`, or the connection carried nearly as many
+    /// streams as its server takes: no new request is to go to it. Streams
+    /// under way finish on it; a new request would race hyper's shutdown of the
+    /// connection (and fail, or, with hyper 1.12, wait for ever: see the
+    /// `retry` module).
     pub(crate) fn went_away(&self) {
         let poison = {
             let mut slot = self.poison.lock();
             self.gone_away.store(true, Relaxed);
-            slot.take()
+            match std::mem::take(&mut *slot) {
+                PoisonState::Armed(poison) => {
+                    *slot = PoisonState::Given;
+                    Some(poison)
+                }
+                state => {
+                    *slot = state;
+                    None
+                }
+            }
         };
         if let Some(poison) = poison {
             poison();
         }
-    }
-
-    /// Whether the server said `GOAWAY`.
-    pub(crate) fn gone_away(&self) -> bool {
-        self.gone_away.load(Relaxed)
     }
 
     /// When a connection that has carried no request may make room for a

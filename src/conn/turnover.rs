@@ -32,6 +32,16 @@ use tokio::sync::Notify;
 /// forgotten.
 const MAX_KEYS: usize = 4096;
 
+/// The least streams per connection learnt as a server's limit.
+pub(crate) const MIN_STREAMS_LIMIT: u32 = 8;
+
+/// After how many streams a connection whose server takes `limit` leaves
+/// the pool: early enough that the streams hyper writes before it reads
+/// the server's `GOAWAY` stay within the limit, so none is refused.
+pub(crate) fn rotate_at(limit: u32) -> u32 {
+    limit.saturating_sub((limit / 4).min(128)).max(1)
+}
+
 /// What a key's last connection spoke.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 enum Spoke {
@@ -51,11 +61,13 @@ struct Entry {
     /// Dials held.
     held: usize,
     notify: Arc<Notify>,
+    /// Streams the server takes on a connection, as its `GOAWAY`s showed.
+    streams_limit: Option<u32>,
 }
 
 impl Entry {
     fn idle(&self) -> bool {
-        !self.leading && self.held == 0
+        !self.leading && self.held == 0 && self.streams_limit.is_none()
     }
 }
 
@@ -132,6 +144,26 @@ impl Turnover {
             served: entry.served,
             counted: true,
         })
+    }
+
+    /// Streams the server of `key` takes on one connection before it ends
+    /// it, if its `GOAWAY`s showed such a limit.
+    pub(crate) fn streams_limit(&self, key: &str) -> Option<u32> {
+        self.lock().get(key).and_then(|e| e.streams_limit)
+    }
+
+    /// A `GOAWAY` on a connection of `key` took `streams` streams and
+    /// refused some the client had opened beyond: the server ends
+    /// connections after so many requests (nginx's `keepalive_requests`,
+    /// a load balancer's limit). Limits below [`MIN_STREAMS_LIMIT`] are not
+    /// learnt; a later `GOAWAY` that refuses streams replaces the limit.
+    pub(crate) fn learn_limit(&self, key: &str, streams: u32) {
+        if streams < MIN_STREAMS_LIMIT {
+            return;
+        }
+        if let Some(entry) = self.lock().get_mut(key) {
+            entry.streams_limit = Some(streams);
+        }
     }
 
     fn lead(self: &Arc<Self>, key: &Arc<str>) -> Lead {

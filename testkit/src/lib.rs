@@ -1,18 +1,21 @@
 //! poolguard's test kit, one concern a file: loopback servers that count
 //! what they accept (`servers`), servers that break the rules (`raw`), one scripted response
-//! served alike to a bare and a guarded client (`script`), and
+//! served alike to a bare and a guarded client (`script`), nginx started with its own
+//! configuration (`nginx`), and
 //! the load driver with what the process holds (`load`). Used by the
 //! crate's tests, its demo and its benchmarks; never published.
 
 #![allow(missing_docs)]
 
 mod load;
+mod nginx;
 mod raw;
 mod resolve;
 mod script;
 mod servers;
 
 pub use load::*;
+pub use nginx::*;
 pub use raw::*;
 pub use resolve::Loopback;
 pub use script::*;

@@ -86,18 +86,7 @@ impl Server {
     /// and offers `alpn` (for reqwest's `use_preconfigured_tls`, or
     /// hyper-rustls).
     pub fn client_tls(&self, alpn: &[&[u8]]) -> rustls::ClientConfig {
-        let mut roots = rustls::RootCertStore::empty();
-        if let Some(root) = &self.root {
-            roots.add(root.clone()).expect("a valid certificate");
-        }
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let mut config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .expect("TLS versions")
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-        config
+        client_tls(self.root.as_ref(), alpn)
     }
     pub fn uri(&self, path: &str) -> http::Uri {
         self.url(path).parse().expect("valid uri")
@@ -108,6 +97,25 @@ impl Drop for Server {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+/// A rustls client configuration that trusts `root` and offers `alpn`.
+pub fn client_tls(
+    root: Option<&rustls::pki_types::CertificateDer<'static>>,
+    alpn: &[&[u8]],
+) -> rustls::ClientConfig {
+    let mut roots = rustls::RootCertStore::empty();
+    if let Some(root) = root {
+        roots.add(root.clone()).expect("a valid certificate");
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    config
 }
 
 /// Options of [`serve`].

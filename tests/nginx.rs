@@ -1,0 +1,109 @@
+//! Against nginx (Debian's `nginx-light`, installed by `.ci/run`), started
+//! by each test on loopback with its own configuration: TLS with ALPN h2,
+//! `keepalive_requests 100`, so a graceful `GOAWAY` every 100 requests.
+//! Connections from nginx's `stub_status`, requests from its access log.
+#![cfg(all(feature = "hyper-util", feature = "reqwest"))]
+
+use poolguard_testkit as support;
+
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::Method;
+use http_body_util::Empty;
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use poolguard::PoolGuard;
+use support::{sender, Body, Nginx, NginxOptions};
+use tower::Layer;
+
+const TASKS: usize = 100;
+
+fn nginx() -> Nginx {
+    assert!(
+        Nginx::installed(),
+        "nginx is not installed: `.ci/run` installs nginx-light (apt-get install -y nginx-light)"
+    );
+    support::raise_nofile_limit();
+    Nginx::start(NginxOptions {
+        keepalive_requests: 100,
+        http2: true,
+    })
+}
+
+fn https(nginx: &Nginx) -> HttpsConnector<HttpConnector> {
+    HttpsConnectorBuilder::new()
+        .with_tls_config(nginx.client_tls(&[]))
+        .https_only()
+        .enable_all_versions()
+        .build()
+}
+
+/// How many of ids `0..total` nginx logged not at all, and more than once.
+fn missing_and_repeated(nginx: &Nginx, total: usize) -> (usize, usize) {
+    let ids = nginx.ids();
+    let missing = (0..total)
+        .filter(|id| !ids.contains_key(&id.to_string()))
+        .count();
+    let repeated = ids.values().filter(|n| **n > 1).count();
+    (missing, repeated)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hyper_util_over_nginx_turnover_dials_once_per_goaway() {
+    const TOTAL: usize = 20_000;
+    let bare_nginx = nginx();
+    let bare = Client::builder(TokioExecutor::new()).build::<_, Empty<Bytes>>(https(&bare_nginx));
+    let started = Instant::now();
+    let bare_run = support::drive(
+        TASKS,
+        TOTAL,
+        0,
+        sender(bare, Method::GET, bare_nginx.uri("/bytes/100"), Body::Read),
+    )
+    .await;
+    let bare_secs = started.elapsed().as_secs_f64();
+    let bare_dials = bare_nginx.accepted();
+    drop(bare_nginx);
+
+    let nginx = nginx();
+    let guard = PoolGuard::builder().max_per_host(10).build();
+    let client = Client::builder(TokioExecutor::new())
+        .build::<_, Empty<Bytes>>(guard.connector(https(&nginx)));
+    let svc = guard.layer().layer(client);
+    let started = Instant::now();
+    let run = support::drive(
+        TASKS,
+        TOTAL,
+        0,
+        sender(svc, Method::GET, nginx.uri("/bytes/100"), Body::Read),
+    )
+    .await;
+    let secs = started.elapsed().as_secs_f64();
+    let dials = nginx.accepted();
+    let (missing, repeated) = missing_and_repeated(&nginx, TOTAL);
+    let snap = guard.metrics().snapshot();
+    println!(
+        "guarded retries: {} not processed, {} budget exhausted, {} failed",
+        snap.retries_not_processed, snap.retries_budget_exhausted, snap.retries_failed
+    );
+    println!(
+        "{TOTAL} GETs, keepalive_requests 100: bare hyper-util {bare_dials} TLS connections, \
+         {} failed ({} hung), {:.0} req/s; guarded {dials} connections, {} failed ({} hung), \
+         {:.0} req/s; nginx missed {missing}, saw {repeated} twice",
+        bare_run.errors,
+        bare_run.hung,
+        TOTAL as f64 / bare_secs,
+        run.errors,
+        run.hung,
+        TOTAL as f64 / secs,
+    );
+    assert_eq!(run.errors, 0, "no request lost or hung");
+    assert_eq!(missing, 0);
+    assert!(
+        dials <= (2 * TOTAL / 100) as u64,
+        "{dials} connections for {TOTAL} requests"
+    );
+}
