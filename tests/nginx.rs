@@ -2,10 +2,16 @@
 //! by each test on loopback with its own configuration: TLS with ALPN h2,
 //! `keepalive_requests 100`, so a graceful `GOAWAY` every 100 requests.
 //! Connections from nginx's `stub_status`, requests from its access log.
-#![cfg(all(feature = "hyper-util", feature = "reqwest"))]
+#![cfg(all(
+    feature = "hyper-util",
+    feature = "reqwest",
+    feature = "reqwest-middleware"
+))]
 
 use poolguard_testkit as support;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -15,7 +21,7 @@ use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use poolguard::PoolGuard;
+use poolguard::{BoxError, PoolGuard};
 use support::{sender, Body, Nginx, NginxOptions};
 use tower::Layer;
 
@@ -106,4 +112,141 @@ async fn hyper_util_over_nginx_turnover_dials_once_per_goaway() {
         dials <= (2 * TOTAL / 100) as u64,
         "{dials} connections for {TOTAL} requests"
     );
+}
+
+/// Which reqwest stack sends.
+#[derive(Clone)]
+enum Reqwest {
+    Bare(reqwest::Client),
+    Guarded(reqwest::Client, poolguard::reqwest::GuardedClient),
+    Middleware(reqwest_middleware::ClientWithMiddleware),
+}
+
+/// A `send` for `support::drive`: `method` to `url` through `stack`, with
+/// an `x-id` header unique per sender, its body read.
+fn reqwest_sender(
+    stack: Reqwest,
+    method: Method,
+    url: String,
+) -> impl Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), BoxError>> + Send>>
+       + Clone
+       + Send
+       + 'static {
+    let next = Arc::new(AtomicUsize::new(0));
+    move || {
+        let (stack, method, url) = (stack.clone(), method.clone(), url.clone());
+        let id = next.fetch_add(1, Ordering::Relaxed).to_string();
+        Box::pin(async move {
+            let response = match stack {
+                Reqwest::Bare(client) => {
+                    client
+                        .request(method, url)
+                        .header("x-id", id)
+                        .send()
+                        .await?
+                }
+                Reqwest::Guarded(plain, guarded) => {
+                    guarded
+                        .execute(plain.request(method, url).header("x-id", id).build()?)
+                        .await?
+                }
+                Reqwest::Middleware(client) => {
+                    client
+                        .request(method, url)
+                        .header("x-id", id)
+                        .send()
+                        .await?
+                }
+            };
+            response.bytes().await?;
+            Ok(())
+        })
+    }
+}
+
+const H2_H1: &[&[u8]] = &[b"h2", b"http/1.1"];
+
+fn reqwest_builder(nginx: &Nginx, builder: reqwest::ClientBuilder) -> reqwest::Client {
+    builder
+        .tls_backend_preconfigured(nginx.client_tls(H2_H1))
+        .build()
+        .expect("reqwest client")
+}
+
+/// `TOTAL` requests of `method` through the stack `make` builds for a
+/// fresh nginx: connections, failures (hung), req/s, and the ids nginx
+/// missed and saw twice.
+async fn run_reqwest(
+    name: &str,
+    method: Method,
+    total: usize,
+    make: impl FnOnce(&Nginx) -> Reqwest,
+) -> (u64, support::Run, usize, usize) {
+    let nginx = nginx();
+    let stack = make(&nginx);
+    let started = Instant::now();
+    let run = support::drive(
+        TASKS,
+        total,
+        0,
+        reqwest_sender(stack, method.clone(), nginx.url("/bytes/100")),
+    )
+    .await;
+    let secs = started.elapsed().as_secs_f64();
+    let dials = nginx.accepted();
+    let (missing, repeated) = missing_and_repeated(&nginx, total);
+    println!(
+        "{name}: {total} {method}s, keepalive_requests 100: {dials} TLS connections, {} failed \
+         ({} hung), {:.0} req/s; nginx missed {missing}, saw {repeated} twice",
+        run.errors,
+        run.hung,
+        total as f64 / secs,
+    );
+    (dials, run, missing, repeated)
+}
+
+fn guarded(nginx: &Nginx, guard: &PoolGuard) -> Reqwest {
+    let plain = reqwest_builder(
+        nginx,
+        reqwest::Client::builder().connector_layer(guard.reqwest_connector_layer()),
+    );
+    Reqwest::Guarded(plain.clone(), guard.reqwest(plain))
+}
+
+fn middleware(nginx: &Nginx, guard: &PoolGuard) -> Reqwest {
+    let plain = reqwest_builder(
+        nginx,
+        reqwest::Client::builder().connector_layer(guard.reqwest_connector_layer()),
+    );
+    Reqwest::Middleware(
+        reqwest_middleware::ClientBuilder::new(plain)
+            .with(guard.middleware())
+            .build(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reqwest_over_nginx_turnover_dials_once_per_goaway() {
+    const TOTAL: usize = 20_000;
+    let _ = run_reqwest("bare reqwest", Method::GET, TOTAL, |n| {
+        Reqwest::Bare(reqwest_builder(n, reqwest::Client::builder()))
+    })
+    .await;
+    for (name, make) in [
+        (
+            "GuardedClient",
+            guarded as fn(&Nginx, &PoolGuard) -> Reqwest,
+        ),
+        ("GuardMiddleware", middleware),
+    ] {
+        let guard = PoolGuard::builder().build();
+        let (dials, run, missing, _) =
+            run_reqwest(name, Method::GET, TOTAL, |n| make(n, &guard)).await;
+        assert_eq!(run.errors, 0, "{name}: no request lost or hung");
+        assert_eq!(missing, 0, "{name}");
+        assert!(
+            dials <= (2 * TOTAL / 100) as u64,
+            "{name}: {dials} connections for {TOTAL} requests"
+        );
+    }
 }

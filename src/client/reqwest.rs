@@ -54,6 +54,7 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http::Extensions;
@@ -64,10 +65,13 @@ use tower_service::Service;
 
 #[cfg(feature = "reqwest-middleware")]
 mod middleware;
+mod scope;
 #[cfg(feature = "reqwest-middleware")]
 #[cfg_attr(docsrs, doc(cfg(feature = "reqwest-middleware")))]
 pub use self::middleware::GuardMiddleware;
 
+use self::scope::DialScope;
+use crate::conn::turnover::{Entered, Turnover};
 use crate::guard::{Guarded, PoolGuard};
 use crate::key::HostKey;
 use crate::metrics::Metrics;
@@ -184,7 +188,8 @@ impl Service<http::Request<::reqwest::Body>> for Execute {
         let client = self.client.clone();
         Box::pin(async move {
             let request = ::reqwest::Request::try_from(request)?;
-            let response = client.execute(request).await?;
+            let scope = DialScope::of(request.url());
+            let response = DialScope::run(scope, client.execute(request)).await?;
             let url = FinalUrl(response.url().clone());
             let mut response = http::Response::from(response);
             response.extensions_mut().insert(url);
@@ -208,11 +213,17 @@ impl PoolGuard {
 
     /// A layer for `reqwest::ClientBuilder::connector_layer` that counts
     /// every connection reqwest opens (in `connections_opened`, and per
-    /// remote address in the per-host rows).
+    /// remote address in the per-host rows), and dials one connection at a
+    /// time to a host that speaks (or, over TLS, may speak) HTTP/2 when
+    /// its requests come through [`GuardedClient`] or
+    /// [`GuardMiddleware`]: when the host's connection goes away, the
+    /// requests waiting then share the next one instead of each dialing
+    /// its own. One layer per client (it follows that client's pool).
     #[cfg_attr(docsrs, doc(cfg(feature = "reqwest")))]
     pub fn reqwest_connector_layer(&self) -> DialCountLayer {
         DialCountLayer {
             metrics: self.metrics().clone(),
+            turnover: Arc::default(),
         }
     }
 }
@@ -222,6 +233,9 @@ impl PoolGuard {
 #[derive(Clone, Debug)]
 pub struct DialCountLayer {
     metrics: Metrics,
+    /// The dials of HTTP/2 hosts, one at a time; shared by the services
+    /// the layer makes (one client's).
+    turnover: Arc<Turnover>,
 }
 
 impl<S> Layer<S> for DialCountLayer {
@@ -231,23 +245,27 @@ impl<S> Layer<S> for DialCountLayer {
         DialCount {
             inner,
             metrics: self.metrics.clone(),
+            turnover: self.turnover.clone(),
         }
     }
 }
 
-/// Counts the dials of a reqwest connector; made by [`DialCountLayer`].
+/// Counts the dials of a reqwest connector, one at a time for an HTTP/2
+/// host; made by [`DialCountLayer`].
 #[derive(Clone, Debug)]
 pub struct DialCount<S> {
     inner: S,
     metrics: Metrics,
+    turnover: Arc<Turnover>,
 }
 
 impl<S, R> Service<R> for DialCount<S>
 where
-    S: Service<R>,
+    S: Service<R> + Clone + Send + 'static,
     S::Response: Connection,
     S::Future: Send + 'static,
-    S::Error: 'static,
+    S::Error: From<crate::Coalesced> + 'static,
+    R: Send + 'static,
 {
     type Response = S::Response;
     type Error = S::Error;
@@ -258,11 +276,42 @@ where
     }
 
     fn call(&mut self, request: R) -> Self::Future {
-        let started = tokio::time::Instant::now();
-        let dial = self.inner.call(request);
+        let scope = DialScope::current();
+        let entered = scope
+            .as_ref()
+            .map(|scope| self.turnover.enter(&scope.key, scope.tls));
         let metrics = self.metrics.clone();
+        let (lead, dial) = match entered {
+            None => (None, Ok(self.inner.call(request))),
+            Some(Entered::Now(lead)) => (lead, Ok(self.inner.call(request))),
+            Some(Entered::Held(held)) => {
+                // Take the connector that was made ready into the future.
+                let clone = self.inner.clone();
+                (
+                    None,
+                    Err((held, std::mem::replace(&mut self.inner, clone), request)),
+                )
+            }
+        };
         Box::pin(async move {
+            let (lead, dial) = match dial {
+                Ok(dial) => (lead, dial),
+                Err((held, mut ready, request)) => {
+                    let lead = held.wait().await?;
+                    (lead, ready.call(request))
+                }
+            };
+            let started = tokio::time::Instant::now();
             let conn = dial.await?;
+            if let Some(lead) = lead {
+                if conn.connected().is_negotiated_h2() {
+                    if let Some(scope) = &scope {
+                        scope.hold(lead);
+                    }
+                } else {
+                    lead.http1();
+                }
+            }
             let took = started.elapsed();
             let inner = &metrics.inner;
             inner.connections_opened.fetch_add(1, Relaxed);

@@ -154,7 +154,8 @@ impl<'a> Service<http::Request<::reqwest::Body>> for RunNext<'a> {
         Box::pin(async move {
             let request = ::reqwest::Request::try_from(request)?;
             let mut extensions = lock(&shared).clone();
-            let result = next.run(request, &mut extensions).await;
+            let scope = super::DialScope::of(request.url());
+            let result = super::DialScope::run(scope, next.run(request, &mut extensions)).await;
             *lock(&shared) = extensions;
             let response = result?;
             let url = FinalUrl(response.url().clone());
