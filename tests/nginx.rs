@@ -250,3 +250,53 @@ async fn reqwest_over_nginx_turnover_dials_once_per_goaway() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn posts_over_nginx_turnover_are_never_sent_twice() {
+    const TOTAL: usize = 10_000;
+    let mut results = Vec::new();
+    for (name, make) in [
+        (
+            "GuardedClient",
+            guarded as fn(&Nginx, &PoolGuard) -> Reqwest,
+        ),
+        ("GuardMiddleware", middleware),
+    ] {
+        let guard = PoolGuard::builder().build();
+        let (_, run, missing, repeated) =
+            run_reqwest(name, Method::POST, TOTAL, |n| make(n, &guard)).await;
+        results.push((name, run.errors, missing, repeated));
+    }
+    let nginx = nginx();
+    let guard = PoolGuard::builder().max_per_host(10).build();
+    let client = Client::builder(TokioExecutor::new())
+        .build::<_, Empty<Bytes>>(guard.connector(https(&nginx)));
+    let svc = guard.layer().layer(client);
+    let run = support::drive(
+        TASKS,
+        TOTAL,
+        0,
+        sender(svc, Method::POST, nginx.uri("/bytes/100"), Body::Read),
+    )
+    .await;
+    let (missing, repeated) = missing_and_repeated(&nginx, TOTAL);
+    let snap = guard.metrics().snapshot();
+    println!(
+        "guarded hyper-util: {TOTAL} POSTs: {} failed ({} hung), {} connections; nginx missed \
+         {missing}, saw {repeated} twice; {} retried as not processed, {} over the budget",
+        run.errors,
+        run.hung,
+        nginx.accepted(),
+        snap.retries_not_processed,
+        snap.retries_budget_exhausted,
+    );
+    results.push(("guarded hyper-util", run.errors, missing, repeated));
+    for (name, errors, missing, repeated) in results {
+        assert_eq!(repeated, 0, "{name}: a POST was sent twice");
+        assert!(errors <= 2, "{name}: {errors} POSTs lost");
+        assert!(
+            missing <= errors,
+            "{name}: nginx missed a POST that succeeded"
+        );
+    }
+}

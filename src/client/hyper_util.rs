@@ -591,6 +591,10 @@ struct Streams {
     /// The connector's turnover, which learns the limit.
     turnover: Option<Arc<Turnover>>,
     opened: u32,
+    /// Streams whose response ended (`END_STREAM` or a reset).
+    ended: u32,
+    /// The least last stream id of the server's `GOAWAY`s.
+    goaway: Option<u32>,
     /// After how many streams the connection leaves the pool: read at its
     /// first stream (`None` inside: no limit known).
     rotate_at: Option<Option<u32>>,
@@ -701,7 +705,9 @@ impl IoGuard {
             return;
         };
         if self.tracker.phase() == Phase::Http2 || self.tracker.maybe_http2() {
-            let opened = frames.feed(bytes).opened;
+            let seen = frames.feed(bytes);
+            self.streams.ended = self.streams.ended.saturating_add(seen.ended);
+            let opened = seen.opened;
             if opened > 0 {
                 if let Some(lead) = self.lead.take() {
                     lead.http2_in_use();
@@ -738,6 +744,22 @@ impl IoGuard {
         }
     }
 
+    /// The connection's read ended: whether a stream the server took was
+    /// still without its whole response then (h2 fails it, processed or
+    /// not). Streams above a `GOAWAY`'s last id were refused, not taken.
+    fn read_ended(&mut self) {
+        let streams = &self.streams;
+        let refused = match (streams.goaway, self.h2_out.as_ref()) {
+            (Some(last), Some(out)) => out.last_stream().saturating_sub(last) / 2,
+            _ => 0,
+        };
+        let open = streams
+            .opened
+            .saturating_sub(streams.ended)
+            .saturating_sub(refused);
+        self.link.read_ended(open > 0);
+    }
+
     /// Follows the HTTP/2 frames among `bytes` read: on a `GOAWAY`, the
     /// connection leaves hyper-util's pool (see [`Link::went_away`]). A
     /// `GOAWAY` that refused streams the client had opened (they crossed
@@ -745,11 +767,14 @@ impl IoGuard {
     /// connection, for the next connections of the key.
     fn read_h2(&mut self, bytes: &[u8]) {
         let frames = self.h2_in.get_or_insert_with(Frames::server);
-        let Some(last) = frames.feed(bytes).goaway else {
+        let seen = frames.feed(bytes);
+        self.streams.ended = self.streams.ended.saturating_add(seen.ended);
+        let Some(last) = seen.goaway else {
             return;
         };
+        self.streams.goaway = Some(self.streams.goaway.map_or(last, |l| l.min(last)));
         tracing::debug!(pool = %self.link.pool_key(), last_stream = last, "GOAWAY received");
-        self.link.went_away();
+        self.link.goaway(last);
         // The client's streams are odd: 1, 3, ..., `last` were taken. The
         // largest id means "all, for now" (a graceful shutdown's first
         // GOAWAY), and refuses nothing.
@@ -936,6 +961,7 @@ impl<T: Read + Unpin> Read for GuardedIo<T> {
         match polled {
             Poll::Ready(Ok(())) => {
                 if n == 0 {
+                    guard.read_ended();
                     if let Some(conn) = &guard.conn {
                         conn.on_eof();
                     }
@@ -959,6 +985,7 @@ impl<T: Read + Unpin> Read for GuardedIo<T> {
                 Poll::Ready(Ok(()))
             }
             Poll::Ready(Err(e)) => {
+                guard.read_ended();
                 if let Some(conn) = &guard.conn {
                     conn.on_io_error(&e);
                 }

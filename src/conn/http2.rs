@@ -9,8 +9,13 @@
 //! stream of frames that h2 accepts is exact.
 
 /// The frame types the reader acts on (RFC 9113 §6).
+const DATA: u8 = 0x0;
 const HEADERS: u8 = 0x1;
+const RST_STREAM: u8 = 0x3;
 const GOAWAY: u8 = 0x7;
+
+/// The `END_STREAM` flag of `DATA` and `HEADERS`.
+const END_STREAM: u8 = 0x1;
 
 /// The client's connection preface (RFC 9113 §3.4), which comes before its
 /// first frame.
@@ -23,6 +28,10 @@ pub(crate) struct Seen {
     /// above every one before (not the trailers or interim heads of open
     /// streams).
     pub(crate) opened: u32,
+    /// Streams that ended in these bytes, as far as the client's response
+    /// goes: read off the server, a frame with `END_STREAM` or a
+    /// `RST_STREAM`; off the client, a `RST_STREAM`.
+    pub(crate) ended: u32,
     /// A `GOAWAY` whose last stream id was read in these bytes: the last
     /// one, if there were several.
     pub(crate) goaway: Option<u32>,
@@ -49,15 +58,23 @@ pub(crate) struct Frames {
     head: [u8; 9],
     /// The highest stream id a `HEADERS` frame was seen on.
     last_stream: u32,
+    /// The frames are the server's.
+    server: bool,
 }
 
 impl Frames {
+    /// The highest stream id a `HEADERS` frame was seen on (0: none).
+    pub(crate) fn last_stream(&self) -> u32 {
+        self.last_stream
+    }
+
     /// A reader of what the client writes: the preface, then frames.
     pub(crate) fn client() -> Self {
         Frames {
             at: At::Preface(PREFACE_LEN),
             head: [0; 9],
             last_stream: 0,
+            server: false,
         }
     }
 
@@ -67,6 +84,7 @@ impl Frames {
             at: At::Header(0),
             head: [0; 9],
             last_stream: 0,
+            server: true,
         }
     }
 
@@ -103,6 +121,15 @@ impl Frames {
                     if kind == HEADERS && stream > self.last_stream {
                         self.last_stream = stream;
                         seen.opened = seen.opened.saturating_add(1);
+                    }
+                    let flags = self.head[4];
+                    let ends = stream != 0
+                        && (kind == RST_STREAM
+                            || (self.server
+                                && matches!(kind, DATA | HEADERS)
+                                && flags & END_STREAM != 0));
+                    if ends {
+                        seen.ended = seen.ended.saturating_add(1);
                     }
                     self.at = match (kind, len) {
                         (GOAWAY, len) if len >= 4 => At::GoAway(0, len - 4),
@@ -207,6 +234,25 @@ mod tests {
             // The reserved bit is not part of the id.
             assert_eq!((ids, headers), (vec![199], 1), "chunks of {step}");
         }
+    }
+
+    #[test]
+    fn streams_end_with_the_servers_end_stream_or_a_reset() {
+        let mut server = frame(HEADERS, 0x4, 1, &[0x88]);
+        server.extend(frame(DATA, 0x1, 1, b"done"));
+        server.extend(frame(HEADERS, 0x5, 3, &[0x88]));
+        server.extend(frame(RST_STREAM, 0, 5, &[0, 0, 0, 8]));
+        // Flags on the connection's stream 0 end nothing.
+        server.extend(frame(0x6, 0x1, 0, &[0; 8]));
+        let mut frames = Frames::server();
+        assert_eq!(frames.feed(&server).ended, 3);
+        // The client's END_STREAM ends its half only; its reset ends all.
+        let mut client = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        client.extend(frame(HEADERS, 0x5, 7, &[0x82]));
+        client.extend(frame(RST_STREAM, 0, 7, &[0, 0, 0, 8]));
+        let mut frames = Frames::client();
+        let seen = frames.feed(&client);
+        assert_eq!((seen.opened, seen.ended, frames.last_stream()), (1, 1, 7));
     }
 
     #[test]

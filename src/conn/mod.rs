@@ -49,7 +49,7 @@ mod record;
 #[cfg(feature = "hyper-util")]
 pub(crate) mod turnover;
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::Waker;
 
@@ -106,8 +106,15 @@ pub(crate) struct Link {
     used: AtomicU64,
     /// When the connection was made.
     born: tokio::time::Instant,
-    /// The server said `GOAWAY`.
+    /// The connection is to take no new request (a `GOAWAY`, or nearly
+    /// as many streams as its server takes).
     gone_away: AtomicBool,
+    /// The last stream id of the server's first `GOAWAY` (`u32::MAX`:
+    /// none yet).
+    first_goaway: AtomicU32,
+    /// The connection's read ended (end of file or an error) while an
+    /// HTTP/2 stream the server took had not ended.
+    ended: AtomicBool,
     /// Takes the connection out of its client's pool (hyper-util's
     /// `Connected::poison`, which only a request can reach): armed by the
     /// first request that learns its connection, called on `GOAWAY`.
@@ -170,6 +177,8 @@ impl Link {
             used: AtomicU64::new(USE_CLOCK.fetch_add(1, Relaxed)),
             born: tokio::time::Instant::now(),
             gone_away: AtomicBool::new(false),
+            first_goaway: AtomicU32::new(u32::MAX),
+            ended: AtomicBool::new(false),
             poison: PoisonSlot::default(),
         })
     }
@@ -220,6 +229,39 @@ impl Link {
         if let Some(poison) = poison {
             poison();
         }
+    }
+
+    /// The server said `GOAWAY` with `last_stream`: the connection leaves
+    /// the pool ([`went_away`](Link::went_away)), and the first `GOAWAY` is
+    /// kept.
+    pub(crate) fn goaway(&self, last_stream: u32) {
+        let _ = self
+            .first_goaway
+            .compare_exchange(u32::MAX, last_stream, Relaxed, Relaxed);
+        self.went_away();
+    }
+
+    /// The connection's read ended (an end of file, or an error); `open`:
+    /// with an HTTP/2 stream the server took still without its whole
+    /// response (or, not HTTP/2, whatever was under way).
+    pub(crate) fn read_ended(&self, open: bool) {
+        if open {
+            self.ended.store(true, Relaxed);
+        }
+    }
+
+    /// Whether an HTTP/2 request that failed with this connection's
+    /// `GOAWAY` was surely not processed. h2 keeps the server's first
+    /// `GOAWAY` as the connection's error: it fails with it the streams
+    /// above its last stream id (which the server did not process, RFC
+    /// 9113 §6.8) and every request handed to it later (never sent). The
+    /// exceptions: a first `GOAWAY` with the largest id (a graceful
+    /// shutdown's "all, for now", after which the real last id comes in a
+    /// second one), and a connection whose read then ended with streams the
+    /// server took still open, which h2 fails, processed or not, with the
+    /// same error.
+    pub(crate) fn goaway_refused(&self) -> bool {
+        self.first_goaway.load(Relaxed) < 0x7fff_ffff && !self.ended.load(Relaxed)
     }
 
     /// When a connection that has carried no request may make room for a

@@ -136,7 +136,16 @@ where
         loop {
             match this.state.as_mut().project() {
                 StateProj::Called { future } => {
-                    let result = ready!(future.poll(cx));
+                    let Poll::Ready(result) = future.poll(cx) else {
+                        // Once the request is on a connection (before its
+                        // response), it arms the connection's poison.
+                        if let Some(capture) = this.capture.as_ref() {
+                            if stale::arm_sent(capture) {
+                                *this.capture = None;
+                            }
+                        }
+                        return Poll::Pending;
+                    };
                     let retried = *this.retries > 0;
                     if retried {
                         if let Some(o) = this.observer.as_ref() {
@@ -156,7 +165,7 @@ where
                                 budget.answered(response.version());
                             }
                             if let Some(capture) = this.capture.take() {
-                                stale::arm(capture, response.extensions());
+                                stale::arm_sent(&capture);
                             }
                             if retried {
                                 response.extensions_mut().insert(Retried {

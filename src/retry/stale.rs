@@ -44,28 +44,43 @@ pub(crate) fn capture<B>(req: &mut http::Request<B>) -> Option<Capture> {
     }
 }
 
-/// The response came on a tracked connection whose `GOAWAY` poison is not
-/// armed yet: arms it with the connection `capture` learned, so that a
-/// `GOAWAY` takes the connection out of hyper-util's pool at once.
-pub(crate) fn arm(capture: Capture, extensions: &http::Extensions) {
+/// Once hyper-util chose the request's connection (a tracked one whose
+/// `GOAWAY` poison is not armed yet), arms the poison with the connection
+/// `capture` learned, so that a `GOAWAY` takes it out of hyper-util's pool
+/// at once. Returns whether the capture is done with: the connection is
+/// known (armed now or before), or will never be.
+pub(crate) fn arm_sent(capture: &Capture) -> bool {
     #[cfg(feature = "hyper-util")]
     {
         use crate::conn::LinkHandle;
 
-        let Some(LinkHandle(link)) = extensions.get::<LinkHandle>() else {
-            return;
-        };
-        if link.poison_armed() {
-            return;
-        }
-        link.arm_poison(Box::new(move || {
-            if let Some(connected) = capture.connection_metadata().as_ref() {
-                connected.poison();
+        let link = {
+            let connected = capture.connection_metadata();
+            let Some(connected) = connected.as_ref() else {
+                return false;
+            };
+            let mut extras = http::Extensions::new();
+            connected.get_extras(&mut extras);
+            match extras.remove::<LinkHandle>() {
+                Some(LinkHandle(link)) => link,
+                None => return true,
             }
-        }));
+        };
+        if !link.poison_armed() {
+            let capture = capture.clone();
+            link.arm_poison(Box::new(move || {
+                if let Some(connected) = capture.connection_metadata().as_ref() {
+                    connected.poison();
+                }
+            }));
+        }
+        true
     }
     #[cfg(not(feature = "hyper-util"))]
-    let _ = (capture, extensions);
+    {
+        let _ = capture;
+        true
+    }
 }
 
 /// What an error says of whether its request was processed.
@@ -93,7 +108,12 @@ pub(crate) fn unprocessed(error: &(dyn Error + 'static)) -> Option<Unprocessed> 
     #[cfg(feature = "hyper-util")]
     {
         let mut source = Some(error);
+        // The connection's `GOAWAY` showed the request was refused.
+        let mut refused = false;
         while let Some(e) = source {
+            if let Some(e) = e.downcast_ref::<hyper_util::client::legacy::Error>() {
+                refused = e.connect_info().is_some_and(goaway_refused);
+            }
             if let Some(h2) = e.downcast_ref::<h2::Error>() {
                 if !h2.is_remote() {
                     return None;
@@ -101,7 +121,14 @@ pub(crate) fn unprocessed(error: &(dyn Error + 'static)) -> Option<Unprocessed> 
                 if h2.reason() == Some(h2::Reason::REFUSED_STREAM) && h2.is_reset() {
                     return Some(Unprocessed::Surely);
                 }
-                return h2.is_go_away().then_some(Unprocessed::GoAway);
+                if !h2.is_go_away() {
+                    return None;
+                }
+                return Some(if refused {
+                    Unprocessed::Surely
+                } else {
+                    Unprocessed::GoAway
+                });
             }
             if e.downcast_ref::<hyper::Error>()
                 .is_some_and(hyper::Error::is_canceled)
@@ -127,6 +154,18 @@ pub(crate) fn unprocessed(error: &(dyn Error + 'static)) -> Option<Unprocessed> 
         let _ = error;
         None
     }
+}
+
+/// Whether the tracked connection `connected` shows that a request that
+/// failed on it with its `GOAWAY` was not processed (see
+/// `Link::goaway_refused`).
+#[cfg(feature = "hyper-util")]
+fn goaway_refused(connected: &hyper_util::client::legacy::connect::Connected) -> bool {
+    let mut extras = http::Extensions::new();
+    connected.get_extras(&mut extras);
+    extras
+        .get::<crate::conn::LinkHandle>()
+        .is_some_and(|link| link.0.goaway_refused())
 }
 
 /// Whether `error` is a failure on a connection that had served a request
