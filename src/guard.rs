@@ -387,6 +387,20 @@ pub struct PoolGuardLayer {
 }
 
 impl PoolGuardLayer {
+    /// This stack over a client that resends HTTP/2 protocol NACKs itself
+    /// (reqwest): the retry leaves them to it.
+    #[cfg(feature = "reqwest")]
+    pub(crate) fn nacks_below(mut self) -> Self {
+        self.retry.nacks_below = true;
+        self
+    }
+
+    /// The budget of the stack's retry.
+    #[cfg(feature = "reqwest")]
+    pub(crate) fn retry_budget(&self) -> crate::retry::budget::BudgetConfig {
+        self.retry.budget
+    }
+
     /// The per-host limit layer of this stack (to read its gauges).
     pub fn limit(&self) -> &PerHostLimitLayer {
         &self.limit

@@ -208,7 +208,9 @@ async fn run_reqwest(
 fn guarded(nginx: &Nginx, guard: &PoolGuard) -> Reqwest {
     let plain = reqwest_builder(
         nginx,
-        reqwest::Client::builder().connector_layer(guard.reqwest_connector_layer()),
+        reqwest::Client::builder()
+            .retry(guard.reqwest_retry())
+            .connector_layer(guard.reqwest_connector_layer()),
     );
     Reqwest::Guarded(plain.clone(), guard.reqwest(plain))
 }
@@ -216,7 +218,9 @@ fn guarded(nginx: &Nginx, guard: &PoolGuard) -> Reqwest {
 fn middleware(nginx: &Nginx, guard: &PoolGuard) -> Reqwest {
     let plain = reqwest_builder(
         nginx,
-        reqwest::Client::builder().connector_layer(guard.reqwest_connector_layer()),
+        reqwest::Client::builder()
+            .retry(guard.reqwest_retry())
+            .connector_layer(guard.reqwest_connector_layer()),
     );
     Reqwest::Middleware(
         reqwest_middleware::ClientBuilder::new(plain)

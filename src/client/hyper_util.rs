@@ -1098,6 +1098,8 @@ mod tests {
         let track = Track {
             metrics: None,
             honor_keep_alive,
+            lead: None,
+            turnover: None,
         };
         GuardedIo::new(
             TokioIo::new(mock),
@@ -1287,6 +1289,80 @@ mod tests {
         write(&mut io, b"raw bytes").await;
         assert_eq!(link(&io).phase(), Phase::Upgraded);
         let _mock: TokioIo<Mock> = io.into_inner();
+    }
+
+    /// An HTTP/2 frame header and payload.
+    fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+        let len = u32::try_from(payload.len()).unwrap().to_be_bytes();
+        let mut f = vec![len[1], len[2], len[3], kind, flags];
+        f.extend_from_slice(&stream.to_be_bytes());
+        f.extend_from_slice(payload);
+        f
+    }
+
+    use std::sync::atomic::Ordering::Relaxed;
+
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+    #[tokio::test]
+    async fn an_http2_lead_is_in_use_at_its_first_stream_and_a_goaway_poisons() {
+        let turnover = Arc::new(Turnover::default());
+        let key: Arc<str> = Arc::from("https://h:443");
+        let Entered::Now(Some(lead)) = turnover.enter(&key, true) else {
+            panic!("the first dial leads");
+        };
+        let mut settings = PREFACE.to_vec();
+        settings.extend(frame(0x4, 0, 0, &[]));
+        let headers = frame(0x1, 0x5, 1, &[0x82]);
+        let mut goaway = frame(0x4, 0, 0, &[]);
+        goaway.extend(frame(0x7, 0, 0, &[0, 0, 0, 1, 0, 0, 0, 0]));
+        let mock = Builder::new()
+            .write(&settings)
+            .write(&headers)
+            .read(&goaway)
+            .build();
+        let track = Track {
+            metrics: None,
+            honor_keep_alive: false,
+            lead: Some(lead),
+            turnover: Some(turnover.clone()),
+        };
+        let mut io = GuardedIo::new(TokioIo::new(mock), None, Link::new(key.clone()), track);
+        let poisoned = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = poisoned.clone();
+        link(&io).arm_poison(Box::new(move || flag.store(true, Relaxed)));
+
+        write(&mut io, &settings).await;
+        // The preface and settings: still leading, a second dial is held.
+        assert!(matches!(turnover.enter(&key, true), Entered::Held(_)));
+        write(&mut io, &headers).await;
+        // The first stream: the lead is in use; the next dial leads anew.
+        assert!(matches!(turnover.enter(&key, true), Entered::Now(Some(_))));
+        assert!(!poisoned.load(Relaxed));
+        let _ = read(&mut io).await;
+        assert!(poisoned.load(Relaxed), "the GOAWAY poisons the connection");
+        // A first GOAWAY that names its last stream: a request it fails was
+        // not processed.
+        assert!(link(&io).goaway_refused());
+    }
+
+    #[tokio::test]
+    async fn an_http1_lead_lets_the_held_dials_go() {
+        let turnover = Arc::new(Turnover::default());
+        let key: Arc<str> = Arc::from("https://h:443");
+        let Entered::Now(Some(lead)) = turnover.enter(&key, true) else {
+            panic!("the first dial leads");
+        };
+        let mock = Builder::new().write(GET).build();
+        let track = Track {
+            metrics: None,
+            honor_keep_alive: false,
+            lead: Some(lead),
+            turnover: Some(turnover.clone()),
+        };
+        let mut io = GuardedIo::new(TokioIo::new(mock), None, Link::new(key.clone()), track);
+        write(&mut io, GET).await;
+        assert!(matches!(turnover.enter(&key, true), Entered::Now(None)));
     }
 
     #[tokio::test]

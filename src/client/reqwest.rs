@@ -163,6 +163,15 @@ where
     Ok(::reqwest::Response::from(response))
 }
 
+/// Every host, for reqwest's host-scoped retry policies.
+struct AnyHost;
+
+impl PartialEq<&str> for AnyHost {
+    fn eq(&self, _host: &&str) -> bool {
+        true
+    }
+}
+
 /// The URL of a reqwest response (after redirects), carried through the
 /// guard's layers: `http::Response` has no place for it.
 #[derive(Clone, Debug)]
@@ -207,8 +216,47 @@ impl PoolGuard {
     #[cfg_attr(docsrs, doc(cfg(feature = "reqwest")))]
     pub fn reqwest(&self, client: ::reqwest::Client) -> GuardedClient {
         GuardedClient {
-            inner: self.layer().layer(Execute { client }),
+            inner: self.layer().nacks_below().layer(Execute { client }),
         }
+    }
+
+    /// A retry policy for `reqwest::ClientBuilder::retry`, in place of
+    /// reqwest 0.13's default: the same HTTP/2 protocol NACKs are resent
+    /// (at most 5 times a request, as the guard resends requests never
+    /// processed), but a refused stream (`REFUSED_STREAM`, a server
+    /// shedding load) only within the guard's retry budget share and floor
+    /// ([`PoolGuardBuilder::retry_budget`](crate::PoolGuardBuilder::retry_budget),
+    /// one budget for the client; reqwest's default has none, so a server
+    /// refusing every stream gets 3 attempts a request). A request failed
+    /// by a graceful `GOAWAY` is resent outside the budget: each such
+    /// failure costs the server a connection, and a client that turns
+    /// connections over with it must not lose requests.
+    ///
+    /// Behind [`GuardedClient`] and [`GuardMiddleware`] the guard's retry
+    /// leaves protocol NACKs to reqwest's (resending them at both levels
+    /// multiplies attempts), and resends the rest (stale connections,
+    /// requests hyper never sent) within its per-host budget.
+    #[cfg_attr(docsrs, doc(cfg(feature = "reqwest")))]
+    pub fn reqwest_retry(&self) -> ::reqwest::retry::Builder {
+        use tower::retry::budget::Budget as _;
+
+        use crate::retry::stale::{protocol_nack, Nack};
+
+        let budget = Arc::new(self.layer().retry_budget().tps_budget());
+        ::reqwest::retry::for_host(AnyHost)
+            .no_budget()
+            .max_retries_per_request(crate::retry::NOT_PROCESSED_RETRIES)
+            .classify_fn(
+                move |req_rep| match req_rep.error().and_then(protocol_nack) {
+                    Some(Nack::GoAway) => req_rep.retryable(),
+                    Some(Nack::Refused) if budget.withdraw() => req_rep.retryable(),
+                    Some(Nack::Refused) => req_rep.success(),
+                    None => {
+                        budget.deposit();
+                        req_rep.success()
+                    }
+                },
+            )
     }
 
     /// A layer for `reqwest::ClientBuilder::connector_layer` that counts

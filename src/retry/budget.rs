@@ -44,6 +44,12 @@ impl BudgetConfig {
         min_per_sec: DEFAULT_MIN_PER_SEC,
     };
 
+    /// A budget of this share and floor (tower's, 10 s window).
+    #[cfg_attr(not(feature = "reqwest"), allow(dead_code))]
+    pub(crate) fn tps_budget(self) -> TpsBudget {
+        TpsBudget::new(TTL, self.min_per_sec, self.ratio)
+    }
+
     /// `percent` of requests (0 to 100,000; NaN counts as 0) plus
     /// `min_per_sec` a second (at most `i32::MAX - 1`): the bounds tower's
     /// `TpsBudget` asserts, so that no setting can make it panic.
@@ -107,7 +113,7 @@ impl Budgets {
 
     fn budget(&self) -> HostRetry {
         HostRetry {
-            budget: TpsBudget::new(TTL, self.config.min_per_sec, self.config.ratio),
+            budget: self.config.tps_budget(),
             http2: AtomicBool::new(false),
         }
     }

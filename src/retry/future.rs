@@ -20,8 +20,10 @@ use crate::BoxError;
 
 /// Retries of one request that the server never processed, besides
 /// `max_retries`: each is safe, and each follows a connection that is going
-/// away, but a burst of them can meet several such connections in a row.
-const NOT_PROCESSED_RETRIES: u32 = 3;
+/// away or a refused stream, and a burst of them can meet several in a row
+/// (a server refusing 1 stream in 10 refuses a request 4 times in a row
+/// once in 10,000). The retry budget bounds them all together.
+pub(crate) const NOT_PROCESSED_RETRIES: u32 = 5;
 
 pin_project! {
     /// Response future of [`RetryStale`](super::RetryStale).
@@ -52,6 +54,8 @@ pin_project! {
         budget: Option<RequestBudget>,
         // What the request learns of its connection.
         capture: Option<stale::Capture>,
+        // The client below resends protocol NACKs itself.
+        nacks_below: bool,
     }
 }
 
@@ -100,7 +104,15 @@ where
             unprocessed_left: if left > 0 { NOT_PROCESSED_RETRIES } else { 0 },
             budget,
             capture: None,
+            nacks_below: false,
         }
+    }
+
+    /// The client below resends HTTP/2 protocol NACKs itself: they are not
+    /// resent here too.
+    pub(crate) fn nacks_below(mut self, yes: bool) -> Self {
+        self.nacks_below = yes;
+        self
     }
 
     /// The request learns its connection through `capture`.
@@ -176,7 +188,9 @@ where
                         }
                         Err(error) => error.into(),
                     };
-                    let cause = if this.retry.is_none() {
+                    let cause = if this.retry.is_none()
+                        || (*this.nacks_below && stale::protocol_nack(&*error).is_some())
+                    {
                         None
                     } else if *this.unprocessed_left > 0
                         && match stale::unprocessed(&*error) {

@@ -21,6 +21,9 @@ pub struct RetryStaleLayer {
     pub(crate) seen: OnceLock<Arc<Seen>>,
     pub(crate) budget: BudgetConfig,
     pub(crate) budgets: OnceLock<Arc<Budgets>>,
+    /// The client below resends HTTP/2 protocol NACKs itself (reqwest's
+    /// retry): they are not resent here too.
+    pub(crate) nacks_below: bool,
 }
 
 /// The connections a retry layer's responses came on, for clients whose
@@ -39,6 +42,7 @@ impl RetryStaleLayer {
             seen: OnceLock::new(),
             budget: BudgetConfig::DEFAULT,
             budgets: OnceLock::new(),
+            nacks_below: false,
         }
     }
 
@@ -101,6 +105,7 @@ impl<S> Layer<S> for RetryStaleLayer {
             observer: self.observer.clone(),
             seen: self.seen(),
             budgets: self.budgets(),
+            nacks_below: self.nacks_below,
         }
     }
 }

@@ -19,7 +19,7 @@
 //!   first attempt (with the method, URI, version, headers and extensions);
 //! - over HTTP/1: an HTTP/2 connection's failure is about no one request.
 //!
-//! Requests that were not processed are sent again too, up to 3 times
+//! Requests that were not processed are sent again too, up to 5 times
 //! besides `max_retries` (they tell [`RetryCause::NotProcessed`] and count
 //! in [`Snapshot::retries_not_processed`](crate::Snapshot)):
 //!
@@ -111,11 +111,12 @@ mod layer;
 mod observe;
 mod replay;
 mod service;
-mod stale;
+pub(crate) mod stale;
 #[cfg(test)]
 mod tests;
 
 pub use future::ResponseFuture;
+pub(crate) use future::NOT_PROCESSED_RETRIES;
 pub use layer::RetryStaleLayer;
 pub(crate) use observe::RetryHook;
 pub use observe::{OnRetry, RetryCause, RetryEvent};

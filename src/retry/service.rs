@@ -25,6 +25,7 @@ pub struct RetryStale<S> {
     pub(crate) observer: Option<RetryHook>,
     pub(crate) seen: Arc<Seen>,
     pub(crate) budgets: Arc<Budgets>,
+    pub(crate) nacks_below: bool,
 }
 
 impl<S> RetryStale<S> {
@@ -107,6 +108,7 @@ where
             budget,
         )
         .capturing(capture)
+        .nacks_below(self.nacks_below)
     }
 }
 

@@ -168,6 +168,46 @@ fn goaway_refused(connected: &hyper_util::client::legacy::connect::Connected) ->
         .is_some_and(|link| link.0.goaway_refused())
 }
 
+/// An HTTP/2 protocol NACK, as reqwest 0.13's retry reads one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Nack {
+    /// The server refused the stream (`REFUSED_STREAM`): it sheds load.
+    Refused,
+    /// A graceful `GOAWAY` (`NO_ERROR`) failed the request: the
+    /// connection turns over.
+    GoAway,
+}
+
+/// Whether `error` is an HTTP/2 protocol NACK as reqwest 0.13's retry
+/// reads one (and resends).
+pub(crate) fn protocol_nack(error: &(dyn Error + 'static)) -> Option<Nack> {
+    #[cfg(feature = "hyper-util")]
+    {
+        let mut source = Some(error);
+        while let Some(e) = source {
+            if let Some(h2) = e.downcast_ref::<h2::Error>() {
+                if !h2.is_remote() {
+                    return None;
+                }
+                if h2.is_reset() && h2.reason() == Some(h2::Reason::REFUSED_STREAM) {
+                    return Some(Nack::Refused);
+                }
+                if h2.is_go_away() && h2.reason() == Some(h2::Reason::NO_ERROR) {
+                    return Some(Nack::GoAway);
+                }
+                return None;
+            }
+            source = e.source();
+        }
+        None
+    }
+    #[cfg(not(feature = "hyper-util"))]
+    {
+        let _ = error;
+        None
+    }
+}
+
 /// Whether `error` is a failure on a connection that had served a request
 /// before, with no byte of a response to this request: the one failure
 /// [`RetryStale`](super::RetryStale) sends again. See the

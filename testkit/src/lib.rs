@@ -10,6 +10,7 @@
 mod load;
 mod nginx;
 mod raw;
+mod refuse;
 mod resolve;
 mod script;
 mod servers;
@@ -17,6 +18,7 @@ mod servers;
 pub use load::*;
 pub use nginx::*;
 pub use raw::*;
+pub use refuse::*;
 pub use resolve::Loopback;
 pub use script::*;
 pub use servers::*;

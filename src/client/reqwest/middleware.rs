@@ -78,7 +78,7 @@ impl PoolGuard {
     #[cfg_attr(docsrs, doc(cfg(feature = "reqwest-middleware")))]
     pub fn middleware(&self) -> GuardMiddleware {
         GuardMiddleware {
-            layer: self.layer(),
+            layer: self.layer().nacks_below(),
         }
     }
 }
