@@ -104,7 +104,7 @@ pub use guard::{Guarded, GuardedBody, PoolGuard, PoolGuardBuilder, PoolGuardLaye
 pub use key::HostKey;
 pub use limit::{PerHostLimitLayer, QueueFull, QueueTimeout};
 pub use metrics::{CloseReason, ConnInfo, Metrics, ReuseMetricsLayer, Snapshot};
-pub use retry::RetryStaleLayer;
+pub use retry::{RetryStaleLayer, Stranded};
 
 #[cfg(feature = "hyper-util")]
 #[cfg_attr(docsrs, doc(cfg(feature = "hyper-util")))]

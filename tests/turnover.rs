@@ -76,3 +76,71 @@ async fn hyper_util_dials_once_per_goaway_over_alpn() {
         TOTAL / AFTER
     );
 }
+
+/// Hung and failed requests over `runs` of `support::stranded_runs`.
+fn totals(runs: &[support::Run]) -> (usize, usize, usize) {
+    let hung: usize = runs.iter().map(|r| r.hung).sum();
+    let failed: usize = runs.iter().map(|r| r.errors).sum();
+    let runs_hung = runs.iter().filter(|r| r.hung > 0).count();
+    (hung, failed, runs_hung)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_request_hangs_or_is_lost_across_goaways() {
+    const RUNS: usize = 20;
+    let h2c = || {
+        Client::builder(TokioExecutor::new())
+            .http2_only(true)
+            .build_http::<Empty<Bytes>>()
+    };
+    let bare = support::stranded_runs(RUNS, |server| {
+        sender(h2c(), Method::GET, server.uri("/bytes/100"), Body::Read)
+    })
+    .await;
+    let guarded = support::stranded_runs(RUNS, |server| {
+        let guard = PoolGuard::builder().build();
+        let client = Client::builder(TokioExecutor::new())
+            .http2_only(true)
+            .build::<_, Empty<Bytes>>(guard.connector(HttpConnector::new()));
+        sender(
+            guard.layer().layer(client),
+            Method::GET,
+            server.uri("/bytes/100"),
+            Body::Read,
+        )
+    })
+    .await;
+    let reqwest = support::stranded_runs(RUNS, |server| {
+        let guard = PoolGuard::builder().build();
+        let plain = reqwest::Client::builder()
+            .http2_prior_knowledge()
+            .retry(guard.reqwest_retry())
+            .connector_layer(guard.reqwest_connector_layer())
+            .build()
+            .expect("reqwest client");
+        let client = guard.reqwest(plain.clone());
+        let url = server.url("/bytes/100");
+        move || {
+            let (plain, client, url) = (plain.clone(), client.clone(), url.clone());
+            async move {
+                client
+                    .execute(plain.get(url).build()?)
+                    .await?
+                    .bytes()
+                    .await?;
+                Ok(())
+            }
+        }
+    })
+    .await;
+    let (bare_hung, bare_failed, bare_runs) = totals(&bare);
+    let (hung, failed, _) = totals(&guarded);
+    let (r_hung, r_failed, _) = totals(&reqwest);
+    println!(
+        "{RUNS} runs of 3000 GETs, GOAWAY every 100 streams: bare hyper-util {bare_hung} hung \
+         (in {bare_runs} runs), {bare_failed} failed; guarded hyper-util {hung} hung, {failed} \
+         failed; GuardedClient {r_hung} hung, {r_failed} failed"
+    );
+    assert_eq!((hung, failed), (0, 0), "guarded hyper-util");
+    assert_eq!((r_hung, r_failed), (0, 0), "GuardedClient");
+}

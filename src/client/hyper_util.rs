@@ -910,6 +910,7 @@ impl IoGuard {
 
 impl Drop for IoGuard {
     fn drop(&mut self) {
+        self.link.close();
         if let Some(conn) = self.conn.take() {
             conn.on_close();
         }

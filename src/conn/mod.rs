@@ -115,6 +115,8 @@ pub(crate) struct Link {
     /// The connection's read ended (end of file or an error) while an
     /// HTTP/2 stream the server took had not ended.
     ended: AtomicBool,
+    /// The connection's IO was dropped: hyper is done with it.
+    closed: AtomicBool,
     /// Takes the connection out of its client's pool (hyper-util's
     /// `Connected::poison`, which only a request can reach): armed by the
     /// first request that learns its connection, called on `GOAWAY`.
@@ -179,6 +181,7 @@ impl Link {
             gone_away: AtomicBool::new(false),
             first_goaway: AtomicU32::new(u32::MAX),
             ended: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
             poison: PoisonSlot::default(),
         })
     }
@@ -239,6 +242,17 @@ impl Link {
             .first_goaway
             .compare_exchange(u32::MAX, last_stream, Relaxed, Relaxed);
         self.went_away();
+    }
+
+    /// hyper dropped the connection's IO.
+    pub(crate) fn close(&self) {
+        self.closed.store(true, Relaxed);
+    }
+
+    /// Whether hyper dropped the connection's IO: every HTTP/2 stream on it
+    /// has ended, with a response or an error.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(Relaxed)
     }
 
     /// The connection's read ended (an end of file, or an error); `open`:

@@ -56,6 +56,55 @@ pin_project! {
         capture: Option<stale::Capture>,
         // The client below resends protocol NACKs itself.
         nacks_below: bool,
+        // The tracked connection the request went out on, and the timer
+        // that looks at it while the response is awaited.
+        watch: Option<Watch>,
+    }
+}
+
+/// A request awaiting its response on a tracked connection.
+struct Watch {
+    #[cfg(feature = "hyper-util")]
+    link: Arc<crate::conn::Link>,
+    check: Option<Pin<Box<Sleep>>>,
+    /// The connection was seen closed at the last check.
+    closed: bool,
+}
+
+/// How often a request awaiting its response looks at its connection: one
+/// whose connection closed at two checks in a row is stranded.
+pub const STRANDED_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
+
+impl Watch {
+    /// Whether the request is stranded: its connection's IO is gone (so
+    /// every stream on it has ended) for a whole check, and its response
+    /// has not come. Arms the timer that wakes the request to look.
+    fn stranded(&mut self, cx: &mut Context<'_>) -> bool {
+        #[cfg(feature = "hyper-util")]
+        loop {
+            let check = match self.check.as_mut() {
+                Some(check) => check,
+                None => match crate::timer::sleep_until(Instant::now() + STRANDED_CHECK) {
+                    Some(sleep) => self.check.insert(Box::pin(sleep)),
+                    None => return false,
+                },
+            };
+            if check.as_mut().poll(cx).is_pending() {
+                return false;
+            }
+            if self.link.is_closed() {
+                if self.closed {
+                    return true;
+                }
+                self.closed = true;
+            }
+            check.as_mut().reset(Instant::now() + STRANDED_CHECK);
+        }
+        #[cfg(not(feature = "hyper-util"))]
+        {
+            let _ = cx;
+            false
+        }
     }
 }
 
@@ -105,6 +154,7 @@ where
             budget,
             capture: None,
             nacks_below: false,
+            watch: None,
         }
     }
 
@@ -148,16 +198,36 @@ where
         loop {
             match this.state.as_mut().project() {
                 StateProj::Called { future } => {
-                    let Poll::Ready(result) = future.poll(cx) else {
-                        // Once the request is on a connection (before its
-                        // response), it arms the connection's poison.
-                        if let Some(capture) = this.capture.as_ref() {
-                            if stale::arm_sent(capture) {
-                                *this.capture = None;
+                    let result = match future.poll(cx) {
+                        Poll::Ready(result) => result.map_err(Into::into),
+                        Poll::Pending => {
+                            // Once the request is on a connection (before
+                            // its response), it arms the connection's poison
+                            // and watches the connection.
+                            if let Some(capture) = this.capture.as_ref() {
+                                match stale::learn(capture) {
+                                    stale::Learned::Pending => {}
+                                    #[cfg(feature = "hyper-util")]
+                                    stale::Learned::Link(link) => {
+                                        *this.capture = None;
+                                        *this.watch = Some(Watch {
+                                            link,
+                                            check: None,
+                                            closed: false,
+                                        });
+                                    }
+                                    stale::Learned::Untracked => *this.capture = None,
+                                }
                             }
+                            if !this.watch.as_mut().is_some_and(|w| w.stranded(cx)) {
+                                return Poll::Pending;
+                            }
+                            *this.watch = None;
+                            tracing::debug!("request stranded on a closed HTTP/2 connection");
+                            Err(BoxError::from(super::Stranded))
                         }
-                        return Poll::Pending;
                     };
+                    *this.watch = None;
                     let retried = *this.retries > 0;
                     if retried {
                         if let Some(o) = this.observer.as_ref() {
@@ -177,7 +247,7 @@ where
                                 budget.answered(response.version());
                             }
                             if let Some(capture) = this.capture.take() {
-                                stale::arm_sent(&capture);
+                                let _ = stale::learn(&capture);
                             }
                             if retried {
                                 response.extensions_mut().insert(Retried {
@@ -186,7 +256,7 @@ where
                             }
                             return Poll::Ready(Ok(response));
                         }
-                        Err(error) => error.into(),
+                        Err(error) => error,
                     };
                     let cause = if this.retry.is_none()
                         || (*this.nacks_below && stale::protocol_nack(&*error).is_some())
@@ -268,3 +338,33 @@ const PAUSE: Duration = Duration::from_millis(1);
 
 /// Cannot happen: the state is `Retrying` only with a request to send.
 const MISSING: &str = "poolguard: retry without a request";
+
+#[cfg(all(test, feature = "hyper-util"))]
+mod tests {
+    use super::*;
+
+    fn watch(link: &Arc<crate::conn::Link>) -> Watch {
+        Watch {
+            link: link.clone(),
+            check: None,
+            closed: false,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_is_stranded_a_whole_check_after_its_connection_closed() {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let link = crate::conn::Link::new(Arc::from("http://h:80"));
+        let mut w = watch(&link);
+        assert!(!w.stranded(&mut cx));
+        // Open: a request may wait for its response as long as it takes.
+        tokio::time::advance(STRANDED_CHECK * 10).await;
+        assert!(!w.stranded(&mut cx));
+        link.close();
+        // Closed just now: not yet (its last stream may be ending).
+        tokio::time::advance(STRANDED_CHECK).await;
+        assert!(!w.stranded(&mut cx));
+        tokio::time::advance(STRANDED_CHECK).await;
+        assert!(w.stranded(&mut cx));
+    }
+}

@@ -28,16 +28,69 @@
 //!   hyper never sent (its "canceled", which hyper reports only with the
 //!   request handed back unsent). A copy of every request with a replayable
 //!   body is therefore taken while retries are on;
-//! - an idempotent request that failed with the server's `GOAWAY` (a
-//!   graceful shutdown, as nginx's `keepalive_requests` makes every 1000
-//!   requests; bare hyper-util loses them: hyperium/hyper#2500). h2 fails
-//!   so the streams above the `GOAWAY`'s last stream id, which the server
-//!   never processed, and RFC 9113 would allow any method; but hyper 1.x
-//!   also fails a request it has just handed to h2 with the connection's
-//!   `GOAWAY` (from its next readiness check) while that request's stream
-//!   still goes out, and a loopback test saw servers process such requests.
-//!   The error does not tell the two apart, so a `POST` failing so is not
-//!   sent again.
+//! - a request that failed with the server's `GOAWAY` (a graceful
+//!   shutdown, as nginx's `keepalive_requests` makes every 1000 requests;
+//!   bare hyper-util loses them: hyperium/hyper#2500). h2 keeps the
+//!   server's first `GOAWAY` as the connection's error and fails with it
+//!   the streams above its last stream id (never processed, RFC 9113 §6.8)
+//!   and every request handed to it later (never sent). But a first
+//!   `GOAWAY` with the largest id (a graceful shutdown's "all, for now"
+//!   that hyper's own server sends) refuses nothing yet, and h2 also fails
+//!   with the same error the streams still open when the connection then
+//!   closes, processed or not (a loopback test saw servers process such
+//!   requests). So, on a [`GuardedConnector`](crate::GuardedConnector),
+//!   whose IO reads the `GOAWAY` and the streams' ends: any request when
+//!   the first `GOAWAY` named a last stream and no stream the server took
+//!   was cut by the close; otherwise, and with reqwest, only an idempotent
+//!   one;
+//! - a request **stranded** by hyper 1.12 (see below), failed with
+//!   [`Stranded`] when it may not be sent again;
+//! - a dial held for another's HTTP/2 connection that the request then
+//!   missed ([`Coalesced`](crate::Coalesced)).
+//!
+//! # The retry budget
+//!
+//! Every retry, of either kind, draws from its host's budget (tower's
+//! `TpsBudget`: 20 % of the host's requests over 10 s, plus 10 a second,
+//! by default; [`RetryStaleLayer::budget`]). A server refusing every stream
+//! thus gets at most 1.225 attempts a request (4000 requests: 4900 attempts
+//! at the server, `tests/budget.rs`), not 4. A retry the budget refuses is
+//! not made: the error goes back to the caller, counted in
+//! [`Snapshot::retries_budget_exhausted`](crate::Snapshot).
+//!
+//! With reqwest, reqwest 0.13 resends HTTP/2 protocol NACKs itself (a
+//! refused stream, a graceful `GOAWAY`; twice, with no budget by default).
+//! Behind [`PoolGuard::reqwest`](crate::PoolGuard::reqwest) and the
+//! middleware this layer leaves NACKs to it (so the two do not multiply),
+//! and [`PoolGuard::reqwest_retry`](crate::PoolGuard::reqwest_retry) gives
+//! reqwest a policy that keeps refused streams within the guard's budget
+//! share.
+//!
+//! # A request that never ends
+//!
+//! hyper 1.12's HTTP/2 client task, on a `GOAWAY`, leaves its loop when h2
+//! refuses room for a new stream, and drops its request receiver without
+//! closing and draining it (`proto/h2/client.rs`, `client/dispatch.rs`). A
+//! request whose sender was inside tokio's mpsc `send` at that moment
+//! (past the closed check, its slot not written) stays in the channel with
+//! every request after it; hyper-util holds the pooled sender across the
+//! wait, so the channel lives and the request's response never comes, nor
+//! an error. `poolguard_testkit::stranded_runs` reproduces it (a server
+//! ending every connection after 100 streams, 50 tasks, 3000 GETs a run:
+//! about 1 run in 100 strands requests, bare). Through this layer, a
+//! request to an HTTP/2 host learns its connection when hyper-util picks
+//! it (`capture_connection`); one still waiting for its response head a
+//! whole second ([`STRANDED_CHECK`](future::STRANDED_CHECK), checked once
+//! a second) after hyper dropped that connection's IO, when every stream
+//! on it had ended, was never written: it is sent again as a request never
+//! processed, or fails with [`Stranded`]. The first attempt only, and only
+//! with a [`GuardedConnector`](crate::GuardedConnector) (reqwest's
+//! connections are out of reach: bound a reqwest request with its own
+//! `timeout`).
+//!
+//! A `GOAWAY` also takes its connection out of hyper-util's pool at once
+//! (`Connected::poison`, reached through the first request's capture), so
+//! that new requests do not race hyper's shutdown of it.
 //!
 //! The retry waits 1 ms (one tick of tokio's timer) first: a server that
 //! closes idle connections has likely closed others at the same moment, and
@@ -121,6 +174,25 @@ pub use layer::RetryStaleLayer;
 pub(crate) use observe::RetryHook;
 pub use observe::{OnRetry, RetryCause, RetryEvent};
 pub use replay::ReplayBody;
+
+/// A request that waited for its response on an HTTP/2 connection whose IO
+/// hyper had dropped (so every stream on it had ended) for a whole second:
+/// hyper 1.12 left it in its request channel, never written (see "A
+/// request that never ends" above). Sent again when it may be (its body
+/// replays, within the retry budget); otherwise the request fails with
+/// this error. Recover it with `downcast_ref::<Stranded>()`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stranded;
+
+impl std::fmt::Display for Stranded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(
+            "request stranded: its HTTP/2 connection closed without answering or failing it",
+        )
+    }
+}
+
+impl std::error::Error for Stranded {}
 pub use service::RetryStale;
 
 /// Response extension: the response came from a retry of a request that

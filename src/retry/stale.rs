@@ -44,12 +44,22 @@ pub(crate) fn capture<B>(req: &mut http::Request<B>) -> Option<Capture> {
     }
 }
 
+/// What a request learnt of its connection.
+pub(crate) enum Learned {
+    /// Not chosen yet.
+    Pending,
+    /// A tracked connection (its poison armed by now).
+    #[cfg(feature = "hyper-util")]
+    Link(std::sync::Arc<crate::conn::Link>),
+    /// A connection the guard does not track.
+    Untracked,
+}
+
 /// Once hyper-util chose the request's connection (a tracked one whose
 /// `GOAWAY` poison is not armed yet), arms the poison with the connection
 /// `capture` learned, so that a `GOAWAY` takes it out of hyper-util's pool
-/// at once. Returns whether the capture is done with: the connection is
-/// known (armed now or before), or will never be.
-pub(crate) fn arm_sent(capture: &Capture) -> bool {
+/// at once.
+pub(crate) fn learn(capture: &Capture) -> Learned {
     #[cfg(feature = "hyper-util")]
     {
         use crate::conn::LinkHandle;
@@ -57,13 +67,13 @@ pub(crate) fn arm_sent(capture: &Capture) -> bool {
         let link = {
             let connected = capture.connection_metadata();
             let Some(connected) = connected.as_ref() else {
-                return false;
+                return Learned::Pending;
             };
             let mut extras = http::Extensions::new();
             connected.get_extras(&mut extras);
             match extras.remove::<LinkHandle>() {
                 Some(LinkHandle(link)) => link,
-                None => return true,
+                None => return Learned::Untracked,
             }
         };
         if !link.poison_armed() {
@@ -74,12 +84,12 @@ pub(crate) fn arm_sent(capture: &Capture) -> bool {
                 }
             }));
         }
-        true
+        Learned::Link(link)
     }
     #[cfg(not(feature = "hyper-util"))]
     {
         let _ = capture;
-        true
+        Learned::Untracked
     }
 }
 
@@ -133,6 +143,10 @@ pub(crate) fn unprocessed(error: &(dyn Error + 'static)) -> Option<Unprocessed> 
             if e.downcast_ref::<hyper::Error>()
                 .is_some_and(hyper::Error::is_canceled)
             {
+                return Some(Unprocessed::Surely);
+            }
+            if e.is::<super::Stranded>() {
+                // Its connection ended without a word of it: never written.
                 return Some(Unprocessed::Surely);
             }
             if e.is::<crate::Coalesced>() {

@@ -43,6 +43,21 @@ where
     F: Fn() -> Fut + Clone + Send + 'static,
     Fut: std::future::Future<Output = Result<(), crate::BoxError>> + Send,
 {
+    drive_within(tasks, total, pause_ms, REQUEST_LIMIT, send).await
+}
+
+/// [`drive`], a request that does not end within `limit` counted hung.
+pub async fn drive_within<F, Fut>(
+    tasks: usize,
+    total: usize,
+    pause_ms: u64,
+    limit: Duration,
+    send: F,
+) -> Run
+where
+    F: Fn() -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = Result<(), crate::BoxError>> + Send,
+{
     let next = Arc::new(AtomicUsize::new(0));
     let ok = Arc::new(AtomicUsize::new(0));
     let errors = Arc::new(AtomicUsize::new(0));
@@ -56,14 +71,14 @@ where
             while next.fetch_add(1, Ordering::Relaxed) < total {
                 // Bounded: a request that never ends is an error, reported,
                 // not a test that hangs.
-                match tokio::time::timeout(REQUEST_LIMIT, send()).await {
+                match tokio::time::timeout(limit, send()).await {
                     Ok(Ok(())) => ok.fetch_add(1, Ordering::Relaxed),
                     Ok(Err(e)) => {
                         eprintln!("request failed: {e} ({:?})", std::error::Error::source(&*e));
                         errors.fetch_add(1, Ordering::Relaxed)
                     }
                     Err(_) => {
-                        eprintln!("request did not end within {REQUEST_LIMIT:?}");
+                        eprintln!("request did not end within {limit:?}");
                         hung.fetch_add(1, Ordering::Relaxed);
                         errors.fetch_add(1, Ordering::Relaxed)
                     }
@@ -190,4 +205,34 @@ where
             Ok(())
         })
     }
+}
+
+/// How long a request of [`stranded_runs`] may take before it counts hung:
+/// longer than poolguard's stranded-request backstop (about 2 s).
+pub const STRANDED_LIMIT: Duration = Duration::from_secs(5);
+
+/// A reproduction of hyper 1.12's stranded HTTP/2 requests (see
+/// poolguard's `retry` docs): `runs` runs, each of 3000 GETs from 50 tasks
+/// to a fresh h2c server that ends every connection gracefully after 100
+/// streams. `client` makes, for a run's server, the `send` of one request.
+/// Returns each run's outcome; a request that does not end within
+/// [`STRANDED_LIMIT`] is hung. Bare hyper-util strands requests in about
+/// 1 run of 100.
+pub async fn stranded_runs<C, F, Fut>(runs: usize, client: C) -> Vec<Run>
+where
+    C: Fn(&crate::Server) -> F,
+    F: Fn() -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = Result<(), crate::BoxError>> + Send,
+{
+    let mut outcomes = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let server = crate::serve_with(crate::Options {
+            http2: true,
+            goaway_after: 100,
+            ..Default::default()
+        })
+        .await;
+        outcomes.push(drive_within(50, 3000, 0, STRANDED_LIMIT, client(&server)).await);
+    }
+    outcomes
 }
