@@ -511,6 +511,11 @@ impl<T> fmt::Debug for ConnectFuture<T> {
     }
 }
 
+/// Streams an HTTP/2 connection resets before it leaves the pool: half of
+/// h2's default limit on the resets of a connection's life (1024), which
+/// also counts resets the client did not choose.
+pub(crate) const RESETS_BEFORE_ROTATION: u32 = 512;
+
 /// How a new connection is to be tracked: the metrics it reports to (with
 /// its host), and whether `Keep-Alive` headers are honoured.
 struct Track {
@@ -595,6 +600,8 @@ struct Streams {
     ended: u32,
     /// The least last stream id of the server's `GOAWAY`s.
     goaway: Option<u32>,
+    /// Streams the client reset (`RST_STREAM` written).
+    resets: u32,
     /// After how many streams the connection leaves the pool: read at its
     /// first stream (`None` inside: no limit known).
     rotate_at: Option<Option<u32>>,
@@ -707,6 +714,9 @@ impl IoGuard {
         if self.tracker.phase() == Phase::Http2 || self.tracker.maybe_http2() {
             let seen = frames.feed(bytes);
             self.streams.ended = self.streams.ended.saturating_add(seen.ended);
+            if seen.ended > 0 {
+                self.reset_streams(seen.ended);
+            }
             let opened = seen.opened;
             if opened > 0 {
                 if let Some(lead) = self.lead.take() {
@@ -719,6 +729,21 @@ impl IoGuard {
             if let Some(lead) = self.lead.take() {
                 lead.http1();
             }
+        }
+    }
+
+    /// The client reset `n` more streams (a response body dropped before
+    /// its end, and h2's answers to frames of streams it already
+    /// forgot): once [`RESETS_BEFORE_ROTATION`], the connection leaves the
+    /// pool, well before h2's own limit on a connection's resets ends it
+    /// and fails every request on it (`too_many_internal_resets`, 1024 by
+    /// default over the connection's life).
+    fn reset_streams(&mut self, n: u32) {
+        let before = self.streams.resets;
+        self.streams.resets = before.saturating_add(n);
+        if before < RESETS_BEFORE_ROTATION && self.streams.resets >= RESETS_BEFORE_ROTATION {
+            tracing::debug!(pool = %self.link.pool_key(), resets = self.streams.resets, "connection leaves the pool before h2's reset limit");
+            self.link.went_away();
         }
     }
 

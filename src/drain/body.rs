@@ -43,6 +43,10 @@ pub struct DrainBody<B> {
     conn: Option<Exchange>,
     /// The host the body comes from, when the drain is priced.
     host: Option<HostKey>,
+    /// An HTTP/2 response on a tracked connection, which leaves the pool
+    /// before h2's limit on resets: dropped early, its stream is reset,
+    /// not drained.
+    reset: bool,
     /// The drop logic, instantiated where `B: Body + Send + 'static` holds, so
     /// that the type itself needs no bounds.
     on_drop: fn(Pin<Box<B>>, Dropped),
@@ -55,6 +59,10 @@ pub(crate) struct Dropped {
     shared: Arc<Shared>,
     conn: Option<Exchange>,
     host: Option<HostKey>,
+    /// An HTTP/2 response on a tracked connection, which leaves the pool
+    /// before h2's limit on resets: dropped early, its stream is reset,
+    /// not drained.
+    reset: bool,
 }
 
 impl<B> DrainBody<B>
@@ -72,6 +80,7 @@ where
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok());
         let conn = response.extensions().get::<Stamp>().map(Stamp::exchange);
+        let reset = resets_cheaply(&response);
         response.map(|body| {
             // A body already at its end when wrapped is complete from the
             // start: it never needs a drain.
@@ -83,6 +92,7 @@ where
                 shared,
                 conn,
                 host,
+                reset,
                 on_drop: drop_early::<B>,
             }
         })
@@ -145,6 +155,7 @@ impl<B> Drop for DrainBody<B> {
                     shared: self.shared.clone(),
                     conn: self.conn.take(),
                     host: self.host.take(),
+                    reset: self.reset,
                 },
             );
         }
@@ -158,6 +169,26 @@ impl<B> fmt::Debug for DrainBody<B> {
             .field("read", &self.read)
             .field("content_length", &self.content_length)
             .finish_non_exhaustive()
+    }
+}
+
+/// Whether the response's stream may be reset rather than drained: it came
+/// over HTTP/2 on a connection a [`GuardedConnector`](crate::GuardedConnector)
+/// tracks, which counts the resets and leaves the pool long before h2's
+/// limit on them would end it.
+fn resets_cheaply<B>(response: &Response<B>) -> bool {
+    #[cfg(feature = "hyper-util")]
+    {
+        response.version() >= http::Version::HTTP_2
+            && response
+                .extensions()
+                .get::<crate::conn::LinkHandle>()
+                .is_some()
+    }
+    #[cfg(not(feature = "hyper-util"))]
+    {
+        let _ = response;
+        false
     }
 }
 
@@ -216,6 +247,13 @@ where
             }
             _ => {}
         }
+    }
+
+    // HTTP/2 on a tracked connection: a reset costs no connection, nor
+    // the time a drain takes (the connection leaves the pool before h2's
+    // limit on resets would end it).
+    if dropped.reset {
+        return report(DrainOutcome::Skipped(SkipReason::Http2));
     }
 
     let remaining = dropped

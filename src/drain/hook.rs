@@ -145,9 +145,13 @@ impl DrainOutcome {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum SkipReason {
-    /// Not reported any more: HTTP/2 bodies are drained like HTTP/1 ones,
-    /// so that dropped streams do not count against h2's reset protection.
-    /// Kept so that code matching it compiles.
+    /// An HTTP/2 response on a connection a
+    /// [`GuardedConnector`](crate::GuardedConnector) tracks: its stream is
+    /// reset, which costs no connection (the connector takes the
+    /// connection out of the pool after 512 resets, before h2's own limit
+    /// on a connection's resets would end it and fail every request on
+    /// it). HTTP/2 bodies on untracked connections (reqwest) are drained
+    /// like HTTP/1 ones.
     Http2,
     /// The known remaining length of the body exceeds `max_bytes`.
     TooLarge,
