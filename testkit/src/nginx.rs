@@ -50,6 +50,17 @@ pub struct Logged {
     pub status: u16,
 }
 
+/// The nginx binary: on the `PATH`, or Debian's `/usr/sbin/nginx` (not on
+/// a plain user's `PATH`).
+fn nginx_bin() -> PathBuf {
+    let sbin = PathBuf::from("/usr/sbin/nginx");
+    if sbin.exists() {
+        sbin
+    } else {
+        PathBuf::from("nginx")
+    }
+}
+
 fn free_port() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     listener.local_addr().expect("addr")
@@ -58,7 +69,7 @@ fn free_port() -> SocketAddr {
 impl Nginx {
     /// Whether nginx is installed (`.ci/run` installs it).
     pub fn installed() -> bool {
-        Command::new("nginx")
+        Command::new(nginx_bin())
             .arg("-v")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -130,7 +141,7 @@ http {{
             conf
         };
         std::fs::write(dir.join("nginx.conf"), conf).expect("config");
-        let child = Command::new("nginx")
+        let child = Command::new(nginx_bin())
             .arg("-p")
             .arg(&dir)
             .arg("-c")
@@ -231,7 +242,7 @@ http {{
 
 /// Whether this nginx takes the `http2` directive (1.25.1 and later).
 fn supports_http2_directive() -> bool {
-    let Ok(out) = Command::new("nginx").arg("-v").output() else {
+    let Ok(out) = Command::new(nginx_bin()).arg("-v").output() else {
         return false;
     };
     let text = String::from_utf8_lossy(&out.stderr);
