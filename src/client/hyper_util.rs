@@ -57,9 +57,24 @@ use crate::BoxError;
 /// when a connection is idle by following the HTTP/1 framing of the bytes
 /// that cross it; HTTP/2 connections are never closed this way.
 ///
+/// HTTP/2 connections that turn over: the connector dials one connection at
+/// a time for a pool key whose last connection spoke HTTP/2 (or an `https`
+/// key not heard from, where ALPN may choose it), and holds the other dials
+/// until that connection carries its first stream (hyper-util has then
+/// handed it to every request waiting for the key: the held dials end with
+/// [`Coalesced`](crate::Coalesced)) or shows it speaks HTTP/1 (they dial).
+/// Its IO reads the HTTP/2 frame headers above TLS: a `GOAWAY` takes the
+/// connection out of hyper-util's pool at once (through requests that pass
+/// a [`RetryStaleLayer`](crate::RetryStaleLayer), which reach its
+/// `Connected::poison`), a `GOAWAY` that refused streams teaches the
+/// server's streams per connection (later connections leave the pool at
+/// 3/4 of it), and after 512 streams reset by the client a connection
+/// leaves the pool before h2's own limit on resets would end it.
+///
 /// Errors of the wait are typed, recovered with `downcast_ref` from the
-/// source of hyper-util's error: [`QueueFull`], [`QueueTimeout`] and
-/// [`ClientDropped`]. The inner connector's errors pass through.
+/// source of hyper-util's error: [`QueueFull`], [`QueueTimeout`],
+/// [`ClientDropped`] and [`Coalesced`](crate::Coalesced). The inner
+/// connector's errors pass through.
 ///
 /// Why a connector, and not only a request limit: the legacy client races a
 /// pool checkout against a new connect, and when the checkout wins, the

@@ -12,7 +12,20 @@
 //! - reuse comes from hyper-util's `HttpInfo` (socket addresses), not from
 //!   connection tracking, and connections closed are not counted;
 //! - dials are counted, per remote address, by
-//!   [`PoolGuard::reqwest_connector_layer`](crate::PoolGuard::reqwest_connector_layer).
+//!   [`PoolGuard::reqwest_connector_layer`](crate::PoolGuard::reqwest_connector_layer),
+//!   which also dials one connection at a time to a host that speaks (or
+//!   over TLS may speak) HTTP/2, so that the requests waiting when its
+//!   connection goes away share the next one: [`GuardedClient`] and
+//!   [`GuardMiddleware`] tell it the host of the request that dials (a task
+//!   local; reqwest's connector layer sees no host);
+//! - reqwest resends HTTP/2 protocol NACKs itself: the guard leaves them
+//!   to it, and [`PoolGuard::reqwest_retry`](crate::PoolGuard::reqwest_retry)
+//!   gives it a policy that keeps refused streams within the guard's budget;
+//! - a `GOAWAY` cannot take a connection out of reqwest's pool at once, a
+//!   request hyper 1.12 strands (see [`retry`](crate::retry)) is not
+//!   detected (bound it with reqwest's `timeout`), and HTTP/2 bodies dropped
+//!   early are drained, not reset (a connection cannot be rotated before
+//!   h2's limit on resets).
 //!
 //! The response is reqwest's own: status, headers, version, final URL after
 //! redirects, remote address and extensions are what plain reqwest reports
@@ -40,6 +53,7 @@
 //! let client = guard.reqwest(
 //!     reqwest::Client::builder()
 //!         .pool_max_idle_per_host(10)
+//!         .retry(guard.reqwest_retry())
 //!         .connector_layer(guard.reqwest_connector_layer())
 //!         .build()?,
 //! );

@@ -3,7 +3,10 @@
 //! record of a tracked connection (its responses, why it closed).
 //!
 //! Depends on nothing else in the crate but `key`: the connector's IO feeds
-//! the [`Tracker`], publishes what it learns in the connection's [`Link`];
+//! the [`Tracker`] (HTTP/1) and the `http2` frame-header reader (streams,
+//! their ends, `GOAWAY`), publishes what it learns in the connection's
+//! [`Link`]; the `turnover` lets one dial at a time go ahead for a pool key
+//! that speaks HTTP/2;
 //! the per-host registry and the retry read the `Link`; the drain and the
 //! metrics layer report a response's fate to its connection's [`Record`],
 //! which tells its [`ConnObserver`] (the metrics) when it closes and why.
