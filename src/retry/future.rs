@@ -63,6 +63,7 @@ pin_project! {
 }
 
 /// A request awaiting its response on a tracked connection.
+#[cfg_attr(not(feature = "hyper-util"), allow(dead_code))]
 struct Watch {
     #[cfg(feature = "hyper-util")]
     link: Arc<crate::conn::Link>,

@@ -169,6 +169,7 @@ pub(crate) mod stale;
 mod tests;
 
 pub use future::ResponseFuture;
+#[cfg(feature = "reqwest")]
 pub(crate) use future::NOT_PROCESSED_RETRIES;
 pub use layer::RetryStaleLayer;
 pub(crate) use observe::RetryHook;

@@ -45,6 +45,7 @@ pub(crate) fn capture<B>(req: &mut http::Request<B>) -> Option<Capture> {
 }
 
 /// What a request learnt of its connection.
+#[cfg_attr(not(feature = "hyper-util"), allow(dead_code))]
 pub(crate) enum Learned {
     /// Not chosen yet.
     Pending,
@@ -184,6 +185,7 @@ fn goaway_refused(connected: &hyper_util::client::legacy::connect::Connected) ->
 
 /// An HTTP/2 protocol NACK, as reqwest 0.13's retry reads one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(not(feature = "hyper-util"), allow(dead_code))]
 pub(crate) enum Nack {
     /// The server refused the stream (`REFUSED_STREAM`): it sheds load.
     Refused,
