@@ -21,11 +21,15 @@
 //! - reqwest resends HTTP/2 protocol NACKs itself: the guard leaves them
 //!   to it, and [`PoolGuard::reqwest_retry`](crate::PoolGuard::reqwest_retry)
 //!   gives it a policy that keeps refused streams within the guard's budget;
-//! - a `GOAWAY` cannot take a connection out of reqwest's pool at once, a
-//!   request hyper 1.12 strands (see [`retry`](crate::retry)) is not
-//!   detected (bound it with reqwest's `timeout`), and HTTP/2 bodies dropped
-//!   early are drained, not reset (a connection cannot be rotated before
-//!   h2's limit on resets).
+//! - a `GOAWAY` cannot take a connection out of reqwest's pool at once;
+//!   a request hyper 1.12 strands (see [`retry`](crate::retry)) cannot be
+//!   seen as such: [`GuardedClient`] resends an idempotent request (with a
+//!   body it can copy) still without its response 2 s after its host's
+//!   connection turned over once it had started, which may send it twice
+//!   (idempotent requests allow it); [`GuardMiddleware`] does not yet
+//!   (bound it with reqwest's `timeout`);
+//! - HTTP/2 bodies dropped early are drained, not reset (a connection
+//!   cannot be rotated before h2's limit on resets).
 //!
 //! The response is reqwest's own: status, headers, version, final URL after
 //! redirects, remote address and extensions are what plain reqwest reports
@@ -196,6 +200,9 @@ struct FinalUrl(::reqwest::Url);
 #[derive(Clone, Debug)]
 pub struct Execute {
     client: ::reqwest::Client,
+    /// When each host's HTTP/2 connection last turned over (shared by
+    /// clones, as the client's pool is).
+    turns: Arc<scope::TurnLog>,
 }
 
 impl Service<http::Request<::reqwest::Body>> for Execute {
@@ -209,10 +216,18 @@ impl Service<http::Request<::reqwest::Body>> for Execute {
 
     fn call(&mut self, request: http::Request<::reqwest::Body>) -> Self::Future {
         let client = self.client.clone();
+        let turns = self.turns.clone();
         Box::pin(async move {
             let request = ::reqwest::Request::try_from(request)?;
-            let scope = DialScope::of(request.url());
-            let response = DialScope::run(scope, client.execute(request)).await?;
+            let scope = DialScope::of(request.url(), Some(turns));
+            let copy = crate::retry::service::idempotent(request.method(), request.headers())
+                .then(|| request.try_clone())
+                .flatten();
+            let again = copy.map(|copy| {
+                let client = client.clone();
+                move |_scope| client.execute(copy)
+            });
+            let response = DialScope::run_or_resend(scope, client.execute(request), again).await?;
             let url = FinalUrl(response.url().clone());
             let mut response = http::Response::from(response);
             response.extensions_mut().insert(url);
@@ -230,7 +245,10 @@ impl PoolGuard {
     #[cfg_attr(docsrs, doc(cfg(feature = "reqwest")))]
     pub fn reqwest(&self, client: ::reqwest::Client) -> GuardedClient {
         GuardedClient {
-            inner: self.layer().nacks_below().layer(Execute { client }),
+            inner: self.layer().nacks_below().layer(Execute {
+                client,
+                turns: Arc::default(),
+            }),
         }
     }
 
@@ -365,6 +383,9 @@ where
             };
             let started = tokio::time::Instant::now();
             let conn = dial.await?;
+            if let Some(scope) = &scope {
+                scope.dialed();
+            }
             if let Some(lead) = lead {
                 if conn.connected().is_negotiated_h2() {
                     if let Some(scope) = &scope {

@@ -163,7 +163,7 @@ pub mod future;
 mod layer;
 mod observe;
 mod replay;
-mod service;
+pub(crate) mod service;
 pub(crate) mod stale;
 #[cfg(test)]
 mod tests;

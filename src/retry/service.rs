@@ -119,11 +119,16 @@ static X_IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("x-idempotency-ke
 /// the methods RFC 9110 calls idempotent (`CONNECT` and `PATCH` and `POST`
 /// are not), or a request the caller marked with an idempotency key.
 pub(crate) fn is_idempotent<B>(req: &Request<B>) -> bool {
+    idempotent(req.method(), req.headers())
+}
+
+/// [`is_idempotent`] of a request's method and headers.
+pub(crate) fn idempotent(method: &Method, headers: &http::HeaderMap) -> bool {
     matches!(
-        *req.method(),
+        *method,
         Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
-    ) || req.headers().contains_key(&IDEMPOTENCY_KEY)
-        || req.headers().contains_key(&X_IDEMPOTENCY_KEY)
+    ) || headers.contains_key(&IDEMPOTENCY_KEY)
+        || headers.contains_key(&X_IDEMPOTENCY_KEY)
 }
 
 /// A copy of the request to send again, if its body can be replayed.

@@ -154,7 +154,7 @@ impl<'a> Service<http::Request<::reqwest::Body>> for RunNext<'a> {
         Box::pin(async move {
             let request = ::reqwest::Request::try_from(request)?;
             let mut extensions = lock(&shared).clone();
-            let scope = super::DialScope::of(request.url());
+            let scope = super::DialScope::of(request.url(), None);
             let result = super::DialScope::run(scope, next.run(request, &mut extensions)).await;
             *lock(&shared) = extensions;
             let response = result?;

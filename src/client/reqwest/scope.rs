@@ -18,9 +18,58 @@
 //! until that lead is in use, fails with [`Coalesced`](crate::Coalesced),
 //! which the retry sends again (the request never went out).
 
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::task::Poll;
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use crate::conn::turnover::Lead;
+
+/// How long an idempotent request may still wait for its response head
+/// after its host's HTTP/2 connection turned over (a new one carried its
+/// first stream) once the request had started: past it, the request is
+/// taken as stranded by hyper 1.12 on the old connection, and sent again.
+pub(crate) const STRANDED_AFTER_TURNOVER: Duration = Duration::from_secs(2);
+
+/// How often a waiting request looks.
+const CHECK: Duration = Duration::from_secs(1);
+
+/// Hosts remembered at most.
+const MAX_HOSTS: usize = 4096;
+
+/// When each host's HTTP/2 connection last turned over, as the requests of
+/// one client saw it.
+#[derive(Debug, Default)]
+pub(crate) struct TurnLog {
+    hosts: Mutex<HashMap<Arc<str>, Instant>>,
+}
+
+impl TurnLog {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, Instant>> {
+        self.hosts.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// `key`'s connection turned over now.
+    fn turned(&self, key: &Arc<str>) {
+        let mut hosts = self.lock();
+        if hosts.len() >= MAX_HOSTS && !hosts.contains_key(key) {
+            hosts.clear();
+        }
+        hosts.insert(key.clone(), Instant::now());
+    }
+
+    /// Whether `key`'s connection turned over after `started`, at least
+    /// [`STRANDED_AFTER_TURNOVER`] ago.
+    fn stranded(&self, key: &str, started: Instant) -> bool {
+        self.lock().get(key).is_some_and(|&at| {
+            at > started && Instant::now().saturating_duration_since(at) >= STRANDED_AFTER_TURNOVER
+        })
+    }
+}
 
 tokio::task_local! {
     static SCOPE: Arc<DialScope>;
@@ -32,14 +81,19 @@ pub(crate) struct DialScope {
     /// `scheme://host:port` of the request.
     pub(crate) key: Arc<str>,
     pub(crate) tls: bool,
+    /// The client's log of turnovers.
+    turns: Option<Arc<TurnLog>>,
+    /// The request made a dial (whether it led or not).
+    dialed: std::sync::atomic::AtomicBool,
     /// The lead dial the request made, once its connection is known to
     /// speak HTTP/2; `Err(())` once the request ended.
     lead: Mutex<Result<Option<Lead>, ()>>,
 }
 
 impl DialScope {
-    /// The scope of a request for `url`; `None` without a host.
-    pub(crate) fn of(url: &::reqwest::Url) -> Option<Arc<DialScope>> {
+    /// The scope of a request for `url` of a client whose turnovers `turns`
+    /// logs; `None` without a host.
+    pub(crate) fn of(url: &::reqwest::Url, turns: Option<Arc<TurnLog>>) -> Option<Arc<DialScope>> {
         let host = url.host_str()?;
         let port = url.port_or_known_default()?;
         let mut key = format!("{}://{host}:{port}", url.scheme());
@@ -47,6 +101,8 @@ impl DialScope {
         Some(Arc::new(DialScope {
             key: Arc::from(key),
             tls: url.scheme() == "https",
+            turns,
+            dialed: std::sync::atomic::AtomicBool::new(false),
             lead: Mutex::new(Ok(None)),
         }))
     }
@@ -68,11 +124,17 @@ impl DialScope {
         };
         let result = SCOPE.scope(scope.clone(), f).await;
         let lead = std::mem::replace(&mut *scope.lock(), Err(()));
-        if let (Ok(Some(lead)), Ok(response)) = (lead, &result) {
-            if response.version() >= http::Version::HTTP_2 {
-                lead.http2_in_use();
-            }
-            // Else dropped: the next held dial leads.
+        let http2 = result
+            .as_ref()
+            .is_ok_and(|response| response.version() >= http::Version::HTTP_2);
+        if let (Ok(Some(lead)), true) = (lead, http2) {
+            lead.http2_in_use();
+        }
+        // (A lead not answered over HTTP/2 is dropped: the next held dial
+        // leads.) A request that dialed and was answered over HTTP/2 saw its
+        // host's connection turn over.
+        if http2 && scope.dialed.load(std::sync::atomic::Ordering::Relaxed) {
+            scope.turned();
         }
         result
     }
@@ -87,8 +149,79 @@ impl DialScope {
             Err(()) => {
                 drop(slot);
                 lead.http2_in_use();
+                self.turned();
             }
         }
+    }
+
+    /// The request's dial made a connection.
+    pub(crate) fn dialed(&self) {
+        self.dialed
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn turned(&self) {
+        if let Some(turns) = &self.turns {
+            turns.turned(&self.key);
+        }
+    }
+
+    /// Runs `first` (the request) within `scope`, as [`run`](Self::run);
+    /// with `again` (an idempotent request's copy), a request still without
+    /// its response [`STRANDED_AFTER_TURNOVER`] after its host's connection
+    /// turned over, once it had started, is dropped and `again` sent
+    /// instead (once): hyper 1.12 strands requests on a connection a
+    /// `GOAWAY` ends, and reqwest's connections are out of the guard's
+    /// reach. A request that was in fact under way on the old connection is
+    /// sent twice, which an idempotent request allows.
+    pub(crate) async fn run_or_resend<F, G, T, E>(
+        scope: Option<Arc<DialScope>>,
+        first: F,
+        again: Option<G>,
+    ) -> Result<T, E>
+    where
+        F: Future<Output = Result<T, E>>,
+        G: FnOnce(Option<Arc<DialScope>>) -> F,
+        T: Versioned,
+    {
+        let (Some(s), Some(again)) = (scope.clone(), again) else {
+            return Self::run(scope, first).await;
+        };
+        let Some(turns) = s.turns.clone() else {
+            return Self::run(scope, first).await;
+        };
+        let started = Instant::now();
+        let mut first: Pin<Box<_>> = Box::pin(Self::run(scope, first));
+        let mut tick = crate::timer::sleep_until(started + CHECK).map(Box::pin);
+        let outcome = std::future::poll_fn(|cx| {
+            if let Poll::Ready(result) = first.as_mut().poll(cx) {
+                return Poll::Ready(Some(result));
+            }
+            let Some(tick) = tick.as_mut() else {
+                return Poll::Pending;
+            };
+            while tick.as_mut().poll(cx).is_ready() {
+                if turns.stranded(&s.key, started) {
+                    return Poll::Ready(None);
+                }
+                tick.as_mut().reset(Instant::now() + CHECK);
+            }
+            Poll::Pending
+        })
+        .await;
+        if let Some(result) = outcome {
+            return result;
+        }
+        drop(first);
+        tracing::debug!(host = %s.key, "request stranded across an HTTP/2 turnover; sending it again");
+        let scope = Some(Arc::new(DialScope {
+            key: s.key.clone(),
+            tls: s.tls,
+            turns: s.turns.clone(),
+            dialed: std::sync::atomic::AtomicBool::new(false),
+            lead: Mutex::new(Ok(None)),
+        }));
+        Self::run(scope.clone(), again(scope)).await
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Result<Option<Lead>, ()>> {
