@@ -1,7 +1,11 @@
 //! HTTP/2 connections that turn over: a server ending each connection with
 //! a graceful `GOAWAY` after a number of streams, as nginx's
 //! `keepalive_requests` does. Connections are counted at the server.
-#![cfg(all(feature = "hyper-util", feature = "reqwest"))]
+#![cfg(all(
+    feature = "hyper-util",
+    feature = "reqwest",
+    feature = "reqwest-middleware"
+))]
 
 use poolguard_testkit as support;
 
@@ -120,8 +124,8 @@ async fn no_request_hangs_or_is_lost_across_goaways() {
     assert_eq!((hung, failed), (0, 0), "guarded hyper-util");
 }
 
-/// reqwest's connections are out of the guard's reach: `GuardedClient`
-/// resends an idempotent request still without its response 2 s after its
+/// reqwest's connections are out of the guard's reach: `GuardedClient` and
+/// `GuardMiddleware` resend an idempotent request still without its response 2 s after its
 /// host's connection turned over (before: 6, 8 and 21 hung per 20 runs
 /// under two busy loops; after: 0 in 4 sets of 20, 2 resends).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -153,4 +157,29 @@ async fn no_reqwest_request_hangs_across_goaways() {
     let (hung, failed, runs_hung) = totals(&runs);
     println!("{RUNS} runs: GuardedClient {hung} hung (in {runs_hung} runs), {failed} failed");
     assert_eq!((hung, failed), (0, 0), "GuardedClient");
+
+    let runs = support::stranded_runs(RUNS, |server| {
+        let guard = PoolGuard::builder().build();
+        let plain = reqwest::Client::builder()
+            .http2_prior_knowledge()
+            .retry(guard.reqwest_retry())
+            .connector_layer(guard.reqwest_connector_layer())
+            .build()
+            .expect("reqwest client");
+        let client = reqwest_middleware::ClientBuilder::new(plain)
+            .with(guard.middleware())
+            .build();
+        let url = server.url("/bytes/100");
+        move || {
+            let (client, url) = (client.clone(), url.clone());
+            async move {
+                client.get(url).send().await?.bytes().await?;
+                Ok(())
+            }
+        }
+    })
+    .await;
+    let (hung, failed, runs_hung) = totals(&runs);
+    println!("{RUNS} runs: GuardMiddleware {hung} hung (in {runs_hung} runs), {failed} failed");
+    assert_eq!((hung, failed), (0, 0), "GuardMiddleware");
 }

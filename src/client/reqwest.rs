@@ -23,11 +23,11 @@
 //!   gives it a policy that keeps refused streams within the guard's budget;
 //! - a `GOAWAY` cannot take a connection out of reqwest's pool at once;
 //!   a request hyper 1.12 strands (see [`retry`](crate::retry)) cannot be
-//!   seen as such: [`GuardedClient`] resends an idempotent request (with a
-//!   body it can copy) still without its response 2 s after its host's
-//!   connection turned over once it had started, which may send it twice
-//!   (idempotent requests allow it); [`GuardMiddleware`] does not yet
-//!   (bound it with reqwest's `timeout`);
+//!   seen as such: [`GuardedClient`] and [`GuardMiddleware`] resend an
+//!   idempotent request (with a body they can copy) still without its
+//!   response 2 s after its host's connection turned over once it had
+//!   started, which may send it twice (idempotent requests allow it); a
+//!   stranded `POST` is bounded only by reqwest's `timeout`;
 //! - HTTP/2 bodies dropped early are drained, not reset (a connection
 //!   cannot be rotated before h2's limit on resets).
 //!

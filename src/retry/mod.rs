@@ -84,9 +84,12 @@
 //! a second) after hyper dropped that connection's IO, when every stream
 //! on it had ended, was never written: it is sent again as a request never
 //! processed, or fails with [`Stranded`]. The first attempt only, and only
-//! with a [`GuardedConnector`](crate::GuardedConnector) (reqwest's
-//! connections are out of reach: bound a reqwest request with its own
-//! `timeout`).
+//! with a [`GuardedConnector`](crate::GuardedConnector). reqwest's
+//! connections are out of reach: there
+//! [`GuardedClient`](crate::reqwest::GuardedClient) and the middleware
+//! resend an idempotent request still without its response 2 s after its
+//! host's connection turned over (see the [`reqwest`](crate::reqwest)
+//! module).
 //!
 //! A `GOAWAY` also takes its connection out of hyper-util's pool at once
 //! (`Connected::poison`, reached through the first request's capture), so

@@ -64,6 +64,9 @@ use crate::BoxError;
 #[derive(Clone)]
 pub struct GuardMiddleware {
     layer: PoolGuardLayer,
+    /// When each host's HTTP/2 connection last turned over (shared by
+    /// clones).
+    turns: Arc<super::scope::TurnLog>,
 }
 
 impl fmt::Debug for GuardMiddleware {
@@ -79,6 +82,7 @@ impl PoolGuard {
     pub fn middleware(&self) -> GuardMiddleware {
         GuardMiddleware {
             layer: self.layer().nacks_below(),
+            turns: Arc::default(),
         }
     }
 }
@@ -95,6 +99,7 @@ impl Middleware for GuardMiddleware {
         let svc = self.layer.layer(RunNext {
             next,
             extensions: shared.clone(),
+            turns: self.turns.clone(),
         });
         let result = call_reqwest(svc, req).await;
         *extensions = std::mem::take(&mut *lock(&shared));
@@ -134,6 +139,7 @@ fn into_middleware_error(error: BoxError) -> reqwest_middleware::Error {
 #[derive(Clone)]
 struct RunNext<'a> {
     next: Next<'a>,
+    turns: Arc<super::scope::TurnLog>,
     /// The chain's extensions: each attempt starts from a copy, and leaves
     /// its own.
     extensions: Arc<Mutex<Extensions>>,
@@ -151,11 +157,28 @@ impl<'a> Service<http::Request<::reqwest::Body>> for RunNext<'a> {
     fn call(&mut self, request: http::Request<::reqwest::Body>) -> Self::Future {
         let next = self.next.clone();
         let shared = self.extensions.clone();
+        let turns = self.turns.clone();
         Box::pin(async move {
             let request = ::reqwest::Request::try_from(request)?;
-            let mut extensions = lock(&shared).clone();
-            let scope = super::DialScope::of(request.url(), None);
-            let result = super::DialScope::run(scope, next.run(request, &mut extensions)).await;
+            let extensions = lock(&shared).clone();
+            let scope = super::DialScope::of(request.url(), Some(turns));
+            let copy = crate::retry::service::idempotent(request.method(), request.headers())
+                .then(|| request.try_clone())
+                .flatten();
+            let again = copy.map(|copy| {
+                let (next, extensions) = (next.clone(), extensions.clone());
+                move |_scope| attempt(next, copy, extensions)
+            });
+            let (result, extensions) = match super::DialScope::run_or_resend(
+                scope,
+                attempt(next, request, extensions),
+                again,
+            )
+            .await
+            {
+                Ok(Attempt(response, extensions)) => (Ok(response), extensions),
+                Err(Attempt(error, extensions)) => (Err(error), extensions),
+            };
             *lock(&shared) = extensions;
             let response = result?;
             let url = FinalUrl(response.url().clone());
@@ -163,5 +186,27 @@ impl<'a> Service<http::Request<::reqwest::Body>> for RunNext<'a> {
             response.extensions_mut().insert(url);
             Ok(response)
         })
+    }
+}
+
+/// An attempt's outcome with the extensions it leaves.
+struct Attempt<T>(T, Extensions);
+
+impl super::scope::Versioned for Attempt<::reqwest::Response> {
+    fn version(&self) -> http::Version {
+        self.0.version()
+    }
+}
+
+/// One attempt down the rest of the chain, with its own copy of the
+/// chain's extensions.
+async fn attempt(
+    next: Next<'_>,
+    request: ::reqwest::Request,
+    mut extensions: Extensions,
+) -> Result<Attempt<::reqwest::Response>, Attempt<reqwest_middleware::Error>> {
+    match next.run(request, &mut extensions).await {
+        Ok(response) => Ok(Attempt(response, extensions)),
+        Err(error) => Err(Attempt(error, extensions)),
     }
 }
