@@ -12,6 +12,8 @@
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
+use std::future::Future as _;
+
 use tokio::time::{Instant, Sleep};
 
 /// `after` from now, or `None` when that is past the end of time: a
@@ -61,6 +63,45 @@ fn make(deadline: Instant, _id: tokio::runtime::Id) -> Option<Sleep> {
     // Nothing can be caught: a runtime without timers aborts here.
     let _ = REMEMBERED;
     Some(tokio::time::sleep_until(deadline))
+}
+
+/// A timer that fires once every `period`, from its first poll (for checks
+/// made while something waits). Never fires on a runtime without a timer.
+#[cfg_attr(not(feature = "hyper-util"), allow(dead_code))]
+pub(crate) struct Every {
+    period: Duration,
+    sleep: Option<std::pin::Pin<Box<Sleep>>>,
+}
+
+#[cfg_attr(not(feature = "hyper-util"), allow(dead_code))]
+impl Every {
+    pub(crate) fn new(period: Duration) -> Self {
+        Every {
+            period,
+            sleep: None,
+        }
+    }
+
+    /// Whether a period ended since the last time it said so (call until
+    /// `false`: that poll registers the task for the next one).
+    pub(crate) fn poll(&mut self, cx: &mut std::task::Context<'_>) -> bool {
+        let next = || Instant::now().checked_add(self.period);
+        let sleep = match self.sleep.as_mut() {
+            Some(sleep) => sleep,
+            None => match next().and_then(sleep_until) {
+                Some(sleep) => self.sleep.insert(Box::pin(sleep)),
+                None => return false,
+            },
+        };
+        if sleep.as_mut().poll(cx).is_pending() {
+            return false;
+        }
+        match next() {
+            Some(at) => sleep.as_mut().reset(at),
+            None => self.sleep = None,
+        }
+        true
+    }
 }
 
 #[cfg(test)]

@@ -225,7 +225,7 @@ impl Service<http::Request<::reqwest::Body>> for Execute {
                 .flatten();
             let again = copy.map(|copy| {
                 let client = client.clone();
-                move |_scope| client.execute(copy)
+                move || client.execute(copy)
             });
             let response = DialScope::run_or_resend(scope, client.execute(request), again).await?;
             let url = FinalUrl(response.url().clone());

@@ -65,7 +65,29 @@ struct Entry {
     streams_limit: Option<u32>,
 }
 
+/// What a dial of an entry's key does now.
+enum Turn {
+    /// Dial without a turn (HTTP/1, or plain `http` not heard from).
+    Dial,
+    /// Dial as the key's lead.
+    Lead,
+    /// Wait for the lead.
+    Wait,
+}
+
 impl Entry {
+    /// The turn of a dial (`tls`: `https`); takes the lead when free.
+    fn turn(&mut self, tls: bool) -> Turn {
+        match (self.spoke, tls) {
+            (Spoke::Http1, _) | (Spoke::Unknown, false) => Turn::Dial,
+            _ if !self.leading => {
+                self.leading = true;
+                Turn::Lead
+            }
+            _ => Turn::Wait,
+        }
+    }
+
     fn idle(&self) -> bool {
         !self.leading && self.held == 0 && self.streams_limit.is_none()
     }
@@ -128,22 +150,20 @@ impl Turnover {
             keys.retain(|_, e| !e.idle());
         }
         let entry = keys.entry(key.clone()).or_default();
-        match (entry.spoke, tls) {
-            (Spoke::Http1, _) | (Spoke::Unknown, false) => return Entered::Now(None),
-            _ => {}
+        match entry.turn(tls) {
+            Turn::Dial => Entered::Now(None),
+            Turn::Lead => Entered::Now(Some(self.lead(key))),
+            Turn::Wait => {
+                entry.held = entry.held.saturating_add(1);
+                Entered::Held(Held {
+                    turnover: self.clone(),
+                    key: key.clone(),
+                    tls,
+                    served: entry.served,
+                    notify: entry.notify.clone(),
+                })
+            }
         }
-        if !entry.leading {
-            entry.leading = true;
-            return Entered::Now(Some(self.lead(key)));
-        }
-        entry.held = entry.held.saturating_add(1);
-        Entered::Held(Held {
-            turnover: self.clone(),
-            key: key.clone(),
-            tls,
-            served: entry.served,
-            counted: true,
-        })
     }
 
     /// Streams the server of `key` takes on one connection before it ends
@@ -230,15 +250,16 @@ impl fmt::Debug for Lead {
     }
 }
 
-/// A dial held behind its key's lead.
+/// A dial held behind its key's lead (counted in its entry's `held`,
+/// which keeps the entry, and so its `notify`, while the dial waits).
 pub(crate) struct Held {
     turnover: Arc<Turnover>,
     key: Arc<str>,
     tls: bool,
     /// The key's `served` when the dial was held.
     served: u64,
-    /// Counted in the entry's `held`.
-    counted: bool,
+    /// The entry's wake-up.
+    notify: Arc<Notify>,
 }
 
 impl Held {
@@ -246,7 +267,8 @@ impl Held {
     /// or fails with [`Coalesced`] when a lead's connection took its place.
     pub(crate) async fn wait(self) -> Result<Option<Lead>, Coalesced> {
         loop {
-            let notify = {
+            let notified = self.notify.notified();
+            {
                 let mut keys = self.turnover.lock();
                 let entry = keys.entry(self.key.clone()).or_default();
                 if entry.served != self.served {
@@ -254,44 +276,25 @@ impl Held {
                         pool_key: self.key.clone(),
                     });
                 }
-                match (entry.spoke, self.tls) {
-                    (Spoke::Http1, _) | (Spoke::Unknown, false) => return Ok(None),
-                    _ => {}
+                match entry.turn(self.tls) {
+                    Turn::Dial => return Ok(None),
+                    Turn::Lead => return Ok(Some(self.turnover.lead(&self.key))),
+                    // `notified` was made before this look, and a
+                    // `Notified` hears every `notify_waiters` after it was
+                    // made: no change after the look is missed.
+                    Turn::Wait => {}
                 }
-                if !entry.leading {
-                    entry.leading = true;
-                    return Ok(Some(self.turnover.lead(&self.key)));
-                }
-                entry.notify.clone()
-            };
-            let notified = notify.notified();
-            let mut notified = std::pin::pin!(notified);
-            notified.as_mut().enable();
-            // A change between the check and `enable` woke nobody: look
-            // again before sleeping.
-            if self.changed() {
-                continue;
             }
             notified.await;
         }
-    }
-
-    /// Whether the entry moved on (lead ended, or protocol learned).
-    fn changed(&self) -> bool {
-        let keys = self.turnover.lock();
-        keys.get(&self.key)
-            .is_none_or(|e| e.served != self.served || !e.leading || e.spoke == Spoke::Http1)
     }
 }
 
 impl Drop for Held {
     fn drop(&mut self) {
-        if self.counted {
-            self.counted = false;
-            let mut keys = self.turnover.lock();
-            if let Some(entry) = keys.get_mut(&self.key) {
-                entry.held = entry.held.saturating_sub(1);
-            }
+        let mut keys = self.turnover.lock();
+        if let Some(entry) = keys.get_mut(&self.key) {
+            entry.held = entry.held.saturating_sub(1);
         }
     }
 }

@@ -67,7 +67,7 @@ pin_project! {
 struct Watch {
     #[cfg(feature = "hyper-util")]
     link: Arc<crate::conn::Link>,
-    check: Option<Pin<Box<Sleep>>>,
+    check: crate::timer::Every,
     /// The connection was seen closed at the last check.
     closed: bool,
 }
@@ -81,31 +81,16 @@ impl Watch {
     /// every stream on it has ended) for a whole check, and its response
     /// has not come. Arms the timer that wakes the request to look.
     fn stranded(&mut self, cx: &mut Context<'_>) -> bool {
-        #[cfg(feature = "hyper-util")]
-        loop {
-            let check = match self.check.as_mut() {
-                Some(check) => check,
-                None => match crate::timer::sleep_until(Instant::now() + STRANDED_CHECK) {
-                    Some(sleep) => self.check.insert(Box::pin(sleep)),
-                    None => return false,
-                },
-            };
-            if check.as_mut().poll(cx).is_pending() {
-                return false;
-            }
+        while self.check.poll(cx) {
+            #[cfg(feature = "hyper-util")]
             if self.link.is_closed() {
                 if self.closed {
                     return true;
                 }
                 self.closed = true;
             }
-            check.as_mut().reset(Instant::now() + STRANDED_CHECK);
         }
-        #[cfg(not(feature = "hyper-util"))]
-        {
-            let _ = cx;
-            false
-        }
+        false
     }
 }
 
@@ -213,7 +198,7 @@ where
                                         *this.capture = None;
                                         *this.watch = Some(Watch {
                                             link,
-                                            check: None,
+                                            check: crate::timer::Every::new(STRANDED_CHECK),
                                             closed: false,
                                         });
                                     }
@@ -347,7 +332,7 @@ mod tests {
     fn watch(link: &Arc<crate::conn::Link>) -> Watch {
         Watch {
             link: link.clone(),
-            check: None,
+            check: crate::timer::Every::new(STRANDED_CHECK),
             closed: false,
         }
     }

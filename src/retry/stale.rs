@@ -63,17 +63,13 @@ pub(crate) enum Learned {
 pub(crate) fn learn(capture: &Capture) -> Learned {
     #[cfg(feature = "hyper-util")]
     {
-        use crate::conn::LinkHandle;
-
         let link = {
             let connected = capture.connection_metadata();
             let Some(connected) = connected.as_ref() else {
                 return Learned::Pending;
             };
-            let mut extras = http::Extensions::new();
-            connected.get_extras(&mut extras);
-            match extras.remove::<LinkHandle>() {
-                Some(LinkHandle(link)) => link,
+            match link_of(connected) {
+                Some(link) => link,
                 None => return Learned::Untracked,
             }
         };
@@ -119,11 +115,11 @@ pub(crate) fn unprocessed(error: &(dyn Error + 'static)) -> Option<Unprocessed> 
     #[cfg(feature = "hyper-util")]
     {
         let mut source = Some(error);
-        // The connection's `GOAWAY` showed the request was refused.
-        let mut refused = false;
+        // The connection hyper-util gave with the error, if any.
+        let mut connected = None;
         while let Some(e) = source {
             if let Some(e) = e.downcast_ref::<hyper_util::client::legacy::Error>() {
-                refused = e.connect_info().is_some_and(goaway_refused);
+                connected = e.connect_info();
             }
             if let Some(h2) = e.downcast_ref::<h2::Error>() {
                 if !h2.is_remote() {
@@ -135,6 +131,10 @@ pub(crate) fn unprocessed(error: &(dyn Error + 'static)) -> Option<Unprocessed> 
                 if !h2.is_go_away() {
                     return None;
                 }
+                // The connection's `GOAWAY` shows whether it was refused.
+                let refused = connected
+                    .and_then(link_of)
+                    .is_some_and(|link| link.goaway_refused());
                 return Some(if refused {
                     Unprocessed::Surely
                 } else {
@@ -171,16 +171,17 @@ pub(crate) fn unprocessed(error: &(dyn Error + 'static)) -> Option<Unprocessed> 
     }
 }
 
-/// Whether the tracked connection `connected` shows that a request that
-/// failed on it with its `GOAWAY` was not processed (see
-/// `Link::goaway_refused`).
+/// The tracked connection behind `connected`, if a
+/// [`GuardedConnector`](crate::GuardedConnector) made it.
 #[cfg(feature = "hyper-util")]
-fn goaway_refused(connected: &hyper_util::client::legacy::connect::Connected) -> bool {
+fn link_of(
+    connected: &hyper_util::client::legacy::connect::Connected,
+) -> Option<std::sync::Arc<crate::conn::Link>> {
     let mut extras = http::Extensions::new();
     connected.get_extras(&mut extras);
     extras
-        .get::<crate::conn::LinkHandle>()
-        .is_some_and(|link| link.0.goaway_refused())
+        .remove::<crate::conn::LinkHandle>()
+        .map(|crate::conn::LinkHandle(link)| link)
 }
 
 /// An HTTP/2 protocol NACK, as reqwest 0.13's retry reads one.

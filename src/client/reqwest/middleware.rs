@@ -167,7 +167,7 @@ impl<'a> Service<http::Request<::reqwest::Body>> for RunNext<'a> {
                 .flatten();
             let again = copy.map(|copy| {
                 let (next, extensions) = (next.clone(), extensions.clone());
-                move |_scope| attempt(next, copy, extensions)
+                move || attempt(next, copy, extensions)
             });
             let (result, extensions) = match super::DialScope::run_or_resend(
                 scope,

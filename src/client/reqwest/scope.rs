@@ -98,13 +98,17 @@ impl DialScope {
         let port = url.port_or_known_default()?;
         let mut key = format!("{}://{host}:{port}", url.scheme());
         key.make_ascii_lowercase();
-        Some(Arc::new(DialScope {
-            key: Arc::from(key),
-            tls: url.scheme() == "https",
+        Some(Self::new(Arc::from(key), url.scheme() == "https", turns))
+    }
+
+    fn new(key: Arc<str>, tls: bool, turns: Option<Arc<TurnLog>>) -> Arc<DialScope> {
+        Arc::new(DialScope {
+            key,
+            tls,
             turns,
             dialed: std::sync::atomic::AtomicBool::new(false),
             lead: Mutex::new(Ok(None)),
-        }))
+        })
     }
 
     /// The scope of the dial being made in this task, if any.
@@ -181,7 +185,7 @@ impl DialScope {
     ) -> Result<T, E>
     where
         F: Future<Output = Result<T, E>>,
-        G: FnOnce(Option<Arc<DialScope>>) -> F,
+        G: FnOnce() -> F,
         T: Versioned,
     {
         let (Some(s), Some(again)) = (scope.clone(), again) else {
@@ -192,19 +196,15 @@ impl DialScope {
         };
         let started = Instant::now();
         let mut first: Pin<Box<_>> = Box::pin(Self::run(scope, first));
-        let mut tick = crate::timer::sleep_until(started + CHECK).map(Box::pin);
+        let mut check = crate::timer::Every::new(CHECK);
         let outcome = std::future::poll_fn(|cx| {
             if let Poll::Ready(result) = first.as_mut().poll(cx) {
                 return Poll::Ready(Some(result));
             }
-            let Some(tick) = tick.as_mut() else {
-                return Poll::Pending;
-            };
-            while tick.as_mut().poll(cx).is_ready() {
+            while check.poll(cx) {
                 if turns.stranded(&s.key, started) {
                     return Poll::Ready(None);
                 }
-                tick.as_mut().reset(Instant::now() + CHECK);
             }
             Poll::Pending
         })
@@ -214,14 +214,8 @@ impl DialScope {
         }
         drop(first);
         tracing::debug!(host = %s.key, "request stranded across an HTTP/2 turnover; sending it again");
-        let scope = Some(Arc::new(DialScope {
-            key: s.key.clone(),
-            tls: s.tls,
-            turns: s.turns.clone(),
-            dialed: std::sync::atomic::AtomicBool::new(false),
-            lead: Mutex::new(Ok(None)),
-        }));
-        Self::run(scope.clone(), again(scope)).await
+        let scope = Some(Self::new(s.key.clone(), s.tls, s.turns.clone()));
+        Self::run(scope, again()).await
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Result<Option<Lead>, ()>> {
