@@ -415,7 +415,7 @@ async fn run(w: &Workload, round: usize, client: Option<&str>) -> Vec<Row> {
                         delay: w.delay,
                         http2: matches!(w.transport, Transport::H2c | Transport::Tls { h2: true }),
                         goaway_after: w.goaway_after,
-                        count_open: false,
+                        ..Default::default()
                     };
                     match w.transport {
                         Transport::Tls { .. } => support::serve_tls_with(options).await,

@@ -59,6 +59,9 @@ pub struct PoolGuard {
     pub(crate) max_per_host: usize,
     #[cfg_attr(not(feature = "hyper-util"), allow(dead_code))]
     honor_keep_alive: bool,
+    /// The age and the requests after which a connection retires.
+    #[cfg_attr(not(feature = "hyper-util"), allow(dead_code))]
+    pub(crate) lifecycle: crate::conn::lifecycle::Lifecycle,
     #[cfg_attr(not(feature = "hyper-util"), allow(dead_code))]
     queue_timeout: Duration,
     #[cfg_attr(not(feature = "hyper-util"), allow(dead_code))]
@@ -119,7 +122,31 @@ impl PoolGuard {
             self.queue_timeout,
             self.overrides.clone(),
             self.total_connections.clone(),
+            self.lifecycle,
         )
+    }
+
+    /// Closes every connection of this guard's connectors that is idle
+    /// now, as Go's `Transport.CloseIdleConnections` and OkHttp's
+    /// `evictAll` do: for a program that knows its upstream changed (a
+    /// configuration reload, a DNS change, a failover). Connections busy
+    /// now are left to finish and stay pooled; the next request for a host
+    /// whose connections were all closed dials a new one.
+    ///
+    /// An HTTP/1 connection between exchanges closes at once; an HTTP/2
+    /// one with no stream open leaves hyper-util's pool and closes at once.
+    /// A connection dialed less than 250 ms ago that has carried no
+    /// request yet is left alone (its dial's request is about to use it).
+    /// Closes count as [`CloseReason::Evicted`](crate::CloseReason::Evicted).
+    ///
+    /// Covers the connectors of [`connector`](PoolGuard::connector); for
+    /// reqwest, whose pool the guard cannot reach, see the
+    /// [`reqwest`](crate::reqwest) module.
+    #[cfg(feature = "hyper-util")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "hyper-util")))]
+    pub fn close_idle(&self) {
+        let asked = self.connections.close_idle();
+        tracing::debug!(asked, "close_idle");
     }
 }
 
@@ -149,6 +176,7 @@ pub struct PoolGuardBuilder {
     retry_stale: bool,
     retry_budget: (f32, u32),
     honor_keep_alive: bool,
+    lifecycle: crate::conn::lifecycle::Lifecycle,
 }
 
 impl Default for PoolGuardBuilder {
@@ -170,6 +198,7 @@ impl Default for PoolGuardBuilder {
                 crate::retry::budget::DEFAULT_MIN_PER_SEC,
             ),
             honor_keep_alive: true,
+            lifecycle: crate::conn::lifecycle::Lifecycle::default(),
         }
     }
 }
@@ -284,6 +313,49 @@ impl PoolGuardBuilder {
         self
     }
 
+    /// Retires each connection once it is `age` old, give or take up to
+    /// 10 % (each connection draws its own, so that connections opened
+    /// together do not retire together), as .NET's
+    /// `PooledConnectionLifetime`, Envoy's `max_connection_duration` and
+    /// gRPC's `MAX_CONNECTION_AGE` do: behind a load balancer or a
+    /// Kubernetes Service, a client otherwise keeps the connections it
+    /// first made, and backends added later get none of its traffic.
+    /// Default: no limit.
+    ///
+    /// Retiring never fails a request:
+    ///
+    /// - an HTTP/1 connection past its age takes no new request (it leaves
+    ///   hyper-util's pool) and closes after its exchange under way, at
+    ///   once if idle;
+    /// - an HTTP/2 connection takes no new stream and closes once its open
+    ///   streams have ended; its replacement is dialed by the next request
+    ///   (make before break). Both count against the host's connection
+    ///   cap until the old one closes: at the cap, the replacement waits
+    ///   for it, and the cap stays a bound on open sockets.
+    ///
+    /// Closes count as [`CloseReason::MaxAge`](crate::CloseReason::MaxAge).
+    /// Works for hyper-util through [`PoolGuard::connector`], with
+    /// [`PoolGuard::layer`] on the client (its requests take HTTP/2
+    /// connections out of the pool); for reqwest, see the
+    /// [`reqwest`](crate::reqwest) module.
+    pub fn max_connection_age(mut self, age: Duration) -> Self {
+        self.lifecycle.max_age = Some(age);
+        self
+    }
+
+    /// Retires each connection once it has carried `n` requests (a value
+    /// of 0 is taken as 1), as Envoy's `max_requests_per_connection`
+    /// does, in the same way as
+    /// [`max_connection_age`](PoolGuardBuilder::max_connection_age): an
+    /// HTTP/1 connection closes after its `n`th exchange, an HTTP/2 one
+    /// opens no stream past its `n`th and closes when its streams end.
+    /// Closes count as [`CloseReason::MaxRequests`](crate::CloseReason::MaxRequests).
+    /// Default: no limit.
+    pub fn max_requests_per_connection(mut self, n: u64) -> Self {
+        self.lifecycle.max_requests = Some(n.max(1));
+        self
+    }
+
     /// Whether connections made by [`PoolGuard::connector`] are retired
     /// before the server's advertised `Keep-Alive: timeout=N, max=M` would
     /// close them: see
@@ -348,6 +420,7 @@ impl PoolGuardBuilder {
         PoolGuard {
             max_per_host: self.max_per_host,
             honor_keep_alive: self.honor_keep_alive,
+            lifecycle: self.lifecycle,
             queue_timeout: self.queue_timeout,
             max_queued: self.max_queued,
             overrides,

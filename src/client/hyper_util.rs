@@ -17,8 +17,9 @@ use tower_service::Service;
 
 use crate::conn::http2::Frames;
 use crate::conn::keep_alive::Limits;
+use crate::conn::lifecycle::{Lifecycle, Rotation};
 use crate::conn::turnover::{Entered, Lead, Turnover};
-use crate::conn::{Event, Link, LinkHandle, Phase, Record, Retired, Stamp, Tracker};
+use crate::conn::{CloseReason, Event, Link, LinkHandle, Phase, Record, Retired, Stamp, Tracker};
 use crate::key::HostKey;
 use crate::limit::registry::{Acquire, Bounds, Overrides, Policy, Registry, Slot, TimedOut};
 use crate::limit::total::{join, Joined, TotalCap, Wait};
@@ -124,6 +125,8 @@ pub struct GuardedConnector<C> {
     /// One dial at a time for pool keys that speak HTTP/2, shared by
     /// clones.
     turnover: Arc<Turnover>,
+    /// The age and the requests after which a connection retires.
+    lifecycle: Lifecycle,
 }
 
 /// A dial was waiting for a connection slot when every clone of the client
@@ -191,6 +194,7 @@ impl<C> GuardedConnector<C> {
             max_total: None,
             life: Arc::default(),
             turnover: Arc::default(),
+            lifecycle: Lifecycle::default(),
         }
     }
 
@@ -204,6 +208,7 @@ impl<C> GuardedConnector<C> {
         queue_timeout: Duration,
         overrides: Option<Arc<Overrides>>,
         total: (Arc<Registry>, Option<usize>),
+        lifecycle: Lifecycle,
     ) -> Self {
         GuardedConnector {
             inner,
@@ -217,6 +222,7 @@ impl<C> GuardedConnector<C> {
             max_total: total.1,
             life: Arc::default(),
             turnover: Arc::default(),
+            lifecycle,
         }
     }
 
@@ -280,6 +286,32 @@ impl<C> GuardedConnector<C> {
     )]
     pub fn metrics(self, metrics: Metrics) -> Self {
         self.track(metrics)
+    }
+
+    /// Retires each connection once it is `age` old, give or take up to
+    /// 10 % (each connection draws its own, so that connections opened
+    /// together do not retire together), so that connections turn over
+    /// behind a load balancer: see [`PoolGuardBuilder::max_connection_age`](crate::PoolGuardBuilder::max_connection_age)
+    /// for what retiring does. Default: no limit.
+    pub fn max_connection_age(mut self, age: Duration) -> Self {
+        self.lifecycle.max_age = Some(age);
+        self
+    }
+
+    /// Retires each connection once it has carried `n` requests (a value
+    /// of 0 is taken as 1): see
+    /// [`PoolGuardBuilder::max_requests_per_connection`](crate::PoolGuardBuilder::max_requests_per_connection).
+    /// Default: no limit.
+    pub fn max_requests_per_connection(mut self, n: u64) -> Self {
+        self.lifecycle.max_requests = Some(n.max(1));
+        self
+    }
+
+    /// Closes every connection of this connector (and its clones) that is
+    /// idle now: see [`PoolGuard::close_idle`](crate::PoolGuard::close_idle).
+    pub fn close_idle(&self) {
+        let asked = self.registry.close_idle();
+        tracing::debug!(asked, "close_idle");
     }
 
     /// Whether to honour `Keep-Alive: timeout=N, max=M` response headers
@@ -403,6 +435,7 @@ where
             honor_keep_alive: self.honor_keep_alive,
             lead,
             turnover: Some(self.turnover.clone()),
+            lifecycle: self.lifecycle,
         };
         let link = Link::new(pool_key);
         let policy = Policy {
@@ -542,6 +575,8 @@ struct Track {
     /// The connector's turnover, which learns the streams its servers take
     /// per connection.
     turnover: Option<Arc<Turnover>>,
+    /// How long the connection may live and how many requests it carries.
+    lifecycle: Lifecycle,
 }
 
 impl Track {
@@ -550,6 +585,10 @@ impl Track {
         honor_keep_alive: false,
         lead: None,
         turnover: None,
+        lifecycle: Lifecycle {
+            max_age: None,
+            max_requests: None,
+        },
     };
 
     /// A dial (connect and TLS handshake, whatever the inner connector
@@ -603,6 +642,13 @@ struct IoGuard {
     /// HTTP/2: the streams opened on the connection, against what its
     /// server takes.
     streams: Streams,
+    /// The connection's age and requests, against the connector's
+    /// `max_connection_age` and `max_requests_per_connection`.
+    rotation: Rotation,
+    /// HTTP/2, retired: since when no stream has been open (with the
+    /// count of streams opened then), to end the connection once that
+    /// lasted [`FRESH_GRACE`](crate::conn::FRESH_GRACE).
+    quiet: Option<(u32, Pin<Box<tokio::time::Sleep>>)>,
 }
 
 /// The streams of an HTTP/2 connection, against what its server takes.
@@ -649,6 +695,8 @@ impl<T> GuardedIo<T> {
                     turnover: track.turnover,
                     ..Streams::default()
                 },
+                rotation: Rotation::new(track.lifecycle, tokio::time::Instant::now()),
+                quiet: None,
             },
         }
     }
@@ -769,6 +817,13 @@ impl IoGuard {
         let streams = &mut self.streams;
         let before = streams.opened;
         streams.opened = streams.opened.saturating_add(n);
+        if self.rotation.any() {
+            let opened = u64::from(streams.opened);
+            if let Some(reason) = self.rotation.check(opened, tokio::time::Instant::now()) {
+                self.retire_for(reason);
+            }
+        }
+        let streams = &mut self.streams;
         let Some(turnover) = streams.turnover.as_ref() else {
             return;
         };
@@ -841,6 +896,12 @@ impl IoGuard {
                 Event::Completed => conn.on_state(false, true),
                 Event::Left => conn.on_state(true, false),
                 Event::None | Event::Upgraded => {}
+            }
+        }
+        if event == Event::Completed && self.rotation.any() {
+            let completed = self.tracker.completed();
+            if let Some(reason) = self.rotation.check(completed, tokio::time::Instant::now()) {
+                self.retire_for(reason);
             }
         }
         if event == Event::Completed && self.honor_keep_alive {
@@ -930,13 +991,30 @@ impl IoGuard {
     fn poll_retire(&mut self, cx: &mut Context<'_>) -> bool {
         if self.tracker.phase() != Phase::Idle {
             self.retire_at = None;
+            // Busy when `close_idle` looked, or since: not idle.
+            self.link.take_evict();
             return false;
+        }
+        if self.rotation.any() {
+            // A connection that has carried no request keeps its grace.
+            let fresh = self.tracker.completed() == 0;
+            let not_before = if fresh { self.link.fresh_until() } else { None };
+            if let Some(reason) = self.rotation.poll_age(cx, not_before) {
+                self.retire_for(reason);
+            }
+            if self.rotation.decided().is_some() {
+                return true;
+            }
+        }
+        if self.link.take_evict() && self.link.may_retire(tokio::time::Instant::now()) {
+            self.retire_for(CloseReason::Evicted);
+            return true;
         }
         if self.keep_alive_ends(cx) {
             self.retire_at = None;
             tracing::debug!(pool = %self.link.pool_key(), "idle connection retired (Keep-Alive)");
             if let Some(conn) = &self.conn {
-                conn.retire();
+                conn.retire(CloseReason::Retired);
             }
             return true;
         }
@@ -945,6 +1023,60 @@ impl IoGuard {
             return true;
         }
         false
+    }
+}
+
+impl IoGuard {
+    /// The connection retires for `reason` (its age, its requests,
+    /// `close_idle`): it takes no new request from now on (it leaves
+    /// hyper-util's pool through its poison, and its IO closes it when it
+    /// is next idle), and its close is counted with `reason`.
+    fn retire_for(&mut self, reason: CloseReason) {
+        tracing::debug!(pool = %self.link.pool_key(), %reason, "connection retired");
+        self.link.went_away();
+        if let Some(conn) = &self.conn {
+            conn.retire(reason);
+        }
+    }
+
+    /// HTTP/2, before a read: whether the connection is to end now, with
+    /// no stream open: `close_idle` asked, or it was retired (its age ran
+    /// out, or its requests) and has had no stream open for
+    /// [`FRESH_GRACE`](crate::conn::FRESH_GRACE), long enough for a request
+    /// hyper-util handed it just before it left the pool to have opened its
+    /// stream.
+    fn poll_h2_retire(&mut self, cx: &mut Context<'_>) -> bool {
+        if self.rotation.any() {
+            if let Some(reason) = self.rotation.poll_age(cx, None) {
+                self.retire_for(reason);
+            }
+        }
+        let opened = self.streams.opened;
+        let open = opened.saturating_sub(self.streams.ended);
+        let evict = self.link.take_evict();
+        if open > 0 {
+            self.quiet = None;
+            return false;
+        }
+        if evict {
+            self.retire_for(CloseReason::Evicted);
+            return true;
+        }
+        if self.rotation.decided().is_none() {
+            return false;
+        }
+        if self.quiet.as_ref().is_none_or(|(at, _)| *at != opened) {
+            let until = tokio::time::Instant::now().checked_add(crate::conn::FRESH_GRACE);
+            match until.and_then(crate::timer::sleep_until) {
+                Some(sleep) => self.quiet = Some((opened, Box::pin(sleep))),
+                // No timer: left to hyper-util, which drops the connection
+                // at its pool's next look.
+                None => return false,
+            }
+        }
+        self.quiet
+            .as_mut()
+            .is_some_and(|(_, sleep)| sleep.as_mut().poll(cx).is_ready())
     }
 }
 
@@ -977,7 +1109,12 @@ impl<T: Read + Unpin> Read for GuardedIo<T> {
         mut buf: ReadBufCursor<'_>,
     ) -> Poll<io::Result<()>> {
         let GuardedIo { io, guard } = &mut *self;
-        if guard.poll_retire(cx) {
+        let http2 = guard.tracker.phase() == Phase::Http2;
+        if if http2 {
+            guard.poll_h2_retire(cx)
+        } else {
+            guard.poll_retire(cx)
+        } {
             // hyper closes the idle connection, before the server would.
             return Poll::Ready(Err(Retired::error()));
         }
@@ -1033,7 +1170,14 @@ impl<T: Read + Unpin> Read for GuardedIo<T> {
                 Poll::Ready(Err(e))
             }
             Poll::Pending => {
-                if guard.tracker.phase() == Phase::Idle {
+                if guard.tracker.phase() == Phase::Http2 {
+                    // For `close_idle`, which may have asked since the
+                    // check above.
+                    guard.link.park(cx.waker());
+                    if guard.poll_h2_retire(cx) {
+                        return Poll::Ready(Err(Retired::error()));
+                    }
+                } else if guard.tracker.phase() == Phase::Idle {
                     guard.link.park(cx.waker());
                     // The exchange may have completed in this very read, or
                     // a dial started waiting since the check above.
@@ -1141,6 +1285,7 @@ mod tests {
             honor_keep_alive,
             lead: None,
             turnover: None,
+            lifecycle: Lifecycle::default(),
         };
         GuardedIo::new(
             TokioIo::new(mock),
@@ -1367,6 +1512,7 @@ mod tests {
             honor_keep_alive: false,
             lead: Some(lead),
             turnover: Some(turnover.clone()),
+            lifecycle: Lifecycle::default(),
         };
         let mut io = GuardedIo::new(TokioIo::new(mock), None, Link::new(key.clone()), track);
         let poisoned = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -1400,6 +1546,7 @@ mod tests {
             honor_keep_alive: false,
             lead: Some(lead),
             turnover: Some(turnover.clone()),
+            lifecycle: Lifecycle::default(),
         };
         let mut io = GuardedIo::new(TokioIo::new(mock), None, Link::new(key.clone()), track);
         write(&mut io, GET).await;

@@ -83,6 +83,7 @@ use tower_service::Service;
 
 #[cfg(feature = "reqwest-middleware")]
 mod middleware;
+mod rotate;
 mod scope;
 #[cfg(feature = "reqwest-middleware")]
 #[cfg_attr(docsrs, doc(cfg(feature = "reqwest-middleware")))]
@@ -203,6 +204,9 @@ pub struct Execute {
     /// When each host's HTTP/2 connection last turned over (shared by
     /// clones, as the client's pool is).
     turns: Arc<scope::TurnLog>,
+    /// The client's HTTP/1 connections against the guard's
+    /// `max_connection_age` and `max_requests_per_connection`.
+    book: Option<Arc<rotate::Book>>,
 }
 
 impl Service<http::Request<::reqwest::Body>> for Execute {
@@ -217,8 +221,10 @@ impl Service<http::Request<::reqwest::Body>> for Execute {
     fn call(&mut self, request: http::Request<::reqwest::Body>) -> Self::Future {
         let client = self.client.clone();
         let turns = self.turns.clone();
+        let book = self.book.clone();
         Box::pin(async move {
-            let request = ::reqwest::Request::try_from(request)?;
+            let mut request = ::reqwest::Request::try_from(request)?;
+            let ticket = rotate::Book::ticket(book.as_deref(), &mut request);
             let scope = DialScope::of(request.url(), Some(turns));
             let copy = crate::retry::service::idempotent(request.method(), request.headers())
                 .then(|| request.try_clone())
@@ -227,7 +233,9 @@ impl Service<http::Request<::reqwest::Body>> for Execute {
                 let client = client.clone();
                 move || client.execute(copy)
             });
-            let response = DialScope::run_or_resend(scope, client.execute(request), again).await?;
+            let response = DialScope::run_or_resend(scope, client.execute(request), again).await;
+            rotate::Book::settle(book.as_deref(), ticket, response.as_ref().ok());
+            let response = response?;
             let url = FinalUrl(response.url().clone());
             let mut response = http::Response::from(response);
             response.extensions_mut().insert(url);
@@ -248,6 +256,7 @@ impl PoolGuard {
             inner: self.layer().nacks_below().layer(Execute {
                 client,
                 turns: Arc::default(),
+                book: rotate::Book::new(self.lifecycle),
             }),
         }
     }

@@ -46,6 +46,7 @@ pub(crate) mod http1;
 pub(crate) mod http2;
 #[cfg(feature = "hyper-util")]
 pub(crate) mod keep_alive;
+pub(crate) mod lifecycle;
 mod phase;
 mod reason;
 mod record;
@@ -120,6 +121,8 @@ pub(crate) struct Link {
     ended: AtomicBool,
     /// The connection's IO was dropped: hyper is done with it.
     closed: AtomicBool,
+    /// `close_idle` asked the connection to close if it is idle.
+    evict: AtomicBool,
     /// Takes the connection out of its client's pool (hyper-util's
     /// `Connected::poison`, which only a request can reach): armed by the
     /// first request that learns its connection, called on `GOAWAY`.
@@ -185,6 +188,7 @@ impl Link {
             first_goaway: AtomicU32::new(u32::MAX),
             ended: AtomicBool::new(false),
             closed: AtomicBool::new(false),
+            evict: AtomicBool::new(false),
             poison: PoisonSlot::default(),
         })
     }
@@ -364,6 +368,20 @@ impl Link {
     /// error.
     pub(crate) fn failed_unanswered_on_reused(&self) -> bool {
         self.phase().unanswered() && self.completed() >= 1
+    }
+
+    /// `close_idle`: the connection is to close if it is idle when its IO
+    /// next looks (at once: the IO is woken).
+    pub(crate) fn evict(&self) {
+        self.evict.store(true, Relaxed);
+        self.wake();
+    }
+
+    /// Whether `close_idle` asked the connection to close since the IO
+    /// last looked; the request is taken.
+    pub(crate) fn take_evict(&self) -> bool {
+        // One load in the common case.
+        self.evict.load(Relaxed) && self.evict.swap(false, Relaxed)
     }
 
     /// Remembers the task of the IO's idle read.

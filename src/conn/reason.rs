@@ -29,13 +29,23 @@ pub enum CloseReason {
     /// it: past the timeout, or after the last request, that the server's
     /// `Keep-Alive` header advertised.
     Retired,
+    /// The connection reached the age the guard lets a connection live
+    /// (`max_connection_age`, with its jitter): it took no new request and
+    /// closed once its exchanges under way had ended.
+    MaxAge,
+    /// The connection carried as many requests as the guard lets one carry
+    /// (`max_requests_per_connection`), and closed after the last.
+    MaxRequests,
+    /// [`PoolGuard::close_idle`](crate::PoolGuard::close_idle) closed the
+    /// connection while it was idle.
+    Evicted,
     /// None of the above could be told.
     Unknown,
 }
 
 impl CloseReason {
     /// Every reason, in a fixed order.
-    pub const ALL: [CloseReason; 9] = [
+    pub const ALL: [CloseReason; 12] = [
         CloseReason::BodyDroppedUnread,
         CloseReason::DrainGaveUp,
         CloseReason::PeerClosed,
@@ -44,6 +54,9 @@ impl CloseReason {
         CloseReason::IoError,
         CloseReason::RequestCancelled,
         CloseReason::Retired,
+        CloseReason::MaxAge,
+        CloseReason::MaxRequests,
+        CloseReason::Evicted,
         CloseReason::Unknown,
     ];
 
@@ -67,6 +80,9 @@ impl CloseReason {
             CloseReason::IoError => "io_error",
             CloseReason::RequestCancelled => "request_cancelled",
             CloseReason::Retired => "retired",
+            CloseReason::MaxAge => "max_age",
+            CloseReason::MaxRequests => "max_requests",
+            CloseReason::Evicted => "evicted",
             CloseReason::Unknown => "unknown",
         }
     }

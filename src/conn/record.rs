@@ -52,6 +52,9 @@ const IO_ERROR: u8 = 2;
 /// No reason pending (no exchange has number 0).
 const NO_PENDING: u64 = 0;
 
+/// [`Record::retire`] was not called.
+const NOT_RETIRED: u8 = u8::MAX;
+
 fn tag(seq: u64, reason: CloseReason) -> u64 {
     (seq << 8) | reason.index() as u64
 }
@@ -75,8 +78,9 @@ pub(crate) struct Record {
     /// When the connection last became idle (the observer's clock, 0 =
     /// never).
     idle_since: AtomicU64,
-    /// poolguard ended the connection itself, before the server would.
-    retired: AtomicBool,
+    /// poolguard ended the connection itself, and why (the index of a
+    /// [`CloseReason`]; [`NOT_RETIRED`]: it did not).
+    retired: AtomicU8,
     /// The close was counted.
     counted: AtomicBool,
 }
@@ -110,7 +114,7 @@ impl Record {
             pending: AtomicU64::new(NO_PENDING),
             io: AtomicU8::new(IO_NONE),
             idle_since: AtomicU64::new(0),
-            retired: AtomicBool::new(false),
+            retired: AtomicU8::new(NOT_RETIRED),
             counted: AtomicBool::new(false),
         })
     }
@@ -147,10 +151,16 @@ impl Record {
         let _ = self.io.compare_exchange(IO_NONE, seen, Relaxed, Relaxed);
     }
 
-    /// The IO ends the connection on a `Keep-Alive` limit (the IO logs it;
-    /// the close event that follows names the reason).
-    pub(crate) fn retire(&self) {
-        self.retired.store(true, Relaxed);
+    /// The IO ends the connection itself for `reason` (a `Keep-Alive`
+    /// limit, its age or its count of requests, `close_idle`): the close
+    /// event that follows names it, whatever else is seen meanwhile. The
+    /// first reason given stands.
+    pub(crate) fn retire(&self, reason: CloseReason) {
+        // Indexes are below `CloseReason::ALL.len()`, far below 255.
+        let index = u8::try_from(reason.index()).unwrap_or(NOT_RETIRED);
+        let _ = self
+            .retired
+            .compare_exchange(NOT_RETIRED, index, Relaxed, Relaxed);
     }
 
     /// hyper dropped the connection: counts its close, once.
@@ -185,8 +195,8 @@ impl Record {
 
     /// Why the connection closed, from what was seen last.
     fn reason(&self) -> CloseReason {
-        if self.retired.load(Relaxed) {
-            return CloseReason::Retired;
+        if let Some(reason) = CloseReason::from_index(self.retired.load(Relaxed)) {
+            return reason;
         }
         if self.link.closing() {
             // Said by the request or the response: it ends the connection

@@ -336,6 +336,25 @@ impl Registry {
     }
 
     /// Hosts with something in flight or queued.
+    /// `close_idle`: every connection of the registry that is idle now is
+    /// asked to close (HTTP/1 connections between exchanges, and HTTP/2
+    /// ones, which close if no stream is open when they look). Returns how
+    /// many were asked.
+    #[cfg(feature = "hyper-util")]
+    pub(crate) fn close_idle(&self) -> usize {
+        let state = self.state();
+        let mut asked = 0usize;
+        for host in state.hosts.values() {
+            for link in &host.links {
+                if matches!(link.phase(), Phase::Idle | Phase::Http2) {
+                    link.evict();
+                    asked = asked.saturating_add(1);
+                }
+            }
+        }
+        asked
+    }
+
     pub(crate) fn hosts_tracked(&self) -> usize {
         self.state().hosts.len()
     }

@@ -19,7 +19,7 @@ pub use load::*;
 pub use nginx::*;
 pub use raw::*;
 pub use refuse::*;
-pub use resolve::Loopback;
+pub use resolve::{Loopback, Switch};
 pub use script::*;
 pub use servers::*;
 

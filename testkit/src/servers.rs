@@ -104,10 +104,22 @@ pub fn client_tls(
     root: Option<&rustls::pki_types::CertificateDer<'static>>,
     alpn: &[&[u8]],
 ) -> rustls::ClientConfig {
-    let mut roots = rustls::RootCertStore::empty();
-    if let Some(root) = root {
-        roots.add(root.clone()).expect("a valid certificate");
-    }
+    client_tls_trusting(root, alpn)
+}
+
+/// A rustls client configuration that trusts every one of `roots` (the
+/// certificates of several test servers) and offers `alpn`.
+pub fn client_tls_trusting<'a>(
+    roots: impl IntoIterator<Item = &'a rustls::pki_types::CertificateDer<'static>>,
+    alpn: &[&[u8]],
+) -> rustls::ClientConfig {
+    let roots = {
+        let mut store = rustls::RootCertStore::empty();
+        for root in roots {
+            store.add(root.clone()).expect("a valid certificate");
+        }
+        store
+    };
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -135,6 +147,10 @@ pub struct Options {
     /// the server's task has not read yet does not count. Costs a system
     /// call per open connection per accept.
     pub count_open: bool,
+    /// Where to listen (default: 127.0.0.1 on a free port). Two servers on
+    /// the same port of two loopback addresses (127.0.0.1 and 127.0.0.2)
+    /// are two backends of one host name, as a resolver answers.
+    pub bind: Option<SocketAddr>,
 }
 
 /// Starts an HTTP/1.1 server on 127.0.0.1:0. Routes:
@@ -148,8 +164,8 @@ pub async fn serve() -> Server {
 }
 
 pub async fn serve_with(options: Options) -> Server {
-    let count_open = options.count_open;
-    listen_with(count_open, move |stream, stats| {
+    let (count_open, bind) = (options.count_open, options.bind);
+    listen_with(bind, count_open, move |stream, stats| {
         serve_conn(TokioIo::new(stream), stats, options.clone(), options.http2)
     })
     .await
@@ -179,7 +195,7 @@ pub async fn serve_tls_with(options: Options) -> Server {
         vec![b"http/1.1".to_vec()]
     };
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-    let mut server = listen_with(options.count_open, move |stream, stats| {
+    let mut server = listen_with(options.bind, options.count_open, move |stream, stats| {
         let (acceptor, options) = (acceptor.clone(), options.clone());
         async move {
             let Ok(tls) = acceptor.accept(stream).await else {
@@ -236,16 +252,17 @@ where
     F: Fn(TcpStream, Arc<Stats>) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
-    listen_with(false, serve_conn).await
+    listen_with(None, false, serve_conn).await
 }
 
 /// [`listen`], counting the connections open at once if `count_open`.
-async fn listen_with<F, Fut>(count_open: bool, serve_conn: F) -> Server
+async fn listen_with<F, Fut>(bind: Option<SocketAddr>, count_open: bool, serve_conn: F) -> Server
 where
     F: Fn(TcpStream, Arc<Stats>) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let bind = bind.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
+    let listener = TcpListener::bind(bind).await.expect("bind");
     let addr = listener.local_addr().expect("local addr");
     let stats = Arc::new(Stats::default());
     let task_stats = stats.clone();

@@ -67,6 +67,8 @@ pub struct GuardMiddleware {
     /// When each host's HTTP/2 connection last turned over (shared by
     /// clones).
     turns: Arc<super::scope::TurnLog>,
+    /// The client's HTTP/1 connections against the guard's lifecycle.
+    book: Option<Arc<super::rotate::Book>>,
 }
 
 impl fmt::Debug for GuardMiddleware {
@@ -83,6 +85,7 @@ impl PoolGuard {
         GuardMiddleware {
             layer: self.layer().nacks_below(),
             turns: Arc::default(),
+            book: super::rotate::Book::new(self.lifecycle),
         }
     }
 }
@@ -100,6 +103,7 @@ impl Middleware for GuardMiddleware {
             next,
             extensions: shared.clone(),
             turns: self.turns.clone(),
+            book: self.book.clone(),
         });
         let result = call_reqwest(svc, req).await;
         *extensions = std::mem::take(&mut *lock(&shared));
@@ -140,6 +144,7 @@ fn into_middleware_error(error: BoxError) -> reqwest_middleware::Error {
 struct RunNext<'a> {
     next: Next<'a>,
     turns: Arc<super::scope::TurnLog>,
+    book: Option<Arc<super::rotate::Book>>,
     /// The chain's extensions: each attempt starts from a copy, and leaves
     /// its own.
     extensions: Arc<Mutex<Extensions>>,
@@ -158,8 +163,10 @@ impl<'a> Service<http::Request<::reqwest::Body>> for RunNext<'a> {
         let next = self.next.clone();
         let shared = self.extensions.clone();
         let turns = self.turns.clone();
+        let book = self.book.clone();
         Box::pin(async move {
-            let request = ::reqwest::Request::try_from(request)?;
+            let mut request = ::reqwest::Request::try_from(request)?;
+            let ticket = super::rotate::Book::ticket(book.as_deref(), &mut request);
             let extensions = lock(&shared).clone();
             let scope = super::DialScope::of(request.url(), Some(turns));
             let copy = crate::retry::service::idempotent(request.method(), request.headers())
@@ -180,6 +187,7 @@ impl<'a> Service<http::Request<::reqwest::Body>> for RunNext<'a> {
                 Err(Attempt(error, extensions)) => (Err(error), extensions),
             };
             *lock(&shared) = extensions;
+            super::rotate::Book::settle(book.as_deref(), ticket, result.as_ref().ok());
             let response = result?;
             let url = FinalUrl(response.url().clone());
             let mut response = http::Response::from(response);

@@ -41,6 +41,16 @@ const CHECK: Duration = Duration::from_secs(1);
 /// Hosts remembered at most.
 const MAX_HOSTS: usize = 4096;
 
+/// The pool key of a request for `url`: `scheme://host:port`, in lower
+/// case; `None` without a host.
+pub(crate) fn pool_key(url: &::reqwest::Url) -> Option<Arc<str>> {
+    let host = url.host_str()?;
+    let port = url.port_or_known_default()?;
+    let mut key = format!("{}://{host}:{port}", url.scheme());
+    key.make_ascii_lowercase();
+    Some(Arc::from(key))
+}
+
 /// When each host's HTTP/2 connection last turned over, as the requests of
 /// one client saw it.
 #[derive(Debug, Default)]
@@ -94,11 +104,8 @@ impl DialScope {
     /// The scope of a request for `url` of a client whose turnovers `turns`
     /// logs; `None` without a host.
     pub(crate) fn of(url: &::reqwest::Url, turns: Option<Arc<TurnLog>>) -> Option<Arc<DialScope>> {
-        let host = url.host_str()?;
-        let port = url.port_or_known_default()?;
-        let mut key = format!("{}://{host}:{port}", url.scheme());
-        key.make_ascii_lowercase();
-        Some(Self::new(Arc::from(key), url.scheme() == "https", turns))
+        let key = pool_key(url)?;
+        Some(Self::new(key, url.scheme() == "https", turns))
     }
 
     fn new(key: Arc<str>, tls: bool, turns: Option<Arc<TurnLog>>) -> Arc<DialScope> {
