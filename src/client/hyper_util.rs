@@ -388,6 +388,18 @@ where
         let pool_key = pool_key(&dst);
         let tls = dst.scheme_str() == Some("https");
         match self.turnover.enter(&pool_key, tls) {
+            Entered::Now(None) if self.races_a_return(&dst, &pool_key) => {
+                let clone = self.inner.clone();
+                let ready = std::mem::replace(&mut self.inner, clone);
+                let mut this = GuardedConnector {
+                    inner: ready,
+                    ..self.clone()
+                };
+                ConnectFuture::new(async move {
+                    hold_for_a_return(&pool_key, crate::conn::polled_for_a_request).await?;
+                    this.dial(dst, pool_key, None).await
+                })
+            }
             Entered::Now(lead) => self.dial(dst, pool_key, lead),
             Entered::Held(held) => {
                 // Take the connector that was made ready into the future.
@@ -403,6 +415,53 @@ where
                 })
             }
         }
+    }
+}
+
+/// How long a dial waits for an HTTP/1 connection of its pool key coming
+/// back to the pool (see [`GuardedConnector::races_a_return`]).
+const RETURN_HOLD: Duration = Duration::from_millis(10);
+
+/// Holds a dial for `pool_key` while an HTTP/1 connection of the key comes
+/// back to the pool: if the dial's request gets it, hyper-util leaves the
+/// dial to finish in the background, polled outside the request
+/// (`for_a_request` says whether a poll is one of the request's), and the
+/// dial ends there with [`Coalesced`](crate::Coalesced) (which hyper-util
+/// drops) instead of making a connection nobody asked for. Otherwise the
+/// dial goes ahead after [`RETURN_HOLD`].
+pub(crate) async fn hold_for_a_return(
+    pool_key: &Arc<str>,
+    for_a_request: impl Fn() -> bool,
+) -> Result<(), crate::Coalesced> {
+    let mut hold = crate::timer::deadline_in(RETURN_HOLD)
+        .and_then(crate::timer::sleep_until)
+        .map(Box::pin);
+    std::future::poll_fn(|cx| {
+        if !for_a_request() {
+            return Poll::Ready(Err(crate::Coalesced::http1(pool_key.clone())));
+        }
+        match hold.as_mut() {
+            Some(sleep) => sleep.as_mut().poll(cx).map(Ok),
+            None => Poll::Ready(Ok(())),
+        }
+    })
+    .await
+}
+
+impl<C> GuardedConnector<C> {
+    /// Whether a dial for `dst` races an HTTP/1 connection of its pool key
+    /// coming back to the pool. hyper-util hands an HTTP/1 connection back
+    /// to its pool only once its dispatcher is ready again, from a task of
+    /// its own, after the response's body ended; a request sent meanwhile
+    /// (the next of a sequence, typically) finds no idle connection and
+    /// dials, and the dial, when its request then gets the returning
+    /// connection, still finishes and pools one more connection. Only for a
+    /// dial under the guard's layer (which marks a request's polls).
+    fn races_a_return(&self, dst: &Uri, pool_key: &Arc<str>) -> bool {
+        if !crate::conn::polled_for_a_request() {
+            return false;
+        }
+        HostKey::from_uri(dst).is_some_and(|key| self.registry.reusable_idle(&key, pool_key))
     }
 }
 

@@ -30,6 +30,42 @@
 //!   stranded `POST` is bounded only by reqwest's `timeout`;
 //! - HTTP/2 bodies dropped early are drained, not reset (a connection
 //!   cannot be rotated before h2's limit on resets).
+//! - [`max_connection_age`](crate::PoolGuardBuilder::max_connection_age)
+//!   and [`max_requests_per_connection`](crate::PoolGuardBuilder::max_requests_per_connection)
+//!   rotate **HTTP/1** connections: [`GuardedClient`] and
+//!   [`GuardMiddleware`] follow each connection by the socket addresses of
+//!   its responses (`HttpInfo`), and once one is due (its next request
+//!   would be its last, or its age ran out) the next request for its host
+//!   says `Connection: close`, which makes hyper close the connection after
+//!   the response. The pool, not the guard, picks the connection: for
+//!   sequential requests it is the due one, exactly; under concurrency the
+//!   request may land on another connection, which then retires early (the
+//!   due one stays due). A request that already has a `Connection` header
+//!   is left alone. Nothing else changes in the request.
+//!
+//! # What reqwest 0.13 does not let the guard do
+//!
+//! - **Rotate HTTP/2 connections, `close_idle`, close reasons.** Each
+//!   needs the connection: its IO (to see its frames and end it) or
+//!   hyper-util's `Connected::poison` (to take it out of the pool). The
+//!   connector layer must return reqwest's `Conn`, whose fields are
+//!   private and which has no constructor (`reqwest::connect::Conn`, 0.13.5),
+//!   so the IO cannot be wrapped; reqwest does not pass request extensions
+//!   to hyper-util, so `capture_connection` (and its poison) never reaches
+//!   the pool. HTTP/2 has no `Connection: close` (RFC 9113 §8.2.2).
+//! - **A connection cap.** A cap needs to know when a connection closes;
+//!   the layer sees the dial, never the end (the same sealed `Conn`). The
+//!   per-host cap stays a request cap, and hyper-util's pool may dial past
+//!   it when a checkout races a connect: `max_per_host(10)` dials 12–16
+//!   connections under bursty load beside two busy loops.
+//!
+//! The smallest reqwest API that would close all three: a public
+//! constructor `Conn::new(io: impl AsyncConn)` (or a connector layer
+//! allowed to wrap the IO it returns, as hyper-util's connectors do), so
+//! that reqwest users could put the guard's [`GuardedIo`](crate::GuardedIo)
+//! inside; short of that, forwarding `hyper_util::client::legacy::connect::CaptureConnection`
+//! from the request's extensions to hyper-util would give the poison
+//! (rotation and a `GOAWAY`'s exit for HTTP/2) but still not the close.
 //!
 //! The response is reqwest's own: status, headers, version, final URL after
 //! redirects, remote address and extensions are what plain reqwest reports
@@ -226,6 +262,7 @@ impl Service<http::Request<::reqwest::Body>> for Execute {
             let mut request = ::reqwest::Request::try_from(request)?;
             let ticket = rotate::Book::ticket(book.as_deref(), &mut request);
             let scope = DialScope::of(request.url(), Some(turns));
+            rotate::Book::tell(ticket.as_ref(), scope.as_deref());
             let copy = crate::retry::service::idempotent(request.method(), request.headers())
                 .then(|| request.try_clone())
                 .flatten();
@@ -372,6 +409,22 @@ where
         let metrics = self.metrics.clone();
         let (lead, dial) = match entered {
             None => (None, Ok(self.inner.call(request))),
+            Some(Entered::Now(None)) if scope.as_ref().is_some_and(|s| s.returning()) => {
+                // An HTTP/1 connection of the host may be coming back to
+                // the pool: wait a moment for it (see `hold_for_a_return`).
+                let clone = self.inner.clone();
+                let mut ready = std::mem::replace(&mut self.inner, clone);
+                let key = scope.as_ref().map(|s| s.key.clone()).unwrap_or_default();
+                let metrics = self.metrics.clone();
+                return Box::pin(async move {
+                    crate::client::hyper_util::hold_for_a_return(&key, || {
+                        DialScope::current().is_some()
+                    })
+                    .await?;
+                    let dial = ready.call(request);
+                    count_dial(metrics, None, DialScope::current(), dial).await
+                });
+            }
             Some(Entered::Now(lead)) => (lead, Ok(self.inner.call(request))),
             Some(Entered::Held(held)) => {
                 // Take the connector that was made ready into the future.
@@ -390,39 +443,54 @@ where
                     (lead, ready.call(request))
                 }
             };
-            let started = tokio::time::Instant::now();
-            let conn = dial.await?;
-            if let Some(scope) = &scope {
-                scope.dialed();
-            }
-            if let Some(lead) = lead {
-                if conn.connected().is_negotiated_h2() {
-                    if let Some(scope) = &scope {
-                        scope.hold(lead);
-                    }
-                } else {
-                    lead.http1();
-                }
-            }
-            let took = started.elapsed();
-            let inner = &metrics.inner;
-            inner.connections_opened.fetch_add(1, Relaxed);
-            #[cfg(feature = "metrics")]
-            inner.emit.dialed();
-            let mut extensions = Extensions::new();
-            conn.connected().get_extras(&mut extensions);
-            let key = extensions
-                .get::<HttpInfo>()
-                .and_then(|info| format!("tcp://{}", info.remote_addr()).parse().ok())
-                .and_then(|uri: http::Uri| HostKey::from_uri(&uri));
-            if let Some(key) = key {
-                inner.hosts.row(&key).0.opened.fetch_add(1, Relaxed);
-            }
-            // reqwest's connector is called with a type that does not show
-            // the host: the dial counts in the mean over every dial, which
-            // prices the drains of hosts never dialed by name.
-            metrics.dial_costs().record_any(took);
-            Ok(conn)
+            count_dial(metrics, lead, scope, dial).await
         })
     }
+}
+
+/// Makes the dial `dial` of the request of `scope`, and counts it (with
+/// its host's lead, if it leads a turnover).
+async fn count_dial<F, T, E>(
+    metrics: Metrics,
+    lead: Option<crate::conn::turnover::Lead>,
+    scope: Option<Arc<DialScope>>,
+    dial: F,
+) -> Result<T, E>
+where
+    F: Future<Output = Result<T, E>>,
+    T: Connection,
+{
+    let started = tokio::time::Instant::now();
+    let conn = dial.await?;
+    if let Some(scope) = &scope {
+        scope.dialed();
+    }
+    if let Some(lead) = lead {
+        if conn.connected().is_negotiated_h2() {
+            if let Some(scope) = &scope {
+                scope.hold(lead);
+            }
+        } else {
+            lead.http1();
+        }
+    }
+    let took = started.elapsed();
+    let inner = &metrics.inner;
+    inner.connections_opened.fetch_add(1, Relaxed);
+    #[cfg(feature = "metrics")]
+    inner.emit.dialed();
+    let mut extensions = Extensions::new();
+    conn.connected().get_extras(&mut extensions);
+    let key = extensions
+        .get::<HttpInfo>()
+        .and_then(|info| format!("tcp://{}", info.remote_addr()).parse().ok())
+        .and_then(|uri: http::Uri| HostKey::from_uri(&uri));
+    if let Some(key) = key {
+        inner.hosts.row(&key).0.opened.fetch_add(1, Relaxed);
+    }
+    // reqwest's connector is called with a type that does not show the
+    // host: the dial counts in the mean over every dial, which prices the
+    // drains of hosts never dialed by name.
+    metrics.dial_costs().record_any(took);
+    Ok(conn)
 }

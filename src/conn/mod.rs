@@ -64,6 +64,25 @@ pub(crate) use self::phase::Phase;
 pub use self::reason::CloseReason;
 pub(crate) use self::record::{BodyEnd, ConnObserver, Exchange, Record, Stamp};
 
+tokio::task_local! {
+    /// Set while a request's future is polled by the guard's layer: a dial
+    /// polled without it was left to finish in the background (its request
+    /// got a pooled connection).
+    static IN_REQUEST: ();
+}
+
+/// Runs `poll`, one poll of a request's future, marked as such for the
+/// dials it makes ([`polled_for_a_request`]).
+pub(crate) fn in_request<R>(poll: impl FnOnce() -> R) -> R {
+    IN_REQUEST.sync_scope((), poll)
+}
+
+/// Whether the current poll is one of a request's future, under the
+/// guard's layer.
+pub(crate) fn polled_for_a_request() -> bool {
+    IN_REQUEST.try_with(|_| ()).is_ok()
+}
+
 /// The task of a connection's IO while it waits on a read, to wake when
 /// something it must act on changed elsewhere.
 #[derive(Debug, Default)]
@@ -331,6 +350,23 @@ impl Link {
 
     fn phase_of(state: u64) -> Phase {
         Phase::from_u8((state & 0xff) as u8)
+    }
+
+    /// Whether the connection is to take no new request (a `GOAWAY`, its
+    /// server's stream limit, or a retirement).
+    pub(crate) fn gone_away(&self) -> bool {
+        self.gone_away.load(Relaxed)
+    }
+
+    /// Whether the HTTP/1 connection, idle between exchanges, is about to
+    /// be (or is) in its pool, ready for a request: it served, and nothing
+    /// ends it.
+    pub(crate) fn reusable_idle(&self) -> bool {
+        self.phase() == Phase::Idle
+            && self.completed() >= 1
+            && !self.closing()
+            && !self.gone_away()
+            && !self.is_closed()
     }
 
     /// Whether a request or a final response said the connection ends

@@ -109,9 +109,21 @@ pub(crate) struct Turnover {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Coalesced {
     pool_key: Arc<str>,
+    /// The pooled connection was an HTTP/1 one coming back to the pool
+    /// (not a new HTTP/2 one).
+    http1: bool,
 }
 
 impl Coalesced {
+    /// A dial for `pool_key` not made: an HTTP/1 connection of the key was
+    /// coming back to the pool, and the request took it.
+    pub(crate) fn http1(pool_key: Arc<str>) -> Self {
+        Coalesced {
+            pool_key,
+            http1: true,
+        }
+    }
+
     /// `scheme://authority` of the dial.
     pub fn pool_key(&self) -> &str {
         &self.pool_key
@@ -120,6 +132,13 @@ impl Coalesced {
 
 impl fmt::Display for Coalesced {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.http1 {
+            return write!(
+                f,
+                "dial to {} not made: the request took a connection back from the pool",
+                self.pool_key
+            );
+        }
         write!(
             f,
             "dial to {} not made: the connection just made to it speaks HTTP/2",
@@ -274,6 +293,7 @@ impl Held {
                 if entry.served != self.served {
                     return Err(Coalesced {
                         pool_key: self.key.clone(),
+                        http1: false,
                     });
                 }
                 match entry.turn(self.tls) {

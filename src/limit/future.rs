@@ -112,7 +112,8 @@ where
                     });
                 }
                 StateProj::Called { future, slot } => {
-                    let result = ready!(future.poll(cx));
+                    // The request's dials can tell that it still waits.
+                    let result = ready!(crate::conn::in_request(|| future.poll(cx)));
                     // An error releases the slot now, not when the future is
                     // dropped.
                     let mut slot = slot.take();

@@ -355,6 +355,22 @@ impl Registry {
         asked
     }
 
+    /// Whether `key` has an HTTP/1 connection pooled under `pool_key`
+    /// that is idle and reusable ([`Link::reusable_idle`]), not chosen to
+    /// close: one hyper-util is about to hand back to its pool.
+    #[cfg(feature = "hyper-util")]
+    pub(crate) fn reusable_idle(&self, key: &HostKey, pool_key: &Arc<str>) -> bool {
+        let state = self.state();
+        let Some(host) = state.hosts.get(key) else {
+            return false;
+        };
+        host.links.iter().any(|l| {
+            l.pool_key() == pool_key
+                && l.reusable_idle()
+                && !host.chosen.iter().any(|c| Arc::ptr_eq(c, l))
+        })
+    }
+
     pub(crate) fn hosts_tracked(&self) -> usize {
         self.state().hosts.len()
     }

@@ -169,6 +169,7 @@ impl<'a> Service<http::Request<::reqwest::Body>> for RunNext<'a> {
             let ticket = super::rotate::Book::ticket(book.as_deref(), &mut request);
             let extensions = lock(&shared).clone();
             let scope = super::DialScope::of(request.url(), Some(turns));
+            super::rotate::Book::tell(ticket.as_ref(), scope.as_deref());
             let copy = crate::retry::service::idempotent(request.method(), request.headers())
                 .then(|| request.try_clone())
                 .flatten();

@@ -53,6 +53,8 @@ struct Host {
     conns: HashMap<Pair, Conn>,
     /// Requests under way that were asked to close their connection.
     closing: usize,
+    /// Requests under way (before their response head).
+    in_flight: usize,
     /// A clock of the host's responses, for "seen longest ago".
     tick: u64,
 }
@@ -73,6 +75,12 @@ pub(crate) struct Ticket {
     key: Arc<str>,
     /// The request was asked to close its connection.
     close: bool,
+    /// Counted in its host's `in_flight`.
+    counted: bool,
+    /// When it started, more HTTP/1 connections of the host were known
+    /// than requests under way: one of them may be coming back to the
+    /// pool.
+    pub(crate) idle_known: bool,
 }
 
 impl Book {
@@ -94,6 +102,16 @@ impl Book {
         Some(book.before(key, request.headers_mut()))
     }
 
+    /// Tells the request's dial scope what the ticket knows: an HTTP/1
+    /// connection of its host may be coming back to the pool.
+    pub(crate) fn tell(ticket: Option<&Ticket>, scope: Option<&super::scope::DialScope>) {
+        if let (Some(ticket), Some(scope)) = (ticket, scope) {
+            if ticket.idle_known {
+                scope.expect_a_return();
+            }
+        }
+    }
+
     /// [`after`](Book::after) for what a reqwest request ended with.
     pub(crate) fn settle(
         book: Option<&Book>,
@@ -112,18 +130,27 @@ impl Book {
     /// A request for the host `key` is about to go out: whether it is to
     /// close its connection (then the header is set).
     pub(crate) fn before(&self, key: Arc<str>, headers: &mut http::HeaderMap) -> Ticket {
-        let mut ticket = Ticket { key, close: false };
-        if headers.contains_key(http::header::CONNECTION) {
-            // The caller's own (a close, or an upgrade): left alone.
-            return ticket;
-        }
+        let mut ticket = Ticket {
+            key,
+            close: false,
+            counted: false,
+            idle_known: false,
+        };
         let mut hosts = self.lock();
         let Some(host) = hosts.get_mut(&ticket.key) else {
             return ticket;
         };
+        let recent = host.recent();
+        let known = host.conns.values().filter(|c| c.seen >= recent).count();
+        ticket.idle_known = known > host.in_flight;
+        host.in_flight = host.in_flight.saturating_add(1);
+        ticket.counted = true;
+        if headers.contains_key(http::header::CONNECTION) {
+            // The caller's own (a close, or an upgrade): left alone.
+            return ticket;
+        }
         let now = Instant::now();
         let max = self.life.max_requests;
-        let recent = host.recent();
         let due = host
             .conns
             .values()
@@ -152,7 +179,7 @@ impl Book {
             let info = extensions.get::<HttpInfo>()?;
             http1.then(|| (info.local_addr(), info.remote_addr()))
         });
-        if !ticket.close && pair.is_none() {
+        if !ticket.close && !ticket.counted && pair.is_none() {
             return;
         }
         let mut hosts = self.lock();
@@ -162,6 +189,9 @@ impl Book {
         let host = hosts.entry(ticket.key).or_default();
         if ticket.close {
             host.closing = host.closing.saturating_sub(1);
+        }
+        if ticket.counted {
+            host.in_flight = host.in_flight.saturating_sub(1);
         }
         let Some(pair) = pair else { return };
         host.tick = host.tick.saturating_add(1);

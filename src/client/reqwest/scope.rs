@@ -95,6 +95,9 @@ pub(crate) struct DialScope {
     turns: Option<Arc<TurnLog>>,
     /// The request made a dial (whether it led or not).
     dialed: std::sync::atomic::AtomicBool,
+    /// An HTTP/1 connection of the host may be coming back to the pool
+    /// as the request starts: a dial it makes waits a moment for it.
+    returning: std::sync::atomic::AtomicBool,
     /// The lead dial the request made, once its connection is known to
     /// speak HTTP/2; `Err(())` once the request ended.
     lead: Mutex<Result<Option<Lead>, ()>>,
@@ -114,8 +117,21 @@ impl DialScope {
             tls,
             turns,
             dialed: std::sync::atomic::AtomicBool::new(false),
+            returning: std::sync::atomic::AtomicBool::new(false),
             lead: Mutex::new(Ok(None)),
         })
+    }
+
+    /// An HTTP/1 connection of the host may be coming back to the pool.
+    pub(crate) fn expect_a_return(&self) {
+        self.returning
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether a dial of the request is to wait for a connection coming
+    /// back to the pool.
+    pub(crate) fn returning(&self) -> bool {
+        self.returning.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The scope of the dial being made in this task, if any.
