@@ -138,8 +138,11 @@ async fn bursty_load_stays_within_the_dials_of_guarded_client() {
     assert!(server.stats.peak() <= 10, "the per-host limit holds");
     // With reqwest the cap is on requests: a request admitted as another's
     // body ends may find that connection not yet back in reqwest's pool and
-    // dial, for the GuardedClient and the middleware alike (10-12 dials
-    // each in runs here). Both meet the bound the suite holds reqwest to.
+    // dial, for the GuardedClient and the middleware alike. The guard's
+    // dial then waits 10 ms for a connection coming back (10 dials in 9 of
+    // 10 runs beside two busy loops, 13 in one; without the wait 10 in 5 of
+    // 10, up to 13), but cannot know when reqwest's connections close, so
+    // the cap is not exact: the bound the suite holds reqwest to.
     assert!(
         dials <= 16 && guarded_client_dials <= 16,
         "middleware {dials} dials, GuardedClient {guarded_client_dials}"

@@ -242,7 +242,7 @@ pub struct Execute {
     turns: Arc<scope::TurnLog>,
     /// The client's HTTP/1 connections against the guard's
     /// `max_connection_age` and `max_requests_per_connection`.
-    book: Option<Arc<rotate::Book>>,
+    book: Arc<rotate::Book>,
 }
 
 impl Service<http::Request<::reqwest::Body>> for Execute {
@@ -260,7 +260,7 @@ impl Service<http::Request<::reqwest::Body>> for Execute {
         let book = self.book.clone();
         Box::pin(async move {
             let mut request = ::reqwest::Request::try_from(request)?;
-            let ticket = rotate::Book::ticket(book.as_deref(), &mut request);
+            let ticket = book.ticket(&mut request);
             let scope = DialScope::of(request.url(), Some(turns));
             rotate::Book::tell(ticket.as_ref(), scope.as_deref());
             let copy = crate::retry::service::idempotent(request.method(), request.headers())
@@ -271,7 +271,7 @@ impl Service<http::Request<::reqwest::Body>> for Execute {
                 move || client.execute(copy)
             });
             let response = DialScope::run_or_resend(scope, client.execute(request), again).await;
-            rotate::Book::settle(book.as_deref(), ticket, response.as_ref().ok());
+            book.settle(ticket, response.as_ref().ok());
             let response = response?;
             let url = FinalUrl(response.url().clone());
             let mut response = http::Response::from(response);

@@ -68,7 +68,7 @@ pub struct GuardMiddleware {
     /// clones).
     turns: Arc<super::scope::TurnLog>,
     /// The client's HTTP/1 connections against the guard's lifecycle.
-    book: Option<Arc<super::rotate::Book>>,
+    book: Arc<super::rotate::Book>,
 }
 
 impl fmt::Debug for GuardMiddleware {
@@ -144,7 +144,7 @@ fn into_middleware_error(error: BoxError) -> reqwest_middleware::Error {
 struct RunNext<'a> {
     next: Next<'a>,
     turns: Arc<super::scope::TurnLog>,
-    book: Option<Arc<super::rotate::Book>>,
+    book: Arc<super::rotate::Book>,
     /// The chain's extensions: each attempt starts from a copy, and leaves
     /// its own.
     extensions: Arc<Mutex<Extensions>>,
@@ -166,7 +166,7 @@ impl<'a> Service<http::Request<::reqwest::Body>> for RunNext<'a> {
         let book = self.book.clone();
         Box::pin(async move {
             let mut request = ::reqwest::Request::try_from(request)?;
-            let ticket = super::rotate::Book::ticket(book.as_deref(), &mut request);
+            let ticket = book.ticket(&mut request);
             let extensions = lock(&shared).clone();
             let scope = super::DialScope::of(request.url(), Some(turns));
             super::rotate::Book::tell(ticket.as_ref(), scope.as_deref());
@@ -188,7 +188,7 @@ impl<'a> Service<http::Request<::reqwest::Body>> for RunNext<'a> {
                 Err(Attempt(error, extensions)) => (Err(error), extensions),
             };
             *lock(&shared) = extensions;
-            super::rotate::Book::settle(book.as_deref(), ticket, result.as_ref().ok());
+            book.settle(ticket, result.as_ref().ok());
             let response = result?;
             let url = FinalUrl(response.url().clone());
             let mut response = http::Response::from(response);

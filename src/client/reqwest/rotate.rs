@@ -19,6 +19,12 @@
 //! one early, and the due connection stays due. A connection not seen for
 //! a while (8 responses of its host per connection known, at least 64) is
 //! taken as closed: it no longer makes requests close, and is forgotten.
+//!
+//! The book is kept without limits too: when a request starts while more
+//! HTTP/1 connections of its host are known than requests are under way,
+//! one of them may be on its way back to the pool (hyper-util returns an
+//! HTTP/1 connection from a task of its own after its body ended), and a
+//! dial the request makes waits a moment for it (see the connector layer).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -84,22 +90,19 @@ pub(crate) struct Ticket {
 }
 
 impl Book {
-    /// A book for `life`; `None` when it sets no limit.
-    pub(crate) fn new(life: Lifecycle) -> Option<Arc<Book>> {
-        life.any().then(|| {
-            Arc::new(Book {
-                life,
-                hosts: Mutex::default(),
-            })
+    /// A book for `life` (kept without limits too: the connections it
+    /// knows tell a dial that one may be coming back to the pool).
+    pub(crate) fn new(life: Lifecycle) -> Arc<Book> {
+        Arc::new(Book {
+            life,
+            hosts: Mutex::default(),
         })
     }
 
-    /// [`before`](Book::before) for a reqwest request, if there is a book
-    /// and the request has a host.
-    pub(crate) fn ticket(book: Option<&Book>, request: &mut ::reqwest::Request) -> Option<Ticket> {
-        let book = book?;
+    /// [`before`](Book::before) for a reqwest request, if it has a host.
+    pub(crate) fn ticket(&self, request: &mut ::reqwest::Request) -> Option<Ticket> {
         let key = super::scope::pool_key(request.url())?;
-        Some(book.before(key, request.headers_mut()))
+        Some(self.before(key, request.headers_mut()))
     }
 
     /// Tells the request's dial scope what the ticket knows: an HTTP/1
@@ -113,13 +116,9 @@ impl Book {
     }
 
     /// [`after`](Book::after) for what a reqwest request ended with.
-    pub(crate) fn settle(
-        book: Option<&Book>,
-        ticket: Option<Ticket>,
-        response: Option<&::reqwest::Response>,
-    ) {
-        if let (Some(book), Some(ticket)) = (book, ticket) {
-            book.after(ticket, response.map(|r| (r.version(), r.extensions())));
+    pub(crate) fn settle(&self, ticket: Option<Ticket>, response: Option<&::reqwest::Response>) {
+        if let Some(ticket) = ticket {
+            self.after(ticket, response.map(|r| (r.version(), r.extensions())));
         }
     }
 
@@ -145,8 +144,9 @@ impl Book {
         ticket.idle_known = known > host.in_flight;
         host.in_flight = host.in_flight.saturating_add(1);
         ticket.counted = true;
-        if headers.contains_key(http::header::CONNECTION) {
-            // The caller's own (a close, or an upgrade): left alone.
+        if !self.life.any() || headers.contains_key(http::header::CONNECTION) {
+            // No limit; or the caller's own header (a close, an upgrade),
+            // left alone.
             return ticket;
         }
         let now = Instant::now();
@@ -261,20 +261,12 @@ impl Conn {
 mod tests {
     use super::*;
 
-    #[test]
-    fn without_limits_there_is_no_book() {
-        assert!(Book::new(Lifecycle::default()).is_none());
-    }
-
     #[tokio::test(start_paused = true)]
     async fn a_host_never_answered_over_http1_is_never_asked_to_close() {
         let book = Book::new(Lifecycle {
             max_age: None,
             max_requests: Some(1),
         });
-        let Some(book) = book else {
-            panic!("a limit makes a book");
-        };
         let key: Arc<str> = Arc::from("http://a:80");
         let mut headers = http::HeaderMap::new();
         let ticket = book.before(key.clone(), &mut headers);
