@@ -529,3 +529,43 @@ async fn reqwest_http1_short_ages_under_load_lose_nothing() {
     assert_eq!(server.stats.requests(), 5000, "each request sent once");
     assert!(closed > 0, "connections retired during the load");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_idle_closes_an_idle_http2_connection() {
+    let server = support::serve_with(support::Options {
+        http2: true,
+        ..Default::default()
+    })
+    .await;
+    let guard = PoolGuard::builder().build();
+    let client = Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build::<_, Empty<Bytes>>(guard.connector(HttpConnector::new()));
+    let send = sender(
+        guard.layer().layer(client),
+        Method::GET,
+        server.uri("/bytes/100"),
+        Body::Read,
+    );
+    for _ in 0..10 {
+        send().await.expect("request");
+    }
+    assert_eq!(server.stats.accepted(), 1);
+    assert_eq!(server.stats.open(), 1);
+
+    let asked = tokio::time::Instant::now();
+    guard.close_idle();
+    settle(|| server.stats.open() == 0).await;
+    let took = asked.elapsed();
+    println!("HTTP/2 closed in {took:?}");
+    assert_eq!(server.stats.open(), 0, "the idle HTTP/2 connection closed");
+    assert!(took < Duration::from_millis(200), "{took:?}");
+    // The next request dials, and succeeds.
+    send().await.expect("request");
+    assert_eq!(server.stats.accepted(), 2);
+    settle(|| guard.metrics().snapshot().closes.get(CloseReason::Evicted) == 1).await;
+    assert_eq!(
+        guard.metrics().snapshot().closes.get(CloseReason::Evicted),
+        1
+    );
+}
