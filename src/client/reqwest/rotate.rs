@@ -20,11 +20,13 @@
 //! a while (8 responses of its host per connection known, at least 64) is
 //! taken as closed: it no longer makes requests close, and is forgotten.
 //!
-//! The book is kept without limits too: when a request starts while more
-//! HTTP/1 connections of its host are known than requests are under way,
-//! one of them may be on its way back to the pool (hyper-util returns an
-//! HTTP/1 connection from a task of its own after its body ended), and a
-//! dial the request makes waits a moment for it (see the connector layer).
+//! The book is kept without limits too: when a request starts for a host
+//! with an HTTP/1 connection known, one may be on its way back to the pool
+//! (hyper-util returns an HTTP/1 connection from a task of its own after
+//! its body ended, and which requests still read their bodies cannot be
+//! seen from here), so a dial the request makes waits 10 ms for it and
+//! ends unmade if its request took one (see the connector layer). A dial
+//! that was needed costs those 10 ms once.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -83,9 +85,8 @@ pub(crate) struct Ticket {
     close: bool,
     /// Counted in its host's `in_flight`.
     counted: bool,
-    /// When it started, more HTTP/1 connections of the host were known
-    /// than requests under way: one of them may be coming back to the
-    /// pool.
+    /// When it started, an HTTP/1 connection of the host was known: one
+    /// may be coming back to the pool.
     pub(crate) idle_known: bool,
 }
 
@@ -141,7 +142,7 @@ impl Book {
         };
         let recent = host.recent();
         let known = host.conns.values().filter(|c| c.seen >= recent).count();
-        ticket.idle_known = known > host.in_flight;
+        ticket.idle_known = known > 0;
         host.in_flight = host.in_flight.saturating_add(1);
         ticket.counted = true;
         if !self.life.any() || headers.contains_key(http::header::CONNECTION) {
