@@ -199,13 +199,10 @@ async fn reqwest_h2_early_drops_lose_no_request() {
     let bare_run = support::drive(8, TOTAL, 0, reqwest_h2(bare, None, url, Body::Drop)).await;
     let bare_dials = bare_server.stats.accepted();
 
-    // Tests run debug builds: rustls encrypting 64 frames of 1 KiB is slow
-    // there, and under a loaded CI machine a drain can need more than the
-    // default 100 ms; one that runs out resets its stream, which is what
-    // this test is about. A budget that fits the build, not the behaviour.
-    let guard = PoolGuard::builder()
-        .drain_max_time(Duration::from_secs(2))
-        .build();
+    // Over HTTP/2 a dropped body's stream is reset, not drained: reqwest's
+    // connection cannot be taken out of its pool before h2's own limit on
+    // resets ends it, so the guard resends the GETs that end fails.
+    let guard = PoolGuard::builder().build();
     let (plain, guarded) = guarded_reqwest(&server, &guard);
     let run = support::drive(
         8,
@@ -223,16 +220,29 @@ async fn reqwest_h2_early_drops_lose_no_request() {
     let snap = guard.metrics().snapshot();
     println!(
         "reqwest, TLS + ALPN h2, {TOTAL} early drops: bare {} failed over {bare_dials} \
-         connections; guarded {} failed over {dials}; drains: {} completed, {} gave up \
-         for cost, {} for time, {} skipped; queue waits {}",
+         connections; guarded {} failed over {dials}; {} streams reset, {} drains \
+         completed, {} requests resent ({} not processed), {} refused by the budget",
         bare_run.errors,
         run.errors,
+        snap.drains_skipped.http2,
         snap.drains_completed,
-        snap.drains_gave_up_cost,
-        snap.drains_gave_up_time,
-        snap.drains_skipped.too_many_drains + snap.drains_skipped.too_large,
-        snap.queue_waited,
+        snap.retries_succeeded,
+        snap.retries_not_processed,
+        snap.retries_budget_exhausted,
     );
-    assert_eq!(run.errors, 0);
-    assert_eq!(dials, 1);
+    assert!(
+        bare_run.errors > 0,
+        "the premise: bare reqwest loses requests when h2 ends its connection"
+    );
+    assert_eq!(run.errors, 0, "no request lost guarded");
+    assert_eq!(run.ok, TOTAL);
+    assert!(
+        snap.drains_skipped.http2 > TOTAL as u64 / 2,
+        "streams are reset, not drained"
+    );
+    // Each end of a connection by h2's limit costs one dial, as bare.
+    assert!(
+        dials <= bare_dials.max(1) * 2,
+        "{dials} connections guarded, {bare_dials} bare"
+    );
 }

@@ -69,7 +69,8 @@ use crate::BoxError;
 /// a [`RetryStaleLayer`](crate::RetryStaleLayer), which reach its
 /// `Connected::poison`), a `GOAWAY` that refused streams teaches the
 /// server's streams per connection (later connections leave the pool at
-/// 3/4 of it), and after 512 streams reset by the client a connection
+/// 3/4 of it), and after 768 resets h2 wrote by itself (its answers to
+/// frames of streams it forgot; not the `CANCEL`s of dropped bodies) a connection
 /// leaves the pool before h2's own limit on resets would end it.
 ///
 /// Errors of the wait are typed, recovered with `downcast_ref` from the
@@ -618,10 +619,12 @@ impl<T> fmt::Debug for ConnectFuture<T> {
     }
 }
 
-/// Streams an HTTP/2 connection resets before it leaves the pool: half of
-/// h2's default limit on the resets of a connection's life (1024), which
-/// also counts resets the client did not choose.
-pub(crate) const RESETS_BEFORE_ROTATION: u32 = 512;
+/// Resets h2 writes by itself (any error code but `CANCEL`: its answers to
+/// frames of streams it already forgot) before an HTTP/2 connection leaves
+/// the pool: 3/4 of h2's default limit on those over a connection's life
+/// (1024), which ends the connection and fails every request on it. The
+/// `CANCEL`s of bodies dropped early are not counted by h2, nor here.
+pub(crate) const RESETS_BEFORE_ROTATION: u32 = 768;
 
 /// How a new connection is to be tracked: the metrics it reports to (with
 /// its host), and whether `Keep-Alive` headers are honoured.
@@ -720,7 +723,7 @@ struct Streams {
     ended: u32,
     /// The least last stream id of the server's `GOAWAY`s.
     goaway: Option<u32>,
-    /// Streams the client reset (`RST_STREAM` written).
+    /// Streams h2 reset by itself (`RST_STREAM` written, but `CANCEL`).
     resets: u32,
     /// After how many streams the connection leaves the pool: read at its
     /// first stream (`None` inside: no limit known).
@@ -836,8 +839,8 @@ impl IoGuard {
         if self.tracker.phase() == Phase::Http2 || self.tracker.maybe_http2() {
             let seen = frames.feed(bytes);
             self.streams.ended = self.streams.ended.saturating_add(seen.ended);
-            if seen.ended > 0 {
-                self.reset_streams(seen.ended);
+            if seen.errors > 0 {
+                self.reset_streams(seen.errors);
             }
             let opened = seen.opened;
             if opened > 0 {
@@ -854,9 +857,9 @@ impl IoGuard {
         }
     }
 
-    /// The client reset `n` more streams (a response body dropped before
-    /// its end, and h2's answers to frames of streams it already
-    /// forgot): once [`RESETS_BEFORE_ROTATION`], the connection leaves the
+    /// h2 reset `n` more streams by itself (its answers to frames of
+    /// streams it already forgot, after bodies dropped before their end):
+    /// once [`RESETS_BEFORE_ROTATION`], the connection leaves the
     /// pool, well before h2's own limit on a connection's resets ends it
     /// and fails every request on it (`too_many_internal_resets`, 1024 by
     /// default over the connection's life).

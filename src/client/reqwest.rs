@@ -29,8 +29,12 @@
 //!   response 2 s after its host's connection turned over once it had
 //!   started, which may send it twice (idempotent requests allow it); a
 //!   stranded `POST` is bounded only by reqwest's `timeout`;
-//! - HTTP/2 bodies dropped early are drained, not reset (a connection
-//!   cannot be rotated before h2's limit on resets).
+//! - HTTP/2 bodies dropped early have their streams reset, as bare: a
+//!   reqwest connection cannot leave the pool before h2's own limit on the
+//!   resets it writes ends it (`too_many_internal_resets`), which fails
+//!   every request on it; the guard resends the idempotent ones (a
+//!   `POST` in flight then fails as it would bare). A drain instead would
+//!   keep the connection at less than half bare's rate.
 //! - [`max_connection_age`](crate::PoolGuardBuilder::max_connection_age)
 //!   and [`max_requests_per_connection`](crate::PoolGuardBuilder::max_requests_per_connection)
 //!   rotate **HTTP/1** connections: [`GuardedClient`] and
@@ -225,6 +229,21 @@ where
     Ok(::reqwest::Response::from(response))
 }
 
+/// reqwest's `response` as an `http::Response` for the guard's layers,
+/// with its final URL, and, over HTTP/2, leave to reset its stream when
+/// its body is dropped early: the guard's retry resends the idempotent
+/// requests that h2's limit on resets fails (reqwest's connections cannot
+/// be taken out of the pool before it, as hyper-util's are).
+fn into_http(response: ::reqwest::Response) -> http::Response<::reqwest::Body> {
+    let url = FinalUrl(response.url().clone());
+    let mut response = http::Response::from(response);
+    response.extensions_mut().insert(url);
+    if response.version() >= http::Version::HTTP_2 {
+        response.extensions_mut().insert(crate::conn::ResetsResent);
+    }
+    response
+}
+
 /// Every host, for reqwest's host-scoped retry policies.
 struct AnyHost;
 
@@ -280,10 +299,7 @@ impl Service<http::Request<::reqwest::Body>> for Execute {
             let response = DialScope::run_or_resend(scope, client.execute(request), again).await;
             book.settle(ticket, response.as_ref().ok());
             let response = response?;
-            let url = FinalUrl(response.url().clone());
-            let mut response = http::Response::from(response);
-            response.extensions_mut().insert(url);
-            Ok(response)
+            Ok(into_http(response))
         })
     }
 }

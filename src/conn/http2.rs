@@ -35,7 +35,16 @@ pub(crate) struct Seen {
     /// A `GOAWAY` whose last stream id was read in these bytes: the last
     /// one, if there were several.
     pub(crate) goaway: Option<u32>,
+    /// `RST_STREAM` frames with another error code than `CANCEL` (0x8), read
+    /// whole in these bytes. Off the client these are the resets h2 writes
+    /// by itself (for frames of streams it forgot, or that broke a rule),
+    /// the ones its limit on a connection's resets counts; a response body
+    /// dropped early is reset with `CANCEL`.
+    pub(crate) errors: u32,
 }
+
+/// The error code of a `RST_STREAM` that cancels a stream (RFC 9113 §7).
+const CANCEL: u32 = 0x8;
 
 /// Where the reader is in the byte stream.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -47,6 +56,9 @@ enum At {
     /// The first bytes of a `GOAWAY` payload read so far (into `head`),
     /// and the payload bytes after them.
     GoAway(usize, u32),
+    /// The bytes of a `RST_STREAM`'s error code read so far (into `head`),
+    /// and the payload bytes after them.
+    Reset(usize, u32),
     /// Payload bytes of the current frame still to skip.
     Payload(u32),
 }
@@ -133,6 +145,7 @@ impl Frames {
                     }
                     self.at = match (kind, len) {
                         (GOAWAY, len) if len >= 4 => At::GoAway(0, len - 4),
+                        (RST_STREAM, len) if len >= 4 => At::Reset(0, len - 4),
                         (_, 0) => At::Header(0),
                         (_, len) => At::Payload(len),
                     };
@@ -153,6 +166,29 @@ impl Frames {
                         self.head[3],
                     ]);
                     seen.goaway = Some(id & 0x7fff_ffff);
+                    self.at = match rest {
+                        0 => At::Header(0),
+                        rest => At::Payload(rest),
+                    };
+                }
+                At::Reset(have, rest) => {
+                    let take = (4 - have).min(bytes.len());
+                    self.head[have..have + take].copy_from_slice(&bytes[..take]);
+                    bytes = &bytes[take..];
+                    let have = have + take;
+                    if have < 4 {
+                        self.at = At::Reset(have, rest);
+                        continue;
+                    }
+                    let code = u32::from_be_bytes([
+                        self.head[0],
+                        self.head[1],
+                        self.head[2],
+                        self.head[3],
+                    ]);
+                    if code != CANCEL {
+                        seen.errors = seen.errors.saturating_add(1);
+                    }
                     self.at = match rest {
                         0 => At::Header(0),
                         rest => At::Payload(rest),
@@ -253,6 +289,30 @@ mod tests {
         let mut frames = Frames::client();
         let seen = frames.feed(&client);
         assert_eq!((seen.opened, seen.ended, frames.last_stream()), (1, 1, 7));
+    }
+
+    #[test]
+    fn resets_other_than_cancel_are_counted_whatever_the_split() {
+        let mut bytes = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        bytes.extend(frame(HEADERS, 0x5, 1, &[0x82]));
+        // The client's cancel of a body it dropped, then h2's own resets
+        // of frames of streams it forgot (STREAM_CLOSED, PROTOCOL_ERROR).
+        bytes.extend(frame(RST_STREAM, 0, 1, &[0, 0, 0, 8]));
+        bytes.extend(frame(RST_STREAM, 0, 1, &[0, 0, 0, 5]));
+        bytes.extend(frame(0x0, 0, 3, &[1; 40]));
+        bytes.extend(frame(RST_STREAM, 0, 3, &[0, 0, 0, 1]));
+        bytes.extend(frame(HEADERS, 0x5, 5, &[0x82]));
+        for step in 1..=bytes.len() {
+            let mut frames = Frames::client();
+            let (mut ended, mut errors, mut opened) = (0, 0, 0);
+            for chunk in bytes.chunks(step) {
+                let seen = frames.feed(chunk);
+                ended += seen.ended;
+                errors += seen.errors;
+                opened += seen.opened;
+            }
+            assert_eq!((ended, errors, opened), (3, 2, 2), "chunks of {step}");
+        }
     }
 
     #[test]

@@ -473,3 +473,12 @@ impl Retired {
 /// connection, and into the `Connected` of its errors: what the retry reads.
 #[derive(Clone, Debug)]
 pub(crate) struct LinkHandle(pub(crate) Arc<Link>);
+
+/// Response extension, put by a client whose HTTP/2 connections the guard
+/// cannot take out of the pool (reqwest): a body of this response dropped
+/// early may have its stream reset rather than drained, because the
+/// client's retry resends the idempotent requests that a connection ended
+/// by h2's own limit on resets fails (`ENHANCE_YOUR_CALM`,
+/// `too_many_internal_resets`).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ResetsResent;

@@ -175,15 +175,15 @@ impl<B> fmt::Debug for DrainBody<B> {
 /// Whether the response's stream may be reset rather than drained: it came
 /// over HTTP/2 on a connection a [`GuardedConnector`](crate::GuardedConnector)
 /// tracks, which counts the resets and leaves the pool long before h2's
-/// limit on them would end it.
+/// limit on them would end it; or through a client whose retry resends
+/// what that limit fails ([`ResetsResent`](crate::conn::ResetsResent)).
 fn resets_cheaply<B>(response: &Response<B>) -> bool {
     #[cfg(feature = "hyper-util")]
     {
+        let extensions = response.extensions();
         response.version() >= http::Version::HTTP_2
-            && response
-                .extensions()
-                .get::<crate::conn::LinkHandle>()
-                .is_some()
+            && (extensions.get::<crate::conn::LinkHandle>().is_some()
+                || extensions.get::<crate::conn::ResetsResent>().is_some())
     }
     #[cfg(not(feature = "hyper-util"))]
     {

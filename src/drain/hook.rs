@@ -148,10 +148,11 @@ pub enum SkipReason {
     /// An HTTP/2 response on a connection a
     /// [`GuardedConnector`](crate::GuardedConnector) tracks: its stream is
     /// reset, which costs no connection (the connector takes the
-    /// connection out of the pool after 512 resets, before h2's own limit
+    /// connection out of the pool after 768 resets h2 wrote itself, before h2's own limit
     /// on a connection's resets would end it and fail every request on
-    /// it). HTTP/2 bodies on untracked connections (reqwest) are drained
-    /// like HTTP/1 ones.
+    /// it). Over reqwest, whose connections the guard cannot take out of
+    /// the pool, the stream is reset too, and the guard's retry resends the
+    /// idempotent requests that h2's limit then fails.
     Http2,
     /// The known remaining length of the body exceeds `max_bytes`.
     TooLarge,

@@ -12,12 +12,15 @@
 //!
 //! When a [`DrainBody`] is dropped before its end:
 //!
-//! 1. HTTP/1 and HTTP/2 bodies are treated alike. Resetting one HTTP/2 stream
-//!    costs no connection, but the h2 crate closes its connection (failing
-//!    every request in flight on it) after too many streams reset by the
-//!    client (`too_many_internal_resets`, hyperium/h2#856): a stream read to
-//!    its end is never reset, so a drain within budget keeps the connection
-//!    healthy; past the budget the stream is reset.
+//! 1. An HTTP/2 body is reset, not drained ([`SkipReason::Http2`]), when
+//!    the guard can bear what that costs: resetting a stream costs no
+//!    connection, but the h2 crate ends its connection (failing every
+//!    request in flight on it) after too many resets it writes
+//!    (`too_many_internal_resets`, hyperium/h2#856). On a connection a
+//!    [`GuardedConnector`](crate::GuardedConnector) tracks, the connector
+//!    takes the connection out of the pool long before; over reqwest the
+//!    guard's retry resends the idempotent requests that limit fails. Other
+//!    HTTP/2 bodies are drained like HTTP/1 ones.
 //! 2. A body whose known remaining length (`Content-Length` minus what was
 //!    read, or the body's `size_hint`) exceeds `max_bytes` is dropped at once,
 //!    without reading it ([`SkipReason::TooLarge`]).

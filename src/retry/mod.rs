@@ -43,6 +43,13 @@
 //!   the first `GOAWAY` named a last stream and no stream the server took
 //!   was cut by the close; otherwise, and with reqwest, only an idempotent
 //!   one;
+//! - an idempotent request whose HTTP/2 connection h2 ended itself at its
+//!   limit on the resets it writes (`ENHANCE_YOUR_CALM`,
+//!   `too_many_internal_resets`, hyperium/h2#856): the request may have
+//!   been processed, so only an idempotent one. Over reqwest, whose
+//!   connections cannot leave the pool before that limit, this is what
+//!   lets the guard reset the streams of HTTP/2 bodies dropped early
+//!   instead of draining them;
 //! - a request **stranded** by hyper 1.12 (see below), failed with
 //!   [`Stranded`] when it may not be sent again;
 //! - a dial held for another's HTTP/2 connection that the request then

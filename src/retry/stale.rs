@@ -122,6 +122,16 @@ pub(crate) fn unprocessed(error: &(dyn Error + 'static)) -> Option<Unprocessed> 
                 connected = e.connect_info();
             }
             if let Some(h2) = e.downcast_ref::<h2::Error>() {
+                if h2.is_library()
+                    && h2.is_go_away()
+                    && h2.reason() == Some(h2::Reason::ENHANCE_YOUR_CALM)
+                {
+                    // h2 ended the connection itself, at its limit on the
+                    // resets it writes (`too_many_internal_resets`): the
+                    // request may have reached the server, like one a
+                    // server's `GOAWAY` failed.
+                    return Some(Unprocessed::GoAway);
+                }
                 if !h2.is_remote() {
                     return None;
                 }

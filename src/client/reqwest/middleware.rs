@@ -11,7 +11,7 @@ use reqwest_middleware::{Middleware, Next};
 use tower_layer::Layer;
 use tower_service::Service;
 
-use super::{call_reqwest, FinalUrl};
+use super::call_reqwest;
 use crate::guard::{PoolGuard, PoolGuardLayer};
 use crate::BoxError;
 
@@ -190,10 +190,7 @@ impl<'a> Service<http::Request<::reqwest::Body>> for RunNext<'a> {
             *lock(&shared) = extensions;
             book.settle(ticket, result.as_ref().ok());
             let response = result?;
-            let url = FinalUrl(response.url().clone());
-            let mut response = http::Response::from(response);
-            response.extensions_mut().insert(url);
-            Ok(response)
+            Ok(super::into_http(response))
         })
     }
 }
