@@ -177,6 +177,7 @@ pub struct PoolGuardBuilder {
     retry_budget: (f32, u32),
     honor_keep_alive: bool,
     lifecycle: crate::conn::lifecycle::Lifecycle,
+    adaptive: Option<crate::limit::Adaptive>,
 }
 
 impl Default for PoolGuardBuilder {
@@ -199,6 +200,7 @@ impl Default for PoolGuardBuilder {
             ),
             honor_keep_alive: true,
             lifecycle: crate::conn::lifecycle::Lifecycle::default(),
+            adaptive: None,
         }
     }
 }
@@ -366,6 +368,18 @@ impl PoolGuardBuilder {
         self
     }
 
+    /// Each host's request limit adapts between `adaptive`'s minimum and
+    /// `max_per_host` (or its override, or `max_streams_per_host` once the
+    /// host speaks HTTP/2), which stays the ceiling and, through
+    /// [`PoolGuard::connector`], the connection cap. See
+    /// [`Adaptive`](crate::limit::Adaptive) for how it moves; each host's
+    /// limit shows in [`HostSnapshot::limit`](crate::metrics::HostSnapshot::limit)
+    /// and, under the `metrics` feature, the `poolguard.limit` gauge.
+    pub fn adaptive(mut self, adaptive: crate::limit::Adaptive) -> Self {
+        self.adaptive = Some(adaptive);
+        self
+    }
+
     /// Builds the guard and its shared state.
     pub fn build(self) -> PoolGuard {
         let metrics = match self.name {
@@ -381,6 +395,18 @@ impl PoolGuardBuilder {
             .on_queue(metrics.clone());
         let limit = match self.max_total {
             Some(n) => limit.max_total(n),
+            None => limit,
+        };
+        let limit = match &self.adaptive {
+            Some(adaptive) => {
+                let metrics = metrics.clone();
+                let policy = adaptive
+                    .policy()
+                    .on_change(std::sync::Arc::new(move |host, n| {
+                        metrics.limit_changed(host, n)
+                    }));
+                limit.with_policy(std::sync::Arc::new(policy))
+            }
             None => limit,
         };
         #[cfg(feature = "hyper-util")]

@@ -502,6 +502,7 @@ where
             bounds: self.bounds,
             observer: None,
             overrides: self.overrides.clone(),
+            decider: None,
         };
         let pool_key = link.pool_key().clone();
         let total = self.total_cap();
@@ -1514,6 +1515,7 @@ mod tests {
             },
             observer: None,
             overrides: None,
+            decider: None,
         };
         let key = HostKey::from_uri(&Uri::from_static("http://h/")).unwrap();
         let Acquire::Ready(slot) = registry.acquire_dial(key, Arc::from("http://h"), &policy)

@@ -249,6 +249,18 @@ impl Stamp {
         Stamp { record, seq: 0 }
     }
 
+    /// Whether the response this stamp was copied into is its
+    /// connection's first: its request paid for the dial (and any TLS
+    /// handshake). Read before the metrics layer counts the response.
+    pub(crate) fn first_exchange(&self) -> bool {
+        let r = &self.record;
+        if r.is_http1() && self.seq > 0 {
+            self.seq <= 1
+        } else {
+            r.responses.load(Relaxed) == 0
+        }
+    }
+
     /// The exchange of the response this stamp was copied into.
     pub(crate) fn exchange(&self) -> Exchange {
         Exchange {

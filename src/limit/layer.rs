@@ -63,6 +63,7 @@ impl PerHostLimitLayer {
                     },
                     observer: None,
                     overrides: None,
+                    decider: None,
                 },
                 queue_timeout: Some(DEFAULT_QUEUE_TIMEOUT),
             }),
@@ -146,6 +147,20 @@ impl PerHostLimitLayer {
     /// remembered.
     pub fn max_streams_per_host(mut self, max_streams: usize) -> Self {
         self.config_mut().policy.bounds.max_streams = Some(max_streams);
+        self
+    }
+
+    /// Each host's limit adapts between `adaptive`'s minimum and the host's
+    /// `max_per_host` (or its override, or `max_streams_per_host` once it
+    /// speaks HTTP/2), which stays its ceiling: see [`Adaptive`](super::Adaptive).
+    /// Clones of the layer made after this call share the hosts' limits.
+    pub fn adaptive(self, adaptive: super::Adaptive) -> Self {
+        self.with_policy(Arc::new(adaptive.policy()))
+    }
+
+    /// Each host's limit decided by `decider`, within its bounds.
+    pub(crate) fn with_policy(mut self, decider: Arc<dyn super::policy::LimitPolicy>) -> Self {
+        self.config_mut().policy.decider = Some(decider);
         self
     }
 

@@ -81,8 +81,10 @@
 //! # }
 //! ```
 
+mod adaptive;
 mod body;
 pub(crate) mod layer;
+pub(crate) mod policy;
 pub(crate) mod registry;
 mod service;
 pub(crate) mod total;
@@ -91,6 +93,7 @@ pub mod error;
 pub mod future;
 mod observe;
 
+pub use self::adaptive::Adaptive;
 pub use self::body::ResponseBody;
 pub use self::error::{QueueFull, QueueTimeout};
 pub use self::layer::PerHostLimitLayer;

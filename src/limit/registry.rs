@@ -17,6 +17,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::observe::{QueueEvent, QueueHook};
+use super::policy::{LimitPolicy, Sample};
 #[cfg(feature = "hyper-util")]
 use crate::conn::{Link, Phase};
 use crate::key::{BuildKeyHasher, HostKey, HostMemo};
@@ -86,6 +87,9 @@ pub(crate) struct Policy {
     pub(crate) observer: Option<QueueHook>,
     /// `max_per_host` of named hosts, every port and scheme of them.
     pub(crate) overrides: Option<Arc<Overrides>>,
+    /// What decides each host's limit below its bounds (`None`: the
+    /// bounds themselves, the static policy).
+    pub(crate) decider: Option<Arc<dyn LimitPolicy>>,
 }
 
 /// Per-host limits of named hosts, by the host part of their key.
@@ -144,6 +148,8 @@ struct Host {
     tls: bool,
     /// Waiters, first come first served; empty whenever a slot is free.
     waiters: VecDeque<Arc<Grant>>,
+    /// The limit a policy set below the bounds (0: none).
+    cap: u32,
     /// A connector's connections to the host (one per slot that has one),
     /// to wake when a dial for another pool key must wait.
     #[cfg(feature = "hyper-util")]
@@ -169,6 +175,9 @@ struct Grant {
     pool_key: Option<Arc<str>>,
     /// Dropped from a full queue to make room for a newer dial.
     evicted: AtomicBool,
+    /// The host's limit when the slot was handed over (its in flight then,
+    /// with this one), for the sample a policy is told of.
+    limit: AtomicUsize,
 }
 
 /// The result of [`Registry::acquire`].
@@ -222,19 +231,31 @@ impl Registry {
         let mut state = self.state();
         let host = match state.hosts.get_mut(&key) {
             Some(host) => host,
-            None => state.open(&key),
+            None => {
+                let host = state.open(&key);
+                if let Some(decider) = &policy.decider {
+                    let ceiling = bounds.slots_for(host.proto, host.tls);
+                    host.cap = small(decider.limit(&key, ceiling));
+                }
+                host
+            }
         };
         host.slots = HostSlots::of(bounds);
         let proto = host.proto;
-        if host.taken < bounds.slots_for(proto, host.tls) {
+        let limit = host.limit();
+        if host.taken < limit {
             // No waiters here: they exist only while every slot is taken.
             host.taken += 1;
+            let in_flight = host.taken;
+            let ceiling = host.ceiling();
             drop(state);
             self.in_flight.fetch_add(1, Ordering::Relaxed);
             let mut slot = Slot::new(key, self.clone(), Duration::ZERO);
             slot.proto = proto;
+            slot.sampling = Sampling::start(policy, in_flight, limit, ceiling);
             return Acquire::Ready(slot);
         }
+        let full = (limit, host.ceiling());
         // A connector's queue drops its oldest dial instead: hyper-util
         // leaves a dial that lost the race to a pool checkout running in
         // the background, waiting here for nobody, and the oldest waiter
@@ -284,6 +305,8 @@ impl Registry {
             registry: self.clone(),
             observer: policy.observer.clone(),
             since: Instant::now(),
+            decider: policy.decider.clone(),
+            full,
         })
     }
 
@@ -302,6 +325,7 @@ impl Registry {
         // it may now (its protocol changed).
         if host.taken <= host.limit() {
             if let Some(next) = host.waiters.pop_front() {
+                next.limit.store(host.limit(), Ordering::Relaxed);
                 next.granted.store(true, Ordering::Release);
                 next.notify.notify_one();
                 return;
@@ -330,12 +354,33 @@ impl Registry {
                 break;
             };
             host.taken += 1;
+            next.limit.store(limit, Ordering::Relaxed);
             next.granted.store(true, Ordering::Release);
             next.notify.notify_one();
         }
     }
 
-    /// Hosts with something in flight or queued.
+    /// A policy set `key`'s limit to `limit`: when that lets more requests
+    /// in, waiters get the new slots at once; a lower limit takes slots
+    /// back as requests end (none is cut).
+    fn set_cap(&self, key: &HostKey, limit: usize) {
+        let mut state = self.state();
+        let Some(host) = state.hosts.get_mut(key) else {
+            return;
+        };
+        host.cap = small(limit);
+        let limit = host.limit();
+        while host.taken < limit {
+            let Some(next) = host.waiters.pop_front() else {
+                break;
+            };
+            host.taken += 1;
+            next.limit.store(limit, Ordering::Relaxed);
+            next.granted.store(true, Ordering::Release);
+            next.notify.notify_one();
+        }
+    }
+
     /// `close_idle`: every connection of the registry that is idle now is
     /// asked to close (HTTP/1 connections between exchanges, and HTTP/2
     /// ones, which close if no stream is open when they look). Returns how
@@ -488,10 +533,25 @@ impl Host {
         }
     }
 
-    /// Slots the host may hold now.
+    /// Slots the host may hold now: its bounds, and below them its
+    /// policy's limit.
     fn limit(&self) -> usize {
+        let ceiling = self.ceiling();
+        match self.cap {
+            0 => ceiling,
+            cap => ceiling.min(usize::try_from(cap).unwrap_or(usize::MAX)),
+        }
+    }
+
+    /// Slots the host's bounds allow (a policy's ceiling).
+    fn ceiling(&self) -> usize {
         self.slots.for_proto(self.proto, self.tls)
     }
+}
+
+/// `n` (at least 1) as a host's small count; past `u32::MAX`, `u32::MAX`.
+fn small(n: usize) -> u32 {
+    u32::try_from(n.max(1)).unwrap_or(u32::MAX)
 }
 
 /// A host's slot counts of [`Bounds`], kept small: they live in every
@@ -567,6 +627,9 @@ pub(crate) struct Slot {
     total: Option<Box<Slot>>,
     /// The host's protocol when the slot was taken.
     proto: Proto,
+    /// The start of the sample a policy is told of (only under a policy
+    /// that reads samples).
+    sampling: Option<Box<Sampling>>,
     /// The connection holding the slot (a connector's slot).
     #[cfg(feature = "hyper-util")]
     link: Option<Arc<Link>>,
@@ -583,6 +646,7 @@ impl Slot {
             waited,
             total: None,
             proto: Proto::Unknown,
+            sampling: None,
             #[cfg(feature = "hyper-util")]
             link: None,
             #[cfg(feature = "hyper-util")]
@@ -615,6 +679,29 @@ impl Slot {
         self.proto = proto;
         if let Some(key) = &self.key {
             self.registry.learn(key, proto);
+        }
+    }
+
+    /// The slot's request got its response head: the host's policy, if it
+    /// reads samples, is told how long the request took since it got the
+    /// slot, and its answer applies at once. `dialed`: the request paid
+    /// for a new connection.
+    pub(crate) fn sample(&mut self, status: http::StatusCode, headers: &http::HeaderMap, dialed: bool) {
+        let Some(start) = self.sampling.take() else {
+            return;
+        };
+        let Some(key) = &self.key else { return };
+        let (overloaded, retry_after) = Sample::read(status, headers);
+        let sample = Sample {
+            latency: start.granted.elapsed(),
+            in_flight: start.in_flight,
+            limit: start.limit,
+            dialed,
+            overloaded,
+            retry_after,
+        };
+        if let Some(limit) = start.decider.sample(key, &sample, start.ceiling) {
+            self.registry.set_cap(key, limit);
         }
     }
 
@@ -733,6 +820,52 @@ pub(crate) struct Waiter {
     registry: Arc<Registry>,
     observer: Option<QueueHook>,
     since: Instant,
+    /// The policy the slot's sample goes to.
+    decider: Option<Arc<dyn LimitPolicy>>,
+    /// The host's limit and ceiling when it queued (full: its in flight
+    /// is its limit).
+    full: (usize, usize),
+}
+
+/// Where a sample for a host's policy starts.
+struct Sampling {
+    decider: Arc<dyn LimitPolicy>,
+    granted: Instant,
+    in_flight: usize,
+    limit: usize,
+    ceiling: usize,
+}
+
+impl std::fmt::Debug for Sampling {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sampling")
+            .field("in_flight", &self.in_flight)
+            .field("limit", &self.limit)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Sampling {
+    /// A sample that starts now, if `policy` has a policy that reads them.
+    fn start(policy: &Policy, in_flight: usize, limit: usize, ceiling: usize) -> Option<Box<Self>> {
+        Self::of(policy.decider.as_ref(), in_flight, limit, ceiling)
+    }
+
+    fn of(
+        decider: Option<&Arc<dyn LimitPolicy>>,
+        in_flight: usize,
+        limit: usize,
+        ceiling: usize,
+    ) -> Option<Box<Self>> {
+        let decider = decider.filter(|d| d.wants_samples())?;
+        Some(Box::new(Sampling {
+            decider: decider.clone(),
+            granted: Instant::now(),
+            in_flight,
+            limit,
+            ceiling,
+        }))
+    }
 }
 
 /// Why a waiter got no slot.
@@ -816,7 +949,14 @@ impl Waiter {
         if let Some(m) = &self.observer {
             m.tell(QueueEvent::Admitted { waited });
         }
-        Slot::new(self.key.clone(), self.registry.clone(), waited)
+        let mut slot = Slot::new(self.key.clone(), self.registry.clone(), waited);
+        let (queued_at, ceiling) = self.full;
+        let limit = match self.grant.limit.load(Ordering::Relaxed) {
+            0 => queued_at,
+            limit => limit,
+        };
+        slot.sampling = Sampling::of(self.decider.as_ref(), limit, limit, ceiling);
+        slot
     }
 }
 

@@ -44,6 +44,7 @@ impl TotalCap {
                 },
                 observer,
                 overrides: None,
+                decider: None,
             },
         })
     }

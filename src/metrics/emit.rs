@@ -15,6 +15,7 @@
 //! | `poolguard.retries` | counter | `{request}` | `poolguard.retry.result` (`retrying`, `succeeded`, `failed`) |
 //! | `poolguard.retries.not_processed` | counter | `{request}` | — |
 //! | `poolguard.queue.full` / `.timeouts` / `.cancelled` | counter | `{request}` | — |
+//! | `poolguard.limit` | gauge | `{request}` | `server.address`, `server.port`, `url.scheme` (under an adaptive limit: the host's limit now) |
 //!
 //! Every metric also carries `poolguard.guard` when the guard has a name
 //! ([`Metrics::named`](super::Metrics::named)). Counters are incremented,
@@ -49,6 +50,7 @@ const RETRIES_NOT_PROCESSED: &str = "poolguard.retries.not_processed";
 const QUEUE_FULL: &str = "poolguard.queue.full";
 const QUEUE_TIMEOUTS: &str = "poolguard.queue.timeouts";
 const QUEUE_CANCELLED: &str = "poolguard.queue.cancelled";
+const LIMIT: &str = "poolguard.limit";
 
 /// Describes every metric (name, unit, help) to the installed recorder.
 /// Done by each guard at its first event (describing again is harmless):
@@ -56,6 +58,11 @@ const QUEUE_CANCELLED: &str = "poolguard.queue.cancelled";
 /// description from it.
 fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram};
+    describe_gauge!(
+        LIMIT,
+        Unit::Count,
+        "Requests a host may have in flight now, under an adaptive limit."
+    );
     describe_gauge!(
         OPEN_CONNECTIONS,
         Unit::Count,
@@ -289,6 +296,19 @@ impl Emitter {
                 duration.record(elapsed.as_secs_f64());
             }
         }
+    }
+
+    /// `host`'s adaptive limit is `limit` now.
+    pub(crate) fn limit(&self, host: &HostKey, own_row: bool, limit: usize) {
+        let _ = self.handles();
+        let mut labels = self.base();
+        let address = if own_row { host.host() } else { "other" };
+        labels.push(Label::new("server.address", address.to_owned()));
+        labels.push(Label::new("server.port", host.port().to_string()));
+        labels.push(Label::new("url.scheme", host.scheme().to_owned()));
+        // Changes at most once per window (25 ms) per host: a key per
+        // change is cheap enough.
+        metrics::gauge!(LIMIT, labels.iter()).set(limit as f64);
     }
 
     /// A connection was dialed whose life is not followed (reqwest's).

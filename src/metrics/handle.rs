@@ -191,6 +191,18 @@ impl Metrics {
         }
     }
 
+    /// `host`'s adaptive limit moved to `limit`: in its row of the
+    /// snapshot, and in the `poolguard.limit` gauge.
+    pub(crate) fn limit_changed(&self, host: &crate::HostKey, limit: usize) {
+        let (row, own) = self.inner.hosts.row(host);
+        row.limit
+            .store(limit, std::sync::atomic::Ordering::Relaxed);
+        #[cfg(feature = "metrics")]
+        self.inner.emit.limit(host, own, limit);
+        #[cfg(not(feature = "metrics"))]
+        let _ = own;
+    }
+
     /// The per-host dial costs the connectors report here.
     pub(crate) fn dial_costs(&self) -> &Arc<crate::conn::DialCosts> {
         &self.inner.dial_costs

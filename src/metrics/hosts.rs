@@ -16,6 +16,8 @@ pub(crate) struct HostCounters {
     pub(crate) reused: AtomicU64,
     pub(crate) opened: AtomicU64,
     pub(crate) closed: AtomicU64,
+    /// The host's adaptive limit (0: none).
+    pub(crate) limit: std::sync::atomic::AtomicUsize,
 }
 
 /// The first [`MAX_HOSTS`] hosts seen, each with its counters, and one row
@@ -50,6 +52,7 @@ impl HostTable {
             reused: c.reused.load(Relaxed),
             connections_opened: c.opened.load(Relaxed),
             connections_closed: c.closed.load(Relaxed),
+            limit: Some(c.limit.load(Relaxed)).filter(|n| *n > 0),
         };
         let rows = self.rows.lock().unwrap_or_else(PoisonError::into_inner);
         let mut out: Vec<HostSnapshot> =

@@ -162,6 +162,9 @@ pub struct HostSnapshot {
     pub connections_opened: u64,
     /// Connections closed.
     pub connections_closed: u64,
+    /// The host's request limit now, under an adaptive limit
+    /// ([`Adaptive`](crate::limit::Adaptive)); `None` without one.
+    pub limit: Option<usize>,
     /// What a new connection to this host costs, as the connector timed
     /// its dials (connect and TLS handshake; an exponentially weighted
     /// mean), if one was timed: the price a guard's drain weighs.
