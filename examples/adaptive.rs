@@ -82,22 +82,36 @@ async fn serve(overload: bool) -> Server {
     tokio::spawn(async move {
         let start = Arc::new(Mutex::new(None::<Instant>));
         loop {
-            let Ok((stream, _)) = listener.accept().await else { return };
-            let (seen, workers, waiting, start) =
-                (seen.clone(), workers.clone(), waiting.clone(), start.clone());
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let (seen, workers, waiting, start) = (
+                seen.clone(),
+                workers.clone(),
+                waiting.clone(),
+                start.clone(),
+            );
             tokio::spawn(async move {
                 let svc = service_fn(move |_req: hyper::Request<hyper::body::Incoming>| {
-                    let (seen, workers, waiting, start) =
-                        (seen.clone(), workers.clone(), waiting.clone(), start.clone());
+                    let (seen, workers, waiting, start) = (
+                        seen.clone(),
+                        workers.clone(),
+                        waiting.clone(),
+                        start.clone(),
+                    );
                     async move {
                         let t0 = *start.lock().expect("lock").get_or_insert_with(Instant::now);
                         let arrived = Instant::now();
                         let (phase, counted) = phase_of(arrived - t0);
-                        if overload && waiting.load(Ordering::Relaxed) >= QUEUE_BOUND && workers.available_permits() == 0 {
+                        if overload
+                            && waiting.load(Ordering::Relaxed) >= QUEUE_BOUND
+                            && workers.available_permits() == 0
+                        {
                             if counted {
                                 seen.rejected[phase].fetch_add(1, Ordering::Relaxed);
                             }
-                            let mut r = hyper::Response::new(Full::new(Bytes::from_static(b"busy")));
+                            let mut r =
+                                hyper::Response::new(Full::new(Bytes::from_static(b"busy")));
                             *r.status_mut() = hyper::StatusCode::SERVICE_UNAVAILABLE;
                             return Ok::<_, Infallible>(r);
                         }
@@ -162,7 +176,9 @@ async fn run(name: &str, guard: PoolGuard, overload: bool) -> Outcome {
         let (mut svc, uri, stop, errors) = (svc.clone(), uri.clone(), stop.clone(), errors.clone());
         tasks.push(tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
-                let req = hyper::Request::get(uri.clone()).body(Empty::<Bytes>::new()).expect("request");
+                let req = hyper::Request::get(uri.clone())
+                    .body(Empty::<Bytes>::new())
+                    .expect("request");
                 let ok = match svc.ready().await {
                     Ok(s) => match s.call(req).await {
                         Ok(r) => r.into_body().collect().await.is_ok(),
@@ -244,12 +260,19 @@ fn chart(path: &str, adaptive: &Outcome) -> Result<(), Box<dyn std::error::Error
     root.fill(&WHITE)?;
     let secs = PHASE.as_secs_f64() * 3.0;
     let mut chart = ChartBuilder::on(&root)
-        .caption("adaptive limit (blue) and the server's workers C (red)", ("sans-serif", 18))
+        .caption(
+            "adaptive limit (blue) and the server's workers C (red)",
+            ("sans-serif", 18),
+        )
         .margin(10)
         .x_label_area_size(30)
         .y_label_area_size(40)
         .build_cartesian_2d(0.0..secs, 0usize..40usize)?;
-    chart.configure_mesh().x_desc("s").y_desc("requests").draw()?;
+    chart
+        .configure_mesh()
+        .x_desc("s")
+        .y_desc("requests")
+        .draw()?;
     let mut c_line = Vec::new();
     for (i, &c) in PHASES.iter().enumerate() {
         let t = PHASE.as_secs_f64() * i as f64;
@@ -257,7 +280,10 @@ fn chart(path: &str, adaptive: &Outcome) -> Result<(), Box<dyn std::error::Error
         c_line.push((t + PHASE.as_secs_f64(), c));
     }
     chart.draw_series(std::iter::once(PathElement::new(c_line, RED)))?;
-    chart.draw_series(std::iter::once(PathElement::new(adaptive.trace.clone(), BLUE)))?;
+    chart.draw_series(std::iter::once(PathElement::new(
+        adaptive.trace.clone(),
+        BLUE,
+    )))?;
     root.present()?;
     Ok(())
 }
@@ -317,7 +343,7 @@ async fn main() {
     }
     if let Some(adaptive) = outcomes.iter().find(|o| o.name.starts_with("adaptive")) {
         // Against the best static N of each phase.
-        for i in 0..3 {
+        for (i, c) in PHASES.iter().enumerate() {
             let best = outcomes
                 .iter()
                 .filter(|o| !o.name.starts_with("adaptive"))
@@ -325,7 +351,7 @@ async fn main() {
                 .fold(0.0, f64::max);
             println!(
                 "phase C={}: adaptive {:.0} req/s = {:.2}x the best static ({:.0}); limit trace: {}",
-                PHASES[i],
+                c,
                 adaptive.rates[i],
                 adaptive.rates[i] / best.max(1.0),
                 best,

@@ -296,7 +296,11 @@ impl Controller {
             Some(base) if !reached || limit <= min => base + (mean - base) * BASE_RISE,
             Some(base) => base,
         };
-        let base = if base > 0.0 { base } else { mean.max(f64::MIN_POSITIVE) };
+        let base = if base > 0.0 {
+            base
+        } else {
+            mean.max(f64::MIN_POSITIVE)
+        };
         self.base = Some(base);
         let ratio = mean / base;
         if ratio > QUEUE_AT {
@@ -424,7 +428,8 @@ mod tests {
             },
             1,
             64,
-        ).await;
+        )
+        .await;
         assert!(limit >= before, "{before} -> {limit}");
     }
 
@@ -460,6 +465,8 @@ mod tests {
             let limit = window(&mut c, 10, server(1, 5), 3, 16).await;
             assert!((3..=16).contains(&limit), "{limit}");
         }
-        assert_eq!(c.current(3, 16), 3);
+        // At the minimum the base may rise (the host may have slowed for
+        // good), so the limit probes one above it now and then.
+        assert!((3..=4).contains(&c.current(3, 16)));
     }
 }

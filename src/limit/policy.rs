@@ -56,7 +56,10 @@ pub(crate) struct Sample {
 
 impl Sample {
     /// What a response with `status` and `headers` says beyond its latency.
-    pub(crate) fn read(status: http::StatusCode, headers: &http::HeaderMap) -> (bool, Option<Duration>) {
+    pub(crate) fn read(
+        status: http::StatusCode,
+        headers: &http::HeaderMap,
+    ) -> (bool, Option<Duration>) {
         let overloaded = status == http::StatusCode::TOO_MANY_REQUESTS
             || status == http::StatusCode::SERVICE_UNAVAILABLE;
         if !overloaded {

@@ -686,7 +686,12 @@ impl Slot {
     /// reads samples, is told how long the request took since it got the
     /// slot, and its answer applies at once. `dialed`: the request paid
     /// for a new connection.
-    pub(crate) fn sample(&mut self, status: http::StatusCode, headers: &http::HeaderMap, dialed: bool) {
+    pub(crate) fn sample(
+        &mut self,
+        status: http::StatusCode,
+        headers: &http::HeaderMap,
+        dialed: bool,
+    ) {
         let Some(start) = self.sampling.take() else {
             return;
         };

@@ -648,3 +648,89 @@ async fn max_total_caps_requests_across_hosts() {
     assert_eq!(layer.in_flight(), 0, "every host slot given back");
     assert_eq!(layer.hosts_tracked(), 0);
 }
+
+/// A policy that sets every host's limit from a shared number, and
+/// counts the samples it is told of.
+#[derive(Debug, Default)]
+struct Fixed {
+    limit: std::sync::atomic::AtomicUsize,
+    next: std::sync::atomic::AtomicUsize,
+    samples: std::sync::atomic::AtomicUsize,
+}
+
+impl super::policy::LimitPolicy for Fixed {
+    fn limit(&self, _key: &crate::HostKey, ceiling: usize) -> usize {
+        self.limit
+            .load(std::sync::atomic::Ordering::SeqCst)
+            .clamp(1, ceiling)
+    }
+    fn sample(
+        &self,
+        _key: &crate::HostKey,
+        _sample: &super::policy::Sample,
+        ceiling: usize,
+    ) -> Option<usize> {
+        self.samples
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        match self.next.load(std::sync::atomic::Ordering::SeqCst) {
+            0 => None,
+            n => Some(n.clamp(1, ceiling)),
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_policy_sets_the_limit_below_the_ceiling_and_raises_it_at_once() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let policy = std::sync::Arc::new(Fixed::default());
+    policy.limit.store(2, SeqCst);
+    let layer = PerHostLimitLayer::new(10).with_policy(policy.clone());
+    let (mut svc, mut handle) = limited(&layer);
+
+    let mut a = start(&mut svc, "http://h/a").await;
+    let mut b = start(&mut svc, "http://h/b").await;
+    let mut c = start(&mut svc, "http://h/c").await;
+    let mut d = start(&mut svc, "http://h/d").await;
+    assert_pending!(a.poll());
+    assert_pending!(b.poll());
+    assert_pending!(c.poll());
+    assert_pending!(d.poll());
+    // The policy's 2, not the ceiling's 10.
+    assert_eq!((layer.in_flight(), layer.queued()), (2, 2));
+
+    // The first answer tells the policy, which raises the limit to 4: both
+    // waiters get slots at once, while a's body still holds its own.
+    policy.next.store(4, SeqCst);
+    answer(&mut handle, some_data()).await;
+    let ra = assert_ready!(a.poll()).unwrap();
+    assert_eq!(policy.samples.load(SeqCst), 1);
+    assert!(c.is_woken() && d.is_woken(), "both waiters are woken");
+    assert_pending!(c.poll());
+    assert_pending!(d.poll());
+    assert_eq!((layer.in_flight(), layer.queued()), (4, 0));
+
+    // Lowered to 1: nothing in flight is cut; slots come back as bodies
+    // end, and none is handed on while the host holds more than 1.
+    policy.next.store(1, SeqCst);
+    answer(&mut handle, some_data()).await;
+    let rb = assert_ready!(b.poll()).unwrap();
+    assert_eq!(layer.in_flight(), 4);
+    let mut e = start(&mut svc, "http://h/e").await;
+    assert_pending!(e.poll());
+    drop(ra);
+    drop(rb);
+    assert_eq!((layer.in_flight(), layer.queued()), (2, 1));
+    answer(&mut handle, some_data()).await;
+    answer(&mut handle, some_data()).await;
+    drop(assert_ready!(c.poll()).unwrap());
+    // d still holds its slot, the limit's 1: e waits.
+    assert_eq!((layer.in_flight(), layer.queued()), (1, 1));
+    assert_pending!(e.poll());
+    drop(assert_ready!(d.poll()).unwrap());
+    // d's slot goes to e.
+    assert!(e.is_woken());
+    assert_pending!(e.poll());
+    assert_eq!((layer.in_flight(), layer.queued()), (1, 0));
+    answer(&mut handle, some_data()).await;
+    assert_ready!(e.poll()).unwrap();
+}

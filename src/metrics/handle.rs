@@ -195,8 +195,7 @@ impl Metrics {
     /// snapshot, and in the `poolguard.limit` gauge.
     pub(crate) fn limit_changed(&self, host: &crate::HostKey, limit: usize) {
         let (row, own) = self.inner.hosts.row(host);
-        row.limit
-            .store(limit, std::sync::atomic::Ordering::Relaxed);
+        row.limit.store(limit, std::sync::atomic::Ordering::Relaxed);
         #[cfg(feature = "metrics")]
         self.inner.emit.limit(host, own, limit);
         #[cfg(not(feature = "metrics"))]
