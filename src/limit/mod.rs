@@ -30,6 +30,26 @@
 //!   `call`. The inner service must be `Clone`: a request that has to wait
 //!   takes the service that was made ready into its response future.
 //!
+//! # Policies: how many per host
+//!
+//! The mechanism is one: the FIFO queue, the slot carried in the body, the
+//! cap across hosts and a connector's connection cap. How many requests a
+//! host may have in flight is a policy's, below the host's ceiling
+//! (`max_per_host`, its override, or `max_streams_per_host` once it speaks
+//! HTTP/2). The static policy is the ceiling itself; [`Adaptive`] moves
+//! each host's limit from the latency and overload answers it samples
+//! ([`PerHostLimitLayer::adaptive`]).
+//!
+//! A new policy (the fleet budget next) implements the crate's
+//! `limit::policy::LimitPolicy`: `limit(host, ceiling)` when the registry
+//! starts to track a host, and `sample(host, sample, ceiling)` for each
+//! request's response head (its latency from its slot, the host's in
+//! flight and limit then, whether it dialed, `429`/`503` and
+//! `Retry-After`), returning a new limit when it changes. The registry
+//! applies that at once: a higher limit hands slots to waiters, a lower one
+//! takes slots back only as requests end. A policy that reads no samples
+//! says so (`wants_samples`), and its requests read no clock.
+//!
 //! # Differences from `tower::limit::ConcurrencyLimit`
 //!
 //! tower's limit is global, applies backpressure in `poll_ready`, and frees
