@@ -54,8 +54,6 @@ struct Server {
     addr: SocketAddr,
     seen: Arc<Seen>,
     workers: Arc<Semaphore>,
-    waiting: Arc<AtomicUsize>,
-    overload: bool,
 }
 
 /// The phase `since` is in, and whether it is past the phase's first
@@ -76,8 +74,6 @@ async fn serve(overload: bool) -> Server {
         addr,
         seen: seen.clone(),
         workers: workers.clone(),
-        waiting: waiting.clone(),
-        overload,
     };
     tokio::spawn(async move {
         let start = Arc::new(Mutex::new(None::<Instant>));
@@ -219,7 +215,6 @@ async fn run(name: &str, guard: PoolGuard, overload: bool) -> Outcome {
     for t in tasks {
         let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
     }
-    let _ = server.waiting.load(Ordering::Relaxed);
     let counted = (PHASE - Duration::from_secs(1)).as_secs_f64();
     let mut rates = [0.0; 3];
     let mut p99_ms = [0.0; 3];
@@ -234,7 +229,6 @@ async fn run(name: &str, guard: PoolGuard, overload: bool) -> Outcome {
             p99_ms[i] = w[at.saturating_sub(1).min(w.len() - 1)] as f64 / 1000.0;
         }
     }
-    let _ = server.overload;
     Outcome {
         name: name.to_owned(),
         rates,

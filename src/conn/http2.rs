@@ -1,10 +1,10 @@
 //! HTTP/2 frame headers read off one direction of a connection: enough to
-//! see a stream open and a `GOAWAY` arrive, and no more.
+//! see a stream open or reset and a `GOAWAY` arrive, and no more.
 //!
 //! Only the 9-byte frame header is read (RFC 9113 §4.1: a 24-bit payload
 //! length, the type, the flags, a reserved bit and the 31-bit stream id),
 //! and of a payload only the first 4 bytes of a `GOAWAY` (its last stream
-//! id). No HPACK, no validation: hyper's h2 reads the frames for real, and
+//! id) or of a `RST_STREAM` (its error code). No HPACK, no validation: hyper's h2 reads the frames for real, and
 //! ends the connection on anything malformed; what the reader sees of a
 //! stream of frames that h2 accepts is exact.
 
@@ -53,12 +53,10 @@ enum At {
     Preface(usize),
     /// Bytes of a frame header read so far (into `head`).
     Header(usize),
-    /// The first bytes of a `GOAWAY` payload read so far (into `head`),
-    /// and the payload bytes after them.
-    GoAway(usize, u32),
-    /// The bytes of a `RST_STREAM`'s error code read so far (into `head`),
-    /// and the payload bytes after them.
-    Reset(usize, u32),
+    /// The first 4 bytes of the payload of a frame of the given type read
+    /// so far (into `head`), and the payload bytes after them: a
+    /// `GOAWAY`'s last stream id, or a `RST_STREAM`'s error code.
+    Word(u8, usize, u32),
     /// Payload bytes of the current frame still to skip.
     Payload(u32),
 }
@@ -144,49 +142,29 @@ impl Frames {
                         seen.ended = seen.ended.saturating_add(1);
                     }
                     self.at = match (kind, len) {
-                        (GOAWAY, len) if len >= 4 => At::GoAway(0, len - 4),
-                        (RST_STREAM, len) if len >= 4 => At::Reset(0, len - 4),
+                        (GOAWAY | RST_STREAM, len) if len >= 4 => At::Word(kind, 0, len - 4),
                         (_, 0) => At::Header(0),
                         (_, len) => At::Payload(len),
                     };
                 }
-                At::GoAway(have, rest) => {
+                At::Word(kind, have, rest) => {
                     let take = (4 - have).min(bytes.len());
                     self.head[have..have + take].copy_from_slice(&bytes[..take]);
                     bytes = &bytes[take..];
                     let have = have + take;
                     if have < 4 {
-                        self.at = At::GoAway(have, rest);
+                        self.at = At::Word(kind, have, rest);
                         continue;
                     }
-                    let id = u32::from_be_bytes([
+                    let word = u32::from_be_bytes([
                         self.head[0],
                         self.head[1],
                         self.head[2],
                         self.head[3],
                     ]);
-                    seen.goaway = Some(id & 0x7fff_ffff);
-                    self.at = match rest {
-                        0 => At::Header(0),
-                        rest => At::Payload(rest),
-                    };
-                }
-                At::Reset(have, rest) => {
-                    let take = (4 - have).min(bytes.len());
-                    self.head[have..have + take].copy_from_slice(&bytes[..take]);
-                    bytes = &bytes[take..];
-                    let have = have + take;
-                    if have < 4 {
-                        self.at = At::Reset(have, rest);
-                        continue;
-                    }
-                    let code = u32::from_be_bytes([
-                        self.head[0],
-                        self.head[1],
-                        self.head[2],
-                        self.head[3],
-                    ]);
-                    if code != CANCEL {
+                    if kind == GOAWAY {
+                        seen.goaway = Some(word & 0x7fff_ffff);
+                    } else if word != CANCEL {
                         seen.errors = seen.errors.saturating_add(1);
                     }
                     self.at = match rest {

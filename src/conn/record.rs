@@ -130,6 +130,18 @@ impl Record {
         self.link.phase().is_http1()
     }
 
+    /// Which request of the connection the response to exchange `seq`
+    /// answers, `previous` responses having come before it: on HTTP/1 the
+    /// exchange's number says it all; once the connection multiplexes (or
+    /// left HTTP), the responses seen count.
+    fn request_number(&self, seq: u64, previous: u64) -> u64 {
+        if self.is_http1() && seq > 0 {
+            seq
+        } else {
+            previous.saturating_add(1)
+        }
+    }
+
     /// The IO saw the connection start an exchange (`busy`) or fall idle,
     /// speaking HTTP/1 or not (`http1`).
     pub(crate) fn on_state(&self, busy: bool, http1: bool) {
@@ -254,11 +266,7 @@ impl Stamp {
     /// handshake). Read before the metrics layer counts the response.
     pub(crate) fn first_exchange(&self) -> bool {
         let r = &self.record;
-        if r.is_http1() && self.seq > 0 {
-            self.seq <= 1
-        } else {
-            r.responses.load(Relaxed) == 0
-        }
+        r.request_number(self.seq, r.responses.load(Relaxed)) <= 1
     }
 
     /// The exchange of the response this stamp was copied into.
@@ -304,13 +312,7 @@ impl Exchange {
     pub(crate) fn respond(&self, started: u64) -> Responded {
         let r = &self.record;
         let previous = r.responses.fetch_add(1, Relaxed);
-        // On HTTP/1 the exchange's number says it all; once the connection
-        // multiplexes (or left HTTP), the responses seen count.
-        let requests = if r.is_http1() && self.seq > 0 {
-            self.seq
-        } else {
-            previous.saturating_add(1)
-        };
+        let requests = r.request_number(self.seq, previous);
         let reused = requests > 1;
         let idle_since = r.idle_since.load(Relaxed);
         let idle_for = (reused && idle_since > 0)

@@ -164,38 +164,46 @@ impl AdaptivePolicy {
 impl LimitPolicy for AdaptivePolicy {
     fn limit(&self, key: &HostKey, ceiling: usize) -> usize {
         let (min, ceiling) = self.bounds(ceiling);
-        let mut hosts = self.hosts.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(host) = hosts.get_mut(key) {
-            return host.current(min, ceiling);
-        }
-        let start = self.config.initial.unwrap_or(min).clamp(min, ceiling);
-        hosts.insert(key, Controller::new(start, Instant::now()));
-        drop(hosts);
-        if let Some(tell) = &self.on_change {
-            tell(key, start);
-        }
-        start
+        self.with_host(key, min, ceiling, |host, _| host.current(min, ceiling))
     }
 
     fn sample(&self, key: &HostKey, sample: &Sample, ceiling: usize) -> Option<usize> {
         let (min, ceiling) = self.bounds(ceiling);
-        let now = Instant::now();
-        let mut hosts = self.hosts.lock().unwrap_or_else(PoisonError::into_inner);
-        let changed = match hosts.get_mut(key) {
-            Some(host) => host.sample(sample, now, min, ceiling),
-            None => {
-                let start = self.config.initial.unwrap_or(min).clamp(min, ceiling);
-                let mut host = Controller::new(start, now);
-                let changed = host.sample(sample, now, min, ceiling);
-                hosts.insert(key, host);
-                changed
-            }
-        };
-        drop(hosts);
+        let changed = self.with_host(key, min, ceiling, |host, now| {
+            host.sample(sample, now, min, ceiling)
+        });
         if let (Some(limit), Some(tell)) = (changed, &self.on_change) {
             tell(key, limit);
         }
         changed
+    }
+}
+
+impl AdaptivePolicy {
+    /// Runs `f` on `key`'s controller (with the time now), made at the
+    /// initial limit if the host is new (or was forgotten), which is then
+    /// told to `on_change`.
+    fn with_host<R>(
+        &self,
+        key: &HostKey,
+        min: usize,
+        ceiling: usize,
+        f: impl FnOnce(&mut Controller, Instant) -> R,
+    ) -> R {
+        let now = Instant::now();
+        let mut hosts = self.hosts.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(host) = hosts.get_mut(key) {
+            return f(host, now);
+        }
+        let start = self.config.initial.unwrap_or(min).clamp(min, ceiling);
+        let mut host = Controller::new(start, now);
+        let out = f(&mut host, now);
+        hosts.insert(key, host);
+        drop(hosts);
+        if let Some(tell) = &self.on_change {
+            tell(key, start);
+        }
+        out
     }
 }
 
@@ -323,7 +331,6 @@ mod tests {
         Sample {
             latency: Duration::from_millis(latency_ms),
             in_flight,
-            limit: in_flight,
             dialed: false,
             overloaded: false,
             retry_after: None,

@@ -47,8 +47,8 @@
 //! flight and limit then, whether it dialed, `429`/`503` and
 //! `Retry-After`), returning a new limit when it changes. The registry
 //! applies that at once: a higher limit hands slots to waiters, a lower one
-//! takes slots back only as requests end. A policy that reads no samples
-//! says so (`wants_samples`), and its requests read no clock.
+//! takes slots back only as requests end. Without a policy (the static
+//! case) requests read no clock and carry no sample.
 //!
 //! # Differences from `tower::limit::ConcurrencyLimit`
 //!

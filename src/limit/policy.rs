@@ -25,12 +25,6 @@ pub(crate) trait LimitPolicy: Send + Sync + fmt::Debug + 'static {
     /// One request that held a slot of `key` got its response head: the
     /// host's new limit if it changed (from 1 to `ceiling`).
     fn sample(&self, key: &HostKey, sample: &Sample, ceiling: usize) -> Option<usize>;
-
-    /// Whether the policy reads samples: a static one does not, and its
-    /// requests pay for no clock read.
-    fn wants_samples(&self) -> bool {
-        true
-    }
 }
 
 /// How one request that held a slot went.
@@ -42,8 +36,6 @@ pub(crate) struct Sample {
     /// Requests of the host in flight when it got its slot, itself
     /// included.
     pub(crate) in_flight: usize,
-    /// The host's limit when it got its slot.
-    pub(crate) limit: usize,
     /// The attempt paid for a new connection (a dial, a TLS handshake):
     /// its latency says nothing of the server's queue.
     pub(crate) dialed: bool,

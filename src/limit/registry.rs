@@ -180,6 +180,16 @@ struct Grant {
     limit: AtomicUsize,
 }
 
+impl Grant {
+    /// Hands this waiter a slot of a host whose limit is `limit` (its in
+    /// flight then, with this slot), and wakes it. Under the registry lock.
+    fn hand(&self, limit: usize) {
+        self.limit.store(limit, Ordering::Relaxed);
+        self.granted.store(true, Ordering::Release);
+        self.notify.notify_one();
+    }
+}
+
 /// The result of [`Registry::acquire`].
 pub(crate) enum Acquire {
     /// A slot was free.
@@ -252,10 +262,10 @@ impl Registry {
             self.in_flight.fetch_add(1, Ordering::Relaxed);
             let mut slot = Slot::new(key, self.clone(), Duration::ZERO);
             slot.proto = proto;
-            slot.sampling = Sampling::start(policy, in_flight, limit, ceiling);
+            slot.sampling = Sampling::of(policy.decider.as_ref(), in_flight, ceiling);
             return Acquire::Ready(slot);
         }
-        let full = (limit, host.ceiling());
+        let ceiling = host.ceiling();
         // A connector's queue drops its oldest dial instead: hyper-util
         // leaves a dial that lost the race to a pool checkout running in
         // the background, waiting here for nobody, and the oldest waiter
@@ -306,7 +316,7 @@ impl Registry {
             observer: policy.observer.clone(),
             since: Instant::now(),
             decider: policy.decider.clone(),
-            full,
+            ceiling,
         })
     }
 
@@ -325,9 +335,7 @@ impl Registry {
         // it may now (its protocol changed).
         if host.taken <= host.limit() {
             if let Some(next) = host.waiters.pop_front() {
-                next.limit.store(host.limit(), Ordering::Relaxed);
-                next.granted.store(true, Ordering::Release);
-                next.notify.notify_one();
+                next.hand(host.limit());
                 return;
             }
         }
@@ -348,16 +356,7 @@ impl Registry {
             return;
         }
         host.proto = proto;
-        let limit = host.limit();
-        while host.taken < limit {
-            let Some(next) = host.waiters.pop_front() else {
-                break;
-            };
-            host.taken += 1;
-            next.limit.store(limit, Ordering::Relaxed);
-            next.granted.store(true, Ordering::Release);
-            next.notify.notify_one();
-        }
+        host.admit_waiters();
     }
 
     /// A policy set `key`'s limit to `limit`: when that lets more requests
@@ -369,16 +368,7 @@ impl Registry {
             return;
         };
         host.cap = small(limit);
-        let limit = host.limit();
-        while host.taken < limit {
-            let Some(next) = host.waiters.pop_front() else {
-                break;
-            };
-            host.taken += 1;
-            next.limit.store(limit, Ordering::Relaxed);
-            next.granted.store(true, Ordering::Release);
-            next.notify.notify_one();
-        }
+        host.admit_waiters();
     }
 
     /// `close_idle`: every connection of the registry that is idle now is
@@ -530,6 +520,19 @@ impl Host {
                 true
             }
             None => false,
+        }
+    }
+
+    /// Hands the slots the host's limit allows beyond those taken to its
+    /// first waiters (its limit rose: its protocol, or its policy).
+    fn admit_waiters(&mut self) {
+        let limit = self.limit();
+        while self.taken < limit {
+            let Some(next) = self.waiters.pop_front() else {
+                break;
+            };
+            self.taken += 1;
+            next.hand(limit);
         }
     }
 
@@ -700,7 +703,6 @@ impl Slot {
         let sample = Sample {
             latency: start.granted.elapsed(),
             in_flight: start.in_flight,
-            limit: start.limit,
             dialed,
             overloaded,
             retry_after,
@@ -827,9 +829,8 @@ pub(crate) struct Waiter {
     since: Instant,
     /// The policy the slot's sample goes to.
     decider: Option<Arc<dyn LimitPolicy>>,
-    /// The host's limit and ceiling when it queued (full: its in flight
-    /// is its limit).
-    full: (usize, usize),
+    /// The host's ceiling when it queued.
+    ceiling: usize,
 }
 
 /// Where a sample for a host's policy starts.
@@ -837,7 +838,6 @@ struct Sampling {
     decider: Arc<dyn LimitPolicy>,
     granted: Instant,
     in_flight: usize,
-    limit: usize,
     ceiling: usize,
 }
 
@@ -845,29 +845,22 @@ impl std::fmt::Debug for Sampling {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Sampling")
             .field("in_flight", &self.in_flight)
-            .field("limit", &self.limit)
             .finish_non_exhaustive()
     }
 }
 
 impl Sampling {
-    /// A sample that starts now, if `policy` has a policy that reads them.
-    fn start(policy: &Policy, in_flight: usize, limit: usize, ceiling: usize) -> Option<Box<Self>> {
-        Self::of(policy.decider.as_ref(), in_flight, limit, ceiling)
-    }
-
+    /// A sample that starts now, under a policy (none: nothing to tell,
+    /// and no clock read).
     fn of(
         decider: Option<&Arc<dyn LimitPolicy>>,
         in_flight: usize,
-        limit: usize,
         ceiling: usize,
     ) -> Option<Box<Self>> {
-        let decider = decider.filter(|d| d.wants_samples())?;
         Some(Box::new(Sampling {
-            decider: decider.clone(),
+            decider: decider?.clone(),
             granted: Instant::now(),
             in_flight,
-            limit,
             ceiling,
         }))
     }
@@ -955,12 +948,9 @@ impl Waiter {
             m.tell(QueueEvent::Admitted { waited });
         }
         let mut slot = Slot::new(self.key.clone(), self.registry.clone(), waited);
-        let (queued_at, ceiling) = self.full;
-        let limit = match self.grant.limit.load(Ordering::Relaxed) {
-            0 => queued_at,
-            limit => limit,
-        };
-        slot.sampling = Sampling::of(self.decider.as_ref(), limit, limit, ceiling);
+        // Handed on a full host: its in flight was its limit.
+        let in_flight = self.grant.limit.load(Ordering::Relaxed);
+        slot.sampling = Sampling::of(self.decider.as_ref(), in_flight, self.ceiling);
         slot
     }
 }

@@ -300,15 +300,23 @@ impl Emitter {
 
     /// `host`'s adaptive limit is `limit` now.
     pub(crate) fn limit(&self, host: &HostKey, own_row: bool, limit: usize) {
+        // Describes the metrics at the guard's first event.
         let _ = self.handles();
+        let labels = self.host_labels(host, own_row);
+        // Changes at most once per window (25 ms) per host: a key per
+        // change is cheap enough.
+        metrics::gauge!(LIMIT, labels.iter()).set(limit as f64);
+    }
+
+    /// The guard's labels and `host`'s: `server.address` (the host, or
+    /// `other` past the bound), `server.port`, `url.scheme`.
+    fn host_labels(&self, host: &HostKey, own_row: bool) -> Vec<Label> {
         let mut labels = self.base();
         let address = if own_row { host.host() } else { "other" };
         labels.push(Label::new("server.address", address.to_owned()));
         labels.push(Label::new("server.port", host.port().to_string()));
         labels.push(Label::new("url.scheme", host.scheme().to_owned()));
-        // Changes at most once per window (25 ms) per host: a key per
-        // change is cheap enough.
-        metrics::gauge!(LIMIT, labels.iter()).set(limit as f64);
+        labels
     }
 
     /// A connection was dialed whose life is not followed (reqwest's).
@@ -320,11 +328,7 @@ impl Emitter {
     /// is counted under (the host, or `other` past the bound).
     pub(crate) fn opened(&self, host: &HostKey, own_row: bool) -> ConnEmit {
         self.handles().opened.increment(1);
-        let mut labels = self.base();
-        let address = if own_row { host.host() } else { "other" };
-        labels.push(Label::new("server.address", address.to_owned()));
-        labels.push(Label::new("server.port", host.port().to_string()));
-        labels.push(Label::new("url.scheme", host.scheme().to_owned()));
+        let labels = self.host_labels(host, own_row);
         ConnEmit {
             labels: Arc::from(labels),
             closed: self.handles().closed.clone(),
