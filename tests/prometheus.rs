@@ -25,6 +25,12 @@ async fn the_scraped_figures_agree_with_the_server() {
         "server: {} accepted, {} open at the scrape",
         scraped.accepted, scraped.open
     );
+    for line in text
+        .lines()
+        .filter(|l| l.starts_with("poolguard_connections_closed{"))
+    {
+        println!("{line}");
+    }
 
     let opened = sample(text, "poolguard_connections_opened", &[guard]).expect("opened");
     assert_eq!(
@@ -53,11 +59,22 @@ async fn the_scraped_figures_agree_with_the_server() {
         "idle = what the server holds open"
     );
     let closed = (scraped.accepted - scraped.open) as f64;
+    // Each of the 50 `/close` answers closed its connection, and every
+    // close the server saw is counted under some reason. A dial that raced
+    // a connection coming back to hyper-util's pool can leave one more
+    // connection, closed for another reason (`closed_idle`, seen in about
+    // 1 run of 20): so not every close is a `connection_close`.
     assert_eq!(
         sample(text, "poolguard_connections_closed", &["connection_close"]),
-        Some(closed),
-        "every close had the server's Connection: close"
+        Some(50.0),
+        "every Connection: close answer closed its connection"
     );
+    let by_reason: f64 = text
+        .lines()
+        .filter(|l| l.starts_with("poolguard_connections_closed{") && l.contains(guard))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(by_reason, closed, "every close counted, with a reason");
     assert_eq!(
         sample(text, "http_client_connection_duration_count", &[guard]),
         Some(closed)
