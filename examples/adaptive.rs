@@ -11,7 +11,10 @@
 //! inside it (goodput counts the `200`s). `--svg FILE` draws the adaptive
 //! limit and the server's C over time.
 //!
-//! `cargo run --release --example adaptive [-- --overload] [-- --svg adaptive.svg]`
+//! Each configuration runs `--rounds N` times (default 3), in turn; the
+//! table gives medians.
+//!
+//! `cargo run --release --example adaptive [-- --overload] [-- --rounds N] [-- --svg adaptive.svg]`
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -64,8 +67,12 @@ fn phase_of(since: Duration) -> (usize, bool) {
     (n.min(2), into >= Duration::from_secs(1))
 }
 
-async fn serve(overload: bool) -> Server {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+/// The server, on a thread and runtime of its own (as a server in another
+/// process would be), so that the client's work does not delay its
+/// workers' hand-offs.
+fn serve(overload: bool) -> Server {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.set_nonblocking(true).expect("nonblocking");
     let addr = listener.local_addr().expect("addr");
     let seen = Arc::new(Seen::default());
     let workers = Arc::new(Semaphore::new(PHASES[0]));
@@ -75,64 +82,78 @@ async fn serve(overload: bool) -> Server {
         seen: seen.clone(),
         workers: workers.clone(),
     };
-    tokio::spawn(async move {
-        let start = Arc::new(Mutex::new(None::<Instant>));
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                return;
-            };
-            let (seen, workers, waiting, start) = (
-                seen.clone(),
-                workers.clone(),
-                waiting.clone(),
-                start.clone(),
-            );
-            tokio::spawn(async move {
-                let svc = service_fn(move |_req: hyper::Request<hyper::body::Incoming>| {
-                    let (seen, workers, waiting, start) = (
-                        seen.clone(),
-                        workers.clone(),
-                        waiting.clone(),
-                        start.clone(),
-                    );
-                    async move {
-                        let t0 = *start.lock().expect("lock").get_or_insert_with(Instant::now);
-                        let arrived = Instant::now();
-                        let (phase, counted) = phase_of(arrived - t0);
-                        if overload
-                            && waiting.load(Ordering::Relaxed) >= QUEUE_BOUND
-                            && workers.available_permits() == 0
-                        {
-                            if counted {
-                                seen.rejected[phase].fetch_add(1, Ordering::Relaxed);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("server runtime");
+    std::thread::spawn(move || {
+        runtime.block_on(async move {
+            let listener = TcpListener::from_std(listener).expect("listener");
+            let start = Arc::new(Mutex::new(None::<Instant>));
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let (seen, workers, waiting, start) = (
+                    seen.clone(),
+                    workers.clone(),
+                    waiting.clone(),
+                    start.clone(),
+                );
+                tokio::spawn(async move {
+                    let svc = service_fn(move |_req: hyper::Request<hyper::body::Incoming>| {
+                        let (seen, workers, waiting, start) = (
+                            seen.clone(),
+                            workers.clone(),
+                            waiting.clone(),
+                            start.clone(),
+                        );
+                        async move {
+                            let t0 = *start.lock().expect("lock").get_or_insert_with(Instant::now);
+                            let arrived = Instant::now();
+                            let (phase, counted) = phase_of(arrived - t0);
+                            if overload
+                                && waiting.load(Ordering::Relaxed) >= QUEUE_BOUND
+                                && workers.available_permits() == 0
+                            {
+                                if counted {
+                                    seen.rejected[phase].fetch_add(1, Ordering::Relaxed);
+                                }
+                                let mut r =
+                                    hyper::Response::new(Full::new(Bytes::from_static(b"busy")));
+                                *r.status_mut() = hyper::StatusCode::SERVICE_UNAVAILABLE;
+                                return Ok::<_, Infallible>(r);
                             }
-                            let mut r =
-                                hyper::Response::new(Full::new(Bytes::from_static(b"busy")));
-                            *r.status_mut() = hyper::StatusCode::SERVICE_UNAVAILABLE;
-                            return Ok::<_, Infallible>(r);
+                            waiting.fetch_add(1, Ordering::Relaxed);
+                            let permit = workers.acquire().await;
+                            waiting.fetch_sub(1, Ordering::Relaxed);
+                            let waited = arrived.elapsed();
+                            // The service time on a thread of its own: tokio's
+                            // timer rounds a sleep up to its next millisecond,
+                            // which made a request 5 to 6 ms long depending on
+                            // when it arrived (a server kept full took 5, one
+                            // with an idle moment more).
+                            let _ =
+                                tokio::task::spawn_blocking(|| std::thread::sleep(SERVICE)).await;
+                            drop(permit);
+                            let (phase, counted) = phase_of(Instant::now() - t0);
+                            if counted {
+                                seen.ok[phase].fetch_add(1, Ordering::Relaxed);
+                                seen.waits[phase]
+                                    .lock()
+                                    .expect("lock")
+                                    .push(waited.as_micros() as u64);
+                            }
+                            Ok(hyper::Response::new(Full::new(Bytes::from_static(b"ok"))))
                         }
-                        waiting.fetch_add(1, Ordering::Relaxed);
-                        let permit = workers.acquire().await;
-                        waiting.fetch_sub(1, Ordering::Relaxed);
-                        let waited = arrived.elapsed();
-                        tokio::time::sleep(SERVICE).await;
-                        drop(permit);
-                        let (phase, counted) = phase_of(Instant::now() - t0);
-                        if counted {
-                            seen.ok[phase].fetch_add(1, Ordering::Relaxed);
-                            seen.waits[phase]
-                                .lock()
-                                .expect("lock")
-                                .push(waited.as_micros() as u64);
-                        }
-                        Ok(hyper::Response::new(Full::new(Bytes::from_static(b"ok"))))
-                    }
+                    });
+                    let _ = http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
                 });
-                let _ = http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
-            });
-        }
+            }
+        })
     });
     server
 }
@@ -159,7 +180,7 @@ struct Outcome {
 }
 
 async fn run(name: &str, guard: PoolGuard, overload: bool) -> Outcome {
-    let server = serve(overload).await;
+    let server = serve(overload);
     let client = Client::builder(TokioExecutor::new())
         .pool_max_idle_per_host(64)
         .build::<_, Empty<Bytes>>(guard.connector(HttpConnector::new()));
@@ -239,6 +260,32 @@ async fn run(name: &str, guard: PoolGuard, overload: bool) -> Outcome {
     }
 }
 
+/// The median run of each figure (requests a second and p99 per phase),
+/// errors and 503s summed over the runs, the trace of the last run.
+fn median(mut runs: Vec<Outcome>) -> Outcome {
+    fn mid(mut v: Vec<f64>) -> f64 {
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied().unwrap_or(0.0)
+    }
+    let mut out = Outcome {
+        name: runs.first().map(|o| o.name.clone()).unwrap_or_default(),
+        rates: [0.0; 3],
+        p99_ms: [0.0; 3],
+        rejected: [0; 3],
+        errors: runs.iter().map(|o| o.errors).sum(),
+        trace: runs
+            .last_mut()
+            .map(|o| std::mem::take(&mut o.trace))
+            .unwrap_or_default(),
+    };
+    for i in 0..3 {
+        out.rates[i] = mid(runs.iter().map(|o| o.rates[i]).collect());
+        out.p99_ms[i] = mid(runs.iter().map(|o| o.p99_ms[i]).collect());
+        out.rejected[i] = runs.iter().map(|o| o.rejected[i]).sum();
+    }
+    out
+}
+
 fn guard(n: usize, adaptive: bool) -> PoolGuard {
     let b = PoolGuard::builder().max_per_host(n).max_queued(1024);
     if adaptive {
@@ -290,26 +337,37 @@ async fn main() {
         .iter()
         .position(|a| a == "--svg")
         .and_then(|i| args.get(i + 1).cloned());
-    let configs: Vec<(String, PoolGuard)> = if overload {
-        vec![
-            ("static 64".into(), guard(64, false)),
-            ("adaptive (max 64)".into(), guard(64, true)),
-        ]
-    } else {
-        let mut v: Vec<(String, PoolGuard)> = [2, 8, 24, 64]
-            .iter()
-            .map(|&n| (format!("static {n}"), guard(n, false)))
-            .collect();
-        v.push(("adaptive (max 64)".into(), guard(64, true)));
-        v
-    };
-    let mut outcomes = Vec::new();
-    for (name, g) in configs {
-        eprintln!("running {name} ...");
-        outcomes.push(run(&name, g, overload).await);
+    type Make = Box<dyn Fn() -> PoolGuard>;
+    let statics: &[usize] = if overload { &[64] } else { &[2, 8, 24, 64] };
+    let mut configs: Vec<(String, Make)> = statics
+        .iter()
+        .map(|&n| {
+            (
+                format!("static {n}"),
+                Box::new(move || guard(n, false)) as Make,
+            )
+        })
+        .collect();
+    configs.push(("adaptive (max 64)".into(), Box::new(|| guard(64, true))));
+    let rounds = args
+        .iter()
+        .position(|a| a == "--rounds")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|r| r.parse::<usize>().ok())
+        .unwrap_or(3)
+        .max(1);
+    // Every configuration once a round, in turn, so that what the machine
+    // does meanwhile falls on all of them alike; a fresh guard each run.
+    let mut runs: Vec<Vec<Outcome>> = configs.iter().map(|_| Vec::new()).collect();
+    for round in 0..rounds {
+        for (i, (name, make)) in configs.iter().enumerate() {
+            eprintln!("round {}/{rounds}: {name} ...", round + 1);
+            runs[i].push(run(name, make(), overload).await);
+        }
     }
+    let outcomes: Vec<Outcome> = runs.into_iter().map(median).collect();
     println!(
-        "server: C = {:?} for {} s each, {} ms a request; {TASKS} tasks; {}",
+        "server: C = {:?} for {} s each, {} ms a request; {TASKS} tasks; {}; medians of {rounds} rounds (503s and errors: all rounds)",
         PHASES,
         PHASE.as_secs(),
         SERVICE.as_millis(),
@@ -319,11 +377,11 @@ async fn main() {
             "requests past C wait inside"
         }
     );
-    println!("| client | C=8 req/s | C=2 req/s | C=24 req/s | p99 wait in server (ms) C=8 / 2 / 24 | 503s | errors |");
+    println!("| client | C=8 req/s | C=2 req/s | C=24 req/s | p99 wait in server (ms) C=8 / 2 / 24 | 503s C=8 / 2 / 24 | errors |");
     println!("|---|---:|---:|---:|---|---:|---:|");
     for o in &outcomes {
         println!(
-            "| {} | {:.0} | {:.0} | {:.0} | {:.1} / {:.1} / {:.1} | {} | {} |",
+            "| {} | {:.0} | {:.0} | {:.0} | {:.1} / {:.1} / {:.1} | {} / {} / {} | {} |",
             o.name,
             o.rates[0],
             o.rates[1],
@@ -331,7 +389,9 @@ async fn main() {
             o.p99_ms[0],
             o.p99_ms[1],
             o.p99_ms[2],
-            o.rejected.iter().sum::<u64>(),
+            o.rejected[0],
+            o.rejected[1],
+            o.rejected[2],
             o.errors
         );
     }

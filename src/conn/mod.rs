@@ -482,3 +482,9 @@ pub(crate) struct LinkHandle(pub(crate) Arc<Link>);
 /// `too_many_internal_resets`).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct ResetsResent;
+
+/// Response extension: the request paid for a new connection (a dial, a
+/// TLS handshake), set by reqwest's guard, whose connections carry no
+/// [`Stamp`]; its latency says nothing of the server's queue.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Dialed;

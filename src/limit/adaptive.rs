@@ -21,8 +21,10 @@ use crate::key::{HostKey, HostMemo};
 /// Each request is timed from the moment it gets its slot (its wait in
 /// poolguard's own queue left out) to its response head, per attempt;
 /// attempts that paid for a new connection (a dial, a TLS handshake) are
-/// left out, where the guard can tell (a
-/// [`GuardedConnector`](crate::GuardedConnector)'s connections). Once per
+/// left out (a [`GuardedConnector`](crate::GuardedConnector)'s connections,
+/// and reqwest's through
+/// [`reqwest_connector_layer`](crate::PoolGuard::reqwest_connector_layer)).
+/// Once per
 /// window (25 ms, and at least 3 samples), the window's mean latency is
 /// compared with the host's **base**: the lowest window mean seen while the
 /// host was not kept busy, that is its latency without a queue (the base
@@ -32,16 +34,31 @@ use crate::key::{HostKey, HostMemo};
 /// own latency; it never learns from `429`/`503` answers, which come
 /// fast).
 ///
-/// - **Overload** (a `429` or `503` in the window): the limit is cut by
-///   10 %, and a `Retry-After` (in seconds) holds every increase until it
-///   has passed.
-/// - **A queue** (mean above 1.5 × base): the host takes about
-///   `in flight × base / mean` at once; the limit moves to 1.1 × that, but
-///   never below half of what it was in one window.
-/// - **No queue** (mean at most 1.2 × base) **and the limit was reached**
-///   in the window: the limit grows by 10 % (at least 1): from 2 to 24 in
-///   about half a second, where adding 1 per window would take twice that.
-/// - In between, or with the limit not reached, it stays.
+/// From the window's mean and the base, the host serves about
+/// `in flight × base / mean` at once (Little's law), and the rest of what
+/// was in flight waited inside it: its **queue**.
+///
+/// - **Refusals** (`429` or `503` answers in the window): the limit is cut
+///   by up to 10 %, by the share of the window's answers that were
+///   refusals (a limit well past what the host queues is refused again and
+///   again, one that touches the edge now and then a few times), and a
+///   `Retry-After` (in seconds) holds every increase until it has passed.
+/// - **A long queue** (mean above 1.5 × base, and a queue over half of
+///   what the host serves at once, at least 2): the limit moves to what
+///   the host serves plus a short queue, but never below half of what it
+///   was in one window.
+/// - **A short queue** (under a fifth of what the host serves, at least 1)
+///   **and the limit was reached** in the window: the limit grows by 10 %
+///   (at least 1): from 2 to 24 in about half a second, where adding 1 per
+///   window would take twice that. A few requests waiting inside the host
+///   keep it busy while answers travel back and the next requests travel
+///   out.
+/// - **A host that sheds load** (one that refused within the last second)
+///   bounds its own queue: its queue is not cut, and the limit probes for
+///   the edge (a quarter of a request a window while it is reached), so
+///   the host's queue stays full and its workers busy, with a refusal now
+///   and then instead of one for every request past the edge.
+/// - Otherwise, or with the limit not reached, it stays.
 ///
 /// A lower limit never cuts requests in flight: slots come back as they
 /// end. On HTTP/2 the limit counts streams. A host starts at
@@ -116,19 +133,25 @@ const WINDOW: Duration = Duration::from_millis(25);
 const MIN_SAMPLES: u32 = 3;
 /// Above this ratio of the window's mean to the base: a queue.
 const QUEUE_AT: f64 = 1.5;
-/// At or below this ratio: no queue.
-const CLEAR_AT: f64 = 1.2;
+/// A queue inside the host (as a share of what it serves at once) below
+/// which the limit grows (at least 1 request)...
+const SHORT_QUEUE: f64 = 0.2;
+/// ... and above which it is cut (at least 2 requests).
+const LONG_QUEUE: f64 = 0.5;
 /// Growth per window without a queue.
 const GROWTH: f64 = 0.1;
-/// Cut per window with an overload.
-const OVERLOAD_CUT: f64 = 0.9;
+/// The most a window of refusals (`429`, `503`) cuts.
+const OVERLOAD_CUT: f64 = 0.1;
+/// How long a host that answered `429` or `503` is taken to bound its own
+/// queue.
+const SHEDDING_MEMORY: Duration = Duration::from_secs(1);
+/// Growth per window with a queue inside a host that sheds load.
+const SHEDDING_PROBE: f64 = 0.25;
 /// The most one window's queue may cut.
 const QUEUE_CUT_FLOOR: f64 = 0.5;
 /// How far the base moves up to a higher mean in a window that shows the
 /// host's own latency.
 const BASE_RISE: f64 = 0.1;
-/// Headroom over the estimated capacity after a queue.
-const HEADROOM: f64 = 1.1;
 
 /// Tells who reports the limits (the metrics) of each change.
 pub(crate) type OnChange = Arc<dyn Fn(&HostKey, usize) + Send + Sync>;
@@ -220,10 +243,13 @@ pub(crate) struct Controller {
     sum: f64,
     /// The most requests in flight any sample of the window saw.
     max_in_flight: usize,
-    /// A `429` or `503` came in the window.
-    overloaded: bool,
+    /// `429` and `503` answers in the window.
+    rejected: u32,
     /// No increase before this (a `Retry-After`).
     hold_until: Option<Instant>,
+    /// The host answered `429` or `503` lately: until this, it is taken to
+    /// bound its own queue.
+    shedding_until: Option<Instant>,
 }
 
 impl Controller {
@@ -235,8 +261,9 @@ impl Controller {
             samples: 0,
             sum: 0.0,
             max_in_flight: 0,
-            overloaded: false,
+            rejected: 0,
             hold_until: None,
+            shedding_until: None,
         }
     }
 
@@ -256,7 +283,7 @@ impl Controller {
         ceiling: usize,
     ) -> Option<usize> {
         if sample.overloaded {
-            self.overloaded = true;
+            self.rejected = self.rejected.saturating_add(1);
             if let Some(wait) = sample.retry_after {
                 let until = now.checked_add(wait);
                 self.hold_until = self.hold_until.max(until);
@@ -267,7 +294,7 @@ impl Controller {
         }
         self.max_in_flight = self.max_in_flight.max(sample.in_flight);
         let elapsed = now.saturating_duration_since(self.window_start);
-        if elapsed < WINDOW || (self.samples < MIN_SAMPLES && !self.overloaded) {
+        if elapsed < WINDOW || (self.samples < MIN_SAMPLES && self.rejected == 0) {
             return None;
         }
         let before = self.current(min, ceiling);
@@ -276,7 +303,7 @@ impl Controller {
         self.samples = 0;
         self.sum = 0.0;
         self.max_in_flight = 0;
-        self.overloaded = false;
+        self.rejected = 0;
         let after = self.current(min, ceiling);
         (after != before).then_some(after)
     }
@@ -285,10 +312,19 @@ impl Controller {
         let (lo, hi) = (min as f64, ceiling.max(min) as f64);
         // Back from outside the bounds (a ceiling changed) before anything.
         self.limit = self.limit.clamp(lo, hi);
-        if self.overloaded {
-            self.limit = (self.limit * OVERLOAD_CUT).max(lo);
+        if self.rejected > 0 {
+            // Cut by up to a tenth, by the share of answers that were
+            // refusals: a limit one past what the host queues is refused
+            // again and again (a refusal comes back at once and its slot
+            // goes out again), one that touches the edge now and then is
+            // refused a few times.
+            let answers = f64::from(self.rejected) + f64::from(self.samples);
+            let share = f64::from(self.rejected) / answers;
+            self.limit = (self.limit * (1.0 - OVERLOAD_CUT * share)).max(lo);
+            self.shedding_until = now.checked_add(SHEDDING_MEMORY);
             return;
         }
+        let shedding = self.shedding_until.is_some_and(|t| now < t);
         if self.samples == 0 {
             return;
         }
@@ -310,15 +346,32 @@ impl Controller {
             mean.max(f64::MIN_POSITIVE)
         };
         self.base = Some(base);
+        // The host serves about `takes` at once; the rest of what was in
+        // flight waited inside it.
         let ratio = mean / base;
-        if ratio > QUEUE_AT {
-            let in_flight = self.max_in_flight.min(limit).max(1) as f64;
-            let takes = in_flight / ratio * HEADROOM;
-            self.limit = takes.max(self.limit * QUEUE_CUT_FLOOR).clamp(lo, hi);
-        } else if ratio <= CLEAR_AT && reached && self.hold_until.is_none_or(|t| now >= t) {
+        let in_flight = self.max_in_flight.min(limit).max(1) as f64;
+        let takes = in_flight / ratio;
+        let queue = in_flight - takes;
+        // A few requests waiting inside the host keep it busy while answers
+        // travel back and the next requests travel out: a queue of up to
+        // `short` keeps growing, one past `long` is cut back to `short`.
+        let short = (takes * SHORT_QUEUE).max(1.0);
+        let long = (takes * LONG_QUEUE).max(2.0);
+        let may_grow = reached && self.hold_until.is_none_or(|t| now >= t);
+        if ratio > QUEUE_AT && queue > long && !shedding {
+            self.limit = (takes + short)
+                .max(self.limit * QUEUE_CUT_FLOOR)
+                .clamp(lo, hi);
+        } else if may_grow && queue < short {
             self.hold_until = None;
             let step = (self.limit * GROWTH).max(1.0);
             self.limit = (self.limit + step).clamp(lo, hi);
+        } else if may_grow && shedding {
+            // A host that sheds load bounds its own queue: keep it full,
+            // probing slowly (one more every fourth window) for the edge
+            // that the next 429 or 503 cuts back from.
+            self.hold_until = None;
+            self.limit = (self.limit + SHEDDING_PROBE).clamp(lo, hi);
         }
     }
 }
@@ -458,6 +511,79 @@ mod tests {
         }
         tokio::time::advance(Duration::from_secs(1)).await;
         assert!(window(&mut c, 10, server(64, 5), 1, 64).await > after);
+    }
+
+    /// A host with `workers` workers that queues at most `bound` requests
+    /// and refuses the rest at once (a refused slot goes out again and is
+    /// refused again: `RESENDS` refusals a window per slot over the edge).
+    async fn shedding_window(c: &mut Controller, workers: usize, bound: usize) -> (usize, bool) {
+        const RESENDS: usize = 20;
+        let limit = c.current(1, 64);
+        let edge = workers + bound;
+        let over = limit.saturating_sub(edge);
+        for _ in 0..over * RESENDS {
+            let refused = Sample {
+                overloaded: true,
+                ..at(1, limit)
+            };
+            c.sample(&refused, Instant::now(), 1, 64);
+        }
+        let served = limit.min(edge);
+        for _ in 0..10 {
+            c.sample(&server(workers, 5)(served), Instant::now(), 1, 64);
+        }
+        tokio::time::advance(WINDOW).await;
+        c.sample(&server(workers, 5)(served), Instant::now(), 1, 64);
+        (c.current(1, 64), over > 0)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn against_a_host_that_sheds_load_the_limit_keeps_its_queue_full() {
+        // 8 workers: the latency holds the limit near 8 + 2 (a short
+        // queue).
+        let mut c = Controller::new(1, Instant::now());
+        for _ in 0..100 {
+            window(&mut c, 10, server(8, 5), 1, 64).await;
+        }
+        let by_latency = c.current(1, 64);
+        assert!((9..=12).contains(&by_latency), "{by_latency}");
+        // The host refuses once (it queued nothing for a moment), then
+        // queues up to 8 and refuses past that: 16 keeps it busy.
+        shedding_window(&mut c, 8, 0).await;
+        for _ in 0..40 {
+            shedding_window(&mut c, 8, 8).await;
+        }
+        let mut limits = Vec::new();
+        let mut refused = 0;
+        for _ in 0..400 {
+            let (limit, over) = shedding_window(&mut c, 8, 8).await;
+            limits.push(limit);
+            refused += usize::from(over);
+        }
+        // The latency alone would cut a queue of 8 back to about 8 + 2;
+        // the refusals show the host bounds its queue, so the limit fills
+        // it.
+        let full = limits.iter().filter(|&&l| l >= 16).count();
+        assert!(full * 10 >= limits.len() * 8, "{limits:?}");
+        assert!(limits.iter().all(|&l| (14..=18).contains(&l)), "{limits:?}");
+        // It probes past the edge now and then, not in most windows.
+        assert!(
+            refused * 5 <= limits.len(),
+            "{refused} windows refused: {limits:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_host_that_refuses_everything_drives_the_limit_to_its_minimum() {
+        let mut c = Controller::new(32, Instant::now());
+        let refused = |n| Sample {
+            overloaded: true,
+            ..at(1, n)
+        };
+        for _ in 0..60 {
+            window(&mut c, 10, refused, 2, 64).await;
+        }
+        assert_eq!(c.current(2, 64), 2);
     }
 
     #[tokio::test(start_paused = true)]

@@ -120,10 +120,11 @@ where
                     let mut response = result.map_err(Into::into)?;
                     if let Some(slot) = slot.as_mut() {
                         slot.learn(response.version());
-                        let dialed = response
-                            .extensions()
-                            .get::<crate::conn::Stamp>()
-                            .is_some_and(crate::conn::Stamp::first_exchange);
+                        let extensions = response.extensions();
+                        let dialed = extensions.get::<crate::conn::Dialed>().is_some()
+                            || extensions
+                                .get::<crate::conn::Stamp>()
+                                .is_some_and(crate::conn::Stamp::first_exchange);
                         slot.sample(response.status(), response.headers(), dialed);
                     }
                     if let Some(waited) = slot.as_ref().map(Slot::waited).filter(|w| !w.is_zero()) {

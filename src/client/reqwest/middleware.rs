@@ -202,6 +202,10 @@ impl super::scope::Versioned for Attempt<::reqwest::Response> {
     fn version(&self) -> http::Version {
         self.0.version()
     }
+
+    fn mark_dialed(&mut self) {
+        self.0.mark_dialed();
+    }
 }
 
 /// One attempt down the rest of the chain, with its own copy of the

@@ -149,7 +149,11 @@ impl DialScope {
         let Some(scope) = scope else {
             return f.await;
         };
-        let result = SCOPE.scope(scope.clone(), f).await;
+        let mut result = SCOPE.scope(scope.clone(), f).await;
+        let dialed = scope.dialed.load(std::sync::atomic::Ordering::Relaxed);
+        if let (Ok(response), true) = (result.as_mut(), dialed) {
+            response.mark_dialed();
+        }
         let lead = std::mem::replace(&mut *scope.lock(), Err(()));
         let http2 = result
             .as_ref()
@@ -160,7 +164,7 @@ impl DialScope {
         // (A lead not answered over HTTP/2 is dropped: the next held dial
         // leads.) A request that dialed and was answered over HTTP/2 saw its
         // host's connection turn over.
-        if http2 && scope.dialed.load(std::sync::atomic::Ordering::Relaxed) {
+        if http2 && dialed {
             scope.turned();
         }
         result
@@ -249,10 +253,17 @@ impl DialScope {
 /// A response's HTTP version.
 pub(crate) trait Versioned {
     fn version(&self) -> http::Version;
+    /// Marks the response of a request that paid for a dial
+    /// ([`conn::Dialed`](crate::conn::Dialed)).
+    fn mark_dialed(&mut self);
 }
 
 impl Versioned for ::reqwest::Response {
     fn version(&self) -> http::Version {
         ::reqwest::Response::version(self)
+    }
+
+    fn mark_dialed(&mut self) {
+        self.extensions_mut().insert(crate::conn::Dialed);
     }
 }
