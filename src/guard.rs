@@ -178,6 +178,8 @@ pub struct PoolGuardBuilder {
     honor_keep_alive: bool,
     lifecycle: crate::conn::lifecycle::Lifecycle,
     adaptive: Option<crate::limit::Adaptive>,
+    #[cfg(feature = "redis")]
+    fleet: Option<crate::fleet::FleetBudget>,
 }
 
 impl Default for PoolGuardBuilder {
@@ -201,6 +203,8 @@ impl Default for PoolGuardBuilder {
             honor_keep_alive: true,
             lifecycle: crate::conn::lifecycle::Lifecycle::default(),
             adaptive: None,
+            #[cfg(feature = "redis")]
+            fleet: None,
         }
     }
 }
@@ -380,6 +384,23 @@ impl PoolGuardBuilder {
         self
     }
 
+    /// The hosts `fleet` names get at most their budget in flight across
+    /// every process sharing its Redis: this guard holds a block of each
+    /// host's permits, leased and renewed there (see
+    /// [`fleet`](crate::fleet)). The fleet only decides how many requests a
+    /// host may have in flight from this process: the queue, its timeout and
+    /// its errors are the guard's, and `max_per_host` stays the ceiling
+    /// (with [`adaptive`](Self::adaptive), the lower of the two limits
+    /// applies). Each host's permits show in
+    /// [`Snapshot::fleet`](crate::Snapshot::fleet). Needs a tokio runtime
+    /// (the renewals run as a task on it, from the first request).
+    #[cfg(feature = "redis")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+    pub fn fleet(mut self, fleet: crate::fleet::FleetBudget) -> Self {
+        self.fleet = Some(fleet);
+        self
+    }
+
     /// Builds the guard and its shared state.
     pub fn build(self) -> PoolGuard {
         let metrics = match self.name {
@@ -397,18 +418,31 @@ impl PoolGuardBuilder {
             Some(n) => limit.max_total(n),
             None => limit,
         };
-        let limit = match &self.adaptive {
-            Some(adaptive) => {
-                let metrics = metrics.clone();
-                let policy = adaptive
-                    .policy()
-                    .on_change(std::sync::Arc::new(move |host, n| {
-                        metrics.limit_changed(host, n)
-                    }));
-                limit.with_policy(std::sync::Arc::new(policy))
+        let decider = self.adaptive.as_ref().map(|adaptive| {
+            let metrics = metrics.clone();
+            let policy = adaptive
+                .policy()
+                .on_change(std::sync::Arc::new(move |host, n| {
+                    metrics.limit_changed(host, n)
+                }));
+            std::sync::Arc::new(policy) as std::sync::Arc<dyn crate::limit::policy::LimitPolicy>
+        });
+        #[cfg(feature = "redis")]
+        let (decider, fleet) = match self.fleet {
+            Some(budget) => {
+                let fleet = crate::fleet::FleetPolicy::new(budget, decider, metrics.clone());
+                (Some(std::sync::Arc::new(fleet.clone()) as _), Some(fleet))
             }
+            None => (decider, None),
+        };
+        let limit = match decider {
+            Some(decider) => limit.with_policy(decider),
             None => limit,
         };
+        #[cfg(feature = "redis")]
+        if let Some(fleet) = &fleet {
+            fleet.bind(&limit.registry());
+        }
         #[cfg(feature = "hyper-util")]
         let connections = std::sync::Arc::<crate::limit::registry::Registry>::default();
         #[cfg(feature = "hyper-util")]

@@ -23,6 +23,8 @@
 //!   that is safe; with hyper-util, [`GuardedConnector`] also retires
 //!   connections before the server's advertised `Keep-Alive` timeout. See
 //!   [`retry`].
+//! - `fleet` (feature `redis`): per-host budgets of requests in flight
+//!   shared by every process that points at the same Redis.
 //! - [`PoolGuard`]: all of them in the right order, with one shared state.
 //!
 //! # Example
@@ -89,6 +91,9 @@ mod body_end;
 mod client;
 mod conn;
 pub mod drain;
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub mod fleet;
 mod guard;
 mod key;
 pub mod limit;

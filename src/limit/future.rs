@@ -96,6 +96,10 @@ where
                         Err(TimedOut {
                             key, evicted: true, ..
                         }) => return Poll::Ready(Err(QueueFull::new(key).into())),
+                        Err(TimedOut {
+                            refusal: Some(refusal),
+                            ..
+                        }) => return Poll::Ready(Err(refusal)),
                         Err(TimedOut { key, waited, .. }) => {
                             return Poll::Ready(Err(QueueTimeout::new(key, waited).into()))
                         }

@@ -17,14 +17,38 @@ use crate::key::HostKey;
 /// The registry asks [`limit`](LimitPolicy::limit) when it starts to track
 /// a host, and applies what [`sample`](LimitPolicy::sample) returns at once:
 /// a higher limit hands slots to waiters, a lower one takes slots back only
-/// as requests in flight finish (none is cut).
+/// as requests in flight finish (none is cut). A policy that moves limits
+/// on its own (the fleet's, after each renewal of its permits) calls the
+/// registry's `set_cap`, and reads its `demand`. A limit may be 0 (no slot
+/// for now: requests queue).
 pub(crate) trait LimitPolicy: Send + Sync + fmt::Debug + 'static {
-    /// The limit of `key` now, from 1 to `ceiling`.
+    /// The limit of `key` now, from 0 to `ceiling`.
     fn limit(&self, key: &HostKey, ceiling: usize) -> usize;
 
     /// One request that held a slot of `key` got its response head: the
     /// host's new limit if it changed (from 1 to `ceiling`).
     fn sample(&self, key: &HostKey, sample: &Sample, ceiling: usize) -> Option<usize>;
+
+    /// Whether [`sample`](LimitPolicy::sample) wants to hear of each
+    /// request (a policy that moves limits on its own, as the fleet's, does
+    /// not, and its requests read no clock for it).
+    fn wants_samples(&self) -> bool {
+        true
+    }
+
+    /// A request of `key` found every slot taken and queued.
+    fn queued(&self, _key: &HostKey) {}
+
+    /// A request of `key` left the queue after `waited`: with a slot, or at
+    /// its deadline.
+    fn waited(&self, _key: &HostKey, _waited: Duration) {}
+
+    /// Why `key` had no slot for a request whose queue deadline passed, if
+    /// the policy knows better than "the queue timed out" (a fleet budget
+    /// that cannot be reached).
+    fn refusal(&self, _key: &HostKey) -> Option<crate::BoxError> {
+        None
+    }
 }
 
 /// How one request that held a slot went.

@@ -148,7 +148,8 @@ struct Host {
     tls: bool,
     /// Waiters, first come first served; empty whenever a slot is free.
     waiters: VecDeque<Arc<Grant>>,
-    /// The limit a policy set below the bounds (0: none).
+    /// The limit a policy set below the bounds, plus one (0: none; 1: no
+    /// slot at all, as a fleet without permits for the host sets).
     cap: u32,
     /// A connector's connections to the host (one per slot that has one),
     /// to wake when a dial for another pool key must wait.
@@ -188,6 +189,16 @@ impl Grant {
         self.granted.store(true, Ordering::Release);
         self.notify.notify_one();
     }
+}
+
+/// One host's demand on its slots ([`Registry::demand`]).
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
+#[derive(Clone, Debug)]
+pub(crate) struct Demand {
+    pub(crate) key: HostKey,
+    pub(crate) taken: usize,
+    pub(crate) waiting: usize,
+    pub(crate) ceiling: usize,
 }
 
 /// The result of [`Registry::acquire`].
@@ -245,7 +256,7 @@ impl Registry {
                 let host = state.open(&key);
                 if let Some(decider) = &policy.decider {
                     let ceiling = bounds.slots_for(host.proto, host.tls);
-                    host.cap = small(decider.limit(&key, ceiling));
+                    host.cap = cap_of(decider.limit(&key, ceiling));
                 }
                 host
             }
@@ -307,6 +318,9 @@ impl Registry {
         if let Some(m) = &policy.observer {
             m.tell(QueueEvent::Entered);
         }
+        if let Some(decider) = &policy.decider {
+            decider.queued(&key);
+        }
         Acquire::Queued(Waiter {
             grant,
             key,
@@ -362,13 +376,31 @@ impl Registry {
     /// A policy set `key`'s limit to `limit`: when that lets more requests
     /// in, waiters get the new slots at once; a lower limit takes slots
     /// back as requests end (none is cut).
-    fn set_cap(&self, key: &HostKey, limit: usize) {
+    pub(crate) fn set_cap(&self, key: &HostKey, limit: usize) {
         let mut state = self.state();
         let Some(host) = state.hosts.get_mut(key) else {
             return;
         };
-        host.cap = small(limit);
+        host.cap = cap_of(limit);
         host.admit_waiters();
+    }
+
+    /// Every tracked host whose name `wanted` accepts: its key, slots taken
+    /// and requests waiting, and its ceiling (a policy's bound).
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn demand(&self, wanted: impl Fn(&str) -> bool) -> Vec<Demand> {
+        let state = self.state();
+        state
+            .hosts
+            .iter()
+            .filter(|(key, _)| wanted(key.host()))
+            .map(|(key, host)| Demand {
+                key: key.clone(),
+                taken: host.taken,
+                waiting: host.waiters.len(),
+                ceiling: host.ceiling(),
+            })
+            .collect()
     }
 
     /// `close_idle`: every connection of the registry that is idle now is
@@ -542,7 +574,7 @@ impl Host {
         let ceiling = self.ceiling();
         match self.cap {
             0 => ceiling,
-            cap => ceiling.min(usize::try_from(cap).unwrap_or(usize::MAX)),
+            cap => ceiling.min(usize::try_from(cap - 1).unwrap_or(usize::MAX)),
         }
     }
 
@@ -552,9 +584,9 @@ impl Host {
     }
 }
 
-/// `n` (at least 1) as a host's small count; past `u32::MAX`, `u32::MAX`.
-fn small(n: usize) -> u32 {
-    u32::try_from(n.max(1)).unwrap_or(u32::MAX)
+/// A policy's limit `n` (0 included) as a host's `cap`.
+fn cap_of(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX).saturating_add(1)
 }
 
 /// A host's slot counts of [`Bounds`], kept small: they live in every
@@ -857,8 +889,9 @@ impl Sampling {
         in_flight: usize,
         ceiling: usize,
     ) -> Option<Box<Self>> {
+        let decider = decider.filter(|d| d.wants_samples())?;
         Some(Box::new(Sampling {
-            decider: decider?.clone(),
+            decider: decider.clone(),
             granted: Instant::now(),
             in_flight,
             ceiling,
@@ -873,6 +906,9 @@ pub(crate) struct TimedOut {
     pub(crate) waited: Duration,
     /// Dropped from a full queue (or found the queue full), not timed out.
     pub(crate) evicted: bool,
+    /// What the host's policy says of why it had no slot (a fleet whose
+    /// budget is unavailable), told instead of a queue timeout.
+    pub(crate) refusal: Option<crate::BoxError>,
 }
 
 impl TimedOut {
@@ -882,6 +918,7 @@ impl TimedOut {
             key,
             waited: Duration::ZERO,
             evicted: true,
+            refusal: None,
         }
     }
 
@@ -931,10 +968,15 @@ impl Waiter {
             // just as the deadline passed.
             let evicted = self.grant.evicted.load(Ordering::Acquire);
             self.timed_out = !evicted;
+            let decider = self.decider.as_ref().filter(|_| !evicted);
+            if let Some(decider) = decider {
+                decider.waited(&self.key, waited);
+            }
             Err(TimedOut {
                 key: self.key.clone(),
                 waited,
                 evicted,
+                refusal: decider.and_then(|d| d.refusal(&self.key)),
             })
         }
     }
@@ -946,6 +988,9 @@ impl Waiter {
         self.registry.in_flight.fetch_add(1, Ordering::Relaxed);
         if let Some(m) = &self.observer {
             m.tell(QueueEvent::Admitted { waited });
+        }
+        if let Some(decider) = &self.decider {
+            decider.waited(&self.key, waited);
         }
         let mut slot = Slot::new(self.key.clone(), self.registry.clone(), waited);
         // Handed on a full host: its in flight was its limit.

@@ -16,6 +16,9 @@
 //! | `poolguard.retries.not_processed` | counter | `{request}` | — |
 //! | `poolguard.queue.full` / `.timeouts` / `.cancelled` | counter | `{request}` | — |
 //! | `poolguard.limit` | gauge | `{request}` | `server.address`, `server.port`, `url.scheme` (under an adaptive limit: the host's limit now) |
+//! | `poolguard.fleet.permits` | gauge | `{request}` | `server.address` (the budgeted host name: permits of its fleet budget this process holds) |
+//! | `poolguard.fleet.renewals` / `.errors` | counter | `{renewal}` | — |
+//! | `poolguard.fleet.wait` | histogram | `s` | — (queue wait of requests to budgeted hosts) |
 //!
 //! Every metric also carries `poolguard.guard` when the guard has a name
 //! ([`Metrics::named`](super::Metrics::named)). Counters are incremented,
@@ -51,6 +54,10 @@ const QUEUE_FULL: &str = "poolguard.queue.full";
 const QUEUE_TIMEOUTS: &str = "poolguard.queue.timeouts";
 const QUEUE_CANCELLED: &str = "poolguard.queue.cancelled";
 const LIMIT: &str = "poolguard.limit";
+const FLEET_PERMITS: &str = "poolguard.fleet.permits";
+const FLEET_RENEWALS: &str = "poolguard.fleet.renewals";
+const FLEET_ERRORS: &str = "poolguard.fleet.errors";
+const FLEET_WAIT: &str = "poolguard.fleet.wait";
 
 /// Describes every metric (name, unit, help) to the installed recorder.
 /// Done by each guard at its first event (describing again is harmless):
@@ -62,6 +69,26 @@ fn describe() {
         LIMIT,
         Unit::Count,
         "Requests a host may have in flight now, under an adaptive limit."
+    );
+    describe_gauge!(
+        FLEET_PERMITS,
+        Unit::Count,
+        "Permits of a host's fleet budget this process holds now."
+    );
+    describe_counter!(
+        FLEET_RENEWALS,
+        Unit::Count,
+        "Renewals of fleet permit blocks that reached Redis."
+    );
+    describe_counter!(
+        FLEET_ERRORS,
+        Unit::Count,
+        "Renewals of fleet permit blocks that could not reach Redis."
+    );
+    describe_histogram!(
+        FLEET_WAIT,
+        Unit::Seconds,
+        "How long requests to budgeted hosts waited in the queue."
     );
     describe_gauge!(
         OPEN_CONNECTIONS,
@@ -298,6 +325,32 @@ impl Emitter {
         }
     }
 
+    /// A fleet renewal reached Redis.
+    pub(crate) fn fleet_renewed(&self) {
+        let _ = self.handles();
+        metrics::counter!(FLEET_RENEWALS, self.base().iter()).increment(1);
+    }
+
+    /// A fleet renewal could not reach Redis.
+    pub(crate) fn fleet_error(&self) {
+        let _ = self.handles();
+        metrics::counter!(FLEET_ERRORS, self.base().iter()).increment(1);
+    }
+
+    /// A request of a budgeted host waited `waited` in the queue.
+    pub(crate) fn fleet_waited(&self, waited: std::time::Duration) {
+        let _ = self.handles();
+        metrics::histogram!(FLEET_WAIT, self.base().iter()).record(waited.as_secs_f64());
+    }
+
+    /// This process holds `permits` of `host`'s fleet budget.
+    pub(crate) fn fleet_permits(&self, host: &str, permits: usize) {
+        let _ = self.handles();
+        let mut labels = self.base();
+        labels.push(Label::new("server.address", host.to_owned()));
+        metrics::gauge!(FLEET_PERMITS, labels.iter()).set(permits as f64);
+    }
+
     /// `host`'s adaptive limit is `limit` now.
     pub(crate) fn limit(&self, host: &HostKey, own_row: bool, limit: usize) {
         // Describes the metrics at the guard's first event.
@@ -320,6 +373,7 @@ impl Emitter {
     }
 
     /// A connection was dialed whose life is not followed (reqwest's).
+    #[cfg_attr(not(feature = "reqwest"), allow(dead_code))]
     pub(crate) fn dialed(&self) {
         self.handles().opened.increment(1);
     }

@@ -58,6 +58,12 @@ pub(crate) struct Inner {
     pub(crate) retries_failed: AtomicU64,
     pub(crate) retries_budget_exhausted: AtomicU64,
     pub(crate) retries_not_processed: AtomicU64,
+    pub(crate) fleet_renewals: AtomicU64,
+    pub(crate) fleet_errors: AtomicU64,
+    pub(crate) fleet_waited: AtomicU64,
+    pub(crate) fleet_wait_nanos: AtomicU64,
+    /// Each budgeted host's permits, by name.
+    pub(crate) fleet: std::sync::Mutex<std::collections::BTreeMap<Box<str>, super::FleetHost>>,
     pub(crate) next_connection: AtomicU64,
     /// A `ReuseMetricsLayer` reports responses to this handle.
     pub(crate) hosts: HostTable,
@@ -104,6 +110,11 @@ impl Default for Inner {
             retries_failed: AtomicU64::new(0),
             retries_budget_exhausted: AtomicU64::new(0),
             retries_not_processed: AtomicU64::new(0),
+            fleet_renewals: AtomicU64::new(0),
+            fleet_errors: AtomicU64::new(0),
+            fleet_waited: AtomicU64::new(0),
+            fleet_wait_nanos: AtomicU64::new(0),
+            fleet: Default::default(),
             next_connection: AtomicU64::new(1),
             hosts: HostTable::default(),
             dial_costs: Arc::default(),
@@ -202,6 +213,51 @@ impl Metrics {
         let _ = own;
     }
 
+    /// A fleet renewal reached Redis.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn fleet_renewed(&self) {
+        self.inner.fleet_renewals.fetch_add(1, Relaxed);
+        #[cfg(feature = "metrics")]
+        self.inner.emit.fleet_renewed();
+    }
+
+    /// A fleet renewal could not reach Redis.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn fleet_error(&self) {
+        self.inner.fleet_errors.fetch_add(1, Relaxed);
+        #[cfg(feature = "metrics")]
+        self.inner.emit.fleet_error();
+    }
+
+    /// A request of a budgeted host left the queue after `waited`.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn fleet_waited(&self, waited: Duration) {
+        self.inner.fleet_waited.fetch_add(1, Relaxed);
+        self.inner
+            .fleet_wait_nanos
+            .fetch_add(nanos(waited), Relaxed);
+        #[cfg(feature = "metrics")]
+        self.inner.emit.fleet_waited(waited);
+    }
+
+    /// This process holds `permits` of `host`'s fleet `budget`.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn fleet_permits(&self, host: &str, budget: usize, permits: usize, available: bool) {
+        let row = super::FleetHost {
+            host: host.to_owned(),
+            budget,
+            permits,
+            available,
+        };
+        self.inner
+            .fleet
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(host.into(), row);
+        #[cfg(feature = "metrics")]
+        self.inner.emit.fleet_permits(host, permits);
+    }
+
     /// The per-host dial costs the connectors report here.
     pub(crate) fn dial_costs(&self) -> &Arc<crate::conn::DialCosts> {
         &self.inner.dial_costs
@@ -252,6 +308,17 @@ impl Metrics {
             retries_budget_exhausted: load(&i.retries_budget_exhausted),
             retries_not_processed: load(&i.retries_not_processed),
             hosts: i.hosts.snapshot(&i.dial_costs),
+            fleet_renewals: load(&i.fleet_renewals),
+            fleet_errors: load(&i.fleet_errors),
+            fleet_waited: load(&i.fleet_waited),
+            fleet_wait_total: Duration::from_nanos(load(&i.fleet_wait_nanos)),
+            fleet: i
+                .fleet
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .values()
+                .cloned()
+                .collect(),
         }
     }
 }

@@ -135,7 +135,7 @@ mod snapshot;
 pub use self::conn::ConnInfo;
 pub use self::handle::Metrics;
 pub use self::layer::{ResponseBody, ResponseFuture, ReuseMetrics, ReuseMetricsLayer};
-pub use self::snapshot::{CloseCounts, DrainSkips, HostSnapshot, Snapshot};
+pub use self::snapshot::{CloseCounts, DrainSkips, FleetHost, HostSnapshot, Snapshot};
 pub use crate::conn::CloseReason;
 
 #[cfg(test)]

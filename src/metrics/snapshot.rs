@@ -75,6 +75,35 @@ pub struct Snapshot {
     /// Per-host connection figures: at most a fixed number of hosts, the
     /// rest folded into one row whose `host` is `None`.
     pub hosts: Vec<HostSnapshot>,
+    /// Renewals of fleet permit blocks that reached Redis (`fleet`
+    /// module, feature `redis`).
+    pub fleet_renewals: u64,
+    /// Renewals that could not reach Redis (an error or no answer in
+    /// time): each put its host on the fallback for a while.
+    pub fleet_errors: u64,
+    /// Requests of budgeted hosts that waited in the queue, and how long
+    /// all of them waited, in total (the time spent waiting for the fleet's
+    /// permits, or for the process's own slots).
+    pub fleet_waited: u64,
+    /// See `fleet_waited`.
+    pub fleet_wait_total: std::time::Duration,
+    /// Each budgeted host's permits.
+    pub fleet: Vec<FleetHost>,
+}
+
+/// One host's fleet budget, as this process holds it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct FleetHost {
+    /// The host name the budget is for (every port and scheme).
+    pub host: String,
+    /// The budget across the fleet.
+    pub budget: usize,
+    /// The permits this process holds now (its block; while Redis cannot be
+    /// reached, its fallback).
+    pub permits: usize,
+    /// Whether the last renewal reached Redis.
+    pub available: bool,
 }
 
 impl Snapshot {

@@ -10,6 +10,7 @@
 mod load;
 mod nginx;
 mod raw;
+mod redis;
 mod refuse;
 mod resolve;
 mod script;
@@ -18,6 +19,7 @@ mod servers;
 pub use load::*;
 pub use nginx::*;
 pub use raw::*;
+pub use redis::Redis;
 pub use refuse::*;
 pub use resolve::{Loopback, Switch};
 pub use script::*;

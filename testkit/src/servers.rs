@@ -301,6 +301,15 @@ where
 
 type ServerBody = BoxBody<Bytes, Infallible>;
 
+/// Takes a request out of [`Stats::in_flight`] when dropped.
+struct InFlight<'a>(&'a Stats);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 async fn handle(
     req: Request<Incoming>,
     stats: Arc<Stats>,
@@ -316,10 +325,14 @@ async fn handle(
     }
     let now = stats.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
     stats.peak.fetch_max(now, Ordering::SeqCst);
-    if !delay.is_zero() {
-        tokio::time::sleep(delay).await;
+    {
+        // Counted out also when hyper drops the handler (its client went
+        // away, as a killed process does).
+        let _out = InFlight(&stats);
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
     }
-    stats.in_flight.fetch_sub(1, Ordering::SeqCst);
 
     let path = req.uri().path().to_owned();
     let mut parts = path.trim_start_matches('/').splitn(2, '/');
