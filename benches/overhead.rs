@@ -110,6 +110,61 @@ fn layers(c: &mut Criterion) {
     }
 }
 
+/// The guarded request against the bare one, side by side: batches of
+/// each in turn on one current-thread runtime, the ratio of each pair of
+/// batches; prints the median and the spread (issue 28's measure: a guarded
+/// in-memory request, read and dropped, at most 2× a bare one).
+fn side_by_side(_c: &mut Criterion) {
+    const BATCH: usize = 20_000;
+    const ROUNDS: usize = 15;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let guard = PoolGuard::builder().max_per_host(64).build();
+    let guarded = guard.layer().layer(origin());
+    let bare = origin();
+    for read in [true, false] {
+        let mut ratios = Vec::with_capacity(ROUNDS);
+        let mut times = (Vec::new(), Vec::new());
+        rt.block_on(async {
+            for round in 0..=ROUNDS {
+                let t = std::time::Instant::now();
+                for i in 0..BATCH {
+                    one(&bare, i, 1, read).await;
+                }
+                let b = t.elapsed().as_nanos() as f64 / BATCH as f64;
+                let t = std::time::Instant::now();
+                for i in 0..BATCH {
+                    one(&guarded, i, 1, read).await;
+                }
+                let g = t.elapsed().as_nanos() as f64 / BATCH as f64;
+                // The first round warms up.
+                if round > 0 {
+                    ratios.push(g / b);
+                    times.0.push(b);
+                    times.1.push(g);
+                }
+            }
+        });
+        let mid = |v: &mut Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        let (lo, hi) = (
+            ratios.iter().copied().fold(f64::MAX, f64::min),
+            ratios.iter().copied().fold(0.0, f64::max),
+        );
+        println!(
+            "side by side, {}: bare {:.0} ns, PoolGuard {:.0} ns: {:.2}x (median of {ROUNDS} pairs of {BATCH}, {lo:.2}-{hi:.2})",
+            if read { "read to end" } else { "dropped early" },
+            mid(&mut times.0),
+            mid(&mut times.1),
+            mid(&mut ratios),
+        );
+    }
+}
+
 /// Eight requests at once to one host, each read to its end.
 async fn eight<S, B>(svc: S)
 where
@@ -222,5 +277,5 @@ fn loopback(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, layers, contention, loopback);
+criterion_group!(benches, side_by_side, layers, contention, loopback);
 criterion_main!(benches);

@@ -23,8 +23,9 @@ pub struct HostKey {
     /// be chosen to collide), computed once: per-host maps look a key up
     /// several times per request.
     hash: u64,
-    scheme_len: usize,
-    host_end: usize,
+    /// Offsets in `repr` (a key longer than 64 KiB is not made).
+    scheme_len: u16,
+    host_end: u16,
     port: u16,
 }
 
@@ -33,7 +34,20 @@ impl HostKey {
     /// and a scheme whose default port is unknown.
     pub fn from_uri(uri: &Uri) -> Option<Self> {
         let scheme = uri.scheme().unwrap_or(&Scheme::HTTP);
-        Self::new(scheme, uri.authority()?)
+        let authority = uri.authority()?;
+        // The layers of one request each look its key up, and a client's
+        // requests mostly go to the hosts it just sent to: the last keys
+        // made on this thread, by the URI's own scheme and authority, save
+        // the parse, the hash and the allocation.
+        LAST.with(|last| {
+            let mut last = last.borrow_mut();
+            if let Some(key) = last.find(scheme.as_str(), authority.as_str()) {
+                return Some(key);
+            }
+            let key = Self::new(scheme, authority)?;
+            last.remember(scheme.as_str(), authority.as_str(), &key);
+            Some(key)
+        })
     }
 
     /// The key of a request: from its URI, falling back to its `Host` header
@@ -114,25 +128,72 @@ impl HostKey {
         Some(HostKey {
             hash: hash_of(repr),
             repr: Arc::from(repr),
-            scheme_len: scheme.len(),
-            host_end,
+            scheme_len: u16::try_from(scheme.len()).ok()?,
+            host_end: u16::try_from(host_end).ok()?,
             port,
         })
     }
 
     /// The scheme, in lower case.
     pub fn scheme(&self) -> &str {
-        &self.repr[..self.scheme_len]
+        self.repr
+            .get(..usize::from(self.scheme_len))
+            .unwrap_or_default()
     }
 
     /// The host, in lower case (an IPv6 address keeps its brackets).
     pub fn host(&self) -> &str {
-        &self.repr[self.scheme_len + 3..self.host_end]
+        let start = usize::from(self.scheme_len) + 3;
+        self.repr
+            .get(start..usize::from(self.host_end))
+            .unwrap_or_default()
     }
 
     /// The port, the scheme's default if the URI named none.
     pub fn port(&self) -> u16 {
         self.port
+    }
+}
+
+/// Keys a thread made last, by the scheme and authority they were made
+/// from, exactly as written.
+struct Last {
+    entries: [Option<(Box<str>, usize, HostKey)>; LAST_KEYS],
+    /// The entry the next new key replaces.
+    next: usize,
+}
+
+/// Keys remembered per thread.
+const LAST_KEYS: usize = 4;
+
+thread_local! {
+    static LAST: std::cell::RefCell<Last> = const {
+        std::cell::RefCell::new(Last { entries: [const { None }; LAST_KEYS], next: 0 })
+    };
+}
+
+impl Last {
+    fn find(&self, scheme: &str, authority: &str) -> Option<HostKey> {
+        self.entries
+            .iter()
+            .flatten()
+            .find_map(|(raw, scheme_len, key)| {
+                let same = raw.len() == scheme.len() + authority.len()
+                    && *scheme_len == scheme.len()
+                    && raw.as_bytes().get(..scheme.len()) == Some(scheme.as_bytes())
+                    && raw.as_bytes().get(scheme.len()..) == Some(authority.as_bytes());
+                same.then(|| key.clone())
+            })
+    }
+
+    fn remember(&mut self, scheme: &str, authority: &str, key: &HostKey) {
+        let mut raw = String::with_capacity(scheme.len() + authority.len());
+        raw.push_str(scheme);
+        raw.push_str(authority);
+        if let Some(slot) = self.entries.get_mut(self.next) {
+            *slot = Some((raw.into_boxed_str(), scheme.len(), key.clone()));
+        }
+        self.next = (self.next + 1) % LAST_KEYS;
     }
 }
 
@@ -259,6 +320,36 @@ mod tests {
 
     fn key(uri: &str) -> Option<String> {
         HostKey::from_uri(&uri.parse().unwrap()).map(|k| k.to_string())
+    }
+
+    #[test]
+    fn the_keys_a_thread_remembers_are_told_apart_by_scheme_and_authority() {
+        // "http" + "sa.example" and "https" + "a.example" read the same
+        // once joined: the remembered keys must not mix them up.
+        for _ in 0..3 {
+            assert_eq!(
+                key("http://sa.example/").as_deref(),
+                Some("http://sa.example:80")
+            );
+            assert_eq!(
+                key("https://a.example/").as_deref(),
+                Some("https://a.example:443")
+            );
+            assert_eq!(
+                key("http://A.example:80/").as_deref(),
+                Some("http://a.example:80")
+            );
+        }
+        // More hosts than are remembered, in turn: each still right.
+        for round in 0..3 {
+            for i in 0..(LAST_KEYS * 2) {
+                assert_eq!(
+                    key(&format!("http://h{i}.example:{}/", 8000 + i)),
+                    Some(format!("http://h{i}.example:{}", 8000 + i)),
+                    "round {round}"
+                );
+            }
+        }
     }
 
     #[test]

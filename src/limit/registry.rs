@@ -147,23 +147,70 @@ struct Host {
     /// Reached over TLS (`https`).
     tls: bool,
     /// Waiters, first come first served; empty whenever a slot is free.
-    waiters: VecDeque<Arc<Grant>>,
+    waiters: Waiters,
     /// The limit a policy set below the bounds, plus one (0: none; 1: no
     /// slot at all, as a fleet without permits for the host sets).
     cap: u32,
-    /// A connector's connections to the host (one per slot that has one),
-    /// to wake when a dial for another pool key must wait.
+    /// A connector's connections to the host (none for a request limit's
+    /// host: its 8 bytes stay empty).
     #[cfg(feature = "hyper-util")]
+    conns: Option<Box<Conns>>,
+}
+
+/// A host's waiters: 8 bytes and no allocation until one queues (every
+/// tracked host has this; few ever have waiters). A `VecDeque` alone takes
+/// 32 bytes of every host's entry.
+#[allow(clippy::box_collection)]
+#[derive(Debug, Default)]
+struct Waiters(Option<Box<VecDeque<Arc<Grant>>>>);
+
+impl Waiters {
+    fn len(&self) -> usize {
+        self.0.as_ref().map_or(0, |q| q.len())
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn push_back(&mut self, grant: Arc<Grant>) {
+        self.0.get_or_insert_with(Box::default).push_back(grant);
+    }
+
+    fn pop_front(&mut self) -> Option<Arc<Grant>> {
+        self.0.as_mut()?.pop_front()
+    }
+
+    fn remove(&mut self, at: usize) -> Option<Arc<Grant>> {
+        self.0.as_mut()?.remove(at)
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &Arc<Grant>> {
+        self.0.iter().flat_map(|q| q.iter())
+    }
+}
+
+/// A connector's connections to a host.
+#[cfg(feature = "hyper-util")]
+#[derive(Debug, Default)]
+struct Conns {
+    /// Its connections (one per slot that has one), to wake when a dial
+    /// for another pool key must wait.
     links: Vec<Arc<Link>>,
     /// Idle connections closing (or chosen to close) to make room for a
     /// waiting dial.
-    #[cfg(feature = "hyper-util")]
     retiring: usize,
     /// Connections chosen to close for a waiting dial that have not yet
     /// looked (counted in `retiring`).
-    #[cfg(feature = "hyper-util")]
     chosen: Vec<Arc<Link>>,
 }
+
+#[cfg(feature = "hyper-util")]
+static NO_CONNS: Conns = Conns {
+    links: Vec::new(),
+    retiring: 0,
+    chosen: Vec::new(),
+};
 
 /// One waiter's cell: set, under the registry lock, when a slot is handed
 /// to it.
@@ -412,7 +459,7 @@ impl Registry {
         let state = self.state();
         let mut asked = 0usize;
         for host in state.hosts.values() {
-            for link in &host.links {
+            for link in &host.conns().links {
                 if matches!(link.phase(), Phase::Idle | Phase::Http2) {
                     link.evict();
                     asked = asked.saturating_add(1);
@@ -431,10 +478,11 @@ impl Registry {
         let Some(host) = state.hosts.get(key) else {
             return false;
         };
-        host.links.iter().any(|l| {
+        let conns = host.conns();
+        conns.links.iter().any(|l| {
             l.pool_key() == pool_key
                 && l.reusable_idle()
-                && !host.chosen.iter().any(|c| Arc::ptr_eq(c, l))
+                && !conns.chosen.iter().any(|c| Arc::ptr_eq(c, l))
         })
     }
 
@@ -503,13 +551,14 @@ impl Host {
             .filter(|g| g.pool_key.is_some())
             .count()
             .saturating_add(1);
-        let wanted = dials.saturating_sub(self.retiring);
+        let conns = self.conns();
+        let wanted = dials.saturating_sub(conns.retiring);
         if wanted == 0 {
             return Vec::new();
         }
-        let chosen = &self.chosen;
+        let chosen = &conns.chosen;
         let now = Instant::now();
-        let (mut idle, fresh): (Vec<&Arc<Link>>, Vec<&Arc<Link>>) = self
+        let (mut idle, fresh): (Vec<&Arc<Link>>, Vec<&Arc<Link>>) = conns
             .links
             .iter()
             .filter(|l| {
@@ -523,11 +572,13 @@ impl Host {
             idle.truncate(wanted);
         }
         let idle: Vec<Arc<Link>> = idle.into_iter().cloned().collect();
-        self.retiring = self.retiring.saturating_add(idle.len());
-        self.chosen.extend(idle.iter().cloned());
+        let fresh: Vec<Arc<Link>> = fresh.into_iter().cloned().collect();
+        let conns = self.conns_mut();
+        conns.retiring = conns.retiring.saturating_add(idle.len());
+        conns.chosen.extend(idle.iter().cloned());
         // Fresh connections are woken too, unchosen: each sets a timer for
         // the end of its grace and then looks by itself.
-        idle.into_iter().chain(fresh.into_iter().cloned()).collect()
+        idle.into_iter().chain(fresh).collect()
     }
 
     /// Forgets the chosen connections that are busy again (the pool handed
@@ -537,18 +588,53 @@ impl Host {
     /// looking by itself, makes room instead.
     #[cfg(feature = "hyper-util")]
     fn forget_busy_choices(&mut self) {
-        let before = self.chosen.len();
-        self.chosen.retain(|l| l.phase() == Phase::Idle);
-        let forgotten = before.saturating_sub(self.chosen.len());
-        self.retiring = self.retiring.saturating_sub(forgotten);
+        let Some(conns) = self.conns.as_deref_mut() else {
+            return;
+        };
+        let before = conns.chosen.len();
+        conns.chosen.retain(|l| l.phase() == Phase::Idle);
+        let forgotten = before.saturating_sub(conns.chosen.len());
+        conns.retiring = conns.retiring.saturating_sub(forgotten);
+    }
+
+    /// The host's connections (none yet: empty).
+    #[cfg(feature = "hyper-util")]
+    fn conns(&self) -> &Conns {
+        self.conns.as_deref().unwrap_or(&NO_CONNS)
+    }
+
+    #[cfg(feature = "hyper-util")]
+    fn conns_mut(&mut self) -> &mut Conns {
+        self.conns.get_or_insert_with(Box::default)
+    }
+
+    /// Takes `link` off the host's connections.
+    #[cfg(feature = "hyper-util")]
+    fn detach(&mut self, link: &Arc<Link>) {
+        if let Some(conns) = self.conns.as_deref_mut() {
+            if let Some(at) = conns.links.iter().position(|l| Arc::ptr_eq(l, link)) {
+                conns.links.swap_remove(at);
+            }
+        }
+    }
+
+    /// One connection less is retiring.
+    #[cfg(feature = "hyper-util")]
+    fn retired_one(&mut self) {
+        if let Some(conns) = self.conns.as_deref_mut() {
+            conns.retiring = conns.retiring.saturating_sub(1);
+        }
     }
 
     /// Takes `link` off the chosen list; whether it was on it.
     #[cfg(feature = "hyper-util")]
     fn unchoose(&mut self, link: &Arc<Link>) -> bool {
-        match self.chosen.iter().position(|c| Arc::ptr_eq(c, link)) {
+        let Some(conns) = self.conns.as_deref_mut() else {
+            return false;
+        };
+        match conns.chosen.iter().position(|c| Arc::ptr_eq(c, link)) {
             Some(at) => {
-                self.chosen.swap_remove(at);
+                conns.chosen.swap_remove(at);
                 true
             }
             None => false,
@@ -754,7 +840,7 @@ impl Slot {
         let Some(key) = &self.key else { return };
         let mut state = self.registry.state();
         if let Some(host) = state.hosts.get_mut(key) {
-            host.links.push(link.clone());
+            host.conns_mut().links.push(link.clone());
         }
         drop(state);
         self.link = Some(link);
@@ -806,22 +892,21 @@ impl Slot {
             if foreign > 0 {
                 self.retiring = true;
             } else {
-                host.retiring = host.retiring.saturating_sub(1);
+                host.retired_one();
             }
         } else if foreign > {
             host.forget_busy_choices();
-            host.retiring
+            host.conns().retiring
         } {
             // A dial waits that no idle connection was there for when it
             // queued: this one, idle now, makes room.
-            host.retiring = host.retiring.saturating_add(1);
+            let conns = host.conns_mut();
+            conns.retiring = conns.retiring.saturating_add(1);
             self.retiring = true;
         }
         if self.retiring {
             // Leaving: never chosen again (which would count it twice).
-            if let Some(at) = host.links.iter().position(|l| Arc::ptr_eq(l, link)) {
-                host.links.swap_remove(at);
-            }
+            host.detach(link);
         }
         self.retiring
     }
@@ -835,11 +920,9 @@ impl Drop for Slot {
         #[cfg(feature = "hyper-util")]
         if let Some(link) = self.link.take() {
             if let Some(host) = state.hosts.get_mut(&key) {
-                if let Some(at) = host.links.iter().position(|l| Arc::ptr_eq(l, &link)) {
-                    host.links.swap_remove(at);
-                }
+                host.detach(&link);
                 if host.unchoose(&link) || self.retiring {
-                    host.retiring = host.retiring.saturating_sub(1);
+                    host.retired_one();
                 }
             }
         }
@@ -1023,11 +1106,11 @@ impl Drop for Waiter {
             return;
         }
         if let Some(host) = state.hosts.get_mut(&self.key) {
-            if let Some(at) = host
+            let at = host
                 .waiters
                 .iter()
-                .position(|g| Arc::ptr_eq(g, &self.grant))
-            {
+                .position(|g| Arc::ptr_eq(g, &self.grant));
+            if let Some(at) = at {
                 host.waiters.remove(at);
             }
         }
