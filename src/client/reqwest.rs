@@ -203,7 +203,7 @@ where
         + Send,
     S::Future: Send,
 {
-    let request: http::Request<::reqwest::Body> = request.try_into()?;
+    let request = into_http_request(request)?;
     let response = svc.oneshot(request).await?;
     let (mut parts, body) = response.into_parts();
     // The URL reqwest reports: the last one after redirects.
@@ -227,6 +227,63 @@ where
     }
     let response = builder.body(::reqwest::Body::wrap(body))?;
     Ok(::reqwest::Response::from(response))
+}
+
+/// reqwest's request, kept (without its headers and body) for the way
+/// back: rebuilt from it, the request needs no URL parse, and keeps
+/// reqwest's own extensions (its timeouts), which the guard cannot read.
+#[derive(Clone)]
+struct Shell(Arc<std::sync::Mutex<Option<(::reqwest::Request, http::Uri)>>>);
+
+/// `request` as an `http::Request` for the guard's layers, its shell in
+/// its extensions.
+fn into_http_request(
+    mut request: ::reqwest::Request,
+) -> Result<http::Request<::reqwest::Body>, BoxError> {
+    let body = request
+        .body_mut()
+        .take()
+        .unwrap_or_else(|| ::reqwest::Body::from(bytes::Bytes::new()));
+    let uri = http::Uri::try_from(request.url().as_str())?;
+    let mut http = http::Request::new(body);
+    *http.method_mut() = request.method().clone();
+    *http.uri_mut() = uri.clone();
+    *http.version_mut() = request.version();
+    *http.headers_mut() = std::mem::take(request.headers_mut());
+    http.extensions_mut()
+        .insert(Shell(Arc::new(std::sync::Mutex::new(Some((request, uri))))));
+    Ok(http)
+}
+
+/// The guard's `request` as reqwest's again: its shell with the request's
+/// head and body (each attempt leaves a copy of the shell for the next; a
+/// request whose URI a layer changed is converted, its URI parsed).
+fn into_reqwest_request(
+    request: http::Request<::reqwest::Body>,
+) -> Result<::reqwest::Request, BoxError> {
+    let (mut parts, body) = request.into_parts();
+    let shell = parts.extensions.remove::<Shell>().and_then(|Shell(shell)| {
+        let mut shell = shell
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Without headers or body: a URL and reqwest's extensions.
+        let spare = shell
+            .as_ref()
+            .and_then(|(request, uri)| Some((request.try_clone()?, uri.clone())));
+        std::mem::replace(&mut *shell, spare)
+    });
+    match shell {
+        Some((mut shell, uri)) if uri == parts.uri => {
+            *shell.method_mut() = parts.method;
+            *shell.headers_mut() = parts.headers;
+            *shell.version_mut() = parts.version;
+            *shell.body_mut() = Some(body);
+            Ok(shell)
+        }
+        _ => Ok(::reqwest::Request::try_from(http::Request::from_parts(
+            parts, body,
+        ))?),
+    }
 }
 
 /// reqwest's `response` as an `http::Response` for the guard's layers,
@@ -285,9 +342,10 @@ impl Service<http::Request<::reqwest::Body>> for Execute {
         let turns = self.turns.clone();
         let book = self.book.clone();
         Box::pin(async move {
-            let mut request = ::reqwest::Request::try_from(request)?;
-            let ticket = book.ticket(&mut request);
-            let scope = DialScope::of(request.url(), Some(turns));
+            let mut request = into_reqwest_request(request)?;
+            let key = scope::pool_key(request.url());
+            let ticket = book.ticket(key.clone(), &mut request);
+            let scope = DialScope::of(key, request.url(), Some(turns));
             rotate::Book::tell(ticket.as_ref(), scope.as_deref());
             let copy = crate::retry::service::idempotent(request.method(), request.headers())
                 .then(|| request.try_clone())
@@ -516,4 +574,48 @@ where
     // drains of hosts never dialed by name.
     metrics.dial_costs().record_any(took);
     Ok(conn)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::{into_http_request, into_reqwest_request};
+
+    fn copy(request: &http::Request<::reqwest::Body>) -> http::Request<::reqwest::Body> {
+        let mut copy = http::Request::new(::reqwest::Body::from(""));
+        *copy.method_mut() = request.method().clone();
+        *copy.uri_mut() = request.uri().clone();
+        *copy.headers_mut() = request.headers().clone();
+        *copy.extensions_mut() = request.extensions().clone();
+        copy
+    }
+
+    #[test]
+    fn a_request_comes_back_from_the_layers_with_reqwest_s_own_settings() {
+        let url: ::reqwest::Url = "http://Example.com:8080/a/b?c=d".parse().unwrap();
+        let mut request = ::reqwest::Request::new(::reqwest::Method::PUT, url.clone());
+        *request.timeout_mut() = Some(Duration::from_secs(7));
+        request.headers_mut().insert("x-a", "1".parse().unwrap());
+        *request.body_mut() = Some(::reqwest::Body::from("body"));
+        let http = into_http_request(request).unwrap();
+        assert_eq!(http.uri(), "http://example.com:8080/a/b?c=d");
+        assert_eq!(http.headers()["x-a"], "1");
+        // A copy, as the retry keeps one: each attempt gets the timeout,
+        // which only reqwest can read from its extensions.
+        let again = copy(&http);
+        let mut changed = copy(&http);
+        *changed.uri_mut() = "http://other.example/".parse().unwrap();
+        for http in [http, again] {
+            let back = into_reqwest_request(http).unwrap();
+            assert_eq!(back.url(), &url);
+            assert_eq!(back.method(), ::reqwest::Method::PUT);
+            assert_eq!(back.headers()["x-a"], "1");
+            assert_eq!(back.timeout(), Some(&Duration::from_secs(7)));
+            assert!(back.body().is_some());
+        }
+        // A URI a layer changed wins over the shell's.
+        let back = into_reqwest_request(changed).unwrap();
+        assert_eq!(back.url().as_str(), "http://other.example/");
+    }
 }

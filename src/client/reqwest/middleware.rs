@@ -165,10 +165,11 @@ impl<'a> Service<http::Request<::reqwest::Body>> for RunNext<'a> {
         let turns = self.turns.clone();
         let book = self.book.clone();
         Box::pin(async move {
-            let mut request = ::reqwest::Request::try_from(request)?;
-            let ticket = book.ticket(&mut request);
+            let mut request = super::into_reqwest_request(request)?;
+            let key = super::scope::pool_key(request.url());
+            let ticket = book.ticket(key.clone(), &mut request);
             let extensions = lock(&shared).clone();
-            let scope = super::DialScope::of(request.url(), Some(turns));
+            let scope = super::DialScope::of(key, request.url(), Some(turns));
             super::rotate::Book::tell(ticket.as_ref(), scope.as_deref());
             let copy = crate::retry::service::idempotent(request.method(), request.headers())
                 .then(|| request.try_clone())

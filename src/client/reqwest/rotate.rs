@@ -100,10 +100,14 @@ impl Book {
         })
     }
 
-    /// [`before`](Book::before) for a reqwest request, if it has a host.
-    pub(crate) fn ticket(&self, request: &mut ::reqwest::Request) -> Option<Ticket> {
-        let key = super::scope::pool_key(request.url())?;
-        Some(self.before(key, request.headers_mut()))
+    /// [`before`](Book::before) for a reqwest request whose pool key is
+    /// `key` (none without a host).
+    pub(crate) fn ticket(
+        &self,
+        key: Option<Arc<str>>,
+        request: &mut ::reqwest::Request,
+    ) -> Option<Ticket> {
+        Some(self.before(key?, request.headers_mut()))
     }
 
     /// Tells the request's dial scope what the ticket knows: an HTTP/1
