@@ -147,20 +147,13 @@ fn side_by_side(_c: &mut Criterion) {
                 }
             }
         });
-        let mid = |v: &mut Vec<f64>| {
-            v.sort_by(f64::total_cmp);
-            v[v.len() / 2]
-        };
-        let (lo, hi) = (
-            ratios.iter().copied().fold(f64::MAX, f64::min),
-            ratios.iter().copied().fold(0.0, f64::max),
-        );
+        let (lo, hi) = poolguard_testkit::spread(&ratios);
         println!(
             "side by side, {}: bare {:.0} ns, PoolGuard {:.0} ns: {:.2}x (median of {ROUNDS} pairs of {BATCH}, {lo:.2}-{hi:.2})",
             if read { "read to end" } else { "dropped early" },
-            mid(&mut times.0),
-            mid(&mut times.1),
-            mid(&mut ratios),
+            poolguard_testkit::median(&times.0),
+            poolguard_testkit::median(&times.1),
+            poolguard_testkit::median(&ratios),
         );
     }
 }

@@ -263,10 +263,6 @@ async fn run(name: &str, guard: PoolGuard, overload: bool) -> Outcome {
 /// The median run of each figure (requests a second and p99 per phase),
 /// errors and 503s summed over the runs, the trace of the last run.
 fn median(mut runs: Vec<Outcome>) -> Outcome {
-    fn mid(mut v: Vec<f64>) -> f64 {
-        v.sort_by(f64::total_cmp);
-        v.get(v.len() / 2).copied().unwrap_or(0.0)
-    }
     let mut out = Outcome {
         name: runs.first().map(|o| o.name.clone()).unwrap_or_default(),
         rates: [0.0; 3],
@@ -279,8 +275,10 @@ fn median(mut runs: Vec<Outcome>) -> Outcome {
             .unwrap_or_default(),
     };
     for i in 0..3 {
-        out.rates[i] = mid(runs.iter().map(|o| o.rates[i]).collect());
-        out.p99_ms[i] = mid(runs.iter().map(|o| o.p99_ms[i]).collect());
+        out.rates[i] =
+            poolguard_testkit::median(&runs.iter().map(|o| o.rates[i]).collect::<Vec<_>>());
+        out.p99_ms[i] =
+            poolguard_testkit::median(&runs.iter().map(|o| o.p99_ms[i]).collect::<Vec<_>>());
         out.rejected[i] = runs.iter().map(|o| o.rejected[i]).sum();
     }
     out

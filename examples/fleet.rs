@@ -361,19 +361,12 @@ fn main() {
                 rates.0.push(with);
                 rates.1.push(without);
             }
-            let mid = |v: &mut Vec<f64>| {
-                v.sort_by(f64::total_cmp);
-                v[v.len() / 2]
-            };
-            let (lo, hi) = (
-                ratios.iter().copied().fold(f64::MAX, f64::min),
-                ratios.iter().copied().fold(0.0, f64::max),
-            );
+            let (lo, hi) = support::spread(&ratios);
             println!(
                 "one process, server holding {label}, {TASKS} tasks, budget {BUDGET}: with {:.0} req/s, without {:.0} req/s: {:.3}x (median of {rounds} rounds, {lo:.3}-{hi:.3})",
-                mid(&mut rates.0),
-                mid(&mut rates.1),
-                mid(&mut ratios)
+                support::median(&rates.0),
+                support::median(&rates.1),
+                support::median(&ratios)
             );
         }
     });

@@ -128,11 +128,6 @@ async fn run(name: &str, guarded: bool) -> Figures {
     }
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
 #[tokio::main]
 async fn main() {
     let mut rounds = 5;
@@ -167,16 +162,12 @@ async fn main() {
             .zip(&guarded)
             .map(|(b, g)| g.rps / b.rps)
             .collect();
-        let (lo, hi) = ratios
-            .iter()
-            .fold((f64::MAX, 0.0f64), |(lo, hi), r| (lo.min(*r), hi.max(*r)));
+        let (lo, hi) = support::spread(&ratios);
         for (label, runs) in [("bare", &bare), ("guarded", &guarded)] {
             let rps: Vec<f64> = runs.iter().map(|f| f.rps).collect();
-            let (min, max) = rps
-                .iter()
-                .fold((f64::MAX, 0.0f64), |(lo, hi), r| (lo.min(*r), hi.max(*r)));
+            let (min, max) = support::spread(&rps);
             let ratio = if label == "guarded" {
-                format!("{:.2}× ({lo:.2}–{hi:.2})", median(ratios.clone()))
+                format!("{:.2}× ({lo:.2}–{hi:.2})", support::median(&ratios))
             } else {
                 String::new()
             };
@@ -184,7 +175,7 @@ async fn main() {
                 "| {name} {label} | {} | {} | {:.0} | {min:.0}–{max:.0} | {ratio} |",
                 runs.iter().map(|f| f.connections).max().unwrap_or(0),
                 runs.iter().map(|f| f.lost).max().unwrap_or(0),
-                median(rps.clone()),
+                support::median(&rps),
             );
         }
     }

@@ -236,3 +236,22 @@ where
     }
     outcomes
 }
+
+/// The median of `values` (of an even count, the upper middle one; 0 for
+/// none).
+pub fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted.get(sorted.len() / 2).copied().unwrap_or(0.0)
+}
+
+/// The smallest and the largest of `values` ((0, 0) for none).
+pub fn spread(values: &[f64]) -> (f64, f64) {
+    if values.is_empty() {
+        return (0.0, 0.0);
+    }
+    (
+        values.iter().copied().fold(f64::MAX, f64::min),
+        values.iter().copied().fold(f64::MIN, f64::max),
+    )
+}
