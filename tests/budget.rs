@@ -55,11 +55,14 @@ async fn reqwest_run(server: &support::Server, guard: &PoolGuard, own_retry: boo
     let plain = reqwest_h2c(guard, own_retry);
     let guarded = guard.reqwest(plain.clone());
     let url = server.url("/");
+    let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     support::drive(50, TOTAL, 0, move || {
         let (plain, guarded, url) = (plain.clone(), guarded.clone(), url.clone());
+        // As `support::sender` does: the server refuses a request once.
+        let id = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         async move {
             guarded
-                .execute(plain.get(url).build()?)
+                .execute(plain.get(url).header("x-id", id).build()?)
                 .await?
                 .bytes()
                 .await?;
