@@ -286,6 +286,40 @@ fn into_reqwest_request(
     }
 }
 
+/// A request on its way from the guard's layers to reqwest (or the rest of
+/// a middleware chain): reqwest's request, its rotation ticket, its dial
+/// scope, and a copy to send again if it is idempotent and its body can be
+/// cloned.
+struct Outgoing {
+    request: ::reqwest::Request,
+    ticket: Option<rotate::Ticket>,
+    scope: Option<Arc<DialScope>>,
+    copy: Option<::reqwest::Request>,
+}
+
+impl Outgoing {
+    fn new(
+        request: http::Request<::reqwest::Body>,
+        book: &rotate::Book,
+        turns: Arc<scope::TurnLog>,
+    ) -> Result<Outgoing, BoxError> {
+        let mut request = into_reqwest_request(request)?;
+        let key = scope::pool_key(request.url());
+        let ticket = book.ticket(key.clone(), &mut request);
+        let scope = DialScope::of(key, request.url(), Some(turns));
+        rotate::Book::tell(ticket.as_ref(), scope.as_deref());
+        let copy = crate::retry::service::idempotent(request.method(), request.headers())
+            .then(|| request.try_clone())
+            .flatten();
+        Ok(Outgoing {
+            request,
+            ticket,
+            scope,
+            copy,
+        })
+    }
+}
+
 /// reqwest's `response` as an `http::Response` for the guard's layers,
 /// with its final URL, and, over HTTP/2, leave to reset its stream when
 /// its body is dropped early: the guard's retry resends the idempotent
@@ -342,14 +376,12 @@ impl Service<http::Request<::reqwest::Body>> for Execute {
         let turns = self.turns.clone();
         let book = self.book.clone();
         Box::pin(async move {
-            let mut request = into_reqwest_request(request)?;
-            let key = scope::pool_key(request.url());
-            let ticket = book.ticket(key.clone(), &mut request);
-            let scope = DialScope::of(key, request.url(), Some(turns));
-            rotate::Book::tell(ticket.as_ref(), scope.as_deref());
-            let copy = crate::retry::service::idempotent(request.method(), request.headers())
-                .then(|| request.try_clone())
-                .flatten();
+            let Outgoing {
+                request,
+                ticket,
+                scope,
+                copy,
+            } = Outgoing::new(request, &book, turns)?;
             let again = copy.map(|copy| {
                 let client = client.clone();
                 move || client.execute(copy)

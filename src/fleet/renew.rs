@@ -75,25 +75,60 @@ pub(super) async fn run(shared: Weak<Shared>) {
     // The guard is gone: its permits go back now rather than at the end of
     // the lease.
     if let Some(conn) = conn.as_mut() {
+        let release = Take {
+            holder: &holder,
+            want: 0,
+            floor: 0,
+            budget: 0,
+            lease_ms: lease_ms(lease),
+            epoch: "",
+        };
         for host in held {
-            let mut invocation = script.prepare_invoke();
-            keys(&mut invocation, &host);
-            invocation
-                .arg(&holder)
-                .arg(0)
-                .arg(0)
-                .arg(0)
-                .arg(lease.as_millis().max(1) as u64)
-                .arg("");
-            let _ = tokio::time::timeout(call, invocation.invoke_async::<redis::Value>(conn)).await;
+            let _ = tokio::time::timeout(call, release.call(conn, &script, &host)).await;
         }
     }
 }
 
-pub(super) fn keys(invocation: &mut redis::ScriptInvocation<'_>, host: &str) {
-    for part in ["holders", "held", "wants", "epoch", "learn"] {
-        invocation.key(format!("poolguard:{{{host}}}:{part}"));
+/// What one call of the script says: permits granted, the keys' epoch,
+/// whether the budget is contended, whether a learning window is on.
+pub(super) type Answer = (i64, String, i64, i64);
+
+/// One call of the script for `holder` on `host`'s keys: the arguments as
+/// `take.lua` documents them.
+pub(super) struct Take<'a> {
+    pub(super) holder: &'a str,
+    pub(super) want: usize,
+    pub(super) floor: usize,
+    pub(super) budget: usize,
+    pub(super) lease_ms: u64,
+    pub(super) epoch: &'a str,
+}
+
+impl Take<'_> {
+    pub(super) async fn call<C: redis::aio::ConnectionLike>(
+        &self,
+        conn: &mut C,
+        script: &redis::Script,
+        host: &str,
+    ) -> redis::RedisResult<Answer> {
+        let mut invocation = script.prepare_invoke();
+        for part in ["holders", "held", "wants", "epoch", "learn"] {
+            invocation.key(format!("poolguard:{{{host}}}:{part}"));
+        }
+        invocation
+            .arg(self.holder)
+            .arg(self.want)
+            .arg(self.floor)
+            .arg(self.budget)
+            .arg(self.lease_ms)
+            .arg(self.epoch);
+        invocation.invoke_async(conn).await
     }
+}
+
+/// A lease in the script's milliseconds (at least 1).
+fn lease_ms(lease: Duration) -> u64 {
+    u64::try_from(lease.as_millis()).unwrap_or(u64::MAX).max(1)
 }
 
 /// One round over every budgeted host. Returns whether the next should
@@ -113,7 +148,7 @@ async fn renew(
     for d in &demand {
         by_name.entry(d.key.host()).or_default().push(d);
     }
-    let lease = shared.budget.lease.as_millis().max(1) as u64;
+    let lease = lease_ms(shared.budget.lease);
     let mut fast = false;
     for (host, &budget) in &shared.budget.limits {
         let keys_demand = by_name.get(&**host).map(Vec::as_slice).unwrap_or(&[]);
@@ -144,25 +179,19 @@ async fn renew(
         if want == 0 && floor == 0 && !recorded {
             continue;
         }
+        let take = Take {
+            holder: &shared.holder,
+            want,
+            floor,
+            budget,
+            lease_ms: lease,
+            epoch: &epoch,
+        };
         let answer = match conn.as_deref_mut() {
-            Some(conn) => {
-                let mut invocation = script.prepare_invoke();
-                keys(&mut invocation, host);
-                invocation
-                    .arg(&shared.holder)
-                    .arg(want)
-                    .arg(floor)
-                    .arg(budget)
-                    .arg(lease)
-                    .arg(&epoch);
-                tokio::time::timeout(
-                    call,
-                    invocation.invoke_async::<(i64, String, i64, i64)>(conn),
-                )
+            Some(conn) => tokio::time::timeout(call, take.call(conn, script, host))
                 .await
                 .ok()
-                .and_then(Result::ok)
-            }
+                .and_then(Result::ok),
             None => None,
         };
         let caps = {

@@ -3,28 +3,26 @@
 
 use poolguard_testkit::Redis;
 
-use super::renew::{keys, script};
+use super::renew::{script, Answer, Take};
 
-/// One call of the script: (granted, epoch, contended, learning).
+/// One call of the script, budget 20, lease 60 s: (granted, epoch,
+/// contended, learning).
 async fn take(
     conn: &mut redis::aio::MultiplexedConnection,
     holder: &str,
     want: usize,
     floor: usize,
     epoch: &str,
-) -> (i64, String, i64, i64) {
-    let script = script();
-    let mut invocation = script.prepare_invoke();
-    keys(&mut invocation, "api.example");
-    invocation
-        .arg(holder)
-        .arg(want)
-        .arg(floor)
-        .arg(20)
-        .arg(60_000)
-        .arg(epoch);
-    invocation
-        .invoke_async(conn)
+) -> Answer {
+    let call = Take {
+        holder,
+        want,
+        floor,
+        budget: 20,
+        lease_ms: 60_000,
+        epoch,
+    };
+    call.call(conn, &script(), "api.example")
         .await
         .expect("the script runs")
 }
@@ -109,19 +107,19 @@ async fn after_a_restart_nobody_grows_until_the_old_holders_recorded_what_they_u
 async fn a_holder_whose_lease_ran_out_gives_its_permits_back() {
     let redis = Redis::start();
     let mut conn = connect(&redis).await;
-    let script = script();
-    let mut invocation = script.prepare_invoke();
-    keys(&mut invocation, "api.example");
     // A lease of 100 ms.
-    invocation
-        .arg("gone")
-        .arg(20)
-        .arg(0)
-        .arg(20)
-        .arg(100)
-        .arg("");
-    let (gone, ..): (i64, String, i64, i64) =
-        invocation.invoke_async(&mut conn).await.expect("script");
+    let call = Take {
+        holder: "gone",
+        want: 20,
+        floor: 0,
+        budget: 20,
+        lease_ms: 100,
+        epoch: "",
+    };
+    let (gone, ..) = call
+        .call(&mut conn, &script(), "api.example")
+        .await
+        .expect("script");
     assert_eq!(gone, 20);
     let (b, epoch, ..) = take(&mut conn, "b", 20, 0, "").await;
     assert_eq!(b, 0);

@@ -165,15 +165,13 @@ impl<'a> Service<http::Request<::reqwest::Body>> for RunNext<'a> {
         let turns = self.turns.clone();
         let book = self.book.clone();
         Box::pin(async move {
-            let mut request = super::into_reqwest_request(request)?;
-            let key = super::scope::pool_key(request.url());
-            let ticket = book.ticket(key.clone(), &mut request);
+            let super::Outgoing {
+                request,
+                ticket,
+                scope,
+                copy,
+            } = super::Outgoing::new(request, &book, turns)?;
             let extensions = lock(&shared).clone();
-            let scope = super::DialScope::of(key, request.url(), Some(turns));
-            super::rotate::Book::tell(ticket.as_ref(), scope.as_deref());
-            let copy = crate::retry::service::idempotent(request.method(), request.headers())
-                .then(|| request.try_clone())
-                .flatten();
             let again = copy.map(|copy| {
                 let (next, extensions) = (next.clone(), extensions.clone());
                 move || attempt(next, copy, extensions)
