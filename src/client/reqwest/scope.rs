@@ -35,6 +35,12 @@ use crate::conn::turnover::Lead;
 /// taken as stranded by hyper 1.12 on the old connection, and sent again.
 pub(crate) const STRANDED_AFTER_TURNOVER: Duration = Duration::from_secs(2);
 
+/// How long the lead dial of a host's turnover is held for the request
+/// that made it at most (see [`DialScope::hold`]): hyper-util pools an
+/// HTTP/2 connection as soon as it is made, so by then the requests
+/// waiting for the host have it.
+pub(crate) const LEAD_HELD_AT_MOST: Duration = Duration::from_millis(500);
+
 /// How often a waiting request looks.
 const CHECK: Duration = Duration::from_secs(1);
 
@@ -199,8 +205,10 @@ impl DialScope {
 
     /// The lead dial made a connection that speaks HTTP/2: kept until the
     /// request is answered (at once in use if it already was, by another
-    /// connection).
-    pub(crate) fn hold(&self, lead: Lead) {
+    /// connection), and [`LEAD_HELD_AT_MOST`] at most: the request may
+    /// have taken another connection, on which hyper 1.12 can strand it
+    /// for ever, and the host's other dials wait for the lead.
+    pub(crate) fn hold(self: &Arc<Self>, lead: Lead) {
         let mut slot = self.lock();
         match &mut *slot {
             Ok(held) => *held = Some(lead),
@@ -208,7 +216,35 @@ impl DialScope {
                 drop(slot);
                 lead.http2_in_use();
                 self.turned();
+                return;
             }
+        }
+        drop(slot);
+        let scope = self.clone();
+        let release = async move {
+            tokio::time::sleep(LEAD_HELD_AT_MOST).await;
+            scope.release_lead();
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(release);
+            }
+            // No runtime to wait on: the lead is in use now.
+            Err(_) => self.release_lead(),
+        }
+    }
+
+    /// The lead held for the request, if still held, is in use (hyper-util
+    /// pooled its connection when it was made).
+    fn release_lead(&self) {
+        let lead = match &mut *self.lock() {
+            Ok(held) => held.take(),
+            Err(()) => None,
+        };
+        if let Some(lead) = lead {
+            tracing::debug!(host = %self.key, "lead connection in use before its request was answered");
+            lead.http2_in_use();
+            self.turned();
         }
     }
 
@@ -292,5 +328,67 @@ impl Versioned for ::reqwest::Response {
 
     fn mark_dialed(&mut self) {
         self.extensions_mut().insert(crate::conn::Dialed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::conn::turnover::{Entered, Turnover};
+
+    struct Answer;
+
+    impl Versioned for Answer {
+        fn version(&self) -> http::Version {
+            http::Version::HTTP_2
+        }
+
+        fn mark_dialed(&mut self) {}
+    }
+
+    fn enter(t: &Arc<Turnover>, key: &Arc<str>) -> Entered {
+        t.enter(key, true)
+    }
+
+    /// A lead whose request is never answered (hyper 1.12 stranded it on
+    /// the host's old connection) held every later dial of the host for
+    /// ever: after the next `GOAWAY`, every request of the host hung.
+    #[tokio::test(start_paused = true)]
+    async fn a_lead_whose_request_never_ends_lets_the_held_dials_go() {
+        let t = Arc::new(Turnover::default());
+        let turns = Arc::new(TurnLog::default());
+        let key: Arc<str> = Arc::from("https://a:443");
+        let scope = DialScope::new(key.clone(), true, Some(turns.clone()));
+        let started = Instant::now();
+        // The lead's request: never answered.
+        let stranded = tokio::spawn(DialScope::run(
+            Some(scope.clone()),
+            std::future::pending::<Result<Answer, ()>>(),
+        ));
+        let Entered::Now(Some(lead)) = enter(&t, &key) else {
+            panic!("the first dial leads");
+        };
+        scope.hold(lead);
+        let Entered::Held(held) = enter(&t, &key) else {
+            panic!("the second dial is held");
+        };
+        let mut wait = tokio_test::task::spawn(held.wait());
+        assert!(wait.poll().is_pending());
+        tokio::time::sleep(LEAD_HELD_AT_MOST - Duration::from_millis(1)).await;
+        assert!(
+            wait.poll().is_pending(),
+            "held while the lead may be answered"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        assert!(wait.is_woken());
+        assert!(
+            matches!(wait.poll(), Poll::Ready(Err(crate::Coalesced { .. }))),
+            "the held dial ends: the lead's connection is in the pool"
+        );
+        // The turnover is logged: an idempotent request stranded with the
+        // lead's is sent again in time.
+        tokio::time::sleep(STRANDED_AFTER_TURNOVER).await;
+        assert!(turns.stranded(&key, started));
+        stranded.abort();
     }
 }
