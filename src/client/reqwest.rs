@@ -203,43 +203,72 @@ where
         + Send,
     S::Future: Send,
 {
-    let request = into_http_request(request)?;
-    let response = svc.oneshot(request).await?;
-    let (mut parts, body) = response.into_parts();
-    // The URL reqwest reports: the last one after redirects.
-    let url = parts
-        .extensions
-        .remove::<FinalUrl>()
-        .map(|FinalUrl(url)| url);
+    let (request, carried) = into_http_request(request)?;
+    // reqwest's request and the response's final URL travel beside the
+    // guard's layers, in the task (no extension, no allocation for them).
+    let (response, url) = CARRIED
+        .scope(carried, async move {
+            let response = svc.oneshot(request).await;
+            let url = CARRIED
+                .try_with(|carried| carried.borrow_mut().url.take())
+                .ok()
+                .flatten();
+            (response, url)
+        })
+        .await;
+    let (parts, body) = response?.into_parts();
     // The wrapped body keeps its drain and its slot; reqwest gets it back as
     // its own body.
     let mut builder = http::Response::builder()
         .status(parts.status)
         .version(parts.version);
-    if let Some(url) = url {
-        builder = ::reqwest::ResponseBuilderExt::url(builder, url);
-    }
     if let Some(headers) = builder.headers_mut() {
         *headers = parts.headers;
     }
+    // The extensions first (moved, not copied), then the URL into them.
     if let Some(extensions) = builder.extensions_mut() {
-        extensions.extend(parts.extensions);
+        *extensions = parts.extensions;
+    }
+    if let Some(url) = url {
+        builder = ::reqwest::ResponseBuilderExt::url(builder, url);
     }
     let response = builder.body(::reqwest::Body::wrap(body))?;
     Ok(::reqwest::Response::from(response))
 }
 
-/// reqwest's request, kept (without its headers and body) for the way
-/// back: rebuilt from it, the request needs no URL parse, and keeps
-/// reqwest's own extensions (its timeouts), which the guard cannot read.
-#[derive(Clone)]
-struct Shell(Arc<std::sync::Mutex<Option<(::reqwest::Request, http::Uri)>>>);
+/// What travels beside a request through the guard's layers, in its task
+/// (the layers run in the caller's task: a task local, not an extension,
+/// which would cost three allocations a request each way).
+struct Carried {
+    /// reqwest's request, kept (without its headers and body) for the way
+    /// back, with the URI it was converted to: rebuilt from it, the request
+    /// needs no URL parse. The first attempt takes it.
+    shell: Option<(::reqwest::Request, http::Uri)>,
+    /// The request's own timeout (reqwest's one per-request setting, kept
+    /// in its private extensions), for the attempts after the first,
+    /// converted from the retry's copy.
+    timeout: Option<std::time::Duration>,
+    /// The URL of the response (after redirects), for reqwest's response:
+    /// `http::Response` has no place for it.
+    url: Option<::reqwest::Url>,
+}
 
-/// `request` as an `http::Request` for the guard's layers, its shell in
-/// its extensions.
+tokio::task_local! {
+    // Boxed: the task local is swapped in and out at every poll.
+    static CARRIED: Box<std::cell::RefCell<Carried>>;
+}
+
+/// `request` as an `http::Request` for the guard's layers, and what is
+/// carried beside it.
 fn into_http_request(
     mut request: ::reqwest::Request,
-) -> Result<http::Request<::reqwest::Body>, BoxError> {
+) -> Result<
+    (
+        http::Request<::reqwest::Body>,
+        Box<std::cell::RefCell<Carried>>,
+    ),
+    BoxError,
+> {
     let body = request
         .body_mut()
         .take()
@@ -250,28 +279,29 @@ fn into_http_request(
     *http.uri_mut() = uri.clone();
     *http.version_mut() = request.version();
     *http.headers_mut() = std::mem::take(request.headers_mut());
-    http.extensions_mut()
-        .insert(Shell(Arc::new(std::sync::Mutex::new(Some((request, uri))))));
-    Ok(http)
+    let carried = Carried {
+        timeout: request.timeout().copied(),
+        shell: Some((request, uri)),
+        url: None,
+    };
+    Ok((http, Box::new(std::cell::RefCell::new(carried))))
 }
 
-/// The guard's `request` as reqwest's again: its shell with the request's
-/// head and body (each attempt leaves a copy of the shell for the next; a
-/// request whose URI a layer changed is converted, its URI parsed).
+/// The guard's `request` as reqwest's again: the first attempt from the
+/// carried shell with the request's head and body; a later one (the
+/// retry's copy), a request whose URI a layer changed, or one sent outside
+/// [`call_reqwest`]'s task, converted (its URI parsed) with the carried
+/// timeout.
 fn into_reqwest_request(
     request: http::Request<::reqwest::Body>,
 ) -> Result<::reqwest::Request, BoxError> {
-    let (mut parts, body) = request.into_parts();
-    let shell = parts.extensions.remove::<Shell>().and_then(|Shell(shell)| {
-        let mut shell = shell
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        // Without headers or body: a URL and reqwest's extensions.
-        let spare = shell
-            .as_ref()
-            .and_then(|(request, uri)| Some((request.try_clone()?, uri.clone())));
-        std::mem::replace(&mut *shell, spare)
-    });
+    let (parts, body) = request.into_parts();
+    let (shell, timeout) = CARRIED
+        .try_with(|carried| {
+            let mut carried = carried.borrow_mut();
+            (carried.shell.take(), carried.timeout)
+        })
+        .unwrap_or_default();
     match shell {
         Some((mut shell, uri)) if uri == parts.uri => {
             *shell.method_mut() = parts.method;
@@ -280,16 +310,21 @@ fn into_reqwest_request(
             *shell.body_mut() = Some(body);
             Ok(shell)
         }
-        _ => Ok(::reqwest::Request::try_from(http::Request::from_parts(
-            parts, body,
-        ))?),
+        _ => {
+            let mut request = ::reqwest::Request::try_from(http::Request::from_parts(parts, body))?;
+            if timeout.is_some() {
+                *request.timeout_mut() = timeout;
+            }
+            Ok(request)
+        }
     }
 }
 
 /// A request on its way from the guard's layers to reqwest (or the rest of
 /// a middleware chain): reqwest's request, its rotation ticket, its dial
-/// scope, and a copy to send again if it is idempotent and its body can be
-/// cloned.
+/// scope, and, for an idempotent request to a host known to speak HTTP/2
+/// (where hyper 1.12 strands requests), a copy to send again, when its
+/// body clones.
 struct Outgoing {
     request: ::reqwest::Request,
     ticket: Option<rotate::Ticket>,
@@ -306,11 +341,13 @@ impl Outgoing {
         let mut request = into_reqwest_request(request)?;
         let key = scope::pool_key(request.url());
         let ticket = book.ticket(key.clone(), &mut request);
+        let http2 = key.as_deref().is_some_and(|key| turns.speaks_http2(key));
         let scope = DialScope::of(key, request.url(), Some(turns));
         rotate::Book::tell(ticket.as_ref(), scope.as_deref());
-        let copy = crate::retry::service::idempotent(request.method(), request.headers())
-            .then(|| request.try_clone())
-            .flatten();
+        let copy = (http2
+            && crate::retry::service::idempotent(request.method(), request.headers()))
+        .then(|| request.try_clone())
+        .flatten();
         Ok(Outgoing {
             request,
             ticket,
@@ -326,9 +363,9 @@ impl Outgoing {
 /// requests that h2's limit on resets fails (reqwest's connections cannot
 /// be taken out of the pool before it, as hyper-util's are).
 fn into_http(response: ::reqwest::Response) -> http::Response<::reqwest::Body> {
-    let url = FinalUrl(response.url().clone());
+    let url = response.url().clone();
+    let _ = CARRIED.try_with(|carried| carried.borrow_mut().url = Some(url));
     let mut response = http::Response::from(response);
-    response.extensions_mut().insert(url);
     if response.version() >= http::Version::HTTP_2 {
         response.extensions_mut().insert(crate::conn::ResetsResent);
     }
@@ -343,11 +380,6 @@ impl PartialEq<&str> for AnyHost {
         true
     }
 }
-
-/// The URL of a reqwest response (after redirects), carried through the
-/// guard's layers: `http::Response` has no place for it.
-#[derive(Clone, Debug)]
-struct FinalUrl(::reqwest::Url);
 
 /// The innermost service of a [`GuardedClient`]: hands the request to
 /// reqwest and the response back as an `http::Response`.
@@ -388,8 +420,7 @@ impl Service<http::Request<::reqwest::Body>> for Execute {
             });
             let response = DialScope::run_or_resend(scope, client.execute(request), again).await;
             book.settle(ticket, response.as_ref().ok());
-            let response = response?;
-            Ok(into_http(response))
+            Ok(into_http(response?))
         })
     }
 }
@@ -630,7 +661,7 @@ mod tests {
         *request.timeout_mut() = Some(Duration::from_secs(7));
         request.headers_mut().insert("x-a", "1".parse().unwrap());
         *request.body_mut() = Some(::reqwest::Body::from("body"));
-        let http = into_http_request(request).unwrap();
+        let (http, carried) = into_http_request(request).unwrap();
         assert_eq!(http.uri(), "http://example.com:8080/a/b?c=d");
         assert_eq!(http.headers()["x-a"], "1");
         // A copy, as the retry keeps one: each attempt gets the timeout,
@@ -638,16 +669,19 @@ mod tests {
         let again = copy(&http);
         let mut changed = copy(&http);
         *changed.uri_mut() = "http://other.example/".parse().unwrap();
-        for http in [http, again] {
-            let back = into_reqwest_request(http).unwrap();
-            assert_eq!(back.url(), &url);
-            assert_eq!(back.method(), ::reqwest::Method::PUT);
-            assert_eq!(back.headers()["x-a"], "1");
+        super::CARRIED.sync_scope(carried, || {
+            for http in [http, again] {
+                let back = into_reqwest_request(http).unwrap();
+                assert_eq!(back.url(), &url);
+                assert_eq!(back.method(), ::reqwest::Method::PUT);
+                assert_eq!(back.headers()["x-a"], "1");
+                assert_eq!(back.timeout(), Some(&Duration::from_secs(7)));
+                assert!(back.body().is_some());
+            }
+            // A URI a layer changed wins over the shell's.
+            let back = into_reqwest_request(changed).unwrap();
+            assert_eq!(back.url().as_str(), "http://other.example/");
             assert_eq!(back.timeout(), Some(&Duration::from_secs(7)));
-            assert!(back.body().is_some());
-        }
-        // A URI a layer changed wins over the shell's.
-        let back = into_reqwest_request(changed).unwrap();
-        assert_eq!(back.url().as_str(), "http://other.example/");
+        });
     }
 }

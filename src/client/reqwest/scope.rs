@@ -48,11 +48,41 @@ const CHECK: Duration = Duration::from_secs(1);
 const MAX_HOSTS: usize = 4096;
 
 /// The pool key of a request for `url`: `scheme://host:port`, in lower
-/// case; `None` without a host.
+/// case; `None` without a host. A thread remembers the last keys it made.
 pub(crate) fn pool_key(url: &::reqwest::Url) -> Option<Arc<str>> {
     let host = url.host_str()?;
     let port = url.port_or_known_default()?;
     let scheme = url.scheme();
+    LAST_KEYS
+        .try_with(|last| {
+            let mut last = last.borrow_mut();
+            if let Some(key) = last.iter().flatten().find_map(|(s, h, p, key)| {
+                (*p == port && &**s == scheme && &**h == host).then(|| key.clone())
+            }) {
+                return key;
+            }
+            let key = make_pool_key(scheme, host, port);
+            last.rotate_right(1);
+            if let Some(first) = last.first_mut() {
+                *first = Some((scheme.into(), host.into(), port, key.clone()));
+            }
+            key
+        })
+        .ok()
+        .or_else(|| Some(make_pool_key(scheme, host, port)))
+}
+
+/// Pool keys a thread made last, by scheme, host and port as the URL has
+/// them.
+type LastKeys = [Option<(Box<str>, Box<str>, u16, Arc<str>)>; 4];
+
+thread_local! {
+    static LAST_KEYS: std::cell::RefCell<LastKeys> = const {
+        std::cell::RefCell::new([const { None }; 4])
+    };
+}
+
+fn make_pool_key(scheme: &str, host: &str, port: u16) -> Arc<str> {
     // Built by hand: `format!` was a tenth of the guard's cost a request.
     let mut key = String::with_capacity(scheme.len() + host.len() + 9);
     key.push_str(scheme);
@@ -76,36 +106,68 @@ pub(crate) fn pool_key(url: &::reqwest::Url) -> Option<Arc<str>> {
         key.push(char::from(d));
     }
     key.make_ascii_lowercase();
-    Some(Arc::from(key))
+    Arc::from(key)
 }
 
-/// When each host's HTTP/2 connection last turned over, as the requests of
-/// one client saw it.
+/// A host of a client's, as its requests saw it.
+#[derive(Debug, Default, Clone, Copy)]
+struct Seen {
+    /// When its HTTP/2 connection last turned over.
+    turned: Option<Instant>,
+    /// It answered over HTTP/2.
+    http2: bool,
+}
+
+/// When each host's HTTP/2 connection last turned over, and which hosts
+/// answer over HTTP/2, as the requests of one client saw them.
 #[derive(Debug, Default)]
 pub(crate) struct TurnLog {
-    hosts: Mutex<HashMap<Arc<str>, Instant>>,
+    hosts: Mutex<HashMap<Arc<str>, Seen>>,
 }
 
 impl TurnLog {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, Instant>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, Seen>> {
         self.hosts.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// `key`'s connection turned over now.
-    fn turned(&self, key: &Arc<str>) {
+    fn change(&self, key: &Arc<str>, change: impl FnOnce(&mut Seen)) {
         let mut hosts = self.lock();
         if hosts.len() >= MAX_HOSTS && !hosts.contains_key(key) {
             hosts.clear();
         }
-        hosts.insert(key.clone(), Instant::now());
+        change(hosts.entry(key.clone()).or_default());
+    }
+
+    /// `key`'s connection turned over now.
+    fn turned(&self, key: &Arc<str>) {
+        self.change(key, |seen| {
+            seen.turned = Some(Instant::now());
+            seen.http2 = true;
+        });
+    }
+
+    /// `key` answered a request over HTTP/2.
+    fn answered_over_http2(&self, key: &Arc<str>) {
+        if !self.speaks_http2(key) {
+            self.change(key, |seen| seen.http2 = true);
+        }
+    }
+
+    /// Whether `key` answered over HTTP/2.
+    pub(crate) fn speaks_http2(&self, key: &str) -> bool {
+        self.lock().get(key).is_some_and(|seen| seen.http2)
     }
 
     /// Whether `key`'s connection turned over after `started`, at least
     /// [`STRANDED_AFTER_TURNOVER`] ago.
     fn stranded(&self, key: &str, started: Instant) -> bool {
-        self.lock().get(key).is_some_and(|&at| {
-            at > started && Instant::now().saturating_duration_since(at) >= STRANDED_AFTER_TURNOVER
-        })
+        self.lock()
+            .get(key)
+            .and_then(|seen| seen.turned)
+            .is_some_and(|at| {
+                at > started
+                    && Instant::now().saturating_duration_since(at) >= STRANDED_AFTER_TURNOVER
+            })
     }
 }
 
@@ -261,13 +323,16 @@ impl DialScope {
     }
 
     /// Runs `first` (the request) within `scope`, as [`run`](Self::run);
-    /// with `again` (an idempotent request's copy), a request still without
-    /// its response [`STRANDED_AFTER_TURNOVER`] after its host's connection
-    /// turned over, once it had started, is dropped and `again` sent
-    /// instead (once): hyper 1.12 strands requests on a connection a
-    /// `GOAWAY` ends, and reqwest's connections are out of the guard's
-    /// reach. A request that was in fact under way on the old connection is
-    /// sent twice, which an idempotent request allows.
+    /// with `again` (an idempotent request's copy, made for a host known to
+    /// speak HTTP/2), a request still without its response
+    /// [`STRANDED_AFTER_TURNOVER`] after its host's connection turned over,
+    /// once it had started, is dropped and `again` sent instead (once):
+    /// hyper 1.12 strands requests on a connection a `GOAWAY` ends, and
+    /// reqwest's connections are out of the guard's reach. A request that
+    /// was in fact under way on the old connection is sent twice, which an
+    /// idempotent request allows. A host is known to speak HTTP/2 once it
+    /// answered over it (the requests before are not watched, nor those of
+    /// an HTTP/1 host, which cost no timer).
     pub(crate) async fn run_or_resend<F, G, T, E>(
         scope: Option<Arc<DialScope>>,
         first: F,
@@ -278,11 +343,17 @@ impl DialScope {
         G: FnOnce() -> F,
         T: Versioned,
     {
-        let (Some(s), Some(again)) = (scope.clone(), again) else {
-            return Self::run(scope, first).await;
-        };
-        let Some(turns) = s.turns.clone() else {
-            return Self::run(scope, first).await;
+        let watch = scope
+            .as_ref()
+            .and_then(|s| Some((s.clone(), s.turns.clone()?)));
+        let (Some((s, turns)), Some(again)) = (watch.clone(), again) else {
+            let result = Self::run(scope, first).await;
+            if let (Some((s, turns)), Ok(response)) = (watch, result.as_ref()) {
+                if response.version() >= http::Version::HTTP_2 {
+                    turns.answered_over_http2(&s.key);
+                }
+            }
+            return result;
         };
         let started = Instant::now();
         let mut first: Pin<Box<_>> = Box::pin(Self::run(scope, first));
