@@ -296,9 +296,19 @@ impl Registry {
         policy: &Policy,
     ) -> Acquire {
         let bounds = policy.bounds_for(&key);
-        let mut state = self.state();
+        let mut guard = self.state();
+        let state = &mut *guard;
         let host = match state.hosts.get_mut(&key) {
-            Some(host) => host,
+            Some(host) if !host.idle() => host,
+            Some(host) => {
+                // Kept while idle (see `MAX_IDLE`): in use again.
+                state.idle = state.idle.saturating_sub(1);
+                if let Some(decider) = &policy.decider {
+                    let ceiling = bounds.slots_for(host.proto, host.tls);
+                    host.cap = cap_of(decider.limit(&key, ceiling));
+                }
+                host
+            }
             None => {
                 let host = state.open(&key);
                 if let Some(decider) = &policy.decider {
@@ -316,7 +326,7 @@ impl Registry {
             host.taken += 1;
             let in_flight = host.taken;
             let ceiling = host.ceiling();
-            drop(state);
+            drop(guard);
             self.in_flight.fetch_add(1, Ordering::Relaxed);
             let mut slot = Slot::new(key, self.clone(), Duration::ZERO);
             slot.proto = proto;
@@ -338,7 +348,7 @@ impl Registry {
             }
         }
         if host.waiters.len() >= bounds.max_queued {
-            drop(state);
+            drop(guard);
             if let Some(m) = &policy.observer {
                 m.tell(QueueEvent::Full);
             }
@@ -357,7 +367,7 @@ impl Registry {
         // Counted before the lock is let go: a connection woken below looks
         // at this count first.
         self.queued.fetch_add(1, Ordering::Relaxed);
-        drop(state);
+        drop(guard);
         #[cfg(feature = "hyper-util")]
         for link in wake {
             link.wake();
@@ -401,8 +411,14 @@ impl Registry {
             }
         }
         host.taken = host.taken.saturating_sub(1);
-        if host.taken == 0 && host.waiters.is_empty() {
-            state.remove(key);
+        if host.idle() {
+            // A few idle hosts are kept: a host with one request at a time
+            // would otherwise be made and forgotten for every request.
+            if state.idle < MAX_IDLE {
+                state.idle += 1;
+            } else {
+                state.remove(key);
+            }
         }
     }
 
@@ -440,7 +456,7 @@ impl Registry {
         state
             .hosts
             .iter()
-            .filter(|(key, _)| wanted(key.host()))
+            .filter(|(key, host)| !host.idle() && wanted(key.host()))
             .map(|(key, host)| Demand {
                 key: key.clone(),
                 taken: host.taken,
@@ -486,8 +502,11 @@ impl Registry {
         })
     }
 
+    /// Hosts with requests in flight or waiting (those kept while idle are
+    /// not counted).
     pub(crate) fn hosts_tracked(&self) -> usize {
-        self.state().hosts.len()
+        let state = self.state();
+        state.hosts.len().saturating_sub(state.idle)
     }
 
     /// Slots held now, across hosts.
@@ -514,6 +533,9 @@ impl crate::conn::Demand for Registry {
 #[derive(Debug)]
 struct State {
     hosts: HashMap<HostKey, Host, BuildKeyHasher>,
+    /// Hosts in `hosts` with nothing in flight or waiting, kept for their
+    /// next request (at most [`MAX_IDLE`]).
+    idle: usize,
     /// What hosts no longer tracked were last seen to speak, where it
     /// changes their limit (HTTP/2, or HTTP/1 over TLS), so that a host that
     /// goes quiet keeps its protocol (at most [`MAX_KNOWN`] hosts).
@@ -523,16 +545,27 @@ struct State {
 /// Hosts whose protocol is remembered while they have nothing in flight.
 const MAX_KNOWN: usize = 4096;
 
+/// Idle hosts kept whole in the map: a host with one request at a time
+/// then costs no map insertion and removal per request. Few, so that a
+/// burst of hosts leaves little behind.
+const MAX_IDLE: usize = 64;
+
 impl Default for State {
     fn default() -> Self {
         State {
             hosts: HashMap::default(),
+            idle: 0,
             known: HostMemo::new(MAX_KNOWN),
         }
     }
 }
 
 impl Host {
+    /// Nothing in flight and nothing waiting.
+    fn idle(&self) -> bool {
+        self.taken == 0 && self.waiters.is_empty()
+    }
+
     /// Chooses the idle connections to close for one more dial for
     /// `pool_key` that must wait, and returns them to be woken: the least
     /// recently used first, as many as dials waiting (with a pool key)
@@ -720,6 +753,8 @@ impl State {
     /// at a quarter of its capacity is halved (amortised, O(1) per removal).
     fn remove(&mut self, key: &HostKey) {
         if let Some(host) = self.hosts.remove(key) {
+            // (Only a host that has just become idle is removed, never one
+            // counted in `idle`.)
             let matters = match host.proto {
                 Proto::Unknown => false,
                 Proto::Http1 => host.tls,
