@@ -25,10 +25,12 @@
 //! - a `GOAWAY` cannot take a connection out of reqwest's pool at once;
 //!   a request hyper 1.12 strands (see [`retry`](crate::retry)) cannot be
 //!   seen as such: [`GuardedClient`] and [`GuardMiddleware`] resend an
-//!   idempotent request (with a body they can copy) still without its
-//!   response 2 s after its host's connection turned over once it had
-//!   started, which may send it twice (idempotent requests allow it); a
-//!   stranded `POST` is bounded only by reqwest's `timeout`;
+//!   idempotent request (with a body they can copy) to a host known to
+//!   answer over HTTP/2 that has waited 2 s for its response, 2 s after its
+//!   host's connection turned over (after it started, or up to 2 s before:
+//!   hyper-util keeps the old connection pooled until a request takes it),
+//!   which may send it twice (idempotent requests allow it); a stranded
+//!   `POST` is bounded only by reqwest's `timeout`;
 //! - HTTP/2 bodies dropped early have their streams reset, as bare: a
 //!   reqwest connection cannot leave the pool before h2's own limit on the
 //!   resets it writes ends it (`too_many_internal_resets`), which fails

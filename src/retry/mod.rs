@@ -94,7 +94,8 @@
 //! with a [`GuardedConnector`](crate::GuardedConnector). reqwest's
 //! connections are out of reach: there
 //! [`GuardedClient`](crate::reqwest::GuardedClient) and the middleware
-//! resend an idempotent request still without its response 2 s after its
+//! resend an idempotent request to a host known to answer over HTTP/2 that has
+//! waited 2 s for its response, 2 s after its
 //! host's connection turned over (see the [`reqwest`](crate::reqwest)
 //! module).
 //!
