@@ -158,25 +158,52 @@ impl TurnLog {
         self.lock().get(key).is_some_and(|seen| seen.http2)
     }
 
-    /// Whether a request for `key` that started at `started` is taken as
-    /// stranded: its host's connection turned over at least
-    /// [`STRANDED_AFTER_TURNOVER`] ago, after the request started or at
-    /// most [`STRANDED_AFTER_TURNOVER`] before (hyper-util keeps the old
-    /// connection in its pool after its `GOAWAY` until a request takes it,
-    /// so a request that starts just after the new connection answered can
-    /// still be sent to the old one), and the request itself has waited
-    /// [`STRANDED_AFTER_TURNOVER`].
-    fn stranded(&self, key: &str, started: Instant) -> bool {
+    /// When `key`'s connection last turned over.
+    fn turned_at(&self, key: &str) -> Option<Instant> {
+        self.lock().get(key).and_then(|seen| seen.turned)
+    }
+}
+
+/// The watch of one request for being stranded (see
+/// [`DialScope::run_or_resend`]).
+#[derive(Debug)]
+struct Watch {
+    started: Instant,
+    /// The first turnover of its host the watch saw that may have
+    /// stranded the request.
+    seen: Option<Instant>,
+}
+
+impl Watch {
+    fn new() -> Watch {
+        Watch {
+            started: Instant::now(),
+            seen: None,
+        }
+    }
+
+    /// Whether the request is taken as stranded now: its host's connection
+    /// turned over after it started, or at most [`STRANDED_AFTER_TURNOVER`]
+    /// before (hyper-util keeps the old connection in its pool after its
+    /// `GOAWAY` until a request takes it, so a request that starts just
+    /// after the new connection answered can still be sent to the old one),
+    /// [`STRANDED_AFTER_TURNOVER`] ago at least, and the request itself has
+    /// waited as long. The first such turnover counts: later ones (a busy
+    /// host's connections turn over again and again) do not put the
+    /// deadline off.
+    fn stranded(&mut self, turns: &TurnLog, key: &str) -> bool {
         let now = Instant::now();
-        self.lock()
-            .get(key)
-            .and_then(|seen| seen.turned)
-            .is_some_and(|at| {
-                at.checked_add(STRANDED_AFTER_TURNOVER)
-                    .is_some_and(|late| late > started)
-                    && now.saturating_duration_since(at) >= STRANDED_AFTER_TURNOVER
-                    && now.saturating_duration_since(started) >= STRANDED_AFTER_TURNOVER
-            })
+        if self.seen.is_none() {
+            let since = self
+                .started
+                .checked_sub(STRANDED_AFTER_TURNOVER)
+                .unwrap_or(self.started);
+            self.seen = turns.turned_at(key).filter(|&at| at > since);
+        }
+        self.seen.is_some_and(|at| {
+            now.saturating_duration_since(at) >= STRANDED_AFTER_TURNOVER
+                && now.saturating_duration_since(self.started) >= STRANDED_AFTER_TURNOVER
+        })
     }
 }
 
@@ -364,7 +391,7 @@ impl DialScope {
             }
             return result;
         };
-        let started = Instant::now();
+        let mut watch = Watch::new();
         let mut first: Pin<Box<_>> = Box::pin(Self::run(scope, first));
         let mut check = crate::timer::Every::new(CHECK);
         let outcome = std::future::poll_fn(|cx| {
@@ -372,7 +399,7 @@ impl DialScope {
                 return Poll::Ready(Some(result));
             }
             while check.poll(cx) {
-                if turns.stranded(&s.key, started) {
+                if watch.stranded(&turns, &s.key) {
                     return Poll::Ready(None);
                 }
             }
@@ -439,7 +466,7 @@ mod tests {
         let turns = Arc::new(TurnLog::default());
         let key: Arc<str> = Arc::from("https://a:443");
         let scope = DialScope::new(key.clone(), true, Some(turns.clone()));
-        let started = Instant::now();
+        let mut watch = Watch::new();
         // The lead's request: never answered.
         let stranded = tokio::spawn(DialScope::run(
             Some(scope.clone()),
@@ -467,8 +494,9 @@ mod tests {
         );
         // The turnover is logged: an idempotent request stranded with the
         // lead's is sent again in time.
+        assert!(!watch.stranded(&turns, &key));
         tokio::time::sleep(STRANDED_AFTER_TURNOVER).await;
-        assert!(turns.stranded(&key, started));
+        assert!(watch.stranded(&turns, &key));
         stranded.abort();
     }
 
@@ -483,18 +511,44 @@ mod tests {
         let key: Arc<str> = Arc::from("https://a:443");
         turns.turned(&key);
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let started = Instant::now();
+        let mut watch = Watch::new();
         let late = Instant::now() + STRANDED_AFTER_TURNOVER;
         tokio::time::sleep(STRANDED_AFTER_TURNOVER - Duration::from_millis(1)).await;
         assert!(
-            !turns.stranded(&key, started),
+            !watch.stranded(&turns, &key),
             "a request is sent again only once it waited {STRANDED_AFTER_TURNOVER:?}"
         );
         tokio::time::sleep_until(late).await;
-        assert!(turns.stranded(&key, started));
+        assert!(watch.stranded(&turns, &key));
         // A request that started well after the turnover is not.
-        let after = Instant::now();
+        let mut after = Watch::new();
         tokio::time::sleep(STRANDED_AFTER_TURNOVER * 2).await;
-        assert!(!turns.stranded(&key, after));
+        assert!(!after.stranded(&turns, &key));
+    }
+
+    /// A busy host's connections turn over again and again (nginx's
+    /// `keepalive_requests 100` at 1,000 requests a second: every 100 ms).
+    /// The watch kept only the last turnover, never 2 s old while traffic
+    /// went on: a stranded request hung until the traffic stopped.
+    #[tokio::test(start_paused = true)]
+    async fn a_busy_host_s_next_turnovers_do_not_put_off_the_resend() {
+        let turns = TurnLog::default();
+        let key: Arc<str> = Arc::from("https://a:443");
+        let mut watch = Watch::new();
+        let mut resent_after = None;
+        for tick in 1..=100u32 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            turns.turned(&key);
+            // The request looks once a second.
+            if tick % 10 == 0 && watch.stranded(&turns, &key) {
+                resent_after = Some(tick);
+                break;
+            }
+        }
+        assert_eq!(
+            resent_after,
+            Some(30),
+            "looked at 1 s (saw the turnover at 1 s), stranded at 3 s"
+        );
     }
 }
