@@ -996,6 +996,12 @@ impl IoGuard {
         let Some(slot) = self.slot.as_mut() else {
             return false;
         };
+        // Two loads when no dial waits and the connection is not leaving:
+        // the common case, on every idle read (hyper reads an idle
+        // connection each time its task is woken), without a clock read.
+        if !slot.dial_waits() && !slot.retiring() {
+            return false;
+        }
         if !self.link.may_retire(tokio::time::Instant::now()) {
             // Fresh: if a dial waits, look again when the grace ends.
             if slot.dial_waits() {

@@ -896,6 +896,13 @@ impl Slot {
         self.retire_here() || self.total.as_mut().is_some_and(|t| t.retire_here())
     }
 
+    /// Whether the connection holding this slot (or the cap's) was chosen
+    /// to close for a waiting dial.
+    #[cfg(feature = "hyper-util")]
+    pub(crate) fn retiring(&self) -> bool {
+        self.retiring || self.total.as_ref().is_some_and(|t| t.retiring)
+    }
+
     /// Whether a dial waits in this slot's registry or the cap's.
     #[cfg(feature = "hyper-util")]
     pub(crate) fn dial_waits(&self) -> bool {
