@@ -10,8 +10,81 @@ const PER_SHARD: usize = 4096;
 
 #[derive(Default)]
 struct Shard {
-    seen: HashSet<(SocketAddr, SocketAddr)>,
+    seen: HashSet<(SocketAddr, SocketAddr), PairState>,
     order: VecDeque<(SocketAddr, SocketAddr)>,
+}
+
+/// A fast hash for address pairs (looked up on every response), keyed per
+/// process. Not SipHash: the pairs are this process's own connections (a
+/// peer cannot choose the local port), and a shard holds at most
+/// [`PER_SHARD`] of them.
+#[derive(Clone, Copy)]
+struct PairState(u64);
+
+impl Default for PairState {
+    fn default() -> Self {
+        use std::hash::BuildHasher;
+        static SEED: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+        PairState(*SEED.get_or_init(|| {
+            std::collections::hash_map::RandomState::new().hash_one(0x9e37_79b9_u64)
+        }))
+    }
+}
+
+impl std::hash::BuildHasher for PairState {
+    type Hasher = PairHasher;
+
+    fn build_hasher(&self) -> PairHasher {
+        PairHasher(self.0)
+    }
+}
+
+struct PairHasher(u64);
+
+impl PairHasher {
+    fn mix(&mut self, v: u64) {
+        self.0 = (self.0.rotate_left(5) ^ v).wrapping_mul(0x517c_c1b7_2722_0a95);
+    }
+}
+
+impl std::hash::Hasher for PairHasher {
+    fn finish(&self) -> u64 {
+        // A final avalanche: the map takes its bucket from the top bits.
+        let mut x = self.0;
+        x ^= x >> 33;
+        x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        x ^ (x >> 33)
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            for (to, from) in word.iter_mut().zip(chunk) {
+                *to = *from;
+            }
+            self.mix(u64::from_le_bytes(word));
+        }
+    }
+
+    fn write_u8(&mut self, n: u8) {
+        self.mix(u64::from(n));
+    }
+
+    fn write_u16(&mut self, n: u16) {
+        self.mix(u64::from(n));
+    }
+
+    fn write_u32(&mut self, n: u32) {
+        self.mix(u64::from(n));
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.mix(n);
+    }
+
+    fn write_usize(&mut self, n: usize) {
+        self.mix(n as u64);
+    }
 }
 
 /// The (local, remote) address pairs of connections seen before. A response
