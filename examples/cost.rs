@@ -78,7 +78,13 @@ fn main() {
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--requests" => requests = args.next().and_then(|s| s.parse().ok()).unwrap_or(requests),
-            "--rounds" => rounds = args.next().and_then(|s| s.parse().ok()).unwrap_or(rounds).max(1),
+            "--rounds" => {
+                rounds = args
+                    .next()
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(rounds)
+                    .max(1)
+            }
             "--only" => only = args.next(),
             other => {
                 eprintln!("unknown argument {other}");
@@ -134,8 +140,11 @@ async fn run(requests: usize, rounds: usize, only: Option<String>) {
 
     let one = |client: &'static str| {
         let (hyper_bare, hyper_guarded) = (hyper_bare.clone(), hyper_guarded.clone());
-        let (reqwest_bare, layered, reqwest_guarded) =
-            (reqwest_bare.clone(), layered.clone(), reqwest_guarded.clone());
+        let (reqwest_bare, layered, reqwest_guarded) = (
+            reqwest_bare.clone(),
+            layered.clone(),
+            reqwest_guarded.clone(),
+        );
         let (uri, url) = (uri.clone(), url.clone());
         async move {
             let request = || http::Request::get(uri.clone()).body(Empty::<Bytes>::new());
@@ -193,7 +202,9 @@ async fn run(requests: usize, rounds: usize, only: Option<String>) {
             }
         }
     }
-    println!("| client | µs a request (median of {rounds} rounds, spread) | allocations a request |");
+    println!(
+        "| client | µs a request (median of {rounds} rounds, spread) | allocations a request |"
+    );
     println!("|---|---:|---:|");
     for (i, client) in clients.iter().enumerate() {
         let t = &times[i];
