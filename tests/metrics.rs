@@ -516,3 +516,26 @@ async fn close_reasons_do_not_depend_on_the_stacking_order() {
         );
     }
 }
+
+/// `ConnInfo::idle_for`: how long the connection sat idle before a request
+/// that reused it; `None` on a new connection. (Requests read the clock
+/// only once their `Metrics` has seen a tracked connection: the first
+/// response, on a new connection, needs none.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_for_is_the_time_the_connection_sat_idle() {
+    let server = support::serve().await;
+    let metrics = Metrics::new();
+    let svc = ReuseMetricsLayer::new(metrics.clone()).layer(tracked(&metrics, 8));
+    let response = svc.clone().oneshot(get(server.uri("/bytes/10"))).await.unwrap();
+    let first = *response.extensions().get::<ConnInfo>().expect("ConnInfo");
+    response.into_body().collect().await.unwrap();
+    assert_eq!((first.reused, first.idle_for), (false, None));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let response = svc.oneshot(get(server.uri("/bytes/10"))).await.unwrap();
+    let second = *response.extensions().get::<ConnInfo>().expect("ConnInfo");
+    response.into_body().collect().await.unwrap();
+    assert!(second.reused);
+    let idle = second.idle_for.expect("a reused connection's idle time");
+    assert!(idle >= Duration::from_millis(50), "{idle:?}");
+    assert_eq!(server.stats.accepted(), 1, "one connection at the server");
+}

@@ -308,14 +308,17 @@ impl Exchange {
     }
 
     /// The response arrived, for a request that started at `started` (the
-    /// observer's clock). Called once per response, by the metrics layer.
+    /// observer's clock; 0 when unknown). Called once per response, by the
+    /// metrics layer.
     pub(crate) fn respond(&self, started: u64) -> Responded {
         let r = &self.record;
         let previous = r.responses.fetch_add(1, Relaxed);
         let requests = r.request_number(self.seq, previous);
         let reused = requests > 1;
         let idle_since = r.idle_since.load(Relaxed);
-        let idle_for = (reused && idle_since > 0)
+        // `started` 0: the request did not read the clock (the first
+        // requests of a metrics handle, before it saw a tracked connection).
+        let idle_for = (reused && idle_since > 0 && started > 0)
             .then(|| Duration::from_nanos(started.saturating_sub(idle_since)));
         r.observer.responded(reused);
         Responded {

@@ -24,7 +24,9 @@ pub struct ConnInfo {
     /// Requests served on the connection so far, this one included.
     pub requests: u64,
     /// How long the connection sat idle in the pool before this request
-    /// (`None` for a new connection).
+    /// (`None` for a new connection, and for a request that started
+    /// before its `Metrics` saw its first response on a tracked
+    /// connection: until then requests do not read the clock).
     pub idle_for: Option<Duration>,
     /// How long the request waited in its host's queue.
     pub queue_wait: Duration,

@@ -29,6 +29,10 @@ pub struct Metrics {
 #[derive(Debug)]
 pub(crate) struct Inner {
     epoch: Instant,
+    /// A response came on a tracked connection: requests read the clock
+    /// when they start (for `ConnInfo::idle_for`). Until then (reqwest, a
+    /// client without a `GuardedConnector`) they do not.
+    pub(crate) timed: std::sync::atomic::AtomicBool,
     pub(crate) requests: AtomicU64,
     pub(crate) responses: AtomicU64,
     pub(crate) errors: AtomicU64,
@@ -81,6 +85,7 @@ impl Default for Inner {
     fn default() -> Self {
         Inner {
             epoch: Instant::now(),
+            timed: std::sync::atomic::AtomicBool::new(false),
             requests: AtomicU64::new(0),
             responses: AtomicU64::new(0),
             errors: AtomicU64::new(0),

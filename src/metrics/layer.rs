@@ -119,7 +119,12 @@ where
                 metrics: self.metrics.clone(),
                 conn: None,
             }),
-            started: inner.now(),
+            // 0: not read (no tracked connection seen yet).
+            started: if inner.timed.load(Relaxed) {
+                inner.now()
+            } else {
+                0
+            },
             close,
         }
     }
@@ -201,6 +206,9 @@ where
                 .extensions()
                 .get::<crate::retry::Retried>()
                 .map_or(0, |r| r.retries);
+            if !inner.timed.load(Relaxed) {
+                inner.timed.store(true, Relaxed);
+            }
             let seen = exchange.respond(*this.started);
             let info = ConnInfo {
                 id: exchange.id(),
