@@ -67,6 +67,7 @@ impl DialCosts {
     /// A dial to a host that cannot be named took `took` (reqwest's
     /// connector does not show the host it dials): counts in the mean over
     /// every dial only.
+    #[cfg_attr(not(feature = "reqwest"), allow(dead_code))]
     pub(crate) fn record_any(&self, took: Duration) {
         let mut means = self.means();
         means.any = Some(ewma(means.any, took));

@@ -31,6 +31,7 @@ static SEED: AtomicU64 = AtomicU64::new(0x9e37_79b9_7f4a_7c15);
 
 impl Lifecycle {
     /// Whether any limit applies.
+    #[cfg_attr(not(feature = "reqwest"), allow(dead_code))]
     pub(crate) fn any(self) -> bool {
         self.max_age.is_some() || self.max_requests.is_some()
     }
