@@ -526,7 +526,11 @@ async fn idle_for_is_the_time_the_connection_sat_idle() {
     let server = support::serve().await;
     let metrics = Metrics::new();
     let svc = ReuseMetricsLayer::new(metrics.clone()).layer(tracked(&metrics, 8));
-    let response = svc.clone().oneshot(get(server.uri("/bytes/10"))).await.unwrap();
+    let response = svc
+        .clone()
+        .oneshot(get(server.uri("/bytes/10")))
+        .await
+        .unwrap();
     let first = *response.extensions().get::<ConnInfo>().expect("ConnInfo");
     response.into_body().collect().await.unwrap();
     assert_eq!((first.reused, first.idle_for), (false, None));

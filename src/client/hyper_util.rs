@@ -1160,14 +1160,14 @@ impl Drop for IoGuard {
 
 impl<T: Connection> Connection for GuardedIo<T> {
     fn connected(&self) -> Connected {
-        let connected = self
-            .io
-            .connected()
-            .extra(LinkHandle(self.guard.link.clone()));
-        match &self.guard.conn {
-            Some(conn) => connected.extra(Stamp::new(conn.clone())),
-            None => connected,
-        }
+        self.io.connected().extra(LinkHandle {
+            link: self.guard.link.clone(),
+            stamp: self
+                .guard
+                .conn
+                .as_ref()
+                .map(|conn| Stamp::new(conn.clone())),
+        })
     }
 }
 

@@ -470,9 +470,23 @@ impl Retired {
 }
 
 /// hyper-util copies it into the extensions of every response on the
-/// connection, and into the `Connected` of its errors: what the retry reads.
+/// connection, and into the `Connected` of its errors: what the retry reads,
+/// and, with metrics, the response's exchange. One extra, not two: hyper-util
+/// inserts each extra into every response's extensions.
 #[derive(Clone, Debug)]
-pub(crate) struct LinkHandle(pub(crate) Arc<Link>);
+pub(crate) struct LinkHandle {
+    pub(crate) link: Arc<Link>,
+    /// The exchange stamp (a connection tracked for metrics).
+    pub(crate) stamp: Option<Stamp>,
+}
+
+impl LinkHandle {
+    /// The stamp of the response these extensions belong to, if its
+    /// connection is tracked.
+    pub(crate) fn stamp_of(extensions: &http::Extensions) -> Option<&Stamp> {
+        extensions.get::<LinkHandle>()?.stamp.as_ref()
+    }
+}
 
 /// Response extension, put by a client whose HTTP/2 connections the guard
 /// cannot take out of the pool (reqwest): a body of this response dropped

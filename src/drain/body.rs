@@ -79,7 +79,7 @@ where
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok());
-        let conn = response.extensions().get::<Stamp>().map(Stamp::exchange);
+        let conn = crate::conn::LinkHandle::stamp_of(response.extensions()).map(Stamp::exchange);
         let reset = resets_cheaply(&response);
         response.map(|body| {
             // A body already at its end when wrapped is complete from the

@@ -126,8 +126,7 @@ where
                         slot.learn(response.version());
                         let extensions = response.extensions();
                         let dialed = extensions.get::<crate::conn::Dialed>().is_some()
-                            || extensions
-                                .get::<crate::conn::Stamp>()
+                            || crate::conn::LinkHandle::stamp_of(extensions)
                                 .is_some_and(crate::conn::Stamp::first_exchange);
                         slot.sample(response.status(), response.headers(), dialed);
                     }

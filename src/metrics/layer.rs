@@ -201,7 +201,9 @@ where
             .map_or(Duration::ZERO, |q| q.0);
         let reused = if let Some(info) = response.extensions().get::<ConnInfo>() {
             Some(info.reused)
-        } else if let Some(exchange) = response.extensions().get::<Stamp>().map(Stamp::exchange) {
+        } else if let Some(exchange) =
+            crate::conn::LinkHandle::stamp_of(response.extensions()).map(Stamp::exchange)
+        {
             let retries = response
                 .extensions()
                 .get::<crate::retry::Retried>()

@@ -191,7 +191,7 @@ fn link_of(
     connected.get_extras(&mut extras);
     extras
         .remove::<crate::conn::LinkHandle>()
-        .map(|crate::conn::LinkHandle(link)| link)
+        .map(|handle| handle.link)
 }
 
 /// An HTTP/2 protocol NACK, as reqwest 0.13's retry reads one.
@@ -278,7 +278,7 @@ fn hyper_util_stale(error: &hyper_util::client::legacy::Error, seen: Option<&See
         // A `GuardedConnector`: the exchanges its IO followed decide. Not
         // written (hyper's "canceled") or written in part or whole, either
         // way unanswered, on a connection that had completed an exchange.
-        return link.0.failed_unanswered_on_reused();
+        return link.link.failed_unanswered_on_reused();
     }
     // Untracked (reqwest): reuse from the addresses seen on responses, and
     // "nothing came back" from hyper's error.
