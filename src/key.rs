@@ -153,6 +153,12 @@ impl HostKey {
     pub fn port(&self) -> u16 {
         self.port
     }
+
+    /// `scheme://host:port`, the key's own allocation (shared, not copied).
+    #[cfg(feature = "reqwest")]
+    pub(crate) fn shared_str(&self) -> Arc<str> {
+        self.repr.clone()
+    }
 }
 
 /// Keys a thread made last, by the scheme and authority they were made

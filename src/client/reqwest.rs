@@ -340,8 +340,10 @@ impl Outgoing {
         book: &rotate::Book,
         turns: Arc<scope::TurnLog>,
     ) -> Result<Outgoing, BoxError> {
+        // The pool key: the host's key, which the limit just found for the
+        // same URI (a per-thread cache hit), as `scheme://host:port`.
+        let key = HostKey::from_request(&request).map(|key| key.shared_str());
         let mut request = into_reqwest_request(request)?;
-        let key = scope::pool_key(request.url());
         let ticket = book.ticket(key.clone(), &mut request);
         let http2 = key.as_deref().is_some_and(|key| turns.speaks_http2(key));
         let scope = DialScope::of(key, request.url(), Some(turns));

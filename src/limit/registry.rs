@@ -303,20 +303,9 @@ impl Registry {
             Some(host) => {
                 // Kept while idle (see `MAX_IDLE`): in use again.
                 state.idle = state.idle.saturating_sub(1);
-                if let Some(decider) = &policy.decider {
-                    let ceiling = bounds.slots_for(host.proto, host.tls);
-                    host.cap = cap_of(decider.limit(&key, ceiling));
-                }
-                host
+                host.ask(policy, &key, bounds)
             }
-            None => {
-                let host = state.open(&key);
-                if let Some(decider) = &policy.decider {
-                    let ceiling = bounds.slots_for(host.proto, host.tls);
-                    host.cap = cap_of(decider.limit(&key, ceiling));
-                }
-                host
-            }
+            None => state.open(&key).ask(policy, &key, bounds),
         };
         host.slots = HostSlots::of(bounds);
         let proto = host.proto;
@@ -561,6 +550,16 @@ impl Default for State {
 }
 
 impl Host {
+    /// A host taken into use (new, or kept while idle) takes its limit
+    /// from the policy, if any.
+    fn ask(&mut self, policy: &Policy, key: &HostKey, bounds: Bounds) -> &mut Host {
+        if let Some(decider) = &policy.decider {
+            let ceiling = bounds.slots_for(self.proto, self.tls);
+            self.cap = cap_of(decider.limit(key, ceiling));
+        }
+        self
+    }
+
     /// Nothing in flight and nothing waiting.
     fn idle(&self) -> bool {
         self.taken == 0 && self.waiters.is_empty()

@@ -47,68 +47,6 @@ const CHECK: Duration = Duration::from_secs(1);
 /// Hosts remembered at most.
 const MAX_HOSTS: usize = 4096;
 
-/// The pool key of a request for `url`: `scheme://host:port`, in lower
-/// case; `None` without a host. A thread remembers the last keys it made.
-pub(crate) fn pool_key(url: &::reqwest::Url) -> Option<Arc<str>> {
-    let host = url.host_str()?;
-    let port = url.port_or_known_default()?;
-    let scheme = url.scheme();
-    LAST_KEYS
-        .try_with(|last| {
-            let mut last = last.borrow_mut();
-            if let Some(key) = last.iter().flatten().find_map(|(s, h, p, key)| {
-                (*p == port && &**s == scheme && &**h == host).then(|| key.clone())
-            }) {
-                return key;
-            }
-            let key = make_pool_key(scheme, host, port);
-            last.rotate_right(1);
-            if let Some(first) = last.first_mut() {
-                *first = Some((scheme.into(), host.into(), port, key.clone()));
-            }
-            key
-        })
-        .ok()
-        .or_else(|| Some(make_pool_key(scheme, host, port)))
-}
-
-/// Pool keys a thread made last, by scheme, host and port as the URL has
-/// them.
-type LastKeys = [Option<(Box<str>, Box<str>, u16, Arc<str>)>; 4];
-
-thread_local! {
-    static LAST_KEYS: std::cell::RefCell<LastKeys> = const {
-        std::cell::RefCell::new([const { None }; 4])
-    };
-}
-
-fn make_pool_key(scheme: &str, host: &str, port: u16) -> Arc<str> {
-    // Built by hand: `format!` was a tenth of the guard's cost a request.
-    let mut key = String::with_capacity(scheme.len() + host.len() + 9);
-    key.push_str(scheme);
-    key.push_str("://");
-    key.push_str(host);
-    key.push(':');
-    let mut digits = [0u8; 5];
-    let mut at = digits.len();
-    let mut n = port;
-    loop {
-        at -= 1;
-        if let Some(d) = digits.get_mut(at) {
-            *d = b'0' + (n % 10) as u8;
-        }
-        n /= 10;
-        if n == 0 || at == 0 {
-            break;
-        }
-    }
-    for &d in digits.get(at..).unwrap_or_default() {
-        key.push(char::from(d));
-    }
-    key.make_ascii_lowercase();
-    Arc::from(key)
-}
-
 /// A host of a client's, as its requests saw it.
 #[derive(Debug, Default, Clone, Copy)]
 struct Seen {
@@ -230,10 +168,9 @@ pub(crate) struct DialScope {
 }
 
 impl DialScope {
-    /// The scope of a request for `url` of a client whose turnovers `turns`
-    /// logs; `None` without a host.
     /// The scope of a request for `url`, whose pool key is `key`
-    /// ([`pool_key`]).
+    /// (`scheme://host:port`, its host's [`HostKey`](crate::HostKey)), of a
+    /// client whose turnovers `turns` logs; `None` without a key.
     pub(crate) fn of(
         key: Option<Arc<str>>,
         url: &::reqwest::Url,
@@ -379,12 +316,12 @@ impl DialScope {
         G: FnOnce() -> F,
         T: Versioned,
     {
-        let watch = scope
+        let host = scope
             .as_ref()
             .and_then(|s| Some((s.clone(), s.turns.clone()?)));
-        let (Some((s, turns)), Some(again)) = (watch.clone(), again) else {
+        let (Some((s, turns)), Some(again)) = (host.clone(), again) else {
             let result = Self::run(scope, first).await;
-            if let (Some((s, turns)), Ok(response)) = (watch, result.as_ref()) {
+            if let (Some((s, turns)), Ok(response)) = (host, result.as_ref()) {
                 if response.version() >= http::Version::HTTP_2 {
                     turns.answered_over_http2(&s.key);
                 }
