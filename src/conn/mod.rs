@@ -64,23 +64,35 @@ pub(crate) use self::phase::Phase;
 pub use self::reason::CloseReason;
 pub(crate) use self::record::{BodyEnd, ConnObserver, Exchange, Record, Stamp};
 
-tokio::task_local! {
-    /// Set while a request's future is polled by the guard's layer: a dial
-    /// polled without it was left to finish in the background (its request
-    /// got a pooled connection).
-    static IN_REQUEST: ();
+thread_local! {
+    /// How many request futures' polls under the guard's layer this thread
+    /// is inside: a dial polled outside them was left to finish in the
+    /// background (its request got a pooled connection). A plain
+    /// thread-local count, not a task-local: a poll is synchronous, and this
+    /// costs two increments where a task-local's scope swaps a value in and
+    /// out.
+    static IN_REQUEST: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
 }
 
 /// Runs `poll`, one poll of a request's future, marked as such for the
 /// dials it makes ([`polled_for_a_request`]).
 pub(crate) fn in_request<R>(poll: impl FnOnce() -> R) -> R {
-    IN_REQUEST.sync_scope((), poll)
+    /// Counts the poll out again, also when it unwinds.
+    struct Out;
+    impl Drop for Out {
+        fn drop(&mut self) {
+            IN_REQUEST.with(|n| n.set(n.get().saturating_sub(1)));
+        }
+    }
+    IN_REQUEST.with(|n| n.set(n.get().saturating_add(1)));
+    let _out = Out;
+    poll()
 }
 
 /// Whether the current poll is one of a request's future, under the
 /// guard's layer.
 pub(crate) fn polled_for_a_request() -> bool {
-    IN_REQUEST.try_with(|_| ()).is_ok()
+    IN_REQUEST.with(|n| n.get() > 0)
 }
 
 /// The task of a connection's IO while it waits on a read, to wake when

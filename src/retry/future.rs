@@ -15,7 +15,8 @@ use std::sync::Arc;
 
 use super::budget::RequestBudget;
 use super::layer::Seen;
-use super::{service::replay, stale, ReplayBody, Retried, RetryCause, RetryEvent, RetryHook};
+use super::service::{replay, Spare};
+use super::{stale, ReplayBody, Retried, RetryCause, RetryEvent, RetryHook};
 use crate::BoxError;
 
 /// Retries of one request that the server never processed, besides
@@ -33,10 +34,12 @@ pin_project! {
     {
         #[pin]
         state: State<S::Future>,
-        // A ready-to-be copy of the inner service and the request to send
+        // The spare service to clone for a retry and the request to send
         // again; `None` when the request is not to be retried.
-        // Boxed: large, and only for requests that may be retried.
-        retry: Option<Box<(S, Request<B>)>>,
+        retry: Option<(Arc<Spare<S>>, Request<B>)>,
+        // The clone of the service being made ready for a retry (boxed:
+        // large, and only for a retry under way).
+        ready: Option<Box<S>>,
         // Retries left.
         left: u32,
         // Retries made.
@@ -119,8 +122,7 @@ where
 {
     pub(crate) fn new(
         future: S::Future,
-        // Boxed: large, and only for requests that may be retried.
-        retry: Option<Box<(S, Request<B>)>>,
+        retry: Option<(Arc<Spare<S>>, Request<B>)>,
         left: u32,
         observer: Option<RetryHook>,
         seen: Option<Arc<Seen>>,
@@ -130,6 +132,7 @@ where
         ResponseFuture {
             state: State::Called { future },
             retry,
+            ready: None,
             left,
             retries: 0,
             observer,
@@ -286,11 +289,20 @@ where
                     this.state.set(State::Retrying);
                 }
                 StateProj::Retrying => {
-                    let Some((service, _)) = this.retry.as_deref_mut() else {
+                    if this.ready.is_none() {
+                        let spare = this.retry.as_ref().and_then(|(spare, _)| spare.service());
+                        let Some(service) = spare else {
+                            return Poll::Ready(Err(MISSING.into()));
+                        };
+                        *this.ready = Some(Box::new(service));
+                    }
+                    let Some(service) = this.ready.as_deref_mut() else {
                         return Poll::Ready(Err(MISSING.into()));
                     };
                     ready!(service.poll_ready(cx)).map_err(Into::into)?;
-                    let Some((mut service, req)) = this.retry.take().map(|r| *r) else {
+                    let (Some(mut service), Some((spare, req))) =
+                        (this.ready.take(), this.retry.take())
+                    else {
                         return Poll::Ready(Err(MISSING.into()));
                     };
                     match this.cause {
@@ -308,7 +320,7 @@ where
                     }
                     if *this.left > 0 || *this.unprocessed_left > 0 {
                         if let Some(next) = replay(&req) {
-                            *this.retry = Some(Box::new((service.clone(), next)));
+                            *this.retry = Some((spare, next));
                         }
                     }
                     let future = service.call(req);

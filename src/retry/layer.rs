@@ -106,6 +106,7 @@ impl<S> Layer<S> for RetryStaleLayer {
             seen: self.seen(),
             budgets: self.budgets(),
             nacks_below: self.nacks_below,
+            spare: Default::default(),
         }
     }
 }

@@ -26,6 +26,38 @@ pub struct RetryStale<S> {
     pub(crate) seen: Arc<Seen>,
     pub(crate) budgets: Arc<Budgets>,
     pub(crate) nacks_below: bool,
+    /// A clone of the inner service, made at the first request, that
+    /// clones share: a retry clones its service from it, so that a request
+    /// that may be retried takes a reference count, not a clone of the
+    /// whole client stack.
+    pub(crate) spare: Arc<Spare<S>>,
+}
+
+/// The spare copy of a [`RetryStale`]'s inner service, cloned for retries.
+#[derive(Debug)]
+pub(crate) struct Spare<S>(std::sync::OnceLock<std::sync::Mutex<S>>);
+
+impl<S> Default for Spare<S> {
+    fn default() -> Self {
+        Spare(std::sync::OnceLock::new())
+    }
+}
+
+impl<S: Clone> Spare<S> {
+    /// Keeps a clone of `inner` if none is kept yet.
+    fn keep(&self, inner: &S) {
+        self.0.get_or_init(|| std::sync::Mutex::new(inner.clone()));
+    }
+
+    /// A fresh clone of the service, to be made ready for a retry.
+    pub(crate) fn service(&self) -> Option<S> {
+        let kept = self.0.get()?;
+        let service = kept
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        Some(service)
+    }
 }
 
 impl<S> RetryStale<S> {
@@ -79,8 +111,11 @@ where
         } else {
             None
         };
-        // The copy of the service is made ready when a retry needs it.
-        let retry = replay.map(|req| Box::new((self.inner.clone(), req)));
+        // A retry clones the spare service and makes it ready.
+        let retry = replay.map(|req| {
+            self.spare.keep(&self.inner);
+            (self.spare.clone(), req)
+        });
         let observer = retry.as_ref().and(self.observer.clone());
         // Every response records its connection (while retries are on):
         // a later request that fails on it knows it was reused.
