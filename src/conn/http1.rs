@@ -570,24 +570,30 @@ fn take_head<H>(buf: &mut Vec<u8>, bytes: &[u8], parse: impl Fn(&[u8]) -> Parsed
 }
 
 fn parse_request(bytes: &[u8]) -> Parsed<RequestHead> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_REQUEST_HEADERS];
-    let mut req = httparse::Request::new(&mut headers);
-    match req.parse(bytes) {
+    // Uninitialised: 4 KiB of empty fields written for every head cost
+    // more than the parse of a short one.
+    let mut headers = [const { std::mem::MaybeUninit::uninit() }; MAX_REQUEST_HEADERS];
+    let mut req = httparse::Request::new(&mut []);
+    match httparse::ParserConfig::default().parse_request_with_uninit_headers(
+        &mut req,
+        bytes,
+        &mut headers,
+    ) {
         Ok(httparse::Status::Complete(n)) => {
             let method = match req.method {
                 Some(m) if m.eq_ignore_ascii_case("HEAD") => Method::Head,
                 Some(m) if m.eq_ignore_ascii_case("CONNECT") => Method::Connect,
                 _ => Method::Other,
             };
-            let headers = &*req.headers;
-            let framing = if has(headers, "transfer-encoding") {
-                if is_chunked(headers) {
+            let fields = Fields::read(req.headers, true);
+            let framing = if let Some(coding) = fields.transfer_encoding {
+                if is_chunked(coding) {
                     RequestFraming::Chunked
                 } else {
                     RequestFraming::Invalid
                 }
             } else {
-                match content_length(headers) {
+                match fields.content_length {
                     Length::None => RequestFraming::None,
                     Length::Valid(n) => RequestFraming::Length(n),
                     Length::Invalid => RequestFraming::Invalid,
@@ -598,11 +604,8 @@ fn parse_request(bytes: &[u8]) -> Parsed<RequestHead> {
                 RequestHead {
                     method,
                     framing,
-                    close: headers
-                        .iter()
-                        .filter(|h| h.name.eq_ignore_ascii_case("connection"))
-                        .any(|h| list_has(h.value, "close")),
-                    upgrade: has(headers, "upgrade"),
+                    close: fields.close,
+                    upgrade: fields.upgrade,
                 },
             )
         }
@@ -614,70 +617,59 @@ fn parse_request(bytes: &[u8]) -> Parsed<RequestHead> {
 /// Reads a response head as hyper's `Client::parse` and `Client::decoder`
 /// do with their defaults.
 fn parse_response(bytes: &[u8], head_request: bool, connect: bool) -> Parsed<ResponseHead> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut res = httparse::Response::new(&mut headers);
-    let n = match httparse::ParserConfig::default().parse_response(&mut res, bytes) {
+    let mut headers = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
+    let mut res = httparse::Response::new(&mut []);
+    let n = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut res,
+        bytes,
+        &mut headers,
+    ) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => return Parsed::Partial,
         // Too many fields, or bytes hyper takes only with an option of the
         // client builder (or never).
         Err(_) => return Parsed::Unsure,
     };
-    let headers = &*res.headers;
     // `StatusCode::from_u16`.
     let Some(status) = res.code.filter(|c| (100..1000).contains(c)) else {
         return Parsed::Unsure;
     };
-    if headers.iter().any(|h| h.name.len() >= MAX_NAME) {
+    let http11 = res.version == Some(1);
+    let headers = &*res.headers;
+    let fields = Fields::read(headers, http11);
+    if fields.long_name {
         return Parsed::Unsure;
     }
-    let http11 = res.version == Some(1);
     let body = match status {
         101 => ResponseBody::Upgrade,
         100 | 102..=199 => ResponseBody::Interim,
         204 | 304 => ResponseBody::Empty,
         _ if head_request => ResponseBody::Empty,
         200..=299 if connect => ResponseBody::Upgrade,
-        _ if has(headers, "transfer-encoding") => {
+        _ if fields.transfer_encoding.is_some() => {
             if !http11 {
                 // hyper: "HTTP/1.0 cannot have Transfer-Encoding header".
                 ResponseBody::Unsure
-            } else if is_chunked(headers) {
+            } else if fields.transfer_encoding.is_some_and(is_chunked) {
                 ResponseBody::Chunked
             } else {
                 // Read until the close.
                 ResponseBody::Unsure
             }
         }
-        _ => match content_length(headers) {
+        _ => match fields.content_length {
             Length::Valid(0) => ResponseBody::Empty,
             Length::Valid(n) if n <= MAX_LENGTH => ResponseBody::Length(n),
             // Read until the close, or rejected.
             Length::Valid(_) | Length::Invalid | Length::None => ResponseBody::Unsure,
         },
     };
-    // hyper's keep-alive: HTTP/1.1 keeps the connection, HTTP/1.0 only
-    // with `keep-alive`; once a `Connection` field says `close`, nothing
-    // undoes it.
-    let mut keep_alive_hyper = http11;
-    let mut saw_close = false;
-    for h in headers
-        .iter()
-        .filter(|h| h.name.eq_ignore_ascii_case("connection"))
-    {
-        if saw_close || list_has(h.value, "close") {
-            saw_close = true;
-            keep_alive_hyper = false;
-        } else if !keep_alive_hyper {
-            keep_alive_hyper = list_has(h.value, "keep-alive");
-        }
-    }
     let interim = matches!(body, ResponseBody::Interim);
     Parsed::Complete(
         n,
         ResponseHead {
             body,
-            keep_alive: if interim {
+            keep_alive: if interim || !fields.keep_alive_field {
                 None
             } else {
                 KeepAlive::parse(
@@ -687,42 +679,97 @@ fn parse_response(bytes: &[u8], head_request: bool, connect: bool) -> Parsed<Res
                         .map(|h| h.value),
                 )
             },
-            keep_alive_hyper,
+            keep_alive_hyper: fields.keep_alive_hyper,
         },
     )
 }
 
-/// Whether a field called `name` is present.
-fn has(headers: &[httparse::Header<'_>], name: &str) -> bool {
-    headers.iter().any(|h| h.name.eq_ignore_ascii_case(name))
+/// What the fields of a head say about its framing and its connection,
+/// read in one pass over them.
+struct Fields<'a> {
+    /// A field name of 64 KiB or more (hyper's `HeaderName` refuses it).
+    long_name: bool,
+    /// The value of the last `Transfer-Encoding` field, if any.
+    transfer_encoding: Option<&'a [u8]>,
+    /// What the `Content-Length` fields say.
+    content_length: Length,
+    /// A `Connection` field lists `close`.
+    close: bool,
+    /// hyper's keep-alive: HTTP/1.1 keeps the connection, HTTP/1.0 only
+    /// with `keep-alive`; once a `Connection` field says `close`, nothing
+    /// undoes it.
+    keep_alive_hyper: bool,
+    /// A `Keep-Alive` field is present.
+    keep_alive_field: bool,
+    /// An `Upgrade` field is present.
+    upgrade: bool,
+}
+
+impl<'a> Fields<'a> {
+    /// Reads `headers` of a head of HTTP/1.1 (`http11`) or HTTP/1.0.
+    fn read(headers: &[httparse::Header<'a>], http11: bool) -> Self {
+        let mut fields = Fields {
+            long_name: false,
+            transfer_encoding: None,
+            content_length: Length::None,
+            close: false,
+            keep_alive_hyper: http11,
+            keep_alive_field: false,
+            upgrade: false,
+        };
+        for h in headers {
+            let name = h.name;
+            // Names compared by length first: most fields are none of these.
+            match name.len() {
+                7 if name.eq_ignore_ascii_case("upgrade") => fields.upgrade = true,
+                10 if name.eq_ignore_ascii_case("connection") => {
+                    if fields.close || list_has(h.value, "close") {
+                        fields.close = true;
+                        fields.keep_alive_hyper = false;
+                    } else if !fields.keep_alive_hyper {
+                        fields.keep_alive_hyper = list_has(h.value, "keep-alive");
+                    }
+                }
+                10 if name.eq_ignore_ascii_case("keep-alive") => fields.keep_alive_field = true,
+                14 if name.eq_ignore_ascii_case("content-length") => {
+                    fields.content_length = fields.content_length.and(h.value);
+                }
+                17 if name.eq_ignore_ascii_case("transfer-encoding") => {
+                    fields.transfer_encoding = Some(h.value);
+                }
+                n if n >= MAX_NAME => fields.long_name = true,
+                _ => {}
+            }
+        }
+        fields
+    }
 }
 
 /// A field value as `HeaderValue::to_str` gives it: only when every byte
 /// is visible ASCII or a tab.
-fn visible(value: &[u8]) -> Option<&str> {
-    if value.iter().all(|&b| b == b'\t' || (32..127).contains(&b)) {
-        std::str::from_utf8(value).ok()
-    } else {
-        None
-    }
+fn visible(value: &[u8]) -> Option<&[u8]> {
+    value
+        .iter()
+        .all(|&b| b == b'\t' || (32..127).contains(&b))
+        .then_some(value)
 }
 
 /// Whether a comma-separated field value lists `token` (hyper's
-/// `connection_has`).
+/// `connection_has`). The only white space a visible value can hold is a
+/// space or a tab, so an ASCII trim is `str::trim` here.
 fn list_has(value: &[u8], token: &str) -> bool {
-    visible(value).is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+    visible(value).is_some_and(|v| {
+        v.split(|&b| b == b',')
+            .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+    })
 }
 
-/// hyper's `is_chunked`: the coding after the last comma of the last
-/// `Transfer-Encoding` field is `chunked`.
-fn is_chunked(headers: &[httparse::Header<'_>]) -> bool {
-    headers
-        .iter()
-        .rev()
-        .find(|h| h.name.eq_ignore_ascii_case("transfer-encoding"))
-        .and_then(|h| visible(h.value))
-        .and_then(|v| v.rsplit(',').next())
-        .is_some_and(|c| c.trim().eq_ignore_ascii_case("chunked"))
+/// hyper's `is_chunked`, given the last `Transfer-Encoding` field's value:
+/// the coding after its last comma is `chunked`.
+fn is_chunked(last: &[u8]) -> bool {
+    visible(last)
+        .and_then(|v| v.rsplit(|&b| b == b',').next())
+        .is_some_and(|c| c.trim_ascii().eq_ignore_ascii_case(b"chunked"))
 }
 
 /// What the `Content-Length` fields of a head say.
@@ -732,32 +779,28 @@ enum Length {
     Invalid,
 }
 
-/// hyper's `content_length_parse_all`: every value of every field, digits
-/// only, all equal.
-fn content_length(headers: &[httparse::Header<'_>]) -> Length {
-    let mut length = None;
-    for h in headers
-        .iter()
-        .filter(|h| h.name.eq_ignore_ascii_case("content-length"))
-    {
-        let Some(line) = visible(h.value) else {
+impl Length {
+    /// hyper's `content_length_parse_all`, one field at a time: every
+    /// value of every field, digits only, all equal.
+    fn and(self, value: &[u8]) -> Length {
+        if matches!(self, Length::Invalid) {
+            return self;
+        }
+        let mut length = self;
+        let Some(line) = visible(value) else {
             return Length::Invalid;
         };
-        for v in line.split(',') {
-            let Some(n) = digits(v.trim().as_bytes()) else {
+        for v in line.split(|&b| b == b',') {
+            let Some(n) = digits(v.trim_ascii()) else {
                 return Length::Invalid;
             };
-            match length {
-                None => length = Some(n),
-                Some(m) if m == n => {}
-                Some(_) => return Length::Invalid,
-            }
+            length = match length {
+                Length::None => Length::Valid(n),
+                Length::Valid(m) if m == n => Length::Valid(m),
+                Length::Valid(_) | Length::Invalid => return Length::Invalid,
+            };
         }
-    }
-    match length {
-        Some(n) => Length::Valid(n),
-        None if has(headers, "content-length") => Length::Invalid,
-        None => Length::None,
+        length
     }
 }
 
