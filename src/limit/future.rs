@@ -91,19 +91,7 @@ where
         loop {
             match this.state.as_mut().project() {
                 StateProj::Queued { wait, parked } => {
-                    let slot = match ready!(wait.as_mut().poll(cx)) {
-                        Ok(slot) => slot,
-                        Err(TimedOut {
-                            key, evicted: true, ..
-                        }) => return Poll::Ready(Err(QueueFull::new(key).into())),
-                        Err(TimedOut {
-                            refusal: Some(refusal),
-                            ..
-                        }) => return Poll::Ready(Err(refusal)),
-                        Err(TimedOut { key, waited, .. }) => {
-                            return Poll::Ready(Err(QueueTimeout::new(key, waited).into()))
-                        }
-                    };
+                    let slot = ready!(wait.as_mut().poll(cx)).map_err(wait_failed)?;
                     let Some((mut service, request)) = parked.take().map(|p| *p) else {
                         return Poll::Ready(Err(
                             "per-host limit future polled after completion".into()
@@ -120,20 +108,9 @@ where
                     let result = ready!(crate::conn::in_request(|| future.poll(cx)));
                     // An error releases the slot now, not when the future is
                     // dropped.
-                    let mut slot = slot.take();
-                    let mut response = result.map_err(Into::into)?;
-                    if let Some(slot) = slot.as_mut() {
-                        slot.learn(response.version());
-                        let extensions = response.extensions();
-                        let dialed = extensions.get::<crate::conn::Dialed>().is_some()
-                            || crate::conn::LinkHandle::stamp_of(extensions)
-                                .is_some_and(crate::conn::Stamp::first_exchange);
-                        slot.sample(response.status(), response.headers(), dialed);
-                    }
-                    if let Some(waited) = slot.as_ref().map(Slot::waited).filter(|w| !w.is_zero()) {
-                        response.extensions_mut().insert(QueueWait(waited));
-                    }
-                    return Poll::Ready(Ok(response.map(|body| ResponseBody::new(body, slot))));
+                    let slot = slot.take();
+                    let response = result.map_err(Into::into)?;
+                    return Poll::Ready(Ok(respond(slot, response)));
                 }
                 StateProj::Failed { error } => {
                     return Poll::Ready(Err(error.take().unwrap_or_else(|| {
@@ -143,6 +120,42 @@ where
             }
         }
     }
+}
+
+/// The error of a wait for a slot that ended without one.
+pub(crate) fn wait_failed(error: TimedOut) -> BoxError {
+    match error {
+        TimedOut {
+            key, evicted: true, ..
+        } => QueueFull::new(key).into(),
+        TimedOut {
+            refusal: Some(refusal),
+            ..
+        } => refusal,
+        TimedOut { key, waited, .. } => QueueTimeout::new(key, waited).into(),
+    }
+}
+
+/// What the limit makes of its request's response: the host learns its
+/// protocol and, for an adaptive limit, a sample; a request that waited
+/// says how long; the slot moves into the body, to be given back when the
+/// body ends or is dropped.
+pub(crate) fn respond<B: http_body::Body>(
+    mut slot: Option<Slot>,
+    mut response: Response<B>,
+) -> Response<ResponseBody<B>> {
+    if let Some(slot) = slot.as_mut() {
+        slot.learn(response.version());
+        let extensions = response.extensions();
+        let dialed = extensions.get::<crate::conn::Dialed>().is_some()
+            || crate::conn::LinkHandle::stamp_of(extensions)
+                .is_some_and(crate::conn::Stamp::first_exchange);
+        slot.sample(response.status(), response.headers(), dialed);
+    }
+    if let Some(waited) = slot.as_ref().map(Slot::waited).filter(|w| !w.is_zero()) {
+        response.extensions_mut().insert(QueueWait(waited));
+    }
+    response.map(|body| ResponseBody::new(body, slot))
 }
 
 impl<S, Req> fmt::Debug for ResponseFuture<S, Req>

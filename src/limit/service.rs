@@ -6,8 +6,8 @@ use tower_service::Service;
 use super::future::ResponseFuture;
 use super::layer::PerHostLimitLayer;
 
-use super::registry::{Acquire, TimedOut};
-use super::total::{join, Joined};
+use super::registry::{Acquire, Slot, TimedOut};
+use super::total::{join, Joined, Wait};
 use super::{QueueFull, ResponseBody};
 use crate::key::HostKey;
 use crate::BoxError;
@@ -78,39 +78,60 @@ where
         let Some(key) = HostKey::from_request(&req) else {
             return ResponseFuture::called(self.inner.call(req), None);
         };
-        let config = &self.layer.config;
+        match self.layer.admit(key) {
+            Admit::Now(slot) => ResponseFuture::called(self.inner.call(req), Some(slot)),
+            Admit::Refused(error) => ResponseFuture::failed(error),
+            Admit::Wait(wait) => {
+                // Take the service that was made ready into the future, and
+                // leave a fresh clone behind for the next `poll_ready`.
+                let clone = self.inner.clone();
+                let ready = std::mem::replace(&mut self.inner, clone);
+                ResponseFuture::queued(wait, ready, req)
+            }
+        }
+    }
+}
+
+/// How a request to a host gets its slot.
+pub(crate) enum Admit {
+    /// At once.
+    Now(Slot),
+    /// After a wait in the host's queue (or the cap's).
+    Wait(Wait),
+    /// Never: the queue is full.
+    Refused(BoxError),
+}
+
+impl PerHostLimitLayer {
+    /// A slot of `key`'s host (and of the cap across hosts) for one
+    /// request, now or after a wait.
+    pub(crate) fn admit(&self, key: HostKey) -> Admit {
+        let config = &self.config;
         // `Duration::MAX` (past the end of time) is no deadline. Read the
         // clock only for a request that waits.
         let deadline = || config.queue_timeout.and_then(crate::timer::deadline_in);
-        let total = self.layer.total_cap();
+        let total = self.total_cap();
         let total = total.as_ref();
-        let wait = match self.layer.registry.acquire(key.clone(), &config.policy) {
-            Acquire::Full(key) => return ResponseFuture::failed(QueueFull::new(key).into()),
+        match self.registry.acquire(key.clone(), &config.policy) {
+            Acquire::Full(key) => Admit::Refused(QueueFull::new(key).into()),
             Acquire::Ready(slot) => match join(total, slot, &key, None, deadline) {
-                Joined::Now(slot) => {
-                    return ResponseFuture::called(self.inner.call(req), Some(slot))
-                }
+                Joined::Now(slot) => Admit::Now(slot),
                 // The host's slot went back as it dropped.
-                Joined::Full => return ResponseFuture::failed(QueueFull::new(key).into()),
-                Joined::Later(wait) => wait,
+                Joined::Full => Admit::Refused(QueueFull::new(key).into()),
+                Joined::Later(wait) => Admit::Wait(wait),
             },
             Acquire::Queued(waiter) => {
                 let deadline = deadline();
                 let total = total.cloned();
-                Box::pin(async move {
+                Admit::Wait(Box::pin(async move {
                     let slot = waiter.wait(deadline).await?;
                     match join(total.as_ref(), slot, &key, None, || deadline) {
                         Joined::Now(slot) => Ok(slot),
                         Joined::Full => Err(TimedOut::full(key)),
                         Joined::Later(wait) => wait.await,
                     }
-                })
+                }))
             }
-        };
-        // Take the service that was made ready into the future, and leave
-        // a fresh clone behind for the next `poll_ready`.
-        let clone = self.inner.clone();
-        let ready = std::mem::replace(&mut self.inner, clone);
-        ResponseFuture::queued(wait, ready, req)
+        }
     }
 }

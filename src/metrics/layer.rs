@@ -107,26 +107,117 @@ where
     }
 
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
-        let inner = &self.metrics.inner;
+        let started = Started::new(&self.metrics, &req);
+        ResponseFuture {
+            inner: self.inner.call(req),
+            started: Some(started),
+        }
+    }
+}
+
+/// A request counted in: in flight until its body ends, and what its
+/// response is read against.
+#[derive(Debug)]
+pub(crate) struct Started {
+    flight: Flight,
+    /// When the request started, on the metrics' clock (0: not read, no
+    /// tracked connection seen yet).
+    started: u64,
+    /// The request says `Connection: close`.
+    close: bool,
+}
+
+impl Started {
+    /// Counts `req` in.
+    pub(crate) fn new<B>(metrics: &Metrics, req: &Request<B>) -> Self {
+        let inner = &metrics.inner;
         inner.requests.fetch_add(1, Relaxed);
         #[cfg(feature = "metrics")]
         inner.emit.request();
         inner.in_flight.fetch_add(1, Relaxed);
-        let close = says_close(req.headers());
-        ResponseFuture {
-            inner: self.inner.call(req),
-            flight: Some(Flight {
-                metrics: self.metrics.clone(),
+        Started {
+            flight: Flight {
+                metrics: metrics.clone(),
                 conn: None,
-            }),
-            // 0: not read (no tracked connection seen yet).
+            },
             started: if inner.timed.load(Relaxed) {
                 inner.now()
             } else {
                 0
             },
-            close,
+            close: says_close(req.headers()),
         }
+    }
+
+    /// Counts the request's outcome: an error, or a response whose
+    /// connection and reuse are read and whose body keeps the request in
+    /// flight.
+    pub(crate) fn finish<B: Body, E>(
+        self,
+        result: Result<Response<B>, E>,
+    ) -> Result<Response<ResponseBody<B>>, E> {
+        let Started {
+            flight: mut f,
+            started,
+            close,
+        } = self;
+        let inner = &f.metrics.inner;
+        let mut response = match result {
+            Ok(response) => response,
+            Err(e) => {
+                inner.errors.fetch_add(1, Relaxed);
+                #[cfg(feature = "metrics")]
+                inner.emit.error();
+                return Err(e);
+            }
+        };
+        inner.responses.fetch_add(1, Relaxed);
+        let close = close || says_close(response.headers());
+        let queue_wait = response
+            .extensions()
+            .get::<QueueWait>()
+            .map_or(Duration::ZERO, |q| q.0);
+        let reused = if let Some(info) = response.extensions().get::<ConnInfo>() {
+            Some(info.reused)
+        } else if let Some(exchange) =
+            crate::conn::LinkHandle::stamp_of(response.extensions()).map(Stamp::exchange)
+        {
+            let retries = response
+                .extensions()
+                .get::<crate::retry::Retried>()
+                .map_or(0, |r| r.retries);
+            if !inner.timed.load(Relaxed) {
+                inner.timed.store(true, Relaxed);
+            }
+            let seen = exchange.respond(started);
+            let info = ConnInfo {
+                id: exchange.id(),
+                reused: seen.reused,
+                requests: seen.requests,
+                idle_for: seen.idle_for,
+                queue_wait,
+                retries,
+            };
+            response.extensions_mut().insert(info);
+            f.conn = Some(exchange);
+            Some(info.reused)
+        } else {
+            reused_by_address(&f.metrics, &response, close)
+        };
+        let inner = &f.metrics.inner;
+        #[cfg(feature = "metrics")]
+        inner.emit.response(reused == Some(true));
+        trace_response(&response, reused, queue_wait);
+        match reused {
+            Some(true) => {
+                inner.reused.fetch_add(1, Relaxed);
+            }
+            Some(false) => {}
+            None => {
+                inner.reuse_unknown.fetch_add(1, Relaxed);
+            }
+        }
+        Ok(response.map(|b| ResponseBody::new(b, Some(f))))
     }
 }
 
@@ -163,9 +254,7 @@ pin_project! {
     pub struct ResponseFuture<F> {
         #[pin]
         inner: F,
-        flight: Option<Flight>,
-        started: u64,
-        close: bool,
+        started: Option<Started>,
     }
 }
 
@@ -179,66 +268,10 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let result = ready!(this.inner.poll(cx));
-        let mut flight = this.flight.take();
-        let Some(f) = flight.as_mut() else {
-            return Poll::Ready(result.map(|r| r.map(|b| ResponseBody::new(b, None))));
-        };
-        let inner = &f.metrics.inner;
-        let mut response = match result {
-            Ok(response) => response,
-            Err(e) => {
-                inner.errors.fetch_add(1, Relaxed);
-                #[cfg(feature = "metrics")]
-                inner.emit.error();
-                return Poll::Ready(Err(e));
-            }
-        };
-        inner.responses.fetch_add(1, Relaxed);
-        let close = *this.close || says_close(response.headers());
-        let queue_wait = response
-            .extensions()
-            .get::<QueueWait>()
-            .map_or(Duration::ZERO, |q| q.0);
-        let reused = if let Some(info) = response.extensions().get::<ConnInfo>() {
-            Some(info.reused)
-        } else if let Some(exchange) =
-            crate::conn::LinkHandle::stamp_of(response.extensions()).map(Stamp::exchange)
-        {
-            let retries = response
-                .extensions()
-                .get::<crate::retry::Retried>()
-                .map_or(0, |r| r.retries);
-            if !inner.timed.load(Relaxed) {
-                inner.timed.store(true, Relaxed);
-            }
-            let seen = exchange.respond(*this.started);
-            let info = ConnInfo {
-                id: exchange.id(),
-                reused: seen.reused,
-                requests: seen.requests,
-                idle_for: seen.idle_for,
-                queue_wait,
-                retries,
-            };
-            response.extensions_mut().insert(info);
-            f.conn = Some(exchange);
-            Some(info.reused)
-        } else {
-            reused_by_address(&f.metrics, &response, close)
-        };
-        #[cfg(feature = "metrics")]
-        inner.emit.response(reused == Some(true));
-        trace_response(&response, reused, queue_wait);
-        match reused {
-            Some(true) => {
-                inner.reused.fetch_add(1, Relaxed);
-            }
-            Some(false) => {}
-            None => {
-                inner.reuse_unknown.fetch_add(1, Relaxed);
-            }
-        }
-        Poll::Ready(Ok(response.map(|b| ResponseBody::new(b, flight))))
+        Poll::Ready(match this.started.take() {
+            Some(started) => started.finish(result),
+            None => result.map(|r| r.map(|b| ResponseBody::new(b, None))),
+        })
     }
 }
 

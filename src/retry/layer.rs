@@ -2,6 +2,7 @@ use std::sync::{Arc, OnceLock};
 
 use tower_layer::Layer;
 
+use super::attempts::Rules;
 use super::budget::{BudgetConfig, Budgets};
 use super::{OnRetry, RetryHook, RetryStale};
 
@@ -83,6 +84,17 @@ impl RetryStaleLayer {
             .clone()
     }
 
+    /// What every service of this layer applies to its requests.
+    pub(crate) fn rules(&self) -> Rules {
+        Rules {
+            max_retries: self.max_retries,
+            observer: self.observer.clone(),
+            seen: self.seen(),
+            budgets: self.budgets(),
+            nacks_below: self.nacks_below,
+        }
+    }
+
     /// The shared record of connections, made on first use.
     fn seen(&self) -> Arc<Seen> {
         self.seen.get_or_init(Arc::default).clone()
@@ -101,11 +113,7 @@ impl<S> Layer<S> for RetryStaleLayer {
     fn layer(&self, inner: S) -> Self::Service {
         RetryStale {
             inner,
-            max_retries: self.max_retries,
-            observer: self.observer.clone(),
-            seen: self.seen(),
-            budgets: self.budgets(),
-            nacks_below: self.nacks_below,
+            rules: self.rules(),
             spare: Default::default(),
         }
     }

@@ -169,6 +169,7 @@
 //! # }
 //! ```
 
+pub(crate) mod attempts;
 pub(crate) mod budget;
 pub mod future;
 mod layer;
@@ -179,9 +180,9 @@ pub(crate) mod stale;
 #[cfg(test)]
 mod tests;
 
-pub use future::ResponseFuture;
 #[cfg(feature = "reqwest")]
-pub(crate) use future::NOT_PROCESSED_RETRIES;
+pub(crate) use attempts::NOT_PROCESSED_RETRIES;
+pub use future::ResponseFuture;
 pub use layer::RetryStaleLayer;
 pub(crate) use observe::RetryHook;
 pub use observe::{OnRetry, RetryCause, RetryEvent};

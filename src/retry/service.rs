@@ -6,10 +6,9 @@ use tower_service::Service;
 
 use std::sync::Arc;
 
-use super::budget::{Budgets, RequestBudget};
+use super::attempts::{Attempts, Rules};
 use super::future::ResponseFuture;
-use super::layer::Seen;
-use super::{ReplayBody, RetryHook, RetryStaleLayer};
+use super::{ReplayBody, RetryStaleLayer};
 use crate::BoxError;
 
 /// Retries requests that fail on a stale pooled connection; made by
@@ -21,11 +20,7 @@ use crate::BoxError;
 #[derive(Clone, Debug)]
 pub struct RetryStale<S> {
     pub(crate) inner: S,
-    pub(crate) max_retries: u32,
-    pub(crate) observer: Option<RetryHook>,
-    pub(crate) seen: Arc<Seen>,
-    pub(crate) budgets: Arc<Budgets>,
-    pub(crate) nacks_below: bool,
+    pub(crate) rules: Rules,
     /// A clone of the inner service, made at the first request, that
     /// clones share: a retry clones its service from it, so that a request
     /// that may be retried takes a reference count, not a clone of the
@@ -45,7 +40,7 @@ impl<S> Default for Spare<S> {
 
 impl<S: Clone> Spare<S> {
     /// Keeps a clone of `inner` if none is kept yet.
-    fn keep(&self, inner: &S) {
+    pub(crate) fn keep(&self, inner: &S) {
         self.0.get_or_init(|| std::sync::Mutex::new(inner.clone()));
     }
 
@@ -103,47 +98,12 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        // Any request may be sent again if an HTTP/2 server did not process
-        // it; only an idempotent one after a stale connection.
-        let idempotent = is_idempotent(&req);
-        let replay = if self.max_retries > 0 {
-            replay(&req)
-        } else {
-            None
-        };
-        // A retry clones the spare service and makes it ready.
-        let retry = replay.map(|req| {
+        let key = crate::key::HostKey::from_request(&req);
+        let attempts = Attempts::start(&self.rules, &mut req, key.as_ref(), || {
             self.spare.keep(&self.inner);
-            (self.spare.clone(), req)
+            self.spare.clone()
         });
-        let observer = retry.as_ref().and(self.observer.clone());
-        // Every response records its connection (while retries are on):
-        // a later request that fails on it knows it was reused.
-        let seen = (self.max_retries > 0).then(|| self.seen.clone());
-        // Every request counts toward its host's retry budget.
-        let budget = (self.max_retries > 0).then(|| {
-            RequestBudget::deposit(
-                &self.budgets,
-                crate::key::HostKey::from_request(&req).as_ref(),
-            )
-        });
-        // A request to an HTTP/2 host learns its connection: the first to
-        // come back on a connection arms its poison for a `GOAWAY`.
-        let capture = budget
-            .as_ref()
-            .filter(|b| b.http2())
-            .and_then(|_| super::stale::capture(&mut req));
-        ResponseFuture::new(
-            self.inner.call(req),
-            retry,
-            self.max_retries,
-            observer,
-            seen,
-            idempotent,
-            budget,
-        )
-        .capturing(capture)
-        .nacks_below(self.nacks_below)
+        ResponseFuture::new(self.inner.call(req), attempts)
     }
 }
 

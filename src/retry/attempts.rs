@@ -1,0 +1,349 @@
+//! The retry rules of one request across its attempts, whoever sends
+//! them: [`RetryStale`](super::RetryStale)'s future, and the guard's.
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::{Request, Response};
+use tower_service::Service;
+
+use super::budget::{Budgets, RequestBudget};
+use super::layer::Seen;
+use super::service::{is_idempotent, replay, Spare};
+use super::{stale, ReplayBody, Retried, RetryCause, RetryEvent, RetryHook};
+use crate::key::HostKey;
+use crate::BoxError;
+
+/// Retries of one request that the server never processed, besides
+/// `max_retries`: each is safe, and each follows a connection that is going
+/// away or a refused stream, and a burst of them can meet several in a row
+/// (a server refusing 1 stream in 10 refuses a request 4 times in a row
+/// once in 10,000). The retry budget bounds them all together.
+pub(crate) const NOT_PROCESSED_RETRIES: u32 = 5;
+
+/// What a retry layer applies to every request: shared by its services.
+#[derive(Clone, Debug)]
+pub(crate) struct Rules {
+    pub(crate) max_retries: u32,
+    pub(crate) observer: Option<RetryHook>,
+    /// The connections responses came on (untracked clients).
+    pub(crate) seen: Arc<Seen>,
+    /// Each host's retry budget.
+    pub(crate) budgets: Arc<Budgets>,
+    /// The client below resends protocol NACKs itself.
+    pub(crate) nacks_below: bool,
+}
+
+/// One request's retries: the copy to send again (if its body replays),
+/// what is left of its retries, its host's budget, and what it learns of
+/// its connection.
+pub(crate) struct Attempts<S, B> {
+    // The spare service to clone for a retry and the request to send
+    // again; `None` when the request is not to be retried.
+    retry: Option<(Arc<Spare<S>>, Request<B>)>,
+    // The clone of the service being made ready for a retry (boxed:
+    // large, and only for a retry under way).
+    ready: Option<Box<S>>,
+    // Retries left.
+    left: u32,
+    // Retries made.
+    retries: u32,
+    observer: Option<RetryHook>,
+    // The connections responses came on (untracked clients).
+    seen: Option<Arc<Seen>>,
+    // The request may be sent again after a stale connection.
+    idempotent: bool,
+    // Why the retry under way is made.
+    cause: RetryCause,
+    // Retries left for requests that were never processed.
+    unprocessed_left: u32,
+    // The host's retry budget, with this request deposited.
+    budget: Option<RequestBudget>,
+    // What the request learns of its connection.
+    capture: Option<stale::Capture>,
+    // The client below resends protocol NACKs itself.
+    nacks_below: bool,
+    // The tracked connection the request went out on, and the timer
+    // that looks at it while the response is awaited.
+    watch: Option<Watch>,
+}
+
+/// How an attempt ended.
+pub(crate) enum Ended<R> {
+    /// For good: the request's outcome.
+    Done(Result<R, BoxError>),
+    /// The request is to be sent again.
+    Again,
+}
+
+impl<S, B> Attempts<S, B> {
+    /// The rules of `rules` for `req` to `key`'s host: `req` is counted in
+    /// the host's budget, copied if it may be sent again (the copy's
+    /// service comes from `spare`), and set to learn its connection if the
+    /// host speaks HTTP/2.
+    pub(crate) fn start(
+        rules: &Rules,
+        req: &mut Request<B>,
+        key: Option<&HostKey>,
+        spare: impl FnOnce() -> Arc<Spare<S>>,
+    ) -> Self
+    where
+        B: ReplayBody,
+    {
+        let on = rules.max_retries > 0;
+        // Any request may be sent again if an HTTP/2 server did not process
+        // it; only an idempotent one after a stale connection.
+        let idempotent = is_idempotent(req);
+        let retry = if on { replay(req) } else { None }.map(|copy| (spare(), copy));
+        let observer = retry.as_ref().and(rules.observer.clone());
+        // Every response records its connection (while retries are on):
+        // a later request that fails on it knows it was reused.
+        let seen = on.then(|| rules.seen.clone());
+        // Every request counts toward its host's retry budget.
+        let budget = on.then(|| RequestBudget::deposit(&rules.budgets, key));
+        // A request to an HTTP/2 host learns its connection: the first to
+        // come back on a connection arms its poison for a `GOAWAY`.
+        let capture = budget
+            .as_ref()
+            .filter(|b| b.http2())
+            .and_then(|_| stale::capture(req));
+        Attempts {
+            retry,
+            ready: None,
+            left: rules.max_retries,
+            retries: 0,
+            observer,
+            seen,
+            idempotent,
+            cause: RetryCause::StaleConnection,
+            unprocessed_left: if on { NOT_PROCESSED_RETRIES } else { 0 },
+            budget,
+            capture,
+            nacks_below: rules.nacks_below,
+            watch: None,
+        }
+    }
+
+    /// The attempt under way still waits for its response. Once the
+    /// request is on a connection, it arms the connection's poison and
+    /// watches the connection: the error of a request stranded there.
+    pub(crate) fn waiting(&mut self, cx: &mut Context<'_>) -> Option<BoxError> {
+        if let Some(capture) = self.capture.as_ref() {
+            match stale::learn(capture) {
+                stale::Learned::Pending => {}
+                #[cfg(feature = "hyper-util")]
+                stale::Learned::Link(link) => {
+                    self.capture = None;
+                    self.watch = Some(Watch {
+                        link,
+                        check: crate::timer::Every::new(STRANDED_CHECK),
+                        closed: false,
+                    });
+                }
+                stale::Learned::Untracked => self.capture = None,
+            }
+        }
+        if !self.watch.as_mut().is_some_and(|w| w.stranded(cx)) {
+            return None;
+        }
+        self.watch = None;
+        tracing::debug!("request stranded on a closed HTTP/2 connection");
+        Some(BoxError::from(super::Stranded))
+    }
+
+    /// The attempt under way ended with `result`: the request's outcome,
+    /// or a retry (the budget drawn, the hook told).
+    pub(crate) fn ended<ResB>(
+        &mut self,
+        result: Result<Response<ResB>, BoxError>,
+    ) -> Ended<Response<ResB>> {
+        self.watch = None;
+        let retried = self.retries > 0;
+        if retried {
+            if let Some(o) = self.observer.as_ref() {
+                o.tell(if result.is_ok() {
+                    RetryEvent::Succeeded
+                } else {
+                    RetryEvent::Failed
+                });
+            }
+        }
+        let error = match result {
+            Ok(mut response) => {
+                if let Some(seen) = self.seen.as_deref() {
+                    stale::record(seen, response.extensions());
+                }
+                if let Some(budget) = self.budget.as_ref() {
+                    budget.answered(response.version());
+                }
+                if let Some(capture) = self.capture.take() {
+                    let _ = stale::learn(&capture);
+                }
+                if retried {
+                    response.extensions_mut().insert(Retried {
+                        retries: self.retries,
+                    });
+                }
+                return Ended::Done(Ok(response));
+            }
+            Err(error) => error,
+        };
+        let cause = if self.retry.is_none()
+            || (self.nacks_below && stale::protocol_nack(&*error).is_some())
+        {
+            None
+        } else if self.unprocessed_left > 0
+            && match stale::unprocessed(&*error) {
+                Some(stale::Unprocessed::Surely) => true,
+                Some(stale::Unprocessed::GoAway) => self.idempotent,
+                None => false,
+            }
+        {
+            Some(RetryCause::NotProcessed)
+        } else if self.left > 0 && self.idempotent && stale::is_stale(&*error, self.seen.as_deref())
+        {
+            Some(RetryCause::StaleConnection)
+        } else {
+            None
+        };
+        let Some(cause) = cause else {
+            return Ended::Done(Err(error));
+        };
+        if self.budget.as_ref().is_some_and(|b| !b.withdraw()) {
+            tracing::debug!(%error, ?cause, "retry budget spent; not sending the request again");
+            if let Some(o) = self.observer.as_ref() {
+                o.tell(RetryEvent::BudgetExhausted { cause });
+            }
+            return Ended::Done(Err(error));
+        }
+        self.cause = cause;
+        tracing::debug!(%error, ?cause, "request not answered; sending it again");
+        Ended::Again
+    }
+}
+
+impl<S, B> Attempts<S, B>
+where
+    S: Service<Request<B>> + Clone,
+    S::Error: Into<BoxError>,
+    B: ReplayBody,
+{
+    /// The service and the request of the retry, once a clone of the spare
+    /// service is ready; a copy for the next retry is kept if one may
+    /// follow.
+    pub(crate) fn poll_next(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(S, Request<B>), BoxError>> {
+        if self.ready.is_none() {
+            let spare = self.retry.as_ref().and_then(|(spare, _)| spare.service());
+            let Some(service) = spare else {
+                return Poll::Ready(Err(MISSING.into()));
+            };
+            self.ready = Some(Box::new(service));
+        }
+        let Some(service) = self.ready.as_deref_mut() else {
+            return Poll::Ready(Err(MISSING.into()));
+        };
+        if let Err(e) = std::task::ready!(service.poll_ready(cx)) {
+            return Poll::Ready(Err(e.into()));
+        }
+        let (Some(service), Some((spare, req))) = (self.ready.take(), self.retry.take()) else {
+            return Poll::Ready(Err(MISSING.into()));
+        };
+        match self.cause {
+            RetryCause::NotProcessed => {
+                self.unprocessed_left = self.unprocessed_left.saturating_sub(1)
+            }
+            _ => self.left = self.left.saturating_sub(1),
+        }
+        self.retries = self.retries.saturating_add(1);
+        if let Some(o) = self.observer.as_ref() {
+            o.tell(RetryEvent::Retrying {
+                attempt: self.retries,
+                cause: self.cause,
+            });
+        }
+        if self.left > 0 || self.unprocessed_left > 0 {
+            if let Some(next) = replay(&req) {
+                self.retry = Some((spare, next));
+            }
+        }
+        Poll::Ready(Ok((*service, req)))
+    }
+}
+
+impl<S, B> std::fmt::Debug for Attempts<S, B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Attempts")
+            .field("retryable", &self.retry.is_some())
+            .field("left", &self.left)
+            .field("retries", &self.retries)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Cannot happen: a retry is made only with a request to send.
+const MISSING: &str = "poolguard: retry without a request";
+
+/// A request awaiting its response on a tracked connection.
+#[cfg_attr(not(feature = "hyper-util"), allow(dead_code))]
+struct Watch {
+    #[cfg(feature = "hyper-util")]
+    link: Arc<crate::conn::Link>,
+    check: crate::timer::Every,
+    /// The connection was seen closed at the last check.
+    closed: bool,
+}
+
+/// How often a request awaiting its response looks at its connection: one
+/// whose connection closed at two checks in a row is stranded.
+pub const STRANDED_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
+
+impl Watch {
+    /// Whether the request is stranded: its connection's IO is gone (so
+    /// every stream on it has ended) for a whole check, and its response
+    /// has not come. Arms the timer that wakes the request to look.
+    fn stranded(&mut self, cx: &mut Context<'_>) -> bool {
+        while self.check.poll(cx) {
+            #[cfg(feature = "hyper-util")]
+            if self.link.is_closed() {
+                if self.closed {
+                    return true;
+                }
+                self.closed = true;
+            }
+        }
+        false
+    }
+}
+
+#[cfg(all(test, feature = "hyper-util"))]
+mod tests {
+    use super::*;
+
+    fn watch(link: &Arc<crate::conn::Link>) -> Watch {
+        Watch {
+            link: link.clone(),
+            check: crate::timer::Every::new(STRANDED_CHECK),
+            closed: false,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_is_stranded_a_whole_check_after_its_connection_closed() {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let link = crate::conn::Link::new(Arc::from("http://h:80"));
+        let mut w = watch(&link);
+        assert!(!w.stranded(&mut cx));
+        // Open: a request may wait for its response as long as it takes.
+        tokio::time::advance(STRANDED_CHECK * 10).await;
+        assert!(!w.stranded(&mut cx));
+        link.close();
+        // Closed just now: not yet (its last stream may be ending).
+        tokio::time::advance(STRANDED_CHECK).await;
+        assert!(!w.stranded(&mut cx));
+        tokio::time::advance(STRANDED_CHECK).await;
+        assert!(w.stranded(&mut cx));
+    }
+}
