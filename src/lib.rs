@@ -94,7 +94,7 @@ pub mod drain;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub mod fleet;
-mod guard;
+pub mod guard;
 mod key;
 pub mod limit;
 pub mod metrics;

@@ -63,6 +63,11 @@ pub struct DrainLayer {
 }
 
 impl DrainLayer {
+    /// What every [`Drain`] of this layer shares.
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
     /// A layer with the default budgets: 64 KiB, 100 ms, 256 concurrent
     /// drains, and no hook.
     pub fn new() -> Self {

@@ -118,6 +118,7 @@ pub use self::body::ResponseBody;
 pub use self::error::{QueueFull, QueueTimeout};
 pub use self::layer::PerHostLimitLayer;
 pub use self::observe::{OnQueue, QueueEvent};
+pub(crate) use self::service::Admit;
 pub use self::service::PerHostLimit;
 
 /// Response extension: how long the request waited in its host's queue.

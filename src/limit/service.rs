@@ -78,7 +78,7 @@ where
         let Some(key) = HostKey::from_request(&req) else {
             return ResponseFuture::called(self.inner.call(req), None);
         };
-        match self.layer.admit(key) {
+        match self.layer.admit(&key) {
             Admit::Now(slot) => ResponseFuture::called(self.inner.call(req), Some(slot)),
             Admit::Refused(error) => ResponseFuture::failed(error),
             Admit::Wait(wait) => {
@@ -105,7 +105,7 @@ pub(crate) enum Admit {
 impl PerHostLimitLayer {
     /// A slot of `key`'s host (and of the cap across hosts) for one
     /// request, now or after a wait.
-    pub(crate) fn admit(&self, key: HostKey) -> Admit {
+    pub(crate) fn admit(&self, key: &HostKey) -> Admit {
         let config = &self.config;
         // `Duration::MAX` (past the end of time) is no deadline. Read the
         // clock only for a request that waits.
@@ -114,15 +114,16 @@ impl PerHostLimitLayer {
         let total = total.as_ref();
         match self.registry.acquire(key.clone(), &config.policy) {
             Acquire::Full(key) => Admit::Refused(QueueFull::new(key).into()),
-            Acquire::Ready(slot) => match join(total, slot, &key, None, deadline) {
+            Acquire::Ready(slot) => match join(total, slot, key, None, deadline) {
                 Joined::Now(slot) => Admit::Now(slot),
                 // The host's slot went back as it dropped.
-                Joined::Full => Admit::Refused(QueueFull::new(key).into()),
+                Joined::Full => Admit::Refused(QueueFull::new(key.clone()).into()),
                 Joined::Later(wait) => Admit::Wait(wait),
             },
             Acquire::Queued(waiter) => {
                 let deadline = deadline();
                 let total = total.cloned();
+                let key = key.clone();
                 Admit::Wait(Box::pin(async move {
                     let slot = waiter.wait(deadline).await?;
                     match join(total.as_ref(), slot, &key, None, || deadline) {

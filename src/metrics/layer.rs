@@ -85,11 +85,12 @@ impl<S> ReuseMetrics<S> {
 }
 
 fn says_close(headers: &HeaderMap) -> bool {
-    headers.get_all(header::CONNECTION).iter().any(|v| {
-        v.to_str()
-            .map(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("close")))
-            .unwrap_or(false)
-    })
+    !headers.is_empty()
+        && headers.get_all(header::CONNECTION).iter().any(|v| {
+            v.to_str()
+                .map(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("close")))
+                .unwrap_or(false)
+        })
 }
 
 impl<S, ReqB, B> Service<Request<ReqB>> for ReuseMetrics<S>

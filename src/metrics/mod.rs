@@ -134,6 +134,7 @@ mod snapshot;
 
 pub use self::conn::ConnInfo;
 pub use self::handle::Metrics;
+pub(crate) use self::layer::Started;
 pub use self::layer::{ResponseBody, ResponseFuture, ReuseMetrics, ReuseMetricsLayer};
 pub use self::snapshot::{CloseCounts, DrainSkips, FleetHost, HostSnapshot, Snapshot};
 pub use crate::conn::CloseReason;

@@ -38,9 +38,8 @@ pub(crate) struct Rules {
 /// what is left of its retries, its host's budget, and what it learns of
 /// its connection.
 pub(crate) struct Attempts<S, B> {
-    // The spare service to clone for a retry and the request to send
-    // again; `None` when the request is not to be retried.
-    retry: Option<(Arc<Spare<S>>, Request<B>)>,
+    // The request to send again; `None` when it is not to be retried.
+    retry: Option<Request<B>>,
     // The clone of the service being made ready for a retry (boxed:
     // large, and only for a retry under way).
     ready: Option<Box<S>>,
@@ -48,9 +47,9 @@ pub(crate) struct Attempts<S, B> {
     left: u32,
     // Retries made.
     retries: u32,
-    observer: Option<RetryHook>,
-    // The connections responses came on (untracked clients).
-    seen: Option<Arc<Seen>>,
+    // Retries are on: responses record their connections, and the request
+    // counts in its host's budget.
+    on: bool,
     // The request may be sent again after a stale connection.
     idempotent: bool,
     // Why the retry under way is made.
@@ -61,8 +60,6 @@ pub(crate) struct Attempts<S, B> {
     budget: Option<RequestBudget>,
     // What the request learns of its connection.
     capture: Option<stale::Capture>,
-    // The client below resends protocol NACKs itself.
-    nacks_below: bool,
     // The tracked connection the request went out on, and the timer
     // that looks at it while the response is awaited.
     watch: Option<Watch>,
@@ -78,15 +75,10 @@ pub(crate) enum Ended<R> {
 
 impl<S, B> Attempts<S, B> {
     /// The rules of `rules` for `req` to `key`'s host: `req` is counted in
-    /// the host's budget, copied if it may be sent again (the copy's
-    /// service comes from `spare`), and set to learn its connection if the
-    /// host speaks HTTP/2.
-    pub(crate) fn start(
-        rules: &Rules,
-        req: &mut Request<B>,
-        key: Option<&HostKey>,
-        spare: impl FnOnce() -> Arc<Spare<S>>,
-    ) -> Self
+    /// the host's budget, copied if it may be sent again, and set to learn
+    /// its connection if the host speaks HTTP/2. A retry's service is
+    /// cloned from a spare (see [`may_retry`](Self::may_retry)).
+    pub(crate) fn start(rules: &Rules, req: &mut Request<B>, key: Option<&HostKey>) -> Self
     where
         B: ReplayBody,
     {
@@ -94,11 +86,7 @@ impl<S, B> Attempts<S, B> {
         // Any request may be sent again if an HTTP/2 server did not process
         // it; only an idempotent one after a stale connection.
         let idempotent = is_idempotent(req);
-        let retry = if on { replay(req) } else { None }.map(|copy| (spare(), copy));
-        let observer = retry.as_ref().and(rules.observer.clone());
-        // Every response records its connection (while retries are on):
-        // a later request that fails on it knows it was reused.
-        let seen = on.then(|| rules.seen.clone());
+        let retry = if on { replay(req) } else { None };
         // Every request counts toward its host's retry budget.
         let budget = on.then(|| RequestBudget::deposit(&rules.budgets, key));
         // A request to an HTTP/2 host learns its connection: the first to
@@ -112,16 +100,20 @@ impl<S, B> Attempts<S, B> {
             ready: None,
             left: rules.max_retries,
             retries: 0,
-            observer,
-            seen,
+            on,
             idempotent,
             cause: RetryCause::StaleConnection,
             unprocessed_left: if on { NOT_PROCESSED_RETRIES } else { 0 },
             budget,
             capture,
-            nacks_below: rules.nacks_below,
             watch: None,
         }
+    }
+
+    /// Whether the request may be sent again: its sender must keep a
+    /// spare of its service to clone for the retry.
+    pub(crate) fn may_retry(&self) -> bool {
+        self.retry.is_some()
     }
 
     /// The attempt under way still waits for its response. Once the
@@ -155,12 +147,13 @@ impl<S, B> Attempts<S, B> {
     /// or a retry (the budget drawn, the hook told).
     pub(crate) fn ended<ResB>(
         &mut self,
+        rules: &Rules,
         result: Result<Response<ResB>, BoxError>,
     ) -> Ended<Response<ResB>> {
         self.watch = None;
         let retried = self.retries > 0;
         if retried {
-            if let Some(o) = self.observer.as_ref() {
+            if let Some(o) = rules.observer.as_ref() {
                 o.tell(if result.is_ok() {
                     RetryEvent::Succeeded
                 } else {
@@ -170,8 +163,8 @@ impl<S, B> Attempts<S, B> {
         }
         let error = match result {
             Ok(mut response) => {
-                if let Some(seen) = self.seen.as_deref() {
-                    stale::record(seen, response.extensions());
+                if self.on {
+                    stale::record(&rules.seen, response.extensions());
                 }
                 if let Some(budget) = self.budget.as_ref() {
                     budget.answered(response.version());
@@ -189,7 +182,7 @@ impl<S, B> Attempts<S, B> {
             Err(error) => error,
         };
         let cause = if self.retry.is_none()
-            || (self.nacks_below && stale::protocol_nack(&*error).is_some())
+            || (rules.nacks_below && stale::protocol_nack(&*error).is_some())
         {
             None
         } else if self.unprocessed_left > 0
@@ -200,8 +193,7 @@ impl<S, B> Attempts<S, B> {
             }
         {
             Some(RetryCause::NotProcessed)
-        } else if self.left > 0 && self.idempotent && stale::is_stale(&*error, self.seen.as_deref())
-        {
+        } else if self.left > 0 && self.idempotent && stale::is_stale(&*error, Some(&rules.seen)) {
             Some(RetryCause::StaleConnection)
         } else {
             None
@@ -211,7 +203,7 @@ impl<S, B> Attempts<S, B> {
         };
         if self.budget.as_ref().is_some_and(|b| !b.withdraw()) {
             tracing::debug!(%error, ?cause, "retry budget spent; not sending the request again");
-            if let Some(o) = self.observer.as_ref() {
+            if let Some(o) = rules.observer.as_ref() {
                 o.tell(RetryEvent::BudgetExhausted { cause });
             }
             return Ended::Done(Err(error));
@@ -228,16 +220,16 @@ where
     S::Error: Into<BoxError>,
     B: ReplayBody,
 {
-    /// The service and the request of the retry, once a clone of the spare
-    /// service is ready; a copy for the next retry is kept if one may
-    /// follow.
+    /// The service and the request of the retry, once a clone of `spare`
+    /// is ready; a copy for the next retry is kept if one may follow.
     pub(crate) fn poll_next(
         &mut self,
+        rules: &Rules,
+        spare: &Spare<S>,
         cx: &mut Context<'_>,
     ) -> Poll<Result<(S, Request<B>), BoxError>> {
         if self.ready.is_none() {
-            let spare = self.retry.as_ref().and_then(|(spare, _)| spare.service());
-            let Some(service) = spare else {
+            let Some(service) = self.retry.as_ref().and_then(|_| spare.service()) else {
                 return Poll::Ready(Err(MISSING.into()));
             };
             self.ready = Some(Box::new(service));
@@ -248,7 +240,7 @@ where
         if let Err(e) = std::task::ready!(service.poll_ready(cx)) {
             return Poll::Ready(Err(e.into()));
         }
-        let (Some(service), Some((spare, req))) = (self.ready.take(), self.retry.take()) else {
+        let (Some(service), Some(req)) = (self.ready.take(), self.retry.take()) else {
             return Poll::Ready(Err(MISSING.into()));
         };
         match self.cause {
@@ -258,16 +250,14 @@ where
             _ => self.left = self.left.saturating_sub(1),
         }
         self.retries = self.retries.saturating_add(1);
-        if let Some(o) = self.observer.as_ref() {
+        if let Some(o) = rules.observer.as_ref() {
             o.tell(RetryEvent::Retrying {
                 attempt: self.retries,
                 cause: self.cause,
             });
         }
         if self.left > 0 || self.unprocessed_left > 0 {
-            if let Some(next) = replay(&req) {
-                self.retry = Some((spare, next));
-            }
+            self.retry = replay(&req);
         }
         Poll::Ready(Ok((*service, req)))
     }

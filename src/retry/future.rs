@@ -11,7 +11,10 @@ use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 use tower_service::Service;
 
+use std::sync::Arc;
+
 use super::attempts::{Attempts, Ended};
+use super::service::Shared;
 use super::ReplayBody;
 use crate::BoxError;
 
@@ -26,12 +29,13 @@ pin_project! {
         #[pin]
         state: State<S::Future>,
         attempts: Attempts<S, B>,
+        shared: Arc<Shared<S>>,
     }
 }
 
 pin_project! {
     #[project = StateProj]
-    pub(crate) enum State<F> {
+    enum State<F> {
         Called {
             #[pin]
             future: F,
@@ -52,10 +56,11 @@ impl<S, B> ResponseFuture<S, B>
 where
     S: Service<Request<B>>,
 {
-    pub(crate) fn new(future: S::Future, attempts: Attempts<S, B>) -> Self {
+    pub(crate) fn new(future: S::Future, attempts: Attempts<S, B>, shared: Arc<Shared<S>>) -> Self {
         ResponseFuture {
             state: State::Called { future },
             attempts,
+            shared,
         }
     }
 }
@@ -91,7 +96,7 @@ where
                             Some(stranded) => Err(stranded),
                         },
                     };
-                    match this.attempts.ended(result) {
+                    match this.attempts.ended(&this.shared.rules, result) {
                         Ended::Done(result) => return Poll::Ready(result),
                         Ended::Again => this.state.set(pause()),
                     }
@@ -101,7 +106,9 @@ where
                     this.state.set(State::Retrying);
                 }
                 StateProj::Retrying => {
-                    let (mut service, req) = ready!(this.attempts.poll_next(cx))?;
+                    let shared = &**this.shared;
+                    let (mut service, req) =
+                        ready!(this.attempts.poll_next(&shared.rules, &shared.spare, cx))?;
                     let future = service.call(req);
                     this.state.set(State::Called { future });
                 }
@@ -113,10 +120,15 @@ where
 /// The pause before a retry: one tick of tokio's timer.
 const PAUSE: Duration = Duration::from_millis(1);
 
-/// The state that pauses before a retry ([`PAUSE`]), or the retry at once
-/// where the pause cannot be timed.
-pub(crate) fn pause<F>() -> State<F> {
-    match crate::timer::sleep_until(Instant::now() + PAUSE) {
+/// The pause before a retry ([`PAUSE`]); `None` where it cannot be timed
+/// (the retry goes at once).
+pub(crate) fn pause_timer() -> Option<Sleep> {
+    crate::timer::sleep_until(Instant::now() + PAUSE)
+}
+
+/// The state that pauses before a retry, or the retry at once.
+fn pause<F>() -> State<F> {
+    match pause_timer() {
         Some(pause) => State::Pausing { pause },
         None => State::Retrying,
     }

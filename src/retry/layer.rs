@@ -113,8 +113,10 @@ impl<S> Layer<S> for RetryStaleLayer {
     fn layer(&self, inner: S) -> Self::Service {
         RetryStale {
             inner,
-            rules: self.rules(),
-            spare: Default::default(),
+            shared: Arc::new(super::service::Shared {
+                rules: self.rules(),
+                spare: Default::default(),
+            }),
         }
     }
 }

@@ -20,12 +20,17 @@ use crate::BoxError;
 #[derive(Clone, Debug)]
 pub struct RetryStale<S> {
     pub(crate) inner: S,
+    pub(crate) shared: Arc<Shared<S>>,
+}
+
+/// What a [`RetryStale`] and its clones share, and each request reads.
+#[derive(Debug)]
+pub(crate) struct Shared<S> {
     pub(crate) rules: Rules,
-    /// A clone of the inner service, made at the first request, that
-    /// clones share: a retry clones its service from it, so that a request
-    /// that may be retried takes a reference count, not a clone of the
-    /// whole client stack.
-    pub(crate) spare: Arc<Spare<S>>,
+    /// A clone of the inner service, made at the first request that may
+    /// be retried: a retry clones its service from it, so that such a
+    /// request takes no clone of the whole client stack.
+    pub(crate) spare: Spare<S>,
 }
 
 /// The spare copy of a [`RetryStale`]'s inner service, cloned for retries.
@@ -99,11 +104,11 @@ where
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let key = crate::key::HostKey::from_request(&req);
-        let attempts = Attempts::start(&self.rules, &mut req, key.as_ref(), || {
-            self.spare.keep(&self.inner);
-            self.spare.clone()
-        });
-        ResponseFuture::new(self.inner.call(req), attempts)
+        let attempts = Attempts::start(&self.shared.rules, &mut req, key.as_ref());
+        if attempts.may_retry() {
+            self.shared.spare.keep(&self.inner);
+        }
+        ResponseFuture::new(self.inner.call(req), attempts, self.shared.clone())
     }
 }
 

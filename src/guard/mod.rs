@@ -6,13 +6,15 @@ use std::time::Duration;
 
 use tower_layer::Layer;
 
-use crate::drain::{Drain, DrainLayer};
-use crate::limit::{PerHostLimit, PerHostLimitLayer};
-use crate::metrics::{Metrics, ReuseMetrics, ReuseMetricsLayer};
-use crate::retry::{RetryStale, RetryStaleLayer};
+use crate::drain::DrainLayer;
+use crate::limit::PerHostLimitLayer;
+use crate::metrics::{Metrics, ReuseMetricsLayer};
+use crate::retry::RetryStaleLayer;
 
-/// The service [`PoolGuard::layer`] makes of a client `S`.
-pub type Guarded<S> = ReuseMetrics<RetryStale<Drain<PerHostLimit<S>>>>;
+pub mod future;
+mod service;
+
+pub use self::service::Guarded;
 
 /// The response body a [`Guarded`] client gives for a client body `B`:
 /// name it in your own types (`http::Response<GuardedBody<Incoming>>`).
@@ -549,8 +551,15 @@ impl<S> Layer<S> for PoolGuardLayer {
     type Service = Guarded<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        let limited = self.limit.layer(inner);
-        self.metrics
-            .layer(self.retry.layer(self.drain.layer(limited)))
+        Guarded::new(
+            inner,
+            service::Shared {
+                metrics: self.metrics.metrics().clone(),
+                rules: self.retry.rules(),
+                limit: self.limit.clone(),
+                drain: self.drain.shared().clone(),
+                spare: Default::default(),
+            },
+        )
     }
 }

@@ -1,0 +1,268 @@
+//! Future types of [`Guarded`](super::Guarded).
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+
+use http::{Request, Response};
+use pin_project_lite::pin_project;
+use tokio::time::Sleep;
+use tower_service::Service;
+
+use super::service::Shared;
+use super::GuardedBody;
+use crate::drain::DrainBody;
+use crate::key::HostKey;
+use crate::limit::future::{respond, wait_failed, Wait};
+use crate::limit::registry::Slot;
+use crate::limit::Admit;
+use crate::metrics::Started;
+use crate::retry::attempts::{Attempts, Ended};
+use crate::retry::ReplayBody;
+use crate::BoxError;
+
+/// What the response becomes below the metrics: the limit's body in the
+/// drain's.
+type Drained<B> = DrainBody<crate::limit::ResponseBody<B>>;
+
+pin_project! {
+    /// Response future of [`Guarded`](super::Guarded): waits for a slot of
+    /// the request's host if need be, calls the client, sends the request
+    /// again when that is safe, and wraps the response's body.
+    #[project = ResponseFutureProj]
+    pub struct ResponseFuture<S, B>
+    where
+        S: Service<Request<B>>,
+    {
+        #[pin]
+        state: State<S::Future>,
+        // The ready client and the request, while the request waits for a
+        // slot (boxed: large, and only for a request that waits).
+        parked: Option<Box<(S, Request<B>)>>,
+        // The slot of the attempt under way.
+        slot: Option<Slot>,
+        // The request's host.
+        key: Option<HostKey>,
+        attempts: Attempts<S, B>,
+        // `None` once the outcome is counted.
+        started: Option<Started>,
+        shared: Arc<Shared<S>>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<F> {
+        // Waiting for a slot of the request's host.
+        Waiting {
+            wait: Wait,
+        },
+        Called {
+            #[pin]
+            future: F,
+        },
+        // The attempt failed before the client was called.
+        Failed {
+            error: Option<BoxError>,
+        },
+        // A moment before a retry (see `retry::future::pause`).
+        Pausing {
+            #[pin]
+            pause: Sleep,
+        },
+        // Waiting for a clone of the client to be ready for a retry.
+        Retrying,
+    }
+}
+
+impl<S, B> ResponseFuture<S, B>
+where
+    S: Service<Request<B>> + Clone,
+{
+    /// The first attempt of `req`, through `client` (ready).
+    pub(crate) fn start(
+        client: &mut S,
+        req: Request<B>,
+        key: Option<HostKey>,
+        attempts: Attempts<S, B>,
+        started: Started,
+        shared: Arc<Shared<S>>,
+    ) -> Self {
+        let (state, slot, parked) = match admit(&shared, key.as_ref()) {
+            Admitted::Now(slot) => (
+                State::Called {
+                    future: client.call(req),
+                },
+                slot,
+                None,
+            ),
+            Admitted::Wait(wait) => {
+                // Take the client that was made ready into the future, and
+                // leave a fresh clone behind for the next `poll_ready`.
+                let clone = client.clone();
+                let ready = std::mem::replace(client, clone);
+                (State::Waiting { wait }, None, Some(Box::new((ready, req))))
+            }
+            Admitted::Refused(error) => (State::Failed { error: Some(error) }, None, None),
+        };
+        ResponseFuture {
+            state,
+            parked,
+            slot,
+            key,
+            attempts,
+            started: Some(started),
+            shared,
+        }
+    }
+}
+
+/// How an attempt gets its slot.
+enum Admitted {
+    /// At once (`None`: a request without a host, which the client
+    /// rejects with its own error).
+    Now(Option<Slot>),
+    Wait(Wait),
+    Refused(BoxError),
+}
+
+fn admit<S>(shared: &Shared<S>, key: Option<&HostKey>) -> Admitted {
+    let Some(key) = key else {
+        return Admitted::Now(None);
+    };
+    match shared.limit.admit(key) {
+        Admit::Now(slot) => Admitted::Now(Some(slot)),
+        Admit::Wait(wait) => Admitted::Wait(wait),
+        Admit::Refused(error) => Admitted::Refused(error),
+    }
+}
+
+impl<S, B, ResB> Future for ResponseFuture<S, B>
+where
+    S: Service<Request<B>, Response = Response<ResB>> + Clone,
+    S::Error: Into<BoxError>,
+    B: ReplayBody,
+    ResB: http_body::Body + Send + 'static,
+{
+    type Output = Result<Response<GuardedBody<ResB>>, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        let result = ready!(poll_attempts(&mut this, cx));
+        Poll::Ready(match this.started.take() {
+            Some(started) => started.finish(result),
+            None => Err(MISSING.into()),
+        })
+    }
+}
+
+/// Runs the attempts to their outcome: the response with the limit's and
+/// the drain's bodies, or the error.
+fn poll_attempts<S, B, ResB>(
+    this: &mut ResponseFutureProj<'_, S, B>,
+    cx: &mut Context<'_>,
+) -> Poll<Result<Response<Drained<ResB>>, BoxError>>
+where
+    S: Service<Request<B>, Response = Response<ResB>> + Clone,
+    S::Error: Into<BoxError>,
+    B: ReplayBody,
+    ResB: http_body::Body + Send + 'static,
+{
+    loop {
+        let result = match this.state.as_mut().project() {
+            StateProj::Waiting { wait } => match ready!(wait.as_mut().poll(cx)) {
+                Ok(slot) => {
+                    let Some((mut client, req)) = this.parked.take().map(|p| *p) else {
+                        return Poll::Ready(Err(MISSING.into()));
+                    };
+                    *this.slot = Some(slot);
+                    let future = client.call(req);
+                    this.state.set(State::Called { future });
+                    continue;
+                }
+                Err(timed_out) => Err(wait_failed(timed_out)),
+            },
+            StateProj::Called { future } => {
+                // The request's dials can tell that it still waits.
+                match crate::conn::in_request(|| future.poll(cx)) {
+                    Poll::Ready(result) => result.map_err(Into::into),
+                    Poll::Pending => match this.attempts.waiting(cx) {
+                        None => return Poll::Pending,
+                        Some(stranded) => Err(stranded),
+                    },
+                }
+            }
+            StateProj::Failed { error } => Err(error.take().unwrap_or_else(|| MISSING.into())),
+            StateProj::Pausing { pause } => {
+                ready!(pause.poll(cx));
+                this.state.set(State::Retrying);
+                continue;
+            }
+            StateProj::Retrying => {
+                let shared = &**this.shared;
+                let (mut client, req) =
+                    ready!(this.attempts.poll_next(&shared.rules, &shared.spare, cx))?;
+                match admit(this.shared, this.key.as_ref()) {
+                    Admitted::Now(slot) => {
+                        *this.slot = slot;
+                        let future = client.call(req);
+                        this.state.set(State::Called { future });
+                    }
+                    Admitted::Wait(wait) => {
+                        *this.parked = Some(Box::new((client, req)));
+                        this.state.set(State::Waiting { wait });
+                    }
+                    Admitted::Refused(error) => {
+                        this.state.set(State::Failed { error: Some(error) });
+                    }
+                }
+                continue;
+            }
+        };
+        // An error gives the slot back now; a response's body keeps it
+        // until it ends, inside the drain's body.
+        let slot = this.slot.take();
+        let result = result.map(|response| {
+            let response = respond(slot, response);
+            // A response is the last attempt: the key moves into the body.
+            let host = this
+                .shared
+                .drain
+                .pricing
+                .as_ref()
+                .and_then(|_| this.key.take());
+            DrainBody::wrap(response, this.shared.drain.clone(), host)
+        });
+        match this.attempts.ended(&this.shared.rules, result) {
+            Ended::Done(result) => return Poll::Ready(result),
+            Ended::Again => this.state.set(match crate::retry::future::pause_timer() {
+                Some(pause) => State::Pausing { pause },
+                None => State::Retrying,
+            }),
+        }
+    }
+}
+
+/// Cannot happen: the future is polled after it completed.
+const MISSING: &str = "poolguard: guarded future polled after completion";
+
+impl<S, B> fmt::Debug for ResponseFuture<S, B>
+where
+    S: Service<Request<B>>,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = match &self.state {
+            State::Waiting { .. } => "waiting",
+            State::Called { .. } => "called",
+            State::Failed { .. } => "failed",
+            State::Pausing { .. } => "pausing",
+            State::Retrying => "retrying",
+        };
+        f.debug_struct("ResponseFuture")
+            .field("state", &state)
+            .field("attempts", &self.attempts)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,107 @@
+//! The guard's service: the four layers' work for one request in one
+//! service and one future.
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::{Request, Response};
+use tower_service::Service;
+
+use super::future::ResponseFuture;
+use super::GuardedBody;
+use crate::drain::layer::Shared as DrainShared;
+use crate::key::HostKey;
+use crate::limit::PerHostLimitLayer;
+use crate::metrics::{Metrics, Started};
+use crate::retry::attempts::{Attempts, Rules};
+use crate::retry::service::Spare;
+use crate::retry::ReplayBody;
+use crate::BoxError;
+
+/// A client behind a [`PoolGuard`](crate::PoolGuard)'s protections: made
+/// by [`PoolGuardLayer`](crate::PoolGuardLayer).
+///
+/// It does what [`ReuseMetrics`](crate::metrics::ReuseMetrics) over
+/// [`RetryStale`](crate::retry::RetryStale) over
+/// [`Drain`](crate::drain::Drain) over
+/// [`PerHostLimit`](crate::limit::PerHostLimit) would, in that order (see
+/// [`PoolGuardLayer`](crate::PoolGuardLayer) for why), as one service: a
+/// request's host is found once, its response passes through one future,
+/// and a retry's copy of the request is made only when the request may be
+/// sent again.
+///
+/// `poll_ready` is the client's. Errors are boxed: the guard's own
+/// ([`QueueFull`](crate::QueueFull), [`QueueTimeout`](crate::QueueTimeout),
+/// [`Stranded`](crate::Stranded)) and the client's, recovered with
+/// `downcast_ref`. Clones share the guard's state; a retry sends its
+/// request through a clone of the client.
+#[derive(Clone, Debug)]
+pub struct Guarded<S> {
+    inner: S,
+    shared: Arc<Shared<S>>,
+}
+
+/// What a guard's service and its clones share, and each request reads.
+#[derive(Debug)]
+pub(crate) struct Shared<S> {
+    pub(crate) metrics: Metrics,
+    pub(crate) rules: Rules,
+    pub(crate) limit: PerHostLimitLayer,
+    pub(crate) drain: Arc<DrainShared>,
+    /// The clone of the client that retries are cloned from, made at the
+    /// first request that may be retried.
+    pub(crate) spare: Spare<S>,
+}
+
+impl<S> Guarded<S> {
+    pub(crate) fn new(inner: S, shared: Shared<S>) -> Self {
+        Guarded {
+            inner,
+            shared: Arc::new(shared),
+        }
+    }
+
+    /// A reference to the client.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// A mutable reference to the client.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Consumes `self`, returning the client.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S, ReqB, B> Service<Request<ReqB>> for Guarded<S>
+where
+    S: Service<Request<ReqB>, Response = Response<B>> + Clone,
+    S::Error: Into<BoxError>,
+    ReqB: ReplayBody,
+    B: http_body::Body + Send + 'static,
+{
+    type Response = Response<GuardedBody<B>>;
+    type Error = BoxError;
+    type Future = ResponseFuture<S, ReqB>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, mut req: Request<ReqB>) -> Self::Future {
+        let shared = &self.shared;
+        // Counted first: a request the limit refuses is a request too.
+        let started = Started::new(&shared.metrics, &req);
+        let key = HostKey::from_request(&req);
+        let attempts = Attempts::start(&shared.rules, &mut req, key.as_ref());
+        if attempts.may_retry() {
+            shared.spare.keep(&self.inner);
+        }
+        ResponseFuture::start(&mut self.inner, req, key, attempts, started, shared.clone())
+    }
+}
