@@ -305,7 +305,9 @@ fn into_reqwest_request(
         })
         .unwrap_or_default();
     match shell {
-        Some((mut shell, uri)) if uri == parts.uri => {
+        // Compared exactly (`Uri`'s own `==` folds case, at some cost): a
+        // URI a layer changed in any way is parsed again.
+        Some((mut shell, uri)) if same_uri(&uri, &parts.uri) => {
             *shell.method_mut() = parts.method;
             *shell.headers_mut() = parts.headers;
             *shell.version_mut() = parts.version;
@@ -320,6 +322,15 @@ fn into_reqwest_request(
             Ok(request)
         }
     }
+}
+
+/// Whether two URIs are written the same, byte for byte.
+fn same_uri(a: &http::Uri, b: &http::Uri) -> bool {
+    a.scheme_str() == b.scheme_str()
+        && a.authority().map(http::uri::Authority::as_str)
+            == b.authority().map(http::uri::Authority::as_str)
+        && a.path_and_query().map(http::uri::PathAndQuery::as_str)
+            == b.path_and_query().map(http::uri::PathAndQuery::as_str)
 }
 
 /// A request on its way from the guard's layers to reqwest (or the rest of
@@ -342,9 +353,10 @@ impl Outgoing {
     ) -> Result<Outgoing, BoxError> {
         // The pool key: the host's key, which the limit just found for the
         // same URI (a per-thread cache hit), as `scheme://host:port`.
-        let key = HostKey::from_request(&request).map(|key| key.shared_str());
+        let host = HostKey::from_request(&request);
+        let key = host.as_ref().map(HostKey::shared_str);
         let mut request = into_reqwest_request(request)?;
-        let ticket = book.ticket(key.clone(), &mut request);
+        let ticket = book.ticket(host, &mut request);
         let http2 = key.as_deref().is_some_and(|key| turns.speaks_http2(key));
         let scope = DialScope::of(key, request.url(), Some(turns));
         rotate::Book::tell(ticket.as_ref(), scope.as_deref());

@@ -18,8 +18,8 @@ struct Shard {
 /// process. Not SipHash: the pairs are this process's own connections (a
 /// peer cannot choose the local port), and a shard holds at most
 /// [`PER_SHARD`] of them.
-#[derive(Clone, Copy)]
-struct PairState(u64);
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct PairState(u64);
 
 impl Default for PairState {
     fn default() -> Self {
@@ -39,7 +39,7 @@ impl std::hash::BuildHasher for PairState {
     }
 }
 
-struct PairHasher(u64);
+pub(crate) struct PairHasher(u64);
 
 impl PairHasher {
     fn mix(&mut self, v: u64) {

@@ -67,10 +67,10 @@ pin_project! {
         Failed {
             error: Option<BoxError>,
         },
-        // A moment before a retry (see `retry::future::pause`).
+        // A moment before a retry (see `retry::future::pause_timer`;
+        // boxed: large, and only for a retry).
         Pausing {
-            #[pin]
-            pause: Sleep,
+            pause: Pin<Box<Sleep>>,
         },
         // Waiting for a clone of the client to be ready for a retry.
         Retrying,
@@ -196,7 +196,7 @@ where
             }
             StateProj::Failed { error } => Err(error.take().unwrap_or_else(|| MISSING.into())),
             StateProj::Pausing { pause } => {
-                ready!(pause.poll(cx));
+                ready!(pause.as_mut().poll(cx));
                 this.state.set(State::Retrying);
                 continue;
             }
@@ -238,7 +238,9 @@ where
         match this.attempts.ended(&this.shared.rules, result) {
             Ended::Done(result) => return Poll::Ready(result),
             Ended::Again => this.state.set(match crate::retry::future::pause_timer() {
-                Some(pause) => State::Pausing { pause },
+                Some(pause) => State::Pausing {
+                    pause: Box::pin(pause),
+                },
                 None => State::Retrying,
             }),
         }

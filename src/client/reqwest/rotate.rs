@@ -29,6 +29,9 @@
 //! that was needed costs those 10 ms once.
 
 use std::collections::HashMap;
+
+use crate::conn::addrs::PairState;
+use crate::key::{BuildKeyHasher, HostKey};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -53,12 +56,12 @@ type Pair = (SocketAddr, SocketAddr);
 #[derive(Debug)]
 pub(crate) struct Book {
     life: Lifecycle,
-    hosts: Mutex<HashMap<Arc<str>, Host>>,
+    hosts: Mutex<HashMap<HostKey, Host, BuildKeyHasher>>,
 }
 
 #[derive(Debug, Default)]
 struct Host {
-    conns: HashMap<Pair, Conn>,
+    conns: HashMap<Pair, Conn, PairState>,
     /// Requests under way that were asked to close their connection.
     closing: usize,
     /// Requests under way (before their response head).
@@ -80,7 +83,7 @@ struct Conn {
 /// What a request took from the book.
 #[derive(Debug)]
 pub(crate) struct Ticket {
-    key: Arc<str>,
+    key: HostKey,
     /// The request was asked to close its connection.
     close: bool,
     /// Counted in its host's `in_flight`.
@@ -104,7 +107,7 @@ impl Book {
     /// `key` (none without a host).
     pub(crate) fn ticket(
         &self,
-        key: Option<Arc<str>>,
+        key: Option<HostKey>,
         request: &mut ::reqwest::Request,
     ) -> Option<Ticket> {
         Some(self.before(key?, request.headers_mut()))
@@ -127,13 +130,13 @@ impl Book {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, Host>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<HostKey, Host, BuildKeyHasher>> {
         self.hosts.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// A request for the host `key` is about to go out: whether it is to
     /// close its connection (then the header is set).
-    pub(crate) fn before(&self, key: Arc<str>, headers: &mut http::HeaderMap) -> Ticket {
+    pub(crate) fn before(&self, key: HostKey, headers: &mut http::HeaderMap) -> Ticket {
         let mut ticket = Ticket {
             key,
             close: false,
@@ -272,7 +275,7 @@ mod tests {
             max_age: None,
             max_requests: Some(1),
         });
-        let key: Arc<str> = Arc::from("http://a:80");
+        let key = HostKey::from_uri(&"http://a:80".parse().unwrap()).unwrap();
         let mut headers = http::HeaderMap::new();
         let ticket = book.before(key.clone(), &mut headers);
         assert!(!ticket.close);
