@@ -74,6 +74,7 @@ fn main() {
     let mut requests = 20_000usize;
     let mut rounds = 5usize;
     let mut only: Option<String> = None;
+    let mut body = 16usize;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -86,6 +87,7 @@ fn main() {
                     .max(1)
             }
             "--only" => only = args.next(),
+            "--body" => body = args.next().and_then(|s| s.parse().ok()).unwrap_or(body),
             other => {
                 eprintln!("unknown argument {other}");
                 std::process::exit(2);
@@ -96,21 +98,22 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
-    runtime.block_on(run(requests, rounds, only));
+    runtime.block_on(run(requests, rounds, only, body));
 }
 
-async fn run(requests: usize, rounds: usize, only: Option<String>) {
+async fn run(requests: usize, rounds: usize, only: Option<String>, body: usize) {
+    let payload = Bytes::from(vec![b'x'; body]);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
     let addr = listener.local_addr().expect("address");
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
+            let payload = payload.clone();
             tokio::spawn(async move {
-                let answer = service_fn(|_request| async {
-                    Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from_static(
-                        b"0123456789abcdef",
-                    ))))
+                let answer = service_fn(move |_request| {
+                    let payload = payload.clone();
+                    async move { Ok::<_, Infallible>(hyper::Response::new(Full::new(payload))) }
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), answer)
