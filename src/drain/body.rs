@@ -74,27 +74,46 @@ where
         shared: Arc<Shared>,
         host: Option<HostKey>,
     ) -> Response<Self> {
-        let content_length = response
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(content_length);
-        let conn = crate::conn::LinkHandle::stamp_of(response.extensions()).map(Stamp::exchange);
-        let reset = resets_cheaply(&response);
-        response.map(|body| {
-            // A body already at its end when wrapped is complete from the
-            // start: it never needs a drain.
-            let body = (!body.is_end_stream()).then(|| Box::pin(body));
-            DrainBody {
-                body,
-                read: 0,
-                content_length,
-                shared,
-                conn,
-                host,
-                reset,
-                on_drop: drop_early::<B>,
-            }
-        })
+        let head = Head::of(&response);
+        response.map(|body| DrainBody::new(body, head, shared, host))
+    }
+
+    /// Wraps `body`, of a response whose head was read into `head`.
+    pub(crate) fn new(body: B, head: Head, shared: Arc<Shared>, host: Option<HostKey>) -> Self {
+        // A body already at its end when wrapped is complete from the
+        // start: it never needs a drain.
+        let body = (!body.is_end_stream()).then(|| Box::pin(body));
+        DrainBody {
+            body,
+            read: 0,
+            content_length: head.content_length,
+            shared,
+            conn: head.conn,
+            host,
+            reset: head.reset,
+            on_drop: drop_early::<B>,
+        }
+    }
+}
+
+/// What a drain needs of a response's head.
+pub(crate) struct Head {
+    content_length: Option<u64>,
+    conn: Option<Exchange>,
+    reset: bool,
+}
+
+impl Head {
+    /// Reads `response`'s head.
+    pub(crate) fn of<B>(response: &Response<B>) -> Self {
+        Head {
+            content_length: response
+                .headers()
+                .get(header::CONTENT_LENGTH)
+                .and_then(content_length),
+            conn: crate::conn::LinkHandle::stamp_of(response.extensions()).map(Stamp::exchange),
+            reset: resets_cheaply(response),
+        }
     }
 }
 

@@ -14,18 +14,15 @@ use tower_service::Service;
 use super::service::Shared;
 use super::GuardedBody;
 use crate::drain::DrainBody;
+use crate::drain::Head;
 use crate::key::HostKey;
-use crate::limit::future::{respond, wait_failed, Wait};
+use crate::limit::future::{wait_failed, Wait};
 use crate::limit::registry::Slot;
 use crate::limit::Admit;
 use crate::metrics::Started;
-use crate::retry::attempts::{Attempts, Ended};
+use crate::retry::attempts::Attempts;
 use crate::retry::ReplayBody;
 use crate::BoxError;
-
-/// What the response becomes below the metrics: the limit's body in the
-/// drain's.
-type Drained<B> = DrainBody<crate::limit::ResponseBody<B>>;
 
 pin_project! {
     /// Response future of [`Guarded`](super::Guarded): waits for a slot of
@@ -151,24 +148,45 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
         let result = ready!(poll_attempts(&mut this, cx));
-        Poll::Ready(match this.started.take() {
-            Some(started) => started.finish(result),
-            None => Err(MISSING.into()),
-        })
+        let Some(started) = this.started.take() else {
+            return Poll::Ready(Err(MISSING.into()));
+        };
+        let mut response = match result {
+            Ok(response) => response,
+            Err(error) => {
+                started.failed();
+                return Poll::Ready(Err(error));
+            }
+        };
+        // What each layer reads of the head, in the layers' order (limit,
+        // drain, retry, metrics); then the body wrapped once.
+        let shared = &**this.shared;
+        let mut slot = this.slot.take();
+        crate::limit::future::answered(slot.as_mut(), &mut response);
+        let head = Head::of(&response);
+        this.attempts.answered(&shared.rules, &mut response);
+        let flight = started.answered(&mut response);
+        // The last attempt: the key moves into the body.
+        let host = shared.drain.pricing.as_ref().and_then(|_| this.key.take());
+        let drain = shared.drain.clone();
+        Poll::Ready(Ok(response.map(|body| {
+            let body = crate::limit::ResponseBody::new(body, slot);
+            let body = DrainBody::new(body, head, drain, host);
+            crate::metrics::ResponseBody::new(body, Some(flight))
+        })))
     }
 }
 
-/// Runs the attempts to their outcome: the response with the limit's and
-/// the drain's bodies, or the error.
+/// Runs the attempts to their outcome: the last one's response (with its
+/// slot in `slot`), or the error.
 fn poll_attempts<S, B, ResB>(
     this: &mut ResponseFutureProj<'_, S, B>,
     cx: &mut Context<'_>,
-) -> Poll<Result<Response<Drained<ResB>>, BoxError>>
+) -> Poll<Result<Response<ResB>, BoxError>>
 where
     S: Service<Request<B>, Response = Response<ResB>> + Clone,
     S::Error: Into<BoxError>,
     B: ReplayBody,
-    ResB: http_body::Body + Send + 'static,
 {
     loop {
         let result = match this.state.as_mut().project() {
@@ -204,7 +222,7 @@ where
                 let shared = &**this.shared;
                 let (mut client, req) =
                     ready!(this.attempts.poll_next(&shared.rules, &shared.spare, cx))?;
-                match admit(this.shared, this.key.as_ref()) {
+                match admit(shared, this.key.as_ref()) {
                     Admitted::Now(slot) => {
                         *this.slot = slot;
                         let future = client.call(req);
@@ -221,23 +239,16 @@ where
                 continue;
             }
         };
-        // An error gives the slot back now; a response's body keeps it
-        // until it ends, inside the drain's body.
-        let slot = this.slot.take();
-        let result = result.map(|response| {
-            let response = respond(slot, response);
-            // A response is the last attempt: the key moves into the body.
-            let host = this
-                .shared
-                .drain
-                .pricing
-                .as_ref()
-                .and_then(|_| this.key.take());
-            DrainBody::wrap(response, this.shared.drain.clone(), host)
-        });
-        match this.attempts.ended(&this.shared.rules, result) {
-            Ended::Done(result) => return Poll::Ready(result),
-            Ended::Again => this.state.set(match crate::retry::future::pause_timer() {
+        let error = match result {
+            // A response ends the attempts; `poll` reads it.
+            Ok(response) => return Poll::Ready(Ok(response)),
+            Err(error) => error,
+        };
+        // An error gives the slot back now.
+        *this.slot = None;
+        match this.attempts.failed(&this.shared.rules, error) {
+            Some(error) => return Poll::Ready(Err(error)),
+            None => this.state.set(match crate::retry::future::pause_timer() {
                 Some(pause) => State::Pausing {
                     pause: Box::pin(pause),
                 },

@@ -144,18 +144,24 @@ pub(crate) fn respond<B: http_body::Body>(
     mut slot: Option<Slot>,
     mut response: Response<B>,
 ) -> Response<ResponseBody<B>> {
-    if let Some(slot) = slot.as_mut() {
-        slot.learn(response.version());
-        let extensions = response.extensions();
-        let dialed = extensions.get::<crate::conn::Dialed>().is_some()
-            || crate::conn::LinkHandle::stamp_of(extensions)
-                .is_some_and(crate::conn::Stamp::first_exchange);
-        slot.sample(response.status(), response.headers(), dialed);
-    }
-    if let Some(waited) = slot.as_ref().map(Slot::waited).filter(|w| !w.is_zero()) {
+    answered(slot.as_mut(), &mut response);
+    response.map(|body| ResponseBody::new(body, slot))
+}
+
+/// What [`respond`] does with the response's head: the slot (if any) of the
+/// request it answers learns and samples, and a wait is recorded.
+pub(crate) fn answered<B>(slot: Option<&mut Slot>, response: &mut Response<B>) {
+    let Some(slot) = slot else { return };
+    slot.learn(response.version());
+    let extensions = response.extensions();
+    let dialed = extensions.get::<crate::conn::Dialed>().is_some()
+        || crate::conn::LinkHandle::stamp_of(extensions)
+            .is_some_and(crate::conn::Stamp::first_exchange);
+    slot.sample(response.status(), response.headers(), dialed);
+    let waited = slot.waited();
+    if !waited.is_zero() {
         response.extensions_mut().insert(QueueWait(waited));
     }
-    response.map(|body| ResponseBody::new(body, slot))
 }
 
 impl<S, Req> fmt::Debug for ResponseFuture<S, Req>

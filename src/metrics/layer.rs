@@ -157,21 +157,36 @@ impl Started {
         self,
         result: Result<Response<B>, E>,
     ) -> Result<Response<ResponseBody<B>>, E> {
+        match result {
+            Ok(mut response) => {
+                let flight = self.answered(&mut response);
+                Ok(response.map(|b| ResponseBody::new(b, Some(flight))))
+            }
+            Err(e) => {
+                self.failed();
+                Err(e)
+            }
+        }
+    }
+
+    /// Counts the request as failed.
+    pub(crate) fn failed(self) {
+        let inner = &self.flight.metrics.inner;
+        inner.errors.fetch_add(1, Relaxed);
+        #[cfg(feature = "metrics")]
+        inner.emit.error();
+    }
+
+    /// Counts the request as answered with `response`, whose connection and
+    /// reuse are read (into a [`ConnInfo`] extension for a tracked
+    /// connection): the flight to keep in the response's body.
+    pub(crate) fn answered<B>(self, response: &mut Response<B>) -> Flight {
         let Started {
             flight: mut f,
             started,
             close,
         } = self;
         let inner = &f.metrics.inner;
-        let mut response = match result {
-            Ok(response) => response,
-            Err(e) => {
-                inner.errors.fetch_add(1, Relaxed);
-                #[cfg(feature = "metrics")]
-                inner.emit.error();
-                return Err(e);
-            }
-        };
         inner.responses.fetch_add(1, Relaxed);
         let close = close || says_close(response.headers());
         let queue_wait = response
@@ -203,12 +218,12 @@ impl Started {
             f.conn = Some(exchange);
             Some(info.reused)
         } else {
-            reused_by_address(&f.metrics, &response, close)
+            reused_by_address(&f.metrics, response, close)
         };
         let inner = &f.metrics.inner;
         #[cfg(feature = "metrics")]
         inner.emit.response(reused == Some(true));
-        trace_response(&response, reused, queue_wait);
+        trace_response(response, reused, queue_wait);
         match reused {
             Some(true) => {
                 inner.reused.fetch_add(1, Relaxed);
@@ -218,14 +233,14 @@ impl Started {
                 inner.reuse_unknown.fetch_add(1, Relaxed);
             }
         }
-        Ok(response.map(|b| ResponseBody::new(b, Some(f))))
+        f
     }
 }
 
 /// A request in flight: counted down when dropped, and tells its connection
 /// how its body ended.
 #[derive(Debug)]
-struct Flight {
+pub(crate) struct Flight {
     metrics: Metrics,
     /// The response's exchange on its tracked connection.
     conn: Option<Exchange>,
@@ -343,7 +358,7 @@ pin_project! {
 }
 
 impl<B: Body> ResponseBody<B> {
-    fn new(inner: B, flight: Option<Flight>) -> Self {
+    pub(crate) fn new(inner: B, flight: Option<Flight>) -> Self {
         let flight = match flight {
             Some(f) if inner.is_end_stream() => {
                 f.body_ended();

@@ -150,37 +150,54 @@ impl<S, B> Attempts<S, B> {
         rules: &Rules,
         result: Result<Response<ResB>, BoxError>,
     ) -> Ended<Response<ResB>> {
+        match result {
+            Ok(mut response) => {
+                self.answered(rules, &mut response);
+                Ended::Done(Ok(response))
+            }
+            Err(error) => match self.failed(rules, error) {
+                Some(error) => Ended::Done(Err(error)),
+                None => Ended::Again,
+            },
+        }
+    }
+
+    /// The attempt under way was answered with `response`: its connection
+    /// is recorded, its host's protocol noted, and a retried request's
+    /// response says so.
+    pub(crate) fn answered<ResB>(&mut self, rules: &Rules, response: &mut Response<ResB>) {
         self.watch = None;
-        let retried = self.retries > 0;
-        if retried {
+        if self.retries > 0 {
             if let Some(o) = rules.observer.as_ref() {
-                o.tell(if result.is_ok() {
-                    RetryEvent::Succeeded
-                } else {
-                    RetryEvent::Failed
-                });
+                o.tell(RetryEvent::Succeeded);
             }
         }
-        let error = match result {
-            Ok(mut response) => {
-                if self.on {
-                    stale::record(&rules.seen, response.extensions());
-                }
-                if let Some(budget) = self.budget.as_ref() {
-                    budget.answered(response.version());
-                }
-                if let Some(capture) = self.capture.take() {
-                    let _ = stale::learn(&capture);
-                }
-                if retried {
-                    response.extensions_mut().insert(Retried {
-                        retries: self.retries,
-                    });
-                }
-                return Ended::Done(Ok(response));
+        if self.on {
+            stale::record(&rules.seen, response.extensions());
+        }
+        if let Some(budget) = self.budget.as_ref() {
+            budget.answered(response.version());
+        }
+        if let Some(capture) = self.capture.take() {
+            let _ = stale::learn(&capture);
+        }
+        if self.retries > 0 {
+            response.extensions_mut().insert(Retried {
+                retries: self.retries,
+            });
+        }
+    }
+
+    /// The attempt under way failed with `error`: the error, for good, or
+    /// `None` when the request is to be sent again (the budget drawn, the
+    /// hook told).
+    pub(crate) fn failed(&mut self, rules: &Rules, error: BoxError) -> Option<BoxError> {
+        self.watch = None;
+        if self.retries > 0 {
+            if let Some(o) = rules.observer.as_ref() {
+                o.tell(RetryEvent::Failed);
             }
-            Err(error) => error,
-        };
+        }
         let cause = if self.retry.is_none()
             || (rules.nacks_below && stale::protocol_nack(&*error).is_some())
         {
@@ -199,18 +216,18 @@ impl<S, B> Attempts<S, B> {
             None
         };
         let Some(cause) = cause else {
-            return Ended::Done(Err(error));
+            return Some(error);
         };
         if self.budget.as_ref().is_some_and(|b| !b.withdraw()) {
             tracing::debug!(%error, ?cause, "retry budget spent; not sending the request again");
             if let Some(o) = rules.observer.as_ref() {
                 o.tell(RetryEvent::BudgetExhausted { cause });
             }
-            return Ended::Done(Err(error));
+            return Some(error);
         }
         self.cause = cause;
         tracing::debug!(%error, ?cause, "request not answered; sending it again");
-        Ended::Again
+        None
     }
 }
 
