@@ -79,6 +79,7 @@ where
     S: Service<Request<B>> + Clone,
 {
     /// The first attempt of `req`, through `client` (ready).
+    #[inline]
     pub(crate) fn start(
         client: &mut S,
         req: Request<B>,

@@ -114,6 +114,8 @@ impl PerHostLimitLayer {
         let total = total.as_ref();
         match self.registry.acquire(key.clone(), &config.policy) {
             Acquire::Full(key) => Admit::Refused(QueueFull::new(key).into()),
+            // No cap across hosts: the host's slot is all it takes.
+            Acquire::Ready(slot) if total.is_none() => Admit::Now(slot),
             Acquire::Ready(slot) => match join(total, slot, key, None, deadline) {
                 Joined::Now(slot) => Admit::Now(slot),
                 // The host's slot went back as it dropped.
