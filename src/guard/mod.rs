@@ -1,5 +1,16 @@
-//! The one-stop builder: all three protections, in the right order, with
-//! one shared state.
+//! The one-stop builder: all the protections, in the right order, with
+//! one shared state, as one service.
+//!
+//! [`PoolGuard::layer`] makes a [`Guarded`] client: what
+//! [`ReuseMetrics`](crate::metrics::ReuseMetrics) over
+//! [`RetryStale`](crate::retry::RetryStale) over
+//! [`Drain`](crate::drain::Drain) over
+//! [`PerHostLimit`](crate::limit::PerHostLimit) would do (see
+//! [`PoolGuardLayer`] for that order), fused into one service and one
+//! [`future::ResponseFuture`]: the request's host is found once, a copy of
+//! the request is kept only when it may be sent again, and the response's
+//! head is read by each protection in place before its body is wrapped.
+//! The four layers stay available on their own.
 
 use std::fmt;
 use std::time::Duration;
@@ -512,6 +523,9 @@ impl PoolGuardBuilder {
 ///    shared [`Metrics`] hook.
 /// 4. [`PerHostLimitLayer`], innermost: its slot covers the client's call,
 ///    and its queue time is measured next to the client.
+///
+/// The layer makes one [`Guarded`] service that does all four, in that
+/// order, rather than four nested services.
 #[derive(Clone, Debug)]
 #[must_use]
 pub struct PoolGuardLayer {
