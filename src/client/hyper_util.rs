@@ -1178,7 +1178,14 @@ impl<T: Read + Unpin> Read for GuardedIo<T> {
         mut buf: ReadBufCursor<'_>,
     ) -> Poll<io::Result<()>> {
         let GuardedIo { io, guard } = &mut *self;
-        let http2 = guard.tracker.phase() == Phase::Http2;
+        let phase = guard.tracker.phase();
+        let http2 = phase == Phase::Http2;
+        if phase == Phase::Idle {
+            // Parked before the look below: whatever changes after it wakes
+            // this read, so a read that then finds nothing need not look
+            // again.
+            guard.link.park(cx.waker());
+        }
         if if http2 {
             guard.poll_h2_retire(cx)
         } else {
@@ -1246,14 +1253,9 @@ impl<T: Read + Unpin> Read for GuardedIo<T> {
                     if guard.poll_h2_retire(cx) {
                         return Poll::Ready(Err(Retired::error()));
                     }
-                } else if guard.tracker.phase() == Phase::Idle {
-                    guard.link.park(cx.waker());
-                    // The exchange may have completed in this very read, or
-                    // a dial started waiting since the check above.
-                    if guard.poll_retire(cx) {
-                        return Poll::Ready(Err(Retired::error()));
-                    }
                 }
+                // An idle HTTP/1 connection parked before its look above (a
+                // read that found nothing leaves the phase as it was).
                 Poll::Pending
             }
         }
