@@ -110,6 +110,14 @@ use crate::BoxError;
 #[derive(Clone)]
 pub struct GuardedConnector<C> {
     inner: C,
+    /// What clones share, and every dial reads: one reference count a
+    /// clone (hyper-util clones its connector for every request).
+    shared: Arc<Shared>,
+}
+
+/// The settings and state of a [`GuardedConnector`] and its clones.
+#[derive(Clone)]
+struct Shared {
     registry: Arc<Registry>,
     bounds: Bounds,
     metrics: Option<Metrics>,
@@ -181,21 +189,23 @@ impl<C> GuardedConnector<C> {
     pub fn new(inner: C, max_per_host: usize) -> Self {
         GuardedConnector {
             inner,
-            registry: Arc::new(Registry::new()),
-            bounds: Bounds {
-                max_per_host,
-                max_queued: DEFAULT_MAX_QUEUED,
-                max_streams: None,
-            },
-            metrics: None,
-            honor_keep_alive: true,
-            queue_timeout: Some(crate::limit::layer::DEFAULT_QUEUE_TIMEOUT),
-            overrides: None,
-            total: Arc::default(),
-            max_total: None,
-            life: Arc::default(),
-            turnover: Arc::default(),
-            lifecycle: Lifecycle::default(),
+            shared: Arc::new(Shared {
+                registry: Arc::new(Registry::new()),
+                bounds: Bounds {
+                    max_per_host,
+                    max_queued: DEFAULT_MAX_QUEUED,
+                    max_streams: None,
+                },
+                metrics: None,
+                honor_keep_alive: true,
+                queue_timeout: Some(crate::limit::layer::DEFAULT_QUEUE_TIMEOUT),
+                overrides: None,
+                total: Arc::default(),
+                max_total: None,
+                life: Arc::default(),
+                turnover: Arc::default(),
+                lifecycle: Lifecycle::default(),
+            }),
         }
     }
 
@@ -213,17 +223,19 @@ impl<C> GuardedConnector<C> {
     ) -> Self {
         GuardedConnector {
             inner,
-            registry,
-            bounds,
-            metrics,
-            honor_keep_alive,
-            queue_timeout: Some(queue_timeout),
-            overrides,
-            total: total.0,
-            max_total: total.1,
-            life: Arc::default(),
-            turnover: Arc::default(),
-            lifecycle,
+            shared: Arc::new(Shared {
+                registry,
+                bounds,
+                metrics,
+                honor_keep_alive,
+                queue_timeout: Some(queue_timeout),
+                overrides,
+                total: total.0,
+                max_total: total.1,
+                life: Arc::default(),
+                turnover: Arc::default(),
+                lifecycle,
+            }),
         }
     }
 
@@ -236,14 +248,19 @@ impl<C> GuardedConnector<C> {
     /// another host (pooled under another key) is closed to make room,
     /// rather than waiting for the pool to let it go. Default: no cap.
     pub fn max_total(mut self, n: usize) -> Self {
-        self.max_total = Some(n);
+        Arc::make_mut(&mut self.shared).max_total = Some(n);
         self
     }
 
     /// The cap across hosts, for one dial, if one is set.
     fn total_cap(&self) -> Option<TotalCap> {
-        let max = self.max_total?;
-        TotalCap::new(self.total.clone(), max, self.bounds.max_queued, None)
+        let max = self.shared.max_total?;
+        TotalCap::new(
+            self.shared.total.clone(),
+            max,
+            self.shared.bounds.max_queued,
+            None,
+        )
     }
 
     /// At most `n` connections to `host` (a name or an IP literal, as in a
@@ -251,14 +268,14 @@ impl<C> GuardedConnector<C> {
     /// value of 0 is taken as 1. Called again for the same host, the last
     /// value holds.
     pub fn max_per_host_for(mut self, host: &str, n: usize) -> Self {
-        Overrides::with(&mut self.overrides, host, n);
+        Overrides::with(&mut Arc::make_mut(&mut self.shared).overrides, host, n);
         self
     }
 
     /// The longest a dial waits for a connection slot before it fails with
     /// [`QueueTimeout`]. `Duration::MAX` means no limit. Default: 30 s.
     pub fn queue_timeout(mut self, timeout: Duration) -> Self {
-        self.queue_timeout = Some(timeout);
+        Arc::make_mut(&mut self.shared).queue_timeout = Some(timeout);
         self
     }
 
@@ -266,7 +283,7 @@ impl<C> GuardedConnector<C> {
     /// waiting dial fail with [`QueueFull`] (0: a dial never waits, and
     /// fails at once). Default: 1024.
     pub fn max_queued(mut self, max_queued: usize) -> Self {
-        self.bounds.max_queued = max_queued;
+        Arc::make_mut(&mut self.shared).bounds.max_queued = max_queued;
         self
     }
 
@@ -276,7 +293,7 @@ impl<C> GuardedConnector<C> {
     /// [`ReuseMetricsLayer`](crate::ReuseMetricsLayer) reporting to the same
     /// `metrics`).
     pub fn track(mut self, metrics: Metrics) -> Self {
-        self.metrics = Some(metrics);
+        Arc::make_mut(&mut self.shared).metrics = Some(metrics);
         self
     }
 
@@ -295,7 +312,7 @@ impl<C> GuardedConnector<C> {
     /// behind a load balancer: see [`PoolGuardBuilder::max_connection_age`](crate::PoolGuardBuilder::max_connection_age)
     /// for what retiring does. Default: no limit.
     pub fn max_connection_age(mut self, age: Duration) -> Self {
-        self.lifecycle.max_age = Some(age);
+        Arc::make_mut(&mut self.shared).lifecycle.max_age = Some(age);
         self
     }
 
@@ -304,14 +321,14 @@ impl<C> GuardedConnector<C> {
     /// [`PoolGuardBuilder::max_requests_per_connection`](crate::PoolGuardBuilder::max_requests_per_connection).
     /// Default: no limit.
     pub fn max_requests_per_connection(mut self, n: u64) -> Self {
-        self.lifecycle.max_requests = Some(n.max(1));
+        Arc::make_mut(&mut self.shared).lifecycle.max_requests = Some(n.max(1));
         self
     }
 
     /// Closes every connection of this connector (and its clones) that is
     /// idle now: see [`PoolGuard::close_idle`](crate::PoolGuard::close_idle).
     pub fn close_idle(&self) {
-        let asked = self.registry.close_idle();
+        let asked = self.shared.registry.close_idle();
         tracing::debug!(asked, "close_idle");
     }
 
@@ -325,7 +342,7 @@ impl<C> GuardedConnector<C> {
     /// [`track`](GuardedConnector::track), retired connections count as
     /// [`CloseReason::Retired`](crate::CloseReason::Retired).
     pub fn honor_keep_alive(mut self, yes: bool) -> Self {
-        self.honor_keep_alive = yes;
+        Arc::make_mut(&mut self.shared).honor_keep_alive = yes;
         self
     }
 
@@ -333,17 +350,17 @@ impl<C> GuardedConnector<C> {
     /// being dialed, and dials that hold their host's slot while they wait
     /// for one of [`max_total`](GuardedConnector::max_total).
     pub fn connections(&self) -> usize {
-        self.registry.in_flight()
+        self.shared.registry.in_flight()
     }
 
     /// Dials waiting for a free slot now, across hosts.
     pub fn waiting(&self) -> usize {
-        self.registry.queued()
+        self.shared.registry.queued()
     }
 
     /// Hosts with connections open, dialing or waiting.
     pub fn hosts_tracked(&self) -> usize {
-        self.registry.hosts_tracked()
+        self.shared.registry.hosts_tracked()
     }
 
     /// A reference to the inner connector.
@@ -361,11 +378,11 @@ impl<C: fmt::Debug> fmt::Debug for GuardedConnector<C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("GuardedConnector")
             .field("inner", &self.inner)
-            .field("max_per_host", &self.bounds.slots())
-            .field("max_queued", &self.bounds.max_queued)
-            .field("max_total", &self.max_total)
-            .field("queue_timeout", &self.queue_timeout)
-            .field("connections", &self.registry.in_flight())
+            .field("max_per_host", &self.shared.bounds.slots())
+            .field("max_queued", &self.shared.bounds.max_queued)
+            .field("max_total", &self.shared.max_total)
+            .field("queue_timeout", &self.shared.queue_timeout)
+            .field("connections", &self.shared.registry.in_flight())
             .finish()
     }
 }
@@ -388,7 +405,7 @@ where
     fn call(&mut self, dst: Uri) -> Self::Future {
         let pool_key = pool_key(&dst);
         let tls = dst.scheme_str() == Some("https");
-        match self.turnover.enter(&pool_key, tls) {
+        match self.shared.turnover.enter(&pool_key, tls) {
             Entered::Now(None) if self.races_a_return(&dst, &pool_key) => {
                 let clone = self.inner.clone();
                 let ready = std::mem::replace(&mut self.inner, clone);
@@ -462,7 +479,7 @@ impl<C> GuardedConnector<C> {
         if !crate::conn::polled_for_a_request() {
             return false;
         }
-        HostKey::from_uri(dst).is_some_and(|key| self.registry.reusable_idle(&key, pool_key))
+        HostKey::from_uri(dst).is_some_and(|key| self.shared.registry.reusable_idle(&key, pool_key))
     }
 }
 
@@ -491,65 +508,69 @@ where
             });
         };
         let track = Track {
-            metrics: self.metrics.clone().map(|m| (m, key.clone())),
-            honor_keep_alive: self.honor_keep_alive,
+            metrics: self.shared.metrics.clone().map(|m| (m, key.clone())),
+            honor_keep_alive: self.shared.honor_keep_alive,
             lead,
-            turnover: Some(self.turnover.clone()),
-            lifecycle: self.lifecycle,
+            turnover: Some(self.shared.turnover.clone()),
+            lifecycle: self.shared.lifecycle,
         };
         let link = Link::new(pool_key);
         let policy = Policy {
-            bounds: self.bounds,
+            bounds: self.shared.bounds,
             observer: None,
-            overrides: self.overrides.clone(),
+            overrides: self.shared.overrides.clone(),
             decider: None,
         };
         let pool_key = link.pool_key().clone();
         let total = self.total_cap();
-        let queue_timeout = self.queue_timeout;
+        let queue_timeout = self.shared.queue_timeout;
         let deadline = move || queue_timeout.and_then(crate::timer::deadline_in);
-        let wait: Wait = match self
-            .registry
-            .acquire_dial(key.clone(), pool_key.clone(), &policy)
-        {
-            Acquire::Ready(slot) => {
-                match join(total.as_ref(), slot, &key, Some(pool_key), deadline) {
-                    Joined::Now(slot) => {
-                        let started = tokio::time::Instant::now();
-                        let connect = self.inner.call(dst);
-                        return ConnectFuture::new(async move {
-                            let io = connect.await.map_err(Into::into)?;
-                            track.dialed(started.elapsed());
-                            Ok(GuardedIo::new(io, Some(slot), link, track))
-                        });
+        let wait: Wait =
+            match self
+                .shared
+                .registry
+                .acquire_dial(key.clone(), pool_key.clone(), &policy)
+            {
+                Acquire::Ready(slot) => {
+                    match join(total.as_ref(), slot, &key, Some(pool_key), deadline) {
+                        Joined::Now(slot) => {
+                            let started = tokio::time::Instant::now();
+                            let connect = self.inner.call(dst);
+                            return ConnectFuture::new(async move {
+                                let io = connect.await.map_err(Into::into)?;
+                                track.dialed(started.elapsed());
+                                Ok(GuardedIo::new(io, Some(slot), link, track))
+                            });
+                        }
+                        // The host's slot went back as it dropped.
+                        Joined::Full => {
+                            return ConnectFuture::new(
+                                async move { Err(QueueFull::new(key).into()) },
+                            )
+                        }
+                        Joined::Later(wait) => wait,
                     }
-                    // The host's slot went back as it dropped.
-                    Joined::Full => {
-                        return ConnectFuture::new(async move { Err(QueueFull::new(key).into()) })
-                    }
-                    Joined::Later(wait) => wait,
                 }
-            }
-            Acquire::Queued(waiter) => {
-                let (key, deadline) = (key.clone(), deadline());
-                Box::pin(async move {
-                    let slot = waiter.wait(deadline).await?;
-                    match join(total.as_ref(), slot, &key, Some(pool_key), || deadline) {
-                        Joined::Now(slot) => Ok(slot),
-                        Joined::Full => Err(TimedOut::full(key)),
-                        Joined::Later(wait) => wait.await,
-                    }
-                })
-            }
-            Acquire::Full(key) => {
-                return ConnectFuture::new(async move { Err(QueueFull::new(key).into()) })
-            }
-        };
+                Acquire::Queued(waiter) => {
+                    let (key, deadline) = (key.clone(), deadline());
+                    Box::pin(async move {
+                        let slot = waiter.wait(deadline).await?;
+                        match join(total.as_ref(), slot, &key, Some(pool_key), || deadline) {
+                            Joined::Now(slot) => Ok(slot),
+                            Joined::Full => Err(TimedOut::full(key)),
+                            Joined::Later(wait) => wait.await,
+                        }
+                    })
+                }
+                Acquire::Full(key) => {
+                    return ConnectFuture::new(async move { Err(QueueFull::new(key).into()) })
+                }
+            };
         // Take the connector that was made ready into the future.
         let clone = self.inner.clone();
         let mut ready = std::mem::replace(&mut self.inner, clone);
-        let life = Arc::downgrade(&self.life);
-        let gone = self.life.gone.clone();
+        let life = Arc::downgrade(&self.shared.life);
+        let gone = self.shared.life.gone.clone();
         ConnectFuture::new(async move {
             let mut notified = std::pin::pin!(gone.notified());
             notified.as_mut().enable();
