@@ -1,0 +1,71 @@
+//! One guarded request after another over a ready in-memory service (the
+//! `overhead` bench's origin: a `service_fn` answering 16 bytes), for
+//! counting instructions under callgrind (issue 28):
+//!
+//! ```sh
+//! cargo build --release --example in_memory
+//! # instructions a request: the difference of two runs 20,000 requests apart
+//! valgrind --tool=callgrind --callgrind-out-file=/dev/null \
+//!     target/release/examples/in_memory guarded read 20000
+//! valgrind --tool=callgrind --callgrind-out-file=/dev/null \
+//!     target/release/examples/in_memory guarded read 40000
+//! ```
+//!
+//! Arguments: `guarded` or `bare`, `read` (the body read to its end) or
+//! `drop` (dropped unread), and the number of requests.
+
+use std::convert::Infallible;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Full};
+use poolguard::PoolGuard;
+use tower::{Layer, Service, ServiceExt};
+
+type Req = Request<()>;
+
+fn origin(
+) -> impl Service<Req, Response = Response<Full<Bytes>>, Error = Infallible, Future: Send> + Clone + Send
+{
+    tower::service_fn(|_req: Req| async {
+        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(
+            b"0123456789abcdef",
+        ))))
+    })
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let guarded = args.get(1).is_none_or(|s| s != "bare");
+    let read = args.get(2).is_none_or(|s| s != "drop");
+    let n: usize = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(20_000);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let uri: http::Uri = "http://host-1.example/".parse().expect("uri");
+    let guard = PoolGuard::builder().max_per_host(64).build();
+    let with_guard = guard.layer().layer(origin());
+    let bare = origin();
+    runtime.block_on(async {
+        for _ in 0..n {
+            let req = Request::get(uri.clone()).body(()).expect("request");
+            if guarded {
+                let resp = with_guard.clone().oneshot(req).await.expect("response");
+                if read {
+                    resp.into_body().collect().await.expect("body");
+                }
+            } else {
+                let resp = bare.clone().oneshot(req).await.expect("response");
+                if read {
+                    resp.into_body().collect().await.expect("body");
+                }
+            }
+        }
+    });
+    println!(
+        "{n} requests, {}, body {}",
+        if guarded { "guarded" } else { "bare" },
+        if read { "read" } else { "dropped" }
+    );
+}
