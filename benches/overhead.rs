@@ -21,16 +21,7 @@ use tower::{Layer, Service, ServiceExt};
 
 type Req = Request<()>;
 
-/// A ready service answering with 16 bytes in memory.
-fn origin(
-) -> impl Service<Req, Response = Response<Full<Bytes>>, Error = Infallible, Future: Send> + Clone + Send
-{
-    tower::service_fn(|_req: Req| async {
-        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(
-            b"0123456789abcdef",
-        ))))
-    })
-}
+use poolguard_testkit::in_memory_origin as origin;
 
 static HOSTS: std::sync::OnceLock<Vec<http::Uri>> = std::sync::OnceLock::new();
 

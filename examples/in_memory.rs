@@ -14,25 +14,11 @@
 //! Arguments: `guarded` or `bare`, `read` (the body read to its end) or
 //! `drop` (dropped unread), and the number of requests.
 
-use std::convert::Infallible;
-
-use bytes::Bytes;
-use http::{Request, Response};
-use http_body_util::{BodyExt, Full};
+use http::Request;
+use http_body_util::BodyExt;
 use poolguard::PoolGuard;
-use tower::{Layer, Service, ServiceExt};
-
-type Req = Request<()>;
-
-fn origin(
-) -> impl Service<Req, Response = Response<Full<Bytes>>, Error = Infallible, Future: Send> + Clone + Send
-{
-    tower::service_fn(|_req: Req| async {
-        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(
-            b"0123456789abcdef",
-        ))))
-    })
-}
+use poolguard_testkit::in_memory_origin as origin;
+use tower::{Layer, ServiceExt};
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();

@@ -8,6 +8,7 @@
 #![allow(missing_docs)]
 
 mod load;
+mod memory;
 mod nginx;
 mod raw;
 mod redis;
@@ -17,6 +18,7 @@ mod script;
 mod servers;
 
 pub use load::*;
+pub use memory::in_memory_origin;
 pub use nginx::*;
 pub use raw::*;
 pub use redis::Redis;
