@@ -138,7 +138,10 @@ pub(crate) fn replay<B: ReplayBody>(req: &Request<B>) -> Option<Request<B>> {
     *copy.method_mut() = req.method().clone();
     *copy.uri_mut() = req.uri().clone();
     *copy.version_mut() = req.version();
-    *copy.headers_mut() = req.headers().clone();
+    // A request without headers keeps the copy's own empty map.
+    if !req.headers().is_empty() {
+        *copy.headers_mut() = req.headers().clone();
+    }
     *copy.extensions_mut() = req.extensions().clone();
     Some(copy)
 }
