@@ -65,12 +65,17 @@ fn make(deadline: Instant, _id: tokio::runtime::Id) -> Option<Sleep> {
     Some(tokio::time::sleep_until(deadline))
 }
 
-/// A timer that fires once every `period`, from its first poll (for checks
-/// made while something waits). Never fires on a runtime without a timer.
-#[cfg_attr(not(feature = "hyper-util"), allow(dead_code))]
-pub(crate) struct Every {
-    period: Duration,
-    sleep: Option<std::pin::Pin<Box<Sleep>>>,
+pin_project_lite::pin_project! {
+    /// A timer that fires once every `period`, from its first poll (for
+    /// checks made while something waits). Never fires on a runtime without
+    /// a timer. Pinned where it is polled (on the stack of the future that
+    /// waits, or boxed): no allocation of its own.
+    #[cfg_attr(not(feature = "hyper-util"), allow(dead_code))]
+    pub(crate) struct Every {
+        period: Duration,
+        #[pin]
+        sleep: Option<Sleep>,
+    }
 }
 
 #[cfg_attr(not(feature = "hyper-util"), allow(dead_code))]
@@ -84,21 +89,25 @@ impl Every {
 
     /// Whether a period ended since the last time it said so (call until
     /// `false`: that poll registers the task for the next one).
-    pub(crate) fn poll(&mut self, cx: &mut std::task::Context<'_>) -> bool {
-        let next = || Instant::now().checked_add(self.period);
-        let sleep = match self.sleep.as_mut() {
-            Some(sleep) => sleep,
-            None => match next().and_then(sleep_until) {
-                Some(sleep) => self.sleep.insert(Box::pin(sleep)),
+    pub(crate) fn poll(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> bool {
+        let mut this = self.project();
+        let period = *this.period;
+        let next = || Instant::now().checked_add(period);
+        if this.sleep.as_mut().as_pin_mut().is_none() {
+            match next().and_then(sleep_until) {
+                Some(sleep) => this.sleep.set(Some(sleep)),
                 None => return false,
-            },
+            }
+        }
+        let Some(mut sleep) = this.sleep.as_mut().as_pin_mut() else {
+            return false;
         };
         if sleep.as_mut().poll(cx).is_pending() {
             return false;
         }
         match next() {
-            Some(at) => sleep.as_mut().reset(at),
-            None => self.sleep = None,
+            Some(at) => sleep.reset(at),
+            None => this.sleep.set(None),
         }
         true
     }

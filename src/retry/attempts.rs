@@ -128,7 +128,7 @@ impl<S, B> Attempts<S, B> {
                     self.capture = None;
                     self.watch = Some(Watch {
                         link,
-                        check: crate::timer::Every::new(STRANDED_CHECK),
+                        check: Box::pin(crate::timer::Every::new(STRANDED_CHECK)),
                         closed: false,
                     });
                 }
@@ -298,7 +298,8 @@ const MISSING: &str = "poolguard: retry without a request";
 struct Watch {
     #[cfg(feature = "hyper-util")]
     link: Arc<crate::conn::Link>,
-    check: crate::timer::Every,
+    // Boxed: pinned while polled, and made only for a watched request.
+    check: std::pin::Pin<Box<crate::timer::Every>>,
     /// The connection was seen closed at the last check.
     closed: bool,
 }
@@ -312,7 +313,7 @@ impl Watch {
     /// every stream on it has ended) for a whole check, and its response
     /// has not come. Arms the timer that wakes the request to look.
     fn stranded(&mut self, cx: &mut Context<'_>) -> bool {
-        while self.check.poll(cx) {
+        while self.check.as_mut().poll(cx) {
             #[cfg(feature = "hyper-util")]
             if self.link.is_closed() {
                 if self.closed {
@@ -332,7 +333,7 @@ mod tests {
     fn watch(link: &Arc<crate::conn::Link>) -> Watch {
         Watch {
             link: link.clone(),
-            check: crate::timer::Every::new(STRANDED_CHECK),
+            check: Box::pin(crate::timer::Every::new(STRANDED_CHECK)),
             closed: false,
         }
     }

@@ -20,7 +20,6 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::Poll;
 use std::time::Duration;
@@ -329,24 +328,27 @@ impl DialScope {
             return result;
         };
         let mut watch = Watch::new();
-        let mut first: Pin<Box<_>> = Box::pin(Self::run(scope, first));
-        let mut check = crate::timer::Every::new(CHECK);
-        let outcome = std::future::poll_fn(|cx| {
-            if let Poll::Ready(result) = first.as_mut().poll(cx) {
-                return Poll::Ready(Some(result));
-            }
-            while check.poll(cx) {
-                if watch.stranded(&turns, &s.key) {
-                    return Poll::Ready(None);
+        let outcome = {
+            // Pinned here, not boxed: the first attempt ends with this
+            // block, before the request is sent again.
+            let mut first = std::pin::pin!(Self::run(scope, first));
+            let mut check = std::pin::pin!(crate::timer::Every::new(CHECK));
+            std::future::poll_fn(|cx| {
+                if let Poll::Ready(result) = first.as_mut().poll(cx) {
+                    return Poll::Ready(Some(result));
                 }
-            }
-            Poll::Pending
-        })
-        .await;
+                while check.as_mut().poll(cx) {
+                    if watch.stranded(&turns, &s.key) {
+                        return Poll::Ready(None);
+                    }
+                }
+                Poll::Pending
+            })
+            .await
+        };
         if let Some(result) = outcome {
             return result;
         }
-        drop(first);
         tracing::debug!(host = %s.key, "request stranded across an HTTP/2 turnover; sending it again");
         let scope = Some(Self::new(s.key.clone(), s.tls, s.turns.clone()));
         Self::run(scope, again()).await
