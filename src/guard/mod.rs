@@ -478,10 +478,17 @@ impl PoolGuardBuilder {
         };
         let layer = PoolGuardLayer {
             metrics: ReuseMetricsLayer::new(metrics.clone()),
-            retry: RetryStaleLayer::new()
-                .max_retries(u32::from(self.retry_stale))
-                .budget(self.retry_budget.0, self.retry_budget.1)
-                .on_retry(metrics.clone()),
+            retry: {
+                let retry = RetryStaleLayer::new()
+                    .max_retries(u32::from(self.retry_stale))
+                    .budget(self.retry_budget.0, self.retry_budget.1)
+                    .on_retry(metrics.clone());
+                // Made now, so that every `layer()` of the guard shares
+                // its hosts' budgets and what it learnt of connections
+                // (the layer makes them on first use, per copy).
+                let _ = retry.rules();
+                retry
+            },
             drain: DrainLayer::new()
                 .max_bytes(self.drain_max_bytes)
                 .max_time(self.drain_max_time)

@@ -105,3 +105,28 @@ where
         ResponseFuture::start(&mut self.inner, req, key, attempts, started, shared.clone())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use tower_layer::Layer;
+
+    #[test]
+    fn the_services_of_one_guard_share_its_retry_budgets() {
+        let guard = crate::PoolGuard::builder().build();
+        let a = guard.layer().layer(());
+        let b = guard.layer().layer(());
+        assert!(std::sync::Arc::ptr_eq(
+            &a.shared.rules.budgets,
+            &b.shared.rules.budgets
+        ));
+        assert!(std::sync::Arc::ptr_eq(
+            &a.shared.rules.seen,
+            &b.shared.rules.seen
+        ));
+        let other = crate::PoolGuard::builder().build().layer().layer(());
+        assert!(!std::sync::Arc::ptr_eq(
+            &a.shared.rules.budgets,
+            &other.shared.rules.budgets
+        ));
+    }
+}
