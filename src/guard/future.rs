@@ -148,6 +148,11 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
+        if this.started.is_none() {
+            // Polled after it completed: the client's future is not polled
+            // again.
+            return Poll::Ready(Err(MISSING.into()));
+        }
         let result = ready!(poll_attempts(&mut this, cx));
         let Some(started) = this.started.take() else {
             return Poll::Ready(Err(MISSING.into()));

@@ -108,7 +108,10 @@ where
 
 #[cfg(test)]
 mod tests {
+    use std::future::Future;
+
     use tower_layer::Layer;
+    use tower_service::Service;
 
     #[test]
     fn the_services_of_one_guard_share_its_retry_budgets() {
@@ -128,5 +131,30 @@ mod tests {
             &a.shared.rules.budgets,
             &other.shared.rules.budgets
         ));
+    }
+
+    #[tokio::test]
+    async fn a_future_polled_after_it_completed_errs_without_polling_the_client() {
+        let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = calls.clone();
+        let client = tower::service_fn(move |_req: http::Request<()>| {
+            counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            std::future::ready(Ok::<_, std::convert::Infallible>(http::Response::new(
+                http_body_util::Empty::<bytes::Bytes>::new(),
+            )))
+        });
+        let mut svc = crate::PoolGuard::builder().build().layer().layer(client);
+        let mut future = svc.call(http::Request::get("http://h/").body(()).unwrap());
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        let mut future = std::pin::pin!(future);
+        assert!(matches!(
+            future.as_mut().poll(&mut cx),
+            std::task::Poll::Ready(Ok(_))
+        ));
+        assert!(matches!(
+            future.as_mut().poll(&mut cx),
+            std::task::Poll::Ready(Err(_))
+        ));
+        assert_eq!(calls.load(std::sync::atomic::Ordering::Relaxed), 1);
     }
 }
