@@ -144,7 +144,7 @@ mod tests {
             )))
         });
         let mut svc = crate::PoolGuard::builder().build().layer().layer(client);
-        let mut future = svc.call(http::Request::get("http://h/").body(()).unwrap());
+        let future = svc.call(http::Request::get("http://h/").body(()).unwrap());
         let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
         let mut future = std::pin::pin!(future);
         assert!(matches!(
