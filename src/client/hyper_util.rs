@@ -22,7 +22,7 @@ use crate::conn::turnover::{Entered, Lead, Turnover};
 use crate::conn::{CloseReason, Event, Link, LinkHandle, Phase, Record, Retired, Stamp, Tracker};
 use crate::key::HostKey;
 use crate::limit::registry::{Acquire, Bounds, Overrides, Policy, Registry, Slot, TimedOut};
-use crate::limit::total::{join, Joined, TotalCap, Wait};
+use crate::limit::total::{join, queued, Joined, TotalCap, Wait};
 use crate::limit::{QueueFull, QueueTimeout};
 use crate::metrics::Metrics;
 use crate::BoxError;
@@ -552,15 +552,7 @@ where
                     }
                 }
                 Acquire::Queued(waiter) => {
-                    let (key, deadline) = (key.clone(), deadline());
-                    Box::pin(async move {
-                        let slot = waiter.wait(deadline).await?;
-                        match join(total.as_ref(), slot, &key, Some(pool_key), || deadline) {
-                            Joined::Now(slot) => Ok(slot),
-                            Joined::Full => Err(TimedOut::full(key)),
-                            Joined::Later(wait) => wait.await,
-                        }
-                    })
+                    queued(waiter, total, key.clone(), Some(pool_key), deadline())
                 }
                 Acquire::Full(key) => {
                     return ConnectFuture::new(async move { Err(QueueFull::new(key).into()) })

@@ -6,8 +6,8 @@ use tower_service::Service;
 use super::future::ResponseFuture;
 use super::layer::PerHostLimitLayer;
 
-use super::registry::{Acquire, Slot, TimedOut};
-use super::total::{join, Joined, Wait};
+use super::registry::{Acquire, Slot};
+use super::total::{join, queued, Joined, Wait};
 use super::{QueueFull, ResponseBody};
 use crate::key::HostKey;
 use crate::BoxError;
@@ -122,19 +122,13 @@ impl PerHostLimitLayer {
                 Joined::Full => Admit::Refused(QueueFull::new(key.clone()).into()),
                 Joined::Later(wait) => Admit::Wait(wait),
             },
-            Acquire::Queued(waiter) => {
-                let deadline = deadline();
-                let total = total.cloned();
-                let key = key.clone();
-                Admit::Wait(Box::pin(async move {
-                    let slot = waiter.wait(deadline).await?;
-                    match join(total.as_ref(), slot, &key, None, || deadline) {
-                        Joined::Now(slot) => Ok(slot),
-                        Joined::Full => Err(TimedOut::full(key)),
-                        Joined::Later(wait) => wait.await,
-                    }
-                }))
-            }
+            Acquire::Queued(waiter) => Admit::Wait(queued(
+                waiter,
+                total.cloned(),
+                key.clone(),
+                None,
+                deadline(),
+            )),
         }
     }
 }

@@ -9,7 +9,7 @@ use std::sync::{Arc, OnceLock};
 use tokio::time::Instant;
 
 use super::observe::QueueHook;
-use super::registry::{Acquire, Bounds, Policy, Registry, Slot, TimedOut};
+use super::registry::{Acquire, Bounds, Policy, Registry, Slot, TimedOut, Waiter};
 use crate::key::HostKey;
 
 /// A wait for a slot (a host's, then the cap's).
@@ -58,6 +58,26 @@ pub(crate) enum Joined {
     Full,
     /// After a wait in the cap's queue.
     Later(Wait),
+}
+
+/// A wait in `host`'s queue (`waiter`), then for a slot of `total` if
+/// there is a cap, both ending at `deadline`; `pool_key` as for [`join`].
+/// What a request and a connector's dial that must queue both wait for.
+pub(crate) fn queued(
+    waiter: Waiter,
+    total: Option<TotalCap>,
+    host: HostKey,
+    pool_key: Option<Arc<str>>,
+    deadline: Option<Instant>,
+) -> Wait {
+    Box::pin(async move {
+        let slot = waiter.wait(deadline).await?;
+        match join(total.as_ref(), slot, &host, pool_key, || deadline) {
+            Joined::Now(slot) => Ok(slot),
+            Joined::Full => Err(TimedOut::full(host)),
+            Joined::Later(wait) => wait.await,
+        }
+    })
 }
 
 /// Joins `slot` (of `host`) with a slot of `total`, if there is a cap; a
