@@ -41,6 +41,7 @@
 //!   it took as complete, on a connection hyper then closes: neither makes
 //!   the tracker call a connection idle while hyper still reads it.
 
+use super::digits;
 use super::keep_alive::KeepAlive;
 use super::Phase;
 
@@ -802,21 +803,6 @@ impl Length {
         }
         length
     }
-}
-
-/// hyper's `from_digits`: a decimal number without sign, at most
-/// `u64::MAX`.
-fn digits(bytes: &[u8]) -> Option<u64> {
-    if bytes.is_empty() {
-        return None;
-    }
-    bytes.iter().try_fold(0u64, |n, &b| {
-        if b.is_ascii_digit() {
-            n.checked_mul(10)?.checked_add(u64::from(b - b'0'))
-        } else {
-            None
-        }
-    })
 }
 
 /// Feeds `bytes` to a body framed by `framing`: how many it used, and where

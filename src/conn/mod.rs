@@ -95,6 +95,21 @@ pub(crate) fn polled_for_a_request() -> bool {
     IN_REQUEST.with(|n| n.get() > 0)
 }
 
+/// hyper's `from_digits`: a decimal number without sign, at most
+/// `u64::MAX` (a `Content-Length` value as hyper reads it).
+pub(crate) fn digits(bytes: &[u8]) -> Option<u64> {
+    if bytes.is_empty() {
+        return None;
+    }
+    bytes.iter().try_fold(0u64, |n, &b| {
+        if b.is_ascii_digit() {
+            n.checked_mul(10)?.checked_add(u64::from(b - b'0'))
+        } else {
+            None
+        }
+    })
+}
+
 /// The task of a connection's IO while it waits on a read, to wake when
 /// something it must act on changed elsewhere.
 #[derive(Debug, Default)]

@@ -120,14 +120,8 @@ impl Head {
 /// A `Content-Length` value as a number: digits, maybe with white space
 /// around them.
 fn content_length(value: &http::HeaderValue) -> Option<u64> {
-    let bytes = value.as_bytes();
     // The common form, digits only, read without a UTF-8 check and a trim.
-    if !bytes.is_empty() && bytes.iter().all(u8::is_ascii_digit) {
-        return bytes.iter().try_fold(0u64, |n, &b| {
-            n.checked_mul(10)?.checked_add(u64::from(b - b'0'))
-        });
-    }
-    value.to_str().ok()?.trim().parse().ok()
+    crate::conn::digits(value.as_bytes()).or_else(|| value.to_str().ok()?.trim().parse().ok())
 }
 
 impl<B> DrainBody<B> {
