@@ -415,7 +415,12 @@ where
                 };
                 ConnectFuture::new(async move {
                     hold_for_a_return(&pool_key, crate::conn::polled_for_a_request).await?;
-                    this.dial(dst, pool_key, None).await
+                    let dial = this.dial(dst, pool_key, None);
+                    // A dial waiting for a slot ends when the client is
+                    // dropped: this clone of the client's connector must
+                    // not keep the client alive while the dial waits.
+                    drop(this);
+                    dial.await
                 })
             }
             Entered::Now(lead) => self.dial(dst, pool_key, lead),
@@ -429,7 +434,10 @@ where
                 };
                 ConnectFuture::new(async move {
                     let lead = held.wait().await?;
-                    this.dial(dst, pool_key, lead).await
+                    let dial = this.dial(dst, pool_key, lead);
+                    // (As above.)
+                    drop(this);
+                    dial.await
                 })
             }
         }

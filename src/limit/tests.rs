@@ -734,3 +734,79 @@ async fn a_policy_sets_the_limit_below_the_ceiling_and_raises_it_at_once() {
     answer(&mut handle, some_data()).await;
     assert_ready!(e.poll()).unwrap();
 }
+
+/// The slots taken and given back without the lock (a host with a free
+/// slot and no waiters) and those under it (a host with waiters) never let
+/// more requests through than the limit, leave nothing behind, and never
+/// strand a waiter: many tasks on four threads, a few hosts, some
+/// requests cancelled while they wait, some bodies held a while.
+#[test]
+fn slots_without_the_lock_keep_the_limit_under_contention() {
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+    use std::sync::Arc;
+    const LIMIT: usize = 3;
+    const HOSTS: usize = 3;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .build()
+        .unwrap();
+    let now: Arc<Vec<AtomicUsize>> = Arc::new((0..HOSTS).map(|_| AtomicUsize::new(0)).collect());
+    let most = Arc::new(AtomicUsize::new(0));
+    let layer = PerHostLimitLayer::new(LIMIT);
+    let (counts, top) = (now.clone(), most.clone());
+    let svc = layer.layer(tower::service_fn(move |req: Request<()>| {
+        let host: usize = req.uri().host().unwrap()[1..].parse().unwrap();
+        let counts = counts.clone();
+        let top = top.clone();
+        async move {
+            // Counted down when the call ends or is cancelled.
+            struct Count(Arc<Vec<AtomicUsize>>, usize);
+            impl Drop for Count {
+                fn drop(&mut self) {
+                    self.0[self.1].fetch_sub(1, SeqCst);
+                }
+            }
+            let n = counts[host].fetch_add(1, SeqCst) + 1;
+            let _count = Count(counts, host);
+            top.fetch_max(n, SeqCst);
+            tokio::task::yield_now().await;
+            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"x"))))
+        }
+    }));
+    runtime.block_on(async {
+        let mut tasks = tokio::task::JoinSet::new();
+        for t in 0..32usize {
+            let svc = svc.clone();
+            tasks.spawn(async move {
+                for i in 0..300usize {
+                    let uri = format!("http://h{}/", (t + i) % HOSTS);
+                    let req = Request::get(uri).body(()).unwrap();
+                    let call = svc.clone().oneshot(req);
+                    if (t + i) % 7 == 0 {
+                        // Cancelled if it must wait.
+                        tokio::select! {
+                            biased;
+                            r = call => drop(r.unwrap()),
+                            () = std::future::ready(()) => {}
+                        }
+                        continue;
+                    }
+                    let response = call.await.unwrap();
+                    if i % 5 == 0 {
+                        tokio::task::yield_now().await;
+                    }
+                    response.into_body().collect().await.unwrap();
+                }
+            });
+        }
+        let all = async { while tasks.join_next().await.is_some() {} };
+        tokio::time::timeout(Duration::from_secs(60), all)
+            .await
+            .expect("every request ends: no waiter is stranded");
+    });
+    assert!(most.load(SeqCst) <= LIMIT, "{} at once", most.load(SeqCst));
+    assert_eq!(layer.in_flight(), 0);
+    assert_eq!(layer.queued(), 0);
+    assert_eq!(layer.hosts_tracked(), 0);
+}
