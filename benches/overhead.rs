@@ -15,7 +15,9 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use http::{Request, Response};
 use http_body::Body;
 use http_body_util::{BodyExt, Empty, Full};
-use poolguard::{DrainLayer, Metrics, PerHostLimitLayer, PoolGuard, ReuseMetricsLayer};
+use poolguard::{
+    DrainLayer, Metrics, PerHostLimitLayer, PoolGuard, RetryStaleLayer, ReuseMetricsLayer,
+};
 use tower::limit::ConcurrencyLimitLayer;
 use tower::{Layer, Service, ServiceExt};
 
@@ -146,6 +148,83 @@ fn side_by_side(_c: &mut Criterion) {
             poolguard_testkit::median(&times.1),
             poolguard_testkit::median(&ratios),
         );
+    }
+    per_layer(&rt);
+}
+
+/// Each layer alone (and the guard without its retry), side by side with
+/// the bare service in one run: ns a request over bare, the median of
+/// rounds and its spread (what the guard's cost is made of).
+fn per_layer(rt: &tokio::runtime::Runtime) {
+    const BATCH: usize = 10_000;
+    const ROUNDS: usize = 9;
+    /// ns a request, one batch.
+    async fn batch<S, B>(svc: &S, read: bool) -> f64
+    where
+        S: Service<Req, Response = Response<B>> + Clone,
+        S::Error: std::fmt::Debug,
+        B: Body,
+        B::Error: std::fmt::Debug,
+    {
+        let t = std::time::Instant::now();
+        for i in 0..BATCH {
+            one(svc, i, 1, read).await;
+        }
+        t.elapsed().as_nanos() as f64 / BATCH as f64
+    }
+    let bare = origin();
+    let guard = PoolGuard::builder()
+        .max_per_host(64)
+        .build()
+        .layer()
+        .layer(origin());
+    let no_retry = PoolGuard::builder()
+        .max_per_host(64)
+        .retry_stale(false)
+        .build()
+        .layer()
+        .layer(origin());
+    let limit = PerHostLimitLayer::new(64).layer(origin());
+    let drain = DrainLayer::new().layer(origin());
+    let metrics = ReuseMetricsLayer::new(Metrics::new()).layer(origin());
+    let retry = RetryStaleLayer::new().layer(origin());
+    let names = [
+        "PoolGuard",
+        "PoolGuard, retry_stale(false)",
+        "PerHostLimitLayer",
+        "DrainLayer",
+        "ReuseMetricsLayer",
+        "RetryStaleLayer",
+    ];
+    for read in [true, false] {
+        let mut over: Vec<Vec<f64>> = vec![Vec::new(); names.len()];
+        rt.block_on(async {
+            for round in 0..=ROUNDS {
+                let b = batch(&bare, read).await;
+                let each = [
+                    batch(&guard, read).await,
+                    batch(&no_retry, read).await,
+                    batch(&limit, read).await,
+                    batch(&drain, read).await,
+                    batch(&metrics, read).await,
+                    batch(&retry, read).await,
+                ];
+                // The first round warms up.
+                if round > 0 {
+                    for (o, t) in over.iter_mut().zip(each) {
+                        o.push(t - b);
+                    }
+                }
+            }
+        });
+        for (name, o) in names.iter().zip(&over) {
+            let (lo, hi) = poolguard_testkit::spread(o);
+            println!(
+                "per layer, {}: {name}: +{:.0} ns over bare (median of {ROUNDS} rounds of {BATCH}, {lo:.0}-{hi:.0})",
+                if read { "read to end" } else { "dropped early" },
+                poolguard_testkit::median(o),
+            );
+        }
     }
 }
 
