@@ -3,6 +3,7 @@ use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
+use std::time::Duration;
 
 use http::{header, Response};
 use http_body::{Body, Frame, SizeHint};
@@ -246,15 +247,17 @@ where
     }
 
     // Finish inline what is already buffered: a small body that arrived with
-    // its headers needs no task.
-    let start = Instant::now();
+    // its headers needs no task. Those reads wait for nothing, and the
+    // time a drain reports is the time it waited for the body: no clock is
+    // read for them (a clock read costs more than a read of a buffered
+    // frame).
     let mut bytes = 0u64;
     let mut cx = Context::from_waker(Waker::noop());
     for _ in 0..INLINE_FRAMES {
         let polled = body.as_mut().poll_frame(&mut cx);
         let step = Polled::of(&polled, || body.is_end_stream());
         bytes = bytes.saturating_add(step.data());
-        let elapsed = start.elapsed();
+        let elapsed = Duration::ZERO;
         match step {
             Polled::Pending => break,
             Polled::Error => return report(DrainOutcome::Failed { bytes, elapsed }),
@@ -292,7 +295,7 @@ where
         if rent.buy_now(pricing) {
             return report(DrainOutcome::GaveUpCost {
                 bytes,
-                elapsed: start.elapsed(),
+                elapsed: Duration::ZERO,
             });
         }
     }
@@ -313,6 +316,8 @@ where
     if !acquired {
         return report(DrainOutcome::Skipped(SkipReason::TooManyDrains));
     }
+    // The drain's clock starts here, where it starts to wait.
+    let start = Instant::now();
     match DrainTask::new(body, shared.clone(), conn.clone(), bytes, start, rent) {
         Some(task) => drop(handle.spawn(task)),
         // The runtime has no timer: a drain without a deadline is a hole.

@@ -5,6 +5,13 @@ use crate::conn::BodyEnd;
 
 /// How a drain ended, reported to an [`OnDrain`] hook once per body dropped
 /// before its end.
+///
+/// `elapsed` is the time the drain waited for the body. What had already
+/// arrived is read on drop, on the dropping thread, and waits for nothing:
+/// a drain that ends there (`Completed` with `inline: true`, and the
+/// `GaveUpBytes`, `GaveUpCost` or `Failed` decided there) reports zero, and
+/// reads no clock; a drain that goes on in a task counts from the end of
+/// those reads.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum DrainOutcome {
@@ -12,7 +19,8 @@ pub enum DrainOutcome {
     Completed {
         /// Bytes read and discarded.
         bytes: u64,
-        /// Time from the drop to the end of the body.
+        /// Time from the drop to the end of the body (zero when
+        /// `inline`).
         elapsed: Duration,
         /// `true` when the body was finished on drop, from what was already
         /// buffered, without spawning a task.

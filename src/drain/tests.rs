@@ -830,3 +830,44 @@ async fn a_stream_gives_up_at_once_when_a_dial_costs_less_than_a_timer_tick() {
         drop(tx);
     }
 }
+
+/// A body whose frames each take `.0` to read, on the reading thread.
+struct SlowRead(Duration, Option<usize>);
+
+impl Body for SlowRead {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        std::thread::sleep(self.0);
+        Poll::Ready(
+            self.1
+                .take()
+                .map(|n| Ok(Frame::data(Bytes::from(vec![b'x'; n])))),
+        )
+    }
+}
+
+#[tokio::test]
+async fn a_drain_finished_on_drop_reports_no_wait_and_reads_no_clock() {
+    // Real time: reading what had already arrived took 20 ms of the
+    // dropping thread, but the drain waited for nothing.
+    let (layer, outcomes) = recording(DrainLayer::new());
+    let resp = through(
+        &layer,
+        Response::new(SlowRead(Duration::from_millis(20), Some(7))),
+    )
+    .await;
+    drop(resp);
+    assert_eq!(
+        taken(&outcomes),
+        vec![DrainOutcome::Completed {
+            bytes: 7,
+            elapsed: Duration::ZERO,
+            inline: true
+        }]
+    );
+}
