@@ -78,42 +78,54 @@ impl<S, B> ResponseFuture<S, B>
 where
     S: Service<Request<B>> + Clone,
 {
-    /// The first attempt of `req`, through `client` (ready).
+    /// The first attempt of `req`, through `client` (ready): the request
+    /// is counted, its host found, copied if it may be sent again, and
+    /// sent at once when its host has a free slot.
+    ///
+    /// The future is built in place, each part where it stays: the request
+    /// and the retry's copy are not moved through locals on the way.
     #[inline]
-    pub(crate) fn start(
-        client: &mut S,
-        req: Request<B>,
-        key: Option<HostKey>,
-        attempts: Attempts<S, B>,
-        started: Started,
-        shared: Arc<Shared<S>>,
-    ) -> Self {
-        let (state, slot, parked) = match admit(&shared, key.as_ref()) {
-            Admitted::Now(slot) => (
-                State::Called {
-                    future: client.call(req),
-                },
-                slot,
-                None,
-            ),
-            Admitted::Wait(wait) => {
-                // Take the client that was made ready into the future, and
-                // leave a fresh clone behind for the next `poll_ready`.
-                let clone = client.clone();
-                let ready = std::mem::replace(client, clone);
-                (State::Waiting { wait }, None, Some(Box::new((ready, req))))
-            }
-            Admitted::Refused(error) => (State::Failed { error: Some(error) }, None, None),
-        };
-        ResponseFuture {
-            state,
-            parked,
-            slot,
+    pub(crate) fn start(client: &mut S, mut req: Request<B>, shared: &Arc<Shared<S>>) -> Self
+    where
+        B: ReplayBody,
+    {
+        // Counted first: a request the limit refuses is a request too.
+        let started = Started::new(&shared.metrics, &req);
+        let key = HostKey::from_request(&req);
+        let mut slot = None;
+        let mut parked = None;
+        let mut future = ResponseFuture {
+            attempts: Attempts::start(&shared.rules, &mut req, key.as_ref()),
+            state: match admit(shared, key.as_ref()) {
+                Admitted::Now(now) => {
+                    slot = now;
+                    State::Called {
+                        future: client.call(req),
+                    }
+                }
+                Admitted::Wait(wait) => {
+                    // Take the client that was made ready into the future,
+                    // and leave a fresh clone behind for the next
+                    // `poll_ready`.
+                    let clone = client.clone();
+                    let ready = std::mem::replace(client, clone);
+                    parked = Some(Box::new((ready, req)));
+                    State::Waiting { wait }
+                }
+                Admitted::Refused(error) => State::Failed { error: Some(error) },
+            },
+            parked: None,
+            slot: None,
             key,
-            attempts,
             started: Some(started),
-            shared,
+            shared: shared.clone(),
+        };
+        future.slot = slot;
+        future.parked = parked;
+        if future.attempts.may_retry() {
+            shared.spare.keep(client);
         }
+        future
     }
 }
 

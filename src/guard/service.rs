@@ -10,10 +10,9 @@ use tower_service::Service;
 use super::future::ResponseFuture;
 use super::GuardedBody;
 use crate::drain::layer::Shared as DrainShared;
-use crate::key::HostKey;
 use crate::limit::PerHostLimitLayer;
-use crate::metrics::{Metrics, Started};
-use crate::retry::attempts::{Attempts, Rules};
+use crate::metrics::Metrics;
+use crate::retry::attempts::Rules;
 use crate::retry::service::Spare;
 use crate::retry::ReplayBody;
 use crate::BoxError;
@@ -93,16 +92,8 @@ where
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
-    fn call(&mut self, mut req: Request<ReqB>) -> Self::Future {
-        let shared = &self.shared;
-        // Counted first: a request the limit refuses is a request too.
-        let started = Started::new(&shared.metrics, &req);
-        let key = HostKey::from_request(&req);
-        let attempts = Attempts::start(&shared.rules, &mut req, key.as_ref());
-        if attempts.may_retry() {
-            shared.spare.keep(&self.inner);
-        }
-        ResponseFuture::start(&mut self.inner, req, key, attempts, started, shared.clone())
+    fn call(&mut self, req: Request<ReqB>) -> Self::Future {
+        ResponseFuture::start(&mut self.inner, req, &self.shared)
     }
 }
 
