@@ -9,7 +9,7 @@ use tower_service::Service;
 
 use super::budget::{Budgets, RequestBudget};
 use super::layer::Seen;
-use super::service::{is_idempotent, replay, Spare};
+use super::service::{is_idempotent, Resend, Spare};
 use super::{stale, ReplayBody, Retried, RetryCause, RetryEvent, RetryHook};
 use crate::key::HostKey;
 use crate::BoxError;
@@ -39,7 +39,7 @@ pub(crate) struct Rules {
 /// its connection.
 pub(crate) struct Attempts<S, B> {
     // The request to send again; `None` when it is not to be retried.
-    retry: Option<Request<B>>,
+    retry: Option<Resend<B>>,
     // The clone of the service being made ready for a retry (boxed:
     // large, and only for a retry under way).
     ready: Option<Box<S>>,
@@ -86,7 +86,7 @@ impl<S, B> Attempts<S, B> {
         // Any request may be sent again if an HTTP/2 server did not process
         // it; only an idempotent one after a stale connection.
         let idempotent = is_idempotent(req);
-        let retry = if on { replay(req) } else { None };
+        let retry = if on { Resend::of(req) } else { None };
         // Every request counts toward its host's retry budget.
         let budget = on.then(|| RequestBudget::deposit(&rules.budgets, key));
         // A request to an HTTP/2 host learns its connection: the first to
@@ -257,9 +257,10 @@ where
         if let Err(e) = std::task::ready!(service.poll_ready(cx)) {
             return Poll::Ready(Err(e.into()));
         }
-        let (Some(service), Some(req)) = (self.ready.take(), self.retry.take()) else {
+        let (Some(service), Some(copy)) = (self.ready.take(), self.retry.take()) else {
             return Poll::Ready(Err(MISSING.into()));
         };
+        let req = copy.into_request();
         match self.cause {
             RetryCause::NotProcessed => {
                 self.unprocessed_left = self.unprocessed_left.saturating_sub(1)
@@ -274,7 +275,7 @@ where
             });
         }
         if self.left > 0 || self.unprocessed_left > 0 {
-            self.retry = replay(&req);
+            self.retry = Resend::of(&req);
         }
         Poll::Ready(Ok((*service, req)))
     }

@@ -131,17 +131,55 @@ pub(crate) fn idempotent(method: &Method, headers: &http::HeaderMap) -> bool {
         || headers.contains_key(&X_IDEMPOTENCY_KEY)
 }
 
-/// A copy of the request to send again, if its body can be replayed.
-pub(crate) fn replay<B: ReplayBody>(req: &Request<B>) -> Option<Request<B>> {
-    let body = req.body().replay()?;
-    let mut copy = Request::new(body);
-    *copy.method_mut() = req.method().clone();
-    *copy.uri_mut() = req.uri().clone();
-    *copy.version_mut() = req.version();
-    // A request without headers keeps the copy's own empty map.
-    if !req.headers().is_empty() {
-        *copy.headers_mut() = req.headers().clone();
+/// A copy of a request to send again: its head, field by field, and its
+/// body replayed.
+///
+/// Not a `Request`: most requests are never sent again, and a `Request`
+/// made for the copy would build a default head only to replace each
+/// field of it, then carry an empty header map to drop. The `Request` is
+/// made when a retry sends the copy.
+pub(crate) struct Resend<B> {
+    method: Method,
+    uri: http::Uri,
+    version: http::Version,
+    /// `None`: the request had no header.
+    headers: Option<http::HeaderMap>,
+    extensions: http::Extensions,
+    body: B,
+}
+
+impl<B: ReplayBody> Resend<B> {
+    /// A copy of `req`, if its body can be replayed.
+    pub(crate) fn of(req: &Request<B>) -> Option<Self> {
+        let body = req.body().replay()?;
+        Some(Resend {
+            method: req.method().clone(),
+            uri: req.uri().clone(),
+            version: req.version(),
+            headers: (!req.headers().is_empty()).then(|| req.headers().clone()),
+            extensions: req.extensions().clone(),
+            body,
+        })
     }
-    *copy.extensions_mut() = req.extensions().clone();
-    Some(copy)
+}
+
+impl<B> Resend<B> {
+    /// The request to send.
+    pub(crate) fn into_request(self) -> Request<B> {
+        let mut req = Request::new(self.body);
+        *req.method_mut() = self.method;
+        *req.uri_mut() = self.uri;
+        *req.version_mut() = self.version;
+        if let Some(headers) = self.headers {
+            *req.headers_mut() = headers;
+        }
+        *req.extensions_mut() = self.extensions;
+        req
+    }
+}
+
+/// A copy of the request to send again, if its body can be replayed.
+#[cfg(test)]
+pub(crate) fn replay<B: ReplayBody>(req: &Request<B>) -> Option<Request<B>> {
+    Resend::of(req).map(Resend::into_request)
 }
