@@ -50,14 +50,15 @@ pub struct DrainBody<B> {
     reset: bool,
     /// The drop logic, instantiated where `B: Body + Send + 'static` holds, so
     /// that the type itself needs no bounds.
-    on_drop: fn(Pin<Box<B>>, Dropped),
+    on_drop: fn(Pin<Box<B>>, Dropped<'_>),
 }
 
 /// What a [`DrainBody`] knows when it is dropped early.
-pub(crate) struct Dropped {
+pub(crate) struct Dropped<'a> {
     read: u64,
     content_length: Option<u64>,
-    shared: Arc<Shared>,
+    /// Cloned only for a drain task.
+    shared: &'a Arc<Shared>,
     conn: Option<Exchange>,
     host: Option<HostKey>,
     /// An HTTP/2 response on a tracked connection, which leaves the pool
@@ -178,7 +179,7 @@ impl<B> Drop for DrainBody<B> {
                 Dropped {
                     read: self.read,
                     content_length: self.content_length,
-                    shared: self.shared.clone(),
+                    shared: &self.shared,
                     conn: self.conn.take(),
                     host: self.host.take(),
                     reset: self.reset,
@@ -219,7 +220,7 @@ fn resets_cheaply<B>(response: &Response<B>) -> bool {
 }
 
 /// Decides what to do with a body dropped before its end, and does it.
-fn drop_early<B>(mut body: Pin<Box<B>>, dropped: Dropped)
+fn drop_early<B>(mut body: Pin<Box<B>>, dropped: Dropped<'_>)
 where
     B: Body + Send + 'static,
 {
