@@ -831,8 +831,8 @@ async fn a_stream_gives_up_at_once_when_a_dial_costs_less_than_a_timer_tick() {
     }
 }
 
-/// A body whose frames each take `.0` to read, on the reading thread.
-struct SlowRead(Duration, Option<usize>);
+/// [`LastFrame`], each of whose polls takes `.0` of the polling thread.
+struct SlowRead(Duration, LastFrame);
 
 impl Body for SlowRead {
     type Data = Bytes;
@@ -840,14 +840,10 @@ impl Body for SlowRead {
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
+        cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         std::thread::sleep(self.0);
-        Poll::Ready(
-            self.1
-                .take()
-                .map(|n| Ok(Frame::data(Bytes::from(vec![b'x'; n])))),
-        )
+        Pin::new(&mut self.1).poll_frame(cx)
     }
 }
 
@@ -858,7 +854,7 @@ async fn a_drain_finished_on_drop_reports_no_wait_and_reads_no_clock() {
     let (layer, outcomes) = recording(DrainLayer::new());
     let resp = through(
         &layer,
-        Response::new(SlowRead(Duration::from_millis(20), Some(7))),
+        Response::new(SlowRead(Duration::from_millis(20), LastFrame(Some(7)))),
     )
     .await;
     drop(resp);
