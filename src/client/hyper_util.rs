@@ -1647,6 +1647,46 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_held_dial_waiting_for_a_slot_ends_when_the_connector_is_dropped() {
+        // One connection a host. The first dial of an https host leads, the
+        // next is held until the lead shows its protocol, then waits for
+        // the slot the lead's connection holds.
+        let mocks = Arc::new(std::sync::Mutex::new(vec![Builder::new()
+            .write(GET)
+            .build()]));
+        let inner = tower::service_fn(move |_: Uri| {
+            let mock = mocks.lock().ok().and_then(|mut m| m.pop());
+            async move {
+                mock.map(TokioIo::new)
+                    .ok_or_else(|| io::Error::other("one dial"))
+            }
+        });
+        let mut connector = GuardedConnector::new(inner, 1);
+        let dst = Uri::from_static("https://h/");
+        let mut io = connector
+            .call(dst.clone())
+            .await
+            .expect("the lead's connection");
+        let mut held = tokio_test::task::spawn(connector.call(dst));
+        assert!(held.poll().is_pending(), "held by the lead");
+        // The lead speaks HTTP/1: the held dial goes, and waits for the
+        // slot.
+        write(&mut io, GET).await;
+        assert!(held.is_woken());
+        assert!(held.poll().is_pending(), "waits for the slot");
+        assert_eq!(connector.waiting(), 1);
+        // The client goes (its connector with it): the wait ends, as it
+        // does for a dial that was never held.
+        drop(connector);
+        assert!(held.is_woken());
+        match held.poll() {
+            Poll::Ready(Err(e)) => assert!(e.downcast_ref::<ClientDropped>().is_some(), "{e}"),
+            other => panic!("the dial still waits: {:?}", other.map(|r| r.map(|_| ()))),
+        }
+        drop(io);
+    }
+
+    #[tokio::test]
     async fn an_http2_preface_is_no_request() {
         let preface: &[u8] =
             b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00";
