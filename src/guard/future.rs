@@ -82,8 +82,9 @@ where
     /// is counted, its host found, copied if it may be sent again, and
     /// sent at once when its host has a free slot.
     ///
-    /// The future is built in place, each part where it stays: the request
-    /// and the retry's copy are not moved through locals on the way.
+    /// A request sent at once has its future built in place, each part
+    /// where it stays (no post-construction writes, so that the future is
+    /// built where it is returned).
     #[inline]
     pub(crate) fn start(client: &mut S, mut req: Request<B>, shared: &Arc<Shared<S>>) -> Self
     where
@@ -92,40 +93,48 @@ where
         // Counted first: a request the limit refuses is a request too.
         let started = Started::new(&shared.metrics, &req);
         let key = HostKey::from_request(&req);
-        let mut slot = None;
-        let mut parked = None;
-        let mut future = ResponseFuture {
-            attempts: Attempts::start(&shared.rules, &mut req, key.as_ref()),
-            state: match admit(shared, key.as_ref()) {
-                Admitted::Now(now) => {
-                    slot = now;
-                    State::Called {
+        let (state, parked) = match admit(shared, key.as_ref()) {
+            Admitted::Now(slot) => {
+                return ResponseFuture {
+                    attempts: Attempts::start(
+                        &shared.rules,
+                        &mut req,
+                        key.as_ref(),
+                        &shared.spare,
+                        client,
+                    ),
+                    state: State::Called {
                         future: client.call(req),
-                    }
+                    },
+                    parked: None,
+                    slot,
+                    key,
+                    started: Some(started),
+                    shared: shared.clone(),
                 }
-                Admitted::Wait(wait) => {
-                    // Take the client that was made ready into the future,
-                    // and leave a fresh clone behind for the next
-                    // `poll_ready`.
-                    let clone = client.clone();
-                    let ready = std::mem::replace(client, clone);
-                    parked = Some(Box::new((ready, req)));
-                    State::Waiting { wait }
-                }
-                Admitted::Refused(error) => State::Failed { error: Some(error) },
-            },
-            parked: None,
+            }
+            Admitted::Wait(wait) => {
+                // Take the client that was made ready into the future,
+                // and leave a fresh clone behind for the next `poll_ready`.
+                let clone = client.clone();
+                (
+                    State::Waiting { wait },
+                    Some(std::mem::replace(client, clone)),
+                )
+            }
+            Admitted::Refused(error) => (State::Failed { error: Some(error) }, None),
+        };
+        let attempts =
+            Attempts::start(&shared.rules, &mut req, key.as_ref(), &shared.spare, client);
+        ResponseFuture {
+            state,
+            parked: parked.map(|ready| Box::new((ready, req))),
             slot: None,
             key,
+            attempts,
             started: Some(started),
             shared: shared.clone(),
-        };
-        future.slot = slot;
-        future.parked = parked;
-        if future.attempts.may_retry() {
-            shared.spare.keep(client);
         }
-        future
     }
 }
 

@@ -76,17 +76,28 @@ pub(crate) enum Ended<R> {
 impl<S, B> Attempts<S, B> {
     /// The rules of `rules` for `req` to `key`'s host: `req` is counted in
     /// the host's budget, copied if it may be sent again, and set to learn
-    /// its connection if the host speaks HTTP/2. A retry's service is
-    /// cloned from a spare (see [`may_retry`](Self::may_retry)).
-    pub(crate) fn start(rules: &Rules, req: &mut Request<B>, key: Option<&HostKey>) -> Self
+    /// its connection if the host speaks HTTP/2. A request that may be sent
+    /// again has `spare` keep a clone of `service` (the first such request
+    /// does), which its retry's service is cloned from.
+    pub(crate) fn start(
+        rules: &Rules,
+        req: &mut Request<B>,
+        key: Option<&HostKey>,
+        spare: &Spare<S>,
+        service: &S,
+    ) -> Self
     where
         B: ReplayBody,
+        S: Clone,
     {
         let on = rules.max_retries > 0;
         // Any request may be sent again if an HTTP/2 server did not process
         // it; only an idempotent one after a stale connection.
         let idempotent = is_idempotent(req);
         let retry = if on { Resend::of(req) } else { None };
+        if retry.is_some() {
+            spare.keep(service);
+        }
         // Every request counts toward its host's retry budget.
         let budget = on.then(|| RequestBudget::deposit(&rules.budgets, key));
         // A request to an HTTP/2 host learns its connection: the first to
@@ -108,12 +119,6 @@ impl<S, B> Attempts<S, B> {
             capture,
             watch: None,
         }
-    }
-
-    /// Whether the request may be sent again: its sender must keep a
-    /// spare of its service to clone for the retry.
-    pub(crate) fn may_retry(&self) -> bool {
-        self.retry.is_some()
     }
 
     /// The attempt under way still waits for its response. Once the

@@ -104,10 +104,13 @@ where
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let key = crate::key::HostKey::from_request(&req);
-        let attempts = Attempts::start(&self.shared.rules, &mut req, key.as_ref());
-        if attempts.may_retry() {
-            self.shared.spare.keep(&self.inner);
-        }
+        let attempts = Attempts::start(
+            &self.shared.rules,
+            &mut req,
+            key.as_ref(),
+            &self.shared.spare,
+            &self.inner,
+        );
         ResponseFuture::new(self.inner.call(req), attempts, self.shared.clone())
     }
 }
