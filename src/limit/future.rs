@@ -154,9 +154,11 @@ pub(crate) fn answered<B>(slot: Option<&mut Slot>, response: &mut Response<B>) {
     let Some(slot) = slot else { return };
     slot.learn(response.version());
     let extensions = response.extensions();
-    let dialed = extensions.get::<crate::conn::Dialed>().is_some()
-        || crate::conn::LinkHandle::stamp_of(extensions)
-            .is_some_and(crate::conn::Stamp::first_exchange);
+    let dialed = || {
+        extensions.get::<crate::conn::Dialed>().is_some()
+            || crate::conn::LinkHandle::stamp_of(extensions)
+                .is_some_and(crate::conn::Stamp::first_exchange)
+    };
     slot.sample(response.status(), response.headers(), dialed);
     let waited = slot.waited();
     if !waited.is_zero() {

@@ -839,17 +839,18 @@ impl Slot {
 
     /// The slot's request got its response head: the host's policy, if it
     /// reads samples, is told how long the request took since it got the
-    /// slot, and its answer applies at once. `dialed`: the request paid
-    /// for a new connection.
+    /// slot, and its answer applies at once. `dialed`: whether the request
+    /// paid for a new connection (asked only for a sample).
     pub(crate) fn sample(
         &mut self,
         status: http::StatusCode,
         headers: &http::HeaderMap,
-        dialed: bool,
+        dialed: impl FnOnce() -> bool,
     ) {
         let Some(start) = self.sampling.take() else {
             return;
         };
+        let dialed = dialed();
         let Some(key) = &self.key else { return };
         let (overloaded, retry_after) = Sample::read(status, headers);
         let sample = Sample {
