@@ -831,32 +831,16 @@ async fn a_stream_gives_up_at_once_when_a_dial_costs_less_than_a_timer_tick() {
     }
 }
 
-/// [`LastFrame`], each of whose polls takes `.0` of the polling thread.
-struct SlowRead(Duration, LastFrame);
-
-impl Body for SlowRead {
-    type Data = Bytes;
-    type Error = Infallible;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        std::thread::sleep(self.0);
-        Pin::new(&mut self.1).poll_frame(cx)
-    }
-}
-
 #[tokio::test]
 async fn a_drain_finished_on_drop_reports_no_wait_and_reads_no_clock() {
     // Real time: reading what had already arrived took 20 ms of the
     // dropping thread, but the drain waited for nothing.
     let (layer, outcomes) = recording(DrainLayer::new());
-    let resp = through(
-        &layer,
-        Response::new(SlowRead(Duration::from_millis(20), LastFrame(Some(7)))),
-    )
-    .await;
+    let slow = LastFrame(Some(7)).map_frame(|frame| {
+        std::thread::sleep(Duration::from_millis(20));
+        frame
+    });
+    let resp = through(&layer, Response::new(slow)).await;
     drop(resp);
     assert_eq!(
         taken(&outcomes),
