@@ -11,7 +11,7 @@
 //! | `poolguard.connections.closed` | counter | `{connection}` | `poolguard.close.reason` |
 //! | `poolguard.drains` | counter | `{drain}` | `poolguard.drain.outcome` |
 //! | `poolguard.drain.bytes` | counter | `By` | — |
-//! | `poolguard.drain.duration` | histogram | `s` | `poolguard.drain.outcome` |
+//! | `poolguard.drain.duration` | histogram | `s` | `poolguard.drain.outcome` (the time a drain waited for the body: 0 for one finished on drop) |
 //! | `poolguard.retries` | counter | `{request}` | `poolguard.retry.result` (`retrying`, `succeeded`, `failed`) |
 //! | `poolguard.retries.not_processed` | counter | `{request}` | — |
 //! | `poolguard.queue.full` / `.timeouts` / `.cancelled` | counter | `{request}` | — |
