@@ -65,12 +65,17 @@
 //!   `Conn`). The per-host cap stays a request cap. What the guard does
 //!   about the dials hyper-util's pool makes past it (a request admitted as
 //!   another's body ends finds that connection not yet back in the pool):
-//!   a dial for a host known over HTTP/1 waits 10 ms for a connection
-//!   coming back, and is not made when its request took one. Bursty load
-//!   (100 tasks pausing 0–20 ms, `max_per_host(10)`) beside two busy loops:
-//!   5–10 connections in 30 of 30 runs (12–18 before). A server that
-//!   closes connections, or a scheduler that delays the pool's return past
-//!   10 ms, can still take it over.
+//!   a dial for a host with as many HTTP/1 connections known or being
+//!   dialed as requests awaiting their response heads waits 10 ms for a
+//!   connection coming back, and is not made when its request took one;
+//!   with fewer, it dials at once (each of those requests holds a
+//!   connection or waits for one, so none is coming back for it). Bursty
+//!   load (100 tasks pausing 0–20 ms, `max_per_host(10)`) beside two busy
+//!   loops: 10 connections or fewer in 30 of 30 runs (12–18 before any
+//!   hold); 8 tasks of short requests get 8 connections (a hold whenever a
+//!   connection was known kept them on 1 or 2, about half the runs). A
+//!   server that closes connections, or a scheduler that delays the pool's
+//!   return past 10 ms, can still take it over.
 //!
 //! The smallest reqwest API that would close all three: a public
 //! constructor `Conn::new(io: impl AsyncConn)` (or a connector layer
@@ -348,7 +353,7 @@ struct Outgoing {
 impl Outgoing {
     fn new(
         request: http::Request<::reqwest::Body>,
-        book: &rotate::Book,
+        book: &Arc<rotate::Book>,
         turns: Arc<scope::TurnLog>,
     ) -> Result<Outgoing, BoxError> {
         // The pool key: the host's key, which the limit just found for the
@@ -356,10 +361,10 @@ impl Outgoing {
         let host = HostKey::from_request(&request);
         let key = host.as_ref().map(HostKey::shared_str);
         let mut request = into_reqwest_request(request)?;
+        let booked = host.clone().map(|host| (book.clone(), host));
         let ticket = book.ticket(host, &mut request);
         let http2 = key.as_deref().is_some_and(|key| turns.speaks_http2(key));
-        let scope = DialScope::of(key, request.url(), Some(turns));
-        rotate::Book::tell(ticket.as_ref(), scope.as_deref());
+        let scope = DialScope::of(key, request.url(), Some(turns), booked);
         let copy = (http2
             && crate::retry::service::idempotent(request.method(), request.headers()))
         .then(|| request.try_clone())
@@ -568,24 +573,33 @@ where
             .map(|scope| self.turnover.enter(&scope.key, scope.tls));
         let metrics = self.metrics.clone();
         let (lead, dial) = match entered {
-            None => (None, Ok(self.inner.call(request))),
-            Some(Entered::Now(None)) if scope.as_ref().is_some_and(|s| s.returning()) => {
-                // An HTTP/1 connection of the host may be coming back to
-                // the pool: wait a moment for it (see `hold_for_a_return`).
-                let clone = self.inner.clone();
-                let mut ready = std::mem::replace(&mut self.inner, clone);
-                let key = scope.as_ref().map(|s| s.key.clone()).unwrap_or_default();
-                let metrics = self.metrics.clone();
-                return Box::pin(async move {
-                    crate::client::hyper_util::hold_for_a_return(&key, || {
-                        DialScope::current().is_some()
-                    })
-                    .await?;
-                    let dial = ready.call(request);
-                    count_dial(metrics, None, DialScope::current(), dial).await
-                });
+            None => (None, Ok((self.inner.call(request), None))),
+            Some(Entered::Now(None)) => match scope.as_ref().map(|s| s.hold_or_dial()) {
+                Some(None) => {
+                    // An HTTP/1 connection of the host may be coming back
+                    // to the pool: wait a moment for it (see
+                    // `hold_for_a_return`).
+                    let clone = self.inner.clone();
+                    let mut ready = std::mem::replace(&mut self.inner, clone);
+                    let key = scope.as_ref().map(|s| s.key.clone()).unwrap_or_default();
+                    let metrics = self.metrics.clone();
+                    return Box::pin(async move {
+                        crate::client::hyper_util::hold_for_a_return(&key, || {
+                            DialScope::current().is_some()
+                        })
+                        .await?;
+                        let scope = DialScope::current();
+                        let dialing = scope.as_ref().map(|s| s.dialing(true));
+                        let dial = ready.call(request);
+                        count_dial(metrics, None, scope, dialing, dial).await
+                    });
+                }
+                dialing => (None, Ok((self.inner.call(request), dialing.flatten()))),
+            },
+            Some(Entered::Now(lead)) => {
+                let dialing = scope.as_ref().map(|s| s.dialing(false));
+                (lead, Ok((self.inner.call(request), dialing)))
             }
-            Some(Entered::Now(lead)) => (lead, Ok(self.inner.call(request))),
             Some(Entered::Held(held)) => {
                 // Take the connector that was made ready into the future.
                 let clone = self.inner.clone();
@@ -596,14 +610,15 @@ where
             }
         };
         Box::pin(async move {
-            let (lead, dial) = match dial {
-                Ok(dial) => (lead, dial),
+            let (lead, dial, dialing) = match dial {
+                Ok((dial, dialing)) => (lead, dial, dialing),
                 Err((held, mut ready, request)) => {
                     let lead = held.wait().await?;
-                    (lead, ready.call(request))
+                    let dialing = scope.as_ref().map(|s| s.dialing(false));
+                    (lead, ready.call(request), dialing)
                 }
             };
-            count_dial(metrics, lead, scope, dial).await
+            count_dial(metrics, lead, scope, dialing, dial).await
         })
     }
 }
@@ -614,6 +629,7 @@ async fn count_dial<F, T, E>(
     metrics: Metrics,
     lead: Option<crate::conn::turnover::Lead>,
     scope: Option<Arc<DialScope>>,
+    mut dialing: Option<scope::Dialing>,
     dial: F,
 ) -> Result<T, E>
 where
@@ -641,6 +657,13 @@ where
     inner.emit.dialed();
     let mut extensions = Extensions::new();
     conn.connected().get_extras(&mut extensions);
+    if let (Some(dialing), Some(info)) = (dialing.as_mut(), extensions.get::<HttpInfo>()) {
+        if !conn.connected().is_negotiated_h2() {
+            dialing.made((info.local_addr(), info.remote_addr()));
+        }
+    }
+    // The connection is known to the book before hyper-util pools it.
+    drop(dialing);
     let key = extensions
         .get::<HttpInfo>()
         .and_then(|info| format!("tcp://{}", info.remote_addr()).parse().ok())

@@ -20,13 +20,17 @@
 //! a while (8 responses of its host per connection known, at least 64) is
 //! taken as closed: it no longer makes requests close, and is forgotten.
 //!
-//! The book is kept without limits too: when a request starts for a host
-//! with an HTTP/1 connection known, one may be on its way back to the pool
-//! (hyper-util returns an HTTP/1 connection from a task of its own after
-//! its body ended, and which requests still read their bodies cannot be
-//! seen from here), so a dial the request makes waits 10 ms for it and
-//! ends unmade if its request took one (see the connector layer). A dial
-//! that was needed costs those 10 ms once.
+//! The book is kept without limits too, for the dials: it knows each
+//! connection from its dial on, and counts the requests awaiting their
+//! response heads. When a request must dial (no idle connection in the
+//! pool) and the host has as many connections known, being dialed, or
+//! forgotten while idle as such requests, one is on its way back to the
+//! pool (hyper-util returns an HTTP/1 connection from a task of its own
+//! after its body ended, and which requests still read their bodies cannot
+//! be seen from here): the dial waits 10 ms for it and ends unmade if its
+//! request took one (see the connector layer). With fewer, none is coming
+//! for it, and it dials at once. A wait that saw no connection come back
+//! counts one forgotten connection fewer (it was closed).
 
 use std::collections::HashMap;
 
@@ -66,6 +70,11 @@ struct Host {
     closing: usize,
     /// Requests under way (before their response head).
     in_flight: usize,
+    /// Dials of the host's requests under way.
+    dialing: usize,
+    /// Connections forgotten (not seen for a while) and not seen again:
+    /// closed, or idle behind busier ones in the pool.
+    dormant: usize,
     /// A clock of the host's responses, for "seen longest ago".
     tick: u64,
 }
@@ -86,11 +95,6 @@ pub(crate) struct Ticket {
     key: HostKey,
     /// The request was asked to close its connection.
     close: bool,
-    /// Counted in its host's `in_flight`.
-    counted: bool,
-    /// When it started, an HTTP/1 connection of the host was known: one
-    /// may be coming back to the pool.
-    pub(crate) idle_known: bool,
 }
 
 impl Book {
@@ -113,16 +117,6 @@ impl Book {
         Some(self.before(key?, request.headers_mut()))
     }
 
-    /// Tells the request's dial scope what the ticket knows: an HTTP/1
-    /// connection of its host may be coming back to the pool.
-    pub(crate) fn tell(ticket: Option<&Ticket>, scope: Option<&super::scope::DialScope>) {
-        if let (Some(ticket), Some(scope)) = (ticket, scope) {
-            if ticket.idle_known {
-                scope.expect_a_return();
-            }
-        }
-    }
-
     /// [`after`](Book::after) for what a reqwest request ended with.
     pub(crate) fn settle(&self, ticket: Option<Ticket>, response: Option<&::reqwest::Response>) {
         if let Some(ticket) = ticket {
@@ -137,21 +131,13 @@ impl Book {
     /// A request for the host `key` is about to go out: whether it is to
     /// close its connection (then the header is set).
     pub(crate) fn before(&self, key: HostKey, headers: &mut http::HeaderMap) -> Ticket {
-        let mut ticket = Ticket {
-            key,
-            close: false,
-            counted: false,
-            idle_known: false,
-        };
+        let mut ticket = Ticket { key, close: false };
         let mut hosts = self.lock();
-        let Some(host) = hosts.get_mut(&ticket.key) else {
-            return ticket;
-        };
+        let host = Self::host(&mut hosts, &ticket.key);
         let recent = host.recent();
-        let known = host.conns.values().filter(|c| c.seen >= recent).count();
-        ticket.idle_known = known > 0;
+        // Every request awaiting its head counts: a dial of the host
+        // weighs them against its connections (`hold_or_dial`).
         host.in_flight = host.in_flight.saturating_add(1);
-        ticket.counted = true;
         if !self.life.any() || headers.contains_key(http::header::CONNECTION) {
             // No limit; or the caller's own header (a close, an upgrade),
             // left alone.
@@ -187,26 +173,24 @@ impl Book {
             let info = extensions.get::<HttpInfo>()?;
             http1.then(|| (info.local_addr(), info.remote_addr()))
         });
-        if !ticket.close && !ticket.counted && pair.is_none() {
-            return;
-        }
         let mut hosts = self.lock();
-        if hosts.len() >= MAX_HOSTS && !hosts.contains_key(&ticket.key) {
-            hosts.clear();
-        }
-        let host = hosts.entry(ticket.key).or_default();
+        let host = Self::host(&mut hosts, &ticket.key);
         if ticket.close {
             host.closing = host.closing.saturating_sub(1);
         }
-        if ticket.counted {
-            host.in_flight = host.in_flight.saturating_sub(1);
-        }
+        host.in_flight = host.in_flight.saturating_sub(1);
         let Some(pair) = pair else { return };
         host.tick = host.tick.saturating_add(1);
         let tick = host.tick;
         if tick % SWEEP_EVERY == 0 {
             let recent = host.recent();
+            let before = host.conns.len();
             host.conns.retain(|_, c| c.seen >= recent);
+            // Forgotten, but maybe idle behind busier ones in the pool:
+            // still counted by a dial's choice until seen again or until a
+            // dial waited for a connection in vain.
+            let forgotten = before.saturating_sub(host.conns.len());
+            host.dormant = host.dormant.saturating_add(forgotten);
         }
         if ticket.close {
             // That connection closes after this response (on a due one or
@@ -214,26 +198,83 @@ impl Book {
             host.conns.remove(&pair);
             return;
         }
-        if host.conns.len() >= MAX_CONNS && !host.conns.contains_key(&pair) {
-            let stalest = host
-                .conns
-                .iter()
-                .min_by_key(|(_, c)| c.seen)
-                .map(|(p, _)| *p);
-            if let Some(stalest) = stalest {
-                host.conns.remove(&stalest);
-            }
+        if !host.conns.contains_key(&pair) {
+            // Every connection is known from its dial on: one seen anew was
+            // forgotten while idle.
+            host.dormant = host.dormant.saturating_sub(1);
         }
-        let life = self.life;
-        let conn = host.conns.entry(pair).or_insert_with(|| Conn {
-            deadline: life
-                .age_of_one()
-                .and_then(|age| Instant::now().checked_add(age)),
-            requests: 0,
-            seen: tick,
-        });
+        let conn = host.know(pair, self.life);
         conn.requests = conn.requests.saturating_add(1);
         conn.seen = tick;
+    }
+
+    /// `key`'s host in `hosts`, made if new (a client talking to more than
+    /// [`MAX_HOSTS`] forgets them all and starts again).
+    fn host<'a>(
+        hosts: &'a mut HashMap<HostKey, Host, BuildKeyHasher>,
+        key: &HostKey,
+    ) -> &'a mut Host {
+        if hosts.len() >= MAX_HOSTS && !hosts.contains_key(key) {
+            hosts.clear();
+        }
+        hosts.entry(key.clone()).or_default()
+    }
+
+    /// A request of the host `key` is about to dial, its connector ready:
+    /// `false` when it is to wait a moment first for a connection coming
+    /// back to the pool, `true` when it dials now (and the dial is counted
+    /// under way, see [`dial_ended`](Book::dial_ended)).
+    ///
+    /// A connection comes back for it when the host has as many
+    /// connections known or being dialed as requests awaiting their
+    /// response heads (each of those holds one, or waits for one; this one
+    /// among them): hyper-util hands an HTTP/1 connection back to its pool
+    /// from a task of its own after its body ended, so a request sent
+    /// meanwhile finds none idle and dials, and the dial, when the request
+    /// then gets the returning connection, still pools one more. With fewer
+    /// connections than such requests, the dial is needed, and waiting
+    /// would keep the host on fewer connections than its requests. The
+    /// decision and the count of dials under way change under one lock, so
+    /// that requests dialing at once do not all dial for one missing
+    /// connection.
+    pub(crate) fn hold_or_dial(&self, key: &HostKey) -> bool {
+        let mut hosts = self.lock();
+        let host = Self::host(&mut hosts, key);
+        let coming = host
+            .conns
+            .len()
+            .saturating_add(host.dormant)
+            .saturating_add(host.dialing);
+        if coming > 0 && coming >= host.in_flight {
+            return false;
+        }
+        host.dialing = host.dialing.saturating_add(1);
+        true
+    }
+
+    /// A request of the host `key` dials (whatever the connections known);
+    /// `in_vain`: after waiting for a connection coming back, and none came
+    /// (one connection fewer is counted for the host's dials, of those
+    /// forgotten while idle: it was closed).
+    pub(crate) fn dial_started(&self, key: &HostKey, in_vain: bool) {
+        let mut hosts = self.lock();
+        let host = Self::host(&mut hosts, key);
+        if in_vain {
+            host.dormant = host.dormant.saturating_sub(1);
+        }
+        host.dialing = host.dialing.saturating_add(1);
+    }
+
+    /// A dial of the host `key` counted under way ended: with the HTTP/1
+    /// connection whose socket addresses are `pair`, known from now on as
+    /// if seen (its age counts from its dial), or with none.
+    pub(crate) fn dial_ended(&self, key: &HostKey, pair: Option<Pair>) {
+        let mut hosts = self.lock();
+        let host = Self::host(&mut hosts, key);
+        host.dialing = host.dialing.saturating_sub(1);
+        if let Some(pair) = pair {
+            host.know(pair, self.life);
+        }
     }
 }
 
@@ -242,6 +283,29 @@ impl Book {
 const SWEEP_EVERY: u64 = 256;
 
 impl Host {
+    /// The connection `pair`, made known (seen now) if it was not, the
+    /// one seen longest ago forgotten past [`MAX_CONNS`].
+    fn know(&mut self, pair: Pair, life: Lifecycle) -> &mut Conn {
+        if self.conns.len() >= MAX_CONNS && !self.conns.contains_key(&pair) {
+            let stalest = self
+                .conns
+                .iter()
+                .min_by_key(|(_, c)| c.seen)
+                .map(|(p, _)| *p);
+            if let Some(stalest) = stalest {
+                self.conns.remove(&stalest);
+            }
+        }
+        let tick = self.tick;
+        self.conns.entry(pair).or_insert_with(|| Conn {
+            deadline: life
+                .age_of_one()
+                .and_then(|age| Instant::now().checked_add(age)),
+            requests: 0,
+            seen: tick,
+        })
+    }
+
     /// The tick from which a connection counts as seen recently: within
     /// the last 8 responses per connection known, and at least 64. A
     /// connection the pool hands out comes back well within that; one not

@@ -158,12 +158,35 @@ pub(crate) struct DialScope {
     turns: Option<Arc<TurnLog>>,
     /// The request made a dial (whether it led or not).
     dialed: std::sync::atomic::AtomicBool,
-    /// An HTTP/1 connection of the host may be coming back to the pool
-    /// as the request starts: a dial it makes waits a moment for it.
-    returning: std::sync::atomic::AtomicBool,
     /// The lead dial the request made, once its connection is known to
     /// speak HTTP/2; `Err(())` once the request ended.
     lead: Mutex<Result<Option<Lead>, ()>>,
+    /// The client's book of HTTP/1 connections and the host's key in it:
+    /// a connection the request dials is known there from its dial on.
+    book: Option<(Arc<super::rotate::Book>, crate::HostKey)>,
+}
+
+/// A dial under way, counted in its host's book until dropped; the
+/// HTTP/1 connection it made, if any, is known there from then on.
+pub(crate) struct Dialing {
+    book: Option<(Arc<super::rotate::Book>, crate::HostKey)>,
+    pair: Option<(std::net::SocketAddr, std::net::SocketAddr)>,
+}
+
+impl Dialing {
+    /// The dial made an HTTP/1 connection whose socket addresses are
+    /// `pair`.
+    pub(crate) fn made(&mut self, pair: (std::net::SocketAddr, std::net::SocketAddr)) {
+        self.pair = Some(pair);
+    }
+}
+
+impl Drop for Dialing {
+    fn drop(&mut self) {
+        if let Some((book, key)) = &self.book {
+            book.dial_ended(key, self.pair.take());
+        }
+    }
 }
 
 impl DialScope {
@@ -174,8 +197,13 @@ impl DialScope {
         key: Option<Arc<str>>,
         url: &::reqwest::Url,
         turns: Option<Arc<TurnLog>>,
+        book: Option<(Arc<super::rotate::Book>, crate::HostKey)>,
     ) -> Option<Arc<DialScope>> {
-        Some(Self::new(key?, url.scheme() == "https", turns))
+        let mut scope = Self::new(key?, url.scheme() == "https", turns);
+        if let Some(scope) = Arc::get_mut(&mut scope) {
+            scope.book = book;
+        }
+        Some(scope)
     }
 
     fn new(key: Arc<str>, tls: bool, turns: Option<Arc<TurnLog>>) -> Arc<DialScope> {
@@ -184,21 +212,38 @@ impl DialScope {
             tls,
             turns,
             dialed: std::sync::atomic::AtomicBool::new(false),
-            returning: std::sync::atomic::AtomicBool::new(false),
             lead: Mutex::new(Ok(None)),
+            book: None,
         })
     }
 
-    /// An HTTP/1 connection of the host may be coming back to the pool.
-    pub(crate) fn expect_a_return(&self) {
-        self.returning
-            .store(true, std::sync::atomic::Ordering::Relaxed);
+    /// A dial of the request, its connector ready: `None` when it is to
+    /// wait a moment first for a connection coming back to the pool (see
+    /// [`Book::hold_or_dial`](super::rotate::Book::hold_or_dial)), or the
+    /// dial, counted under way until dropped.
+    pub(crate) fn hold_or_dial(&self) -> Option<Dialing> {
+        match &self.book {
+            Some((book, key)) => book.hold_or_dial(key).then(|| Dialing {
+                book: self.book.clone(),
+                pair: None,
+            }),
+            None => Some(Dialing {
+                book: None,
+                pair: None,
+            }),
+        }
     }
 
-    /// Whether a dial of the request is to wait for a connection coming
-    /// back to the pool.
-    pub(crate) fn returning(&self) -> bool {
-        self.returning.load(std::sync::atomic::Ordering::Relaxed)
+    /// A dial of the request, counted under way until dropped; `in_vain`:
+    /// it waited for a connection coming back, and none came.
+    pub(crate) fn dialing(&self, in_vain: bool) -> Dialing {
+        if let Some((book, key)) = &self.book {
+            book.dial_started(key, in_vain);
+        }
+        Dialing {
+            book: self.book.clone(),
+            pair: None,
+        }
     }
 
     /// The scope of the dial being made in this task, if any.
