@@ -168,11 +168,15 @@ impl Book {
         ticket: Ticket,
         response: Option<(http::Version, &http::Extensions)>,
     ) {
-        let pair = response.and_then(|(version, extensions)| {
-            let http1 = matches!(version, http::Version::HTTP_10 | http::Version::HTTP_11);
-            let info = extensions.get::<HttpInfo>()?;
-            http1.then(|| (info.local_addr(), info.remote_addr()))
-        });
+        let (http1, pair) = match response {
+            Some((version, extensions)) => (
+                matches!(version, http::Version::HTTP_10 | http::Version::HTTP_11),
+                extensions
+                    .get::<HttpInfo>()
+                    .map(|info| (info.local_addr(), info.remote_addr())),
+            ),
+            None => (false, None),
+        };
         let mut hosts = self.lock();
         let host = Self::host(&mut hosts, &ticket.key);
         if ticket.close {
@@ -180,6 +184,13 @@ impl Book {
         }
         host.in_flight = host.in_flight.saturating_sub(1);
         let Some(pair) = pair else { return };
+        if !http1 {
+            // An HTTP/2 connection without ALPN (prior knowledge), known
+            // from its dial as a connection like any other: it is no
+            // HTTP/1 connection to rotate or to wait for.
+            host.conns.remove(&pair);
+            return;
+        }
         host.tick = host.tick.saturating_add(1);
         let tick = host.tick;
         if tick % SWEEP_EVERY == 0 {
