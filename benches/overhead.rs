@@ -103,6 +103,21 @@ fn layers(c: &mut Criterion) {
     }
 }
 
+/// ns a request over `n` requests to one host, one after another.
+async fn batch<S, B>(svc: &S, n: usize, read: bool) -> f64
+where
+    S: Service<Req, Response = Response<B>> + Clone,
+    S::Error: std::fmt::Debug,
+    B: Body,
+    B::Error: std::fmt::Debug,
+{
+    let t = std::time::Instant::now();
+    for i in 0..n {
+        one(svc, i, 1, read).await;
+    }
+    t.elapsed().as_nanos() as f64 / n as f64
+}
+
 /// The guarded request against the bare one, side by side: batches of
 /// each in turn on one current-thread runtime, the ratio of each pair of
 /// batches; prints the median and the spread (issue 28's measure: a guarded
@@ -122,16 +137,8 @@ fn side_by_side(_c: &mut Criterion) {
         let mut times = (Vec::new(), Vec::new());
         rt.block_on(async {
             for round in 0..=ROUNDS {
-                let t = std::time::Instant::now();
-                for i in 0..BATCH {
-                    one(&bare, i, 1, read).await;
-                }
-                let b = t.elapsed().as_nanos() as f64 / BATCH as f64;
-                let t = std::time::Instant::now();
-                for i in 0..BATCH {
-                    one(&guarded, i, 1, read).await;
-                }
-                let g = t.elapsed().as_nanos() as f64 / BATCH as f64;
+                let b = batch(&bare, BATCH, read).await;
+                let g = batch(&guarded, BATCH, read).await;
                 // The first round warms up.
                 if round > 0 {
                     ratios.push(g / b);
@@ -158,20 +165,6 @@ fn side_by_side(_c: &mut Criterion) {
 fn per_layer(rt: &tokio::runtime::Runtime) {
     const BATCH: usize = 10_000;
     const ROUNDS: usize = 9;
-    /// ns a request, one batch.
-    async fn batch<S, B>(svc: &S, read: bool) -> f64
-    where
-        S: Service<Req, Response = Response<B>> + Clone,
-        S::Error: std::fmt::Debug,
-        B: Body,
-        B::Error: std::fmt::Debug,
-    {
-        let t = std::time::Instant::now();
-        for i in 0..BATCH {
-            one(svc, i, 1, read).await;
-        }
-        t.elapsed().as_nanos() as f64 / BATCH as f64
-    }
     let bare = origin();
     let guard = PoolGuard::builder()
         .max_per_host(64)
@@ -200,14 +193,14 @@ fn per_layer(rt: &tokio::runtime::Runtime) {
         let mut over: Vec<Vec<f64>> = vec![Vec::new(); names.len()];
         rt.block_on(async {
             for round in 0..=ROUNDS {
-                let b = batch(&bare, read).await;
+                let b = batch(&bare, BATCH, read).await;
                 let each = [
-                    batch(&guard, read).await,
-                    batch(&no_retry, read).await,
-                    batch(&limit, read).await,
-                    batch(&drain, read).await,
-                    batch(&metrics, read).await,
-                    batch(&retry, read).await,
+                    batch(&guard, BATCH, read).await,
+                    batch(&no_retry, BATCH, read).await,
+                    batch(&limit, BATCH, read).await,
+                    batch(&drain, BATCH, read).await,
+                    batch(&metrics, BATCH, read).await,
+                    batch(&retry, BATCH, read).await,
                 ];
                 // The first round warms up.
                 if round > 0 {

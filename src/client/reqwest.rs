@@ -657,15 +657,15 @@ where
     inner.emit.dialed();
     let mut extensions = Extensions::new();
     conn.connected().get_extras(&mut extensions);
-    if let (Some(dialing), Some(info)) = (dialing.as_mut(), extensions.get::<HttpInfo>()) {
+    let info = extensions.get::<HttpInfo>();
+    if let (Some(dialing), Some(info)) = (dialing.as_mut(), info) {
         if !conn.connected().is_negotiated_h2() {
             dialing.made((info.local_addr(), info.remote_addr()));
         }
     }
     // The connection is known to the book before hyper-util pools it.
     drop(dialing);
-    let key = extensions
-        .get::<HttpInfo>()
+    let key = info
         .and_then(|info| format!("tcp://{}", info.remote_addr()).parse().ok())
         .and_then(|uri: http::Uri| HostKey::from_uri(&uri));
     if let Some(key) = key {

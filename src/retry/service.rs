@@ -180,9 +180,3 @@ impl<B> Resend<B> {
         req
     }
 }
-
-/// A copy of the request to send again, if its body can be replayed.
-#[cfg(test)]
-pub(crate) fn replay<B: ReplayBody>(req: &Request<B>) -> Option<Request<B>> {
-    Resend::of(req).map(Resend::into_request)
-}

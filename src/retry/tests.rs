@@ -9,7 +9,7 @@ use tokio_test::{assert_ready, task};
 use tower::{Layer, Service, ServiceExt};
 use tower_test::mock;
 
-use super::service::{is_idempotent, replay};
+use super::service::{is_idempotent, Resend};
 use super::{ReplayBody, RetryStaleLayer};
 
 fn request(method: Method, key: Option<&str>) -> Request<Empty<Bytes>> {
@@ -76,7 +76,7 @@ fn the_copy_keeps_method_uri_version_headers_and_extensions() {
         .body(Full::new(Bytes::from("b")))
         .unwrap();
     req.extensions_mut().insert(Tag(7));
-    let copy = replay(&req).unwrap();
+    let copy = Resend::of(&req).unwrap().into_request();
     assert_eq!(copy.method(), Method::PUT);
     assert_eq!(copy.uri(), req.uri());
     assert_eq!(copy.version(), http::Version::HTTP_10);

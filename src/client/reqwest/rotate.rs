@@ -237,8 +237,8 @@ impl Book {
     /// under way, see [`dial_ended`](Book::dial_ended)).
     ///
     /// A connection comes back for it when the host has as many
-    /// connections known or being dialed as requests awaiting their
-    /// response heads (each of those holds one, or waits for one; this one
+    /// connections known, being dialed, or forgotten while idle as
+    /// requests awaiting their response heads (each of those holds one, or waits for one; this one
     /// among them): hyper-util hands an HTTP/1 connection back to its pool
     /// from a task of its own after its body ended, so a request sent
     /// meanwhile finds none idle and dials, and the dial, when the request

@@ -199,21 +199,22 @@ impl DialScope {
         turns: Option<Arc<TurnLog>>,
         book: Option<(Arc<super::rotate::Book>, crate::HostKey)>,
     ) -> Option<Arc<DialScope>> {
-        let mut scope = Self::new(key?, url.scheme() == "https", turns);
-        if let Some(scope) = Arc::get_mut(&mut scope) {
-            scope.book = book;
-        }
-        Some(scope)
+        Some(Self::new(key?, url.scheme() == "https", turns, book))
     }
 
-    fn new(key: Arc<str>, tls: bool, turns: Option<Arc<TurnLog>>) -> Arc<DialScope> {
+    fn new(
+        key: Arc<str>,
+        tls: bool,
+        turns: Option<Arc<TurnLog>>,
+        book: Option<(Arc<super::rotate::Book>, crate::HostKey)>,
+    ) -> Arc<DialScope> {
         Arc::new(DialScope {
             key,
             tls,
             turns,
             dialed: std::sync::atomic::AtomicBool::new(false),
             lead: Mutex::new(Ok(None)),
-            book: None,
+            book,
         })
     }
 
@@ -222,16 +223,12 @@ impl DialScope {
     /// [`Book::hold_or_dial`](super::rotate::Book::hold_or_dial)), or the
     /// dial, counted under way until dropped.
     pub(crate) fn hold_or_dial(&self) -> Option<Dialing> {
-        match &self.book {
-            Some((book, key)) => book.hold_or_dial(key).then(|| Dialing {
-                book: self.book.clone(),
-                pair: None,
-            }),
-            None => Some(Dialing {
-                book: None,
-                pair: None,
-            }),
+        if let Some((book, key)) = &self.book {
+            if !book.hold_or_dial(key) {
+                return None;
+            }
         }
+        Some(self.counted())
     }
 
     /// A dial of the request, counted under way until dropped; `in_vain`:
@@ -240,6 +237,11 @@ impl DialScope {
         if let Some((book, key)) = &self.book {
             book.dial_started(key, in_vain);
         }
+        self.counted()
+    }
+
+    /// The dial just counted in the book, to be counted out when dropped.
+    fn counted(&self) -> Dialing {
         Dialing {
             book: self.book.clone(),
             pair: None,
@@ -395,7 +397,9 @@ impl DialScope {
             return result;
         }
         tracing::debug!(host = %s.key, "request stranded across an HTTP/2 turnover; sending it again");
-        let scope = Some(Self::new(s.key.clone(), s.tls, s.turns.clone()));
+        // Outside the book, as before: the resend took no ticket (it is
+        // not counted among the requests awaiting their heads).
+        let scope = Some(Self::new(s.key.clone(), s.tls, s.turns.clone(), None));
         Self::run(scope, again()).await
     }
 
@@ -449,7 +453,7 @@ mod tests {
         let t = Arc::new(Turnover::default());
         let turns = Arc::new(TurnLog::default());
         let key: Arc<str> = Arc::from("https://a:443");
-        let scope = DialScope::new(key.clone(), true, Some(turns.clone()));
+        let scope = DialScope::new(key.clone(), true, Some(turns.clone()), None);
         let mut watch = Watch::new();
         // The lead's request: never answered.
         let stranded = tokio::spawn(DialScope::run(
