@@ -288,12 +288,36 @@ impl<V> HostMemo<V> {
 
     /// Remembers `value` for `key`, forgetting another host if full.
     pub(crate) fn insert(&mut self, key: &HostKey, value: V) {
-        if self.map.len() >= self.max && !self.map.contains_key(&key.hash) {
+        self.make_room(key.hash);
+        self.map.insert(key.hash, value);
+    }
+
+    /// The value of the host `memo` stands for, made by `make` (another
+    /// host forgotten if full) when there is none.
+    pub(crate) fn get_or_insert_with(&mut self, memo: MemoKey, make: impl FnOnce() -> V) -> &mut V {
+        self.make_room(memo.0);
+        self.map.entry(memo.0).or_insert_with(make)
+    }
+
+    /// Forgets an arbitrary host when full and `hash` is not remembered.
+    fn make_room(&mut self, hash: u64) {
+        if self.map.len() >= self.max && !self.map.contains_key(&hash) {
             if let Some(old) = self.map.keys().next().copied() {
                 self.map.remove(&old);
             }
         }
-        self.map.insert(key.hash, value);
+    }
+}
+
+/// What a [`HostMemo`] knows a host by: its key's hash, 8 bytes to keep
+/// (no clone of the key's allocation).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct MemoKey(u64);
+
+impl HostKey {
+    /// The key's [`MemoKey`].
+    pub(crate) fn memo(&self) -> MemoKey {
+        MemoKey(self.hash)
     }
 }
 

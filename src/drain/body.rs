@@ -43,24 +43,53 @@ pub struct DrainBody<B> {
     /// ends.
     conn: Option<Exchange>,
     /// The host the body comes from, when the drain is priced.
-    host: Option<HostKey>,
+    host: Host<B>,
     /// An HTTP/2 response on a tracked connection, which leaves the pool
     /// before h2's limit on resets: dropped early, its stream is reset,
     /// not drained.
     reset: bool,
     /// The drop logic, instantiated where `B: Body + Send + 'static` holds, so
     /// that the type itself needs no bounds.
-    on_drop: fn(Pin<Box<B>>, Dropped<'_>),
+    on_drop: fn(Pin<Box<B>>, Dropped<'_, B>),
+}
+
+/// Where a priced drain finds the host its body comes from.
+pub(crate) enum Host<B> {
+    /// Not priced, or no host.
+    None,
+    Key(HostKey),
+    /// Read off the wrapped body when it is dropped early (the guard's:
+    /// the body holds its host's slot), so that a body read to its end
+    /// never holds a copy of the key.
+    Of(fn(&B) -> Option<HostKey>),
+}
+
+impl<B> Host<B> {
+    /// The host, of `body` if it is to be read off it.
+    fn of(self, body: &B) -> Option<HostKey> {
+        match self {
+            Host::None => None,
+            Host::Key(key) => Some(key),
+            Host::Of(of) => of(body),
+        }
+    }
+}
+
+impl<B> From<Option<HostKey>> for Host<B> {
+    fn from(key: Option<HostKey>) -> Self {
+        key.map_or(Host::None, Host::Key)
+    }
 }
 
 /// What a [`DrainBody`] knows when it is dropped early.
-pub(crate) struct Dropped<'a> {
+pub(crate) struct Dropped<'a, B> {
     read: u64,
     content_length: Option<u64>,
     /// Cloned only for a drain task.
     shared: &'a Arc<Shared>,
     conn: Option<Exchange>,
-    host: Option<HostKey>,
+    /// Found only if the drain comes to be priced.
+    host: Host<B>,
     /// An HTTP/2 response on a tracked connection, which leaves the pool
     /// before h2's limit on resets: dropped early, its stream is reset,
     /// not drained.
@@ -77,11 +106,11 @@ where
         host: Option<HostKey>,
     ) -> Response<Self> {
         let head = Head::of(&response);
-        response.map(|body| DrainBody::new(body, head, shared, host))
+        response.map(|body| DrainBody::new(body, head, shared, host.into()))
     }
 
     /// Wraps `body`, of a response whose head was read into `head`.
-    pub(crate) fn new(body: B, head: Head, shared: Arc<Shared>, host: Option<HostKey>) -> Self {
+    pub(crate) fn new(body: B, head: Head, shared: Arc<Shared>, host: Host<B>) -> Self {
         // A body already at its end when wrapped is complete from the
         // start: it never needs a drain.
         let body = (!body.is_end_stream()).then(|| Box::pin(body));
@@ -174,6 +203,7 @@ where
 impl<B> Drop for DrainBody<B> {
     fn drop(&mut self) {
         if let Some(body) = self.body.take() {
+            let host = std::mem::replace(&mut self.host, Host::None);
             (self.on_drop)(
                 body,
                 Dropped {
@@ -181,7 +211,7 @@ impl<B> Drop for DrainBody<B> {
                     content_length: self.content_length,
                     shared: &self.shared,
                     conn: self.conn.take(),
-                    host: self.host.take(),
+                    host,
                     reset: self.reset,
                 },
             );
@@ -220,7 +250,7 @@ fn resets_cheaply<B>(response: &Response<B>) -> bool {
 }
 
 /// Decides what to do with a body dropped before its end, and does it.
-fn drop_early<B>(mut body: Pin<Box<B>>, dropped: Dropped<'_>)
+fn drop_early<B>(mut body: Pin<Box<B>>, dropped: Dropped<'_, B>)
 where
     B: Body + Send + 'static,
 {
@@ -288,9 +318,10 @@ where
     let remaining = dropped
         .content_length
         .map(|len| len.saturating_sub(dropped.read).saturating_sub(bytes));
-    let rent = dropped
-        .host
-        .zip(shared.pricing.as_ref())
+    let rent = shared
+        .pricing
+        .as_ref()
+        .and_then(|pricing| Some((dropped.host.of(&body)?, pricing)))
         .map(|(host, pricing)| Rent::new(host, remaining, pricing));
     if let (Some(rent), Some(pricing)) = (&rent, &shared.pricing) {
         if rent.buy_now(pricing) {

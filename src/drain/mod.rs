@@ -122,7 +122,7 @@ mod task;
 pub mod future;
 
 pub use self::body::DrainBody;
-pub(crate) use self::body::Head;
+pub(crate) use self::body::{Head, Host};
 #[cfg(feature = "metrics")]
 pub(crate) use self::hook::OUTCOME_NAMES;
 pub use self::hook::{DrainOutcome, OnDrain, SkipReason};

@@ -38,10 +38,9 @@ pin_project! {
         // The ready client and the request, while the request waits for a
         // slot (boxed: large, and only for a request that waits).
         parked: Option<Box<(S, Request<B>)>>,
-        // The slot of the attempt under way.
+        // The slot of the attempt under way (which holds the request's
+        // host; a retry finds it again from the request).
         slot: Option<Slot>,
-        // The request's host.
-        key: Option<HostKey>,
         attempts: Attempts<S, B>,
         // `None` once the outcome is counted.
         started: Option<Started>,
@@ -93,22 +92,16 @@ where
         // Counted first: a request the limit refuses is a request too.
         let started = Started::new(&shared.metrics, &req);
         let key = HostKey::from_request(&req);
-        let (state, parked) = match admit(shared, key.as_ref()) {
+        let host = key.as_ref().map(HostKey::memo);
+        let (state, parked) = match admit(shared, key) {
             Admitted::Now(slot) => {
                 return ResponseFuture {
-                    attempts: Attempts::start(
-                        &shared.rules,
-                        &mut req,
-                        key.as_ref(),
-                        &shared.spare,
-                        client,
-                    ),
+                    attempts: Attempts::start(&shared.rules, &mut req, host, &shared.spare, client),
                     state: State::Called {
                         future: client.call(req),
                     },
                     parked: None,
                     slot,
-                    key,
                     started: Some(started),
                     shared: shared.clone(),
                 }
@@ -124,13 +117,11 @@ where
             }
             Admitted::Refused(error) => (State::Failed { error: Some(error) }, None),
         };
-        let attempts =
-            Attempts::start(&shared.rules, &mut req, key.as_ref(), &shared.spare, client);
+        let attempts = Attempts::start(&shared.rules, &mut req, host, &shared.spare, client);
         ResponseFuture {
             state,
             parked: parked.map(|ready| Box::new((ready, req))),
             slot: None,
-            key,
             attempts,
             started: Some(started),
             shared: shared.clone(),
@@ -147,7 +138,7 @@ enum Admitted {
     Refused(BoxError),
 }
 
-fn admit<S>(shared: &Shared<S>, key: Option<&HostKey>) -> Admitted {
+fn admit<S>(shared: &Shared<S>, key: Option<HostKey>) -> Admitted {
     let Some(key) = key else {
         return Admitted::Now(None);
     };
@@ -193,8 +184,12 @@ where
         let head = Head::of(&response);
         this.attempts.answered(&shared.rules, &mut response);
         let flight = started.answered(&mut response);
-        // The last attempt: the key moves into the body.
-        let host = shared.drain.pricing.as_ref().and_then(|_| this.key.take());
+        // A priced drain reads its host off the slot in the body, and only
+        // if the body is dropped early.
+        let host = match shared.drain.pricing {
+            Some(_) => crate::drain::Host::Of(crate::limit::ResponseBody::host),
+            None => crate::drain::Host::None,
+        };
         let drain = shared.drain.clone();
         Poll::Ready(Ok(response.map(|body| {
             let body = crate::limit::ResponseBody::new(body, slot);
@@ -249,7 +244,7 @@ where
                 let shared = &**this.shared;
                 let (mut client, req) =
                     ready!(this.attempts.poll_next(&shared.rules, &shared.spare, cx))?;
-                match admit(shared, this.key.as_ref()) {
+                match admit(shared, HostKey::from_request(&req)) {
                     Admitted::Now(slot) => {
                         *this.slot = slot;
                         let future = client.call(req);

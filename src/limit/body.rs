@@ -4,6 +4,8 @@ use std::task::{Context, Poll};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
+use crate::key::HostKey;
+
 use super::registry::Slot;
 use crate::body_end::Polled;
 
@@ -42,6 +44,11 @@ impl<B> ResponseBody<B> {
     /// A reference to the wrapped body.
     pub fn get_ref(&self) -> &B {
         &self.inner
+    }
+
+    /// The host whose slot the body holds, if it holds one.
+    pub(crate) fn host(&self) -> Option<HostKey> {
+        self.slot.as_ref().map(|slot| slot.key().clone())
     }
 }
 

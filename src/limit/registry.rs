@@ -131,7 +131,6 @@ impl Policy {
 #[derive(Debug, Default)]
 pub(crate) struct Registry {
     state: Mutex<State>,
-    in_flight: AtomicUsize,
     queued: AtomicUsize,
 }
 
@@ -315,8 +314,8 @@ impl Registry {
             host.taken += 1;
             let in_flight = host.taken;
             let ceiling = host.ceiling();
+            state.in_flight = state.in_flight.saturating_add(1);
             drop(guard);
-            self.in_flight.fetch_add(1, Ordering::Relaxed);
             let mut slot = Slot::new(key, self.clone(), Duration::ZERO);
             slot.proto = proto;
             slot.sampling = Sampling::of(policy.decider.as_ref(), in_flight, ceiling);
@@ -500,7 +499,7 @@ impl Registry {
 
     /// Slots held now, across hosts.
     pub(crate) fn in_flight(&self) -> usize {
-        self.in_flight.load(Ordering::Relaxed)
+        self.state().in_flight
     }
 
     /// Waiters now, across hosts.
@@ -522,6 +521,8 @@ impl crate::conn::Demand for Registry {
 #[derive(Debug)]
 struct State {
     hosts: HashMap<HostKey, Host, BuildKeyHasher>,
+    /// Slots held (counted under the lock each slot takes anyway).
+    in_flight: usize,
     /// Hosts in `hosts` with nothing in flight or waiting, kept for their
     /// next request (at most [`MAX_IDLE`]).
     idle: usize,
@@ -543,6 +544,7 @@ impl Default for State {
     fn default() -> Self {
         State {
             hosts: HashMap::default(),
+            in_flight: 0,
             idle: 0,
             known: HostMemo::new(MAX_KNOWN),
         }
@@ -775,7 +777,7 @@ impl State {
 /// One slot of a host, released when dropped.
 #[derive(Debug)]
 pub(crate) struct Slot {
-    key: Option<HostKey>,
+    key: HostKey,
     registry: Arc<Registry>,
     waited: Duration,
     /// A slot of the cap across hosts, given back with this one.
@@ -796,7 +798,7 @@ pub(crate) struct Slot {
 impl Slot {
     fn new(key: HostKey, registry: Arc<Registry>, waited: Duration) -> Self {
         Slot {
-            key: Some(key),
+            key,
             registry,
             waited,
             total: None,
@@ -807,6 +809,11 @@ impl Slot {
             #[cfg(feature = "hyper-util")]
             retiring: false,
         }
+    }
+
+    /// The host the slot is of.
+    pub(crate) fn key(&self) -> &HostKey {
+        &self.key
     }
 
     /// How long the slot's holder waited in the queues for it (its host's
@@ -832,9 +839,7 @@ impl Slot {
             return;
         }
         self.proto = proto;
-        if let Some(key) = &self.key {
-            self.registry.learn(key, proto);
-        }
+        self.registry.learn(&self.key, proto);
     }
 
     /// The slot's request got its response head: the host's policy, if it
@@ -851,7 +856,7 @@ impl Slot {
             return;
         };
         let dialed = dialed();
-        let Some(key) = &self.key else { return };
+        let key = &self.key;
         let (overloaded, retry_after) = Sample::read(status, headers);
         let sample = Sample {
             latency: start.granted.elapsed(),
@@ -872,7 +877,7 @@ impl Slot {
         if let Some(total) = self.total.as_mut() {
             total.attach(link.clone());
         }
-        let Some(key) = &self.key else { return };
+        let key = &self.key;
         let mut state = self.registry.state();
         if let Some(host) = state.hosts.get_mut(key) {
             host.conns_mut().links.push(link.clone());
@@ -916,7 +921,7 @@ impl Slot {
         if self.registry.queued() == 0 {
             return false;
         }
-        let (Some(key), Some(link)) = (&self.key, &self.link) else {
+        let (key, Some(link)) = (&self.key, &self.link) else {
             return false;
         };
         let mut state = self.registry.state();
@@ -956,19 +961,19 @@ impl Slot {
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.registry.in_flight.fetch_sub(1, Ordering::Relaxed);
-        let Some(key) = self.key.take() else { return };
+        let key = &self.key;
         let mut state = self.registry.state();
+        state.in_flight = state.in_flight.saturating_sub(1);
         #[cfg(feature = "hyper-util")]
         if let Some(link) = self.link.take() {
-            if let Some(host) = state.hosts.get_mut(&key) {
+            if let Some(host) = state.hosts.get_mut(key) {
                 host.detach(&link);
                 if host.unchoose(&link) || self.retiring {
                     host.retired_one();
                 }
             }
         }
-        Registry::hand_on(&mut state, &key);
+        Registry::hand_on(&mut state, key);
     }
 }
 
@@ -1106,11 +1111,19 @@ impl Waiter {
         }
     }
 
+    /// The host the waiter waits for.
+    pub(crate) fn key(&self) -> &HostKey {
+        &self.key
+    }
+
     fn into_slot(mut self, waited: Duration) -> Slot {
         // The host counted the slot as taken when it granted it.
         self.queued = false;
         self.registry.queued.fetch_sub(1, Ordering::Relaxed);
-        self.registry.in_flight.fetch_add(1, Ordering::Relaxed);
+        {
+            let mut state = self.registry.state();
+            state.in_flight = state.in_flight.saturating_add(1);
+        }
         if let Some(m) = &self.observer {
             m.tell(QueueEvent::Admitted { waited });
         }

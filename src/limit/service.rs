@@ -78,7 +78,7 @@ where
         let Some(key) = HostKey::from_request(&req) else {
             return ResponseFuture::called(self.inner.call(req), None);
         };
-        match self.layer.admit(&key) {
+        match self.layer.admit(key) {
             Admit::Now(slot) => ResponseFuture::called(self.inner.call(req), Some(slot)),
             Admit::Refused(error) => ResponseFuture::failed(error),
             Admit::Wait(wait) => {
@@ -105,30 +105,30 @@ pub(crate) enum Admit {
 impl PerHostLimitLayer {
     /// A slot of `key`'s host (and of the cap across hosts) for one
     /// request, now or after a wait.
-    pub(crate) fn admit(&self, key: &HostKey) -> Admit {
+    pub(crate) fn admit(&self, key: HostKey) -> Admit {
         let config = &self.config;
         // `Duration::MAX` (past the end of time) is no deadline. Read the
         // clock only for a request that waits.
         let deadline = || config.queue_timeout.and_then(crate::timer::deadline_in);
         let total = self.total_cap();
         let total = total.as_ref();
-        match self.registry.acquire(key.clone(), &config.policy) {
+        match self.registry.acquire(key, &config.policy) {
             Acquire::Full(key) => Admit::Refused(QueueFull::new(key).into()),
             // No cap across hosts: the host's slot is all it takes.
             Acquire::Ready(slot) if total.is_none() => Admit::Now(slot),
-            Acquire::Ready(slot) => match join(total, slot, key, None, deadline) {
-                Joined::Now(slot) => Admit::Now(slot),
-                // The host's slot went back as it dropped.
-                Joined::Full => Admit::Refused(QueueFull::new(key.clone()).into()),
-                Joined::Later(wait) => Admit::Wait(wait),
-            },
-            Acquire::Queued(waiter) => Admit::Wait(queued(
-                waiter,
-                total.cloned(),
-                key.clone(),
-                None,
-                deadline(),
-            )),
+            Acquire::Ready(slot) => {
+                let key = slot.key().clone();
+                match join(total, slot, &key, None, deadline) {
+                    Joined::Now(slot) => Admit::Now(slot),
+                    // The host's slot went back as it dropped.
+                    Joined::Full => Admit::Refused(QueueFull::new(key).into()),
+                    Joined::Later(wait) => Admit::Wait(wait),
+                }
+            }
+            Acquire::Queued(waiter) => {
+                let key = waiter.key().clone();
+                Admit::Wait(queued(waiter, total.cloned(), key, None, deadline()))
+            }
         }
     }
 }

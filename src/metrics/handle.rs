@@ -55,7 +55,8 @@ pub(crate) struct Inner {
     pub(crate) queue_full: AtomicU64,
     pub(crate) queue_timeout: AtomicU64,
     pub(crate) queue_cancelled: AtomicU64,
-    pub(crate) in_flight: AtomicUsize,
+    /// Requests whose flight ended (in flight: `requests` less these).
+    pub(crate) ended: AtomicU64,
     pub(crate) queued: AtomicUsize,
     pub(crate) retries: AtomicU64,
     pub(crate) retries_succeeded: AtomicU64,
@@ -108,7 +109,7 @@ impl Default for Inner {
             queue_full: AtomicU64::new(0),
             queue_timeout: AtomicU64::new(0),
             queue_cancelled: AtomicU64::new(0),
-            in_flight: AtomicUsize::new(0),
+            ended: AtomicU64::new(0),
             queued: AtomicUsize::new(0),
             retries: AtomicU64::new(0),
             retries_succeeded: AtomicU64::new(0),
@@ -277,8 +278,12 @@ impl Metrics {
         for reason in CloseReason::ALL {
             closes.set(reason, load(&i.closes[reason.index()]));
         }
+        // Ended first: a request ends after it starts, so in flight is
+        // never read below what it was when `ended` was read.
+        let ended = load(&i.ended);
+        let requests = load(&i.requests);
         Snapshot {
-            requests: load(&i.requests),
+            requests,
             responses: load(&i.responses),
             errors: load(&i.errors),
             reused: load(&i.reused),
@@ -305,7 +310,7 @@ impl Metrics {
             queue_full: load(&i.queue_full),
             queue_timeout: load(&i.queue_timeout),
             queue_cancelled: load(&i.queue_cancelled),
-            in_flight: i.in_flight.load(Relaxed) as u64,
+            in_flight: requests.saturating_sub(ended),
             queued: i.queued.load(Relaxed) as u64,
             retries: load(&i.retries),
             retries_succeeded: load(&i.retries_succeeded),

@@ -132,10 +132,10 @@ impl Started {
     /// Counts `req` in.
     pub(crate) fn new<B>(metrics: &Metrics, req: &Request<B>) -> Self {
         let inner = &metrics.inner;
+        // In flight from here: counted as `requests` less `ended`.
         inner.requests.fetch_add(1, Relaxed);
         #[cfg(feature = "metrics")]
         inner.emit.request();
-        inner.in_flight.fetch_add(1, Relaxed);
         Started {
             flight: Flight {
                 metrics: metrics.clone(),
@@ -256,7 +256,7 @@ impl Flight {
 
 impl Drop for Flight {
     fn drop(&mut self) {
-        self.metrics.inner.in_flight.fetch_sub(1, Relaxed);
+        self.metrics.inner.ended.fetch_add(1, Relaxed);
         // Still here: the body was dropped before its end.
         if let Some(exchange) = self.conn.take() {
             exchange.body_ended(BodyEnd::Dropped);

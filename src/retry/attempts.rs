@@ -11,7 +11,7 @@ use super::budget::{Budgets, RequestBudget};
 use super::layer::Seen;
 use super::service::{is_idempotent, Resend, Spare};
 use super::{stale, ReplayBody, Retried, RetryCause, RetryEvent, RetryHook};
-use crate::key::HostKey;
+use crate::key::MemoKey;
 use crate::BoxError;
 
 /// Retries of one request that the server never processed, besides
@@ -74,7 +74,7 @@ pub(crate) enum Ended<R> {
 }
 
 impl<S, B> Attempts<S, B> {
-    /// The rules of `rules` for `req` to `key`'s host: `req` is counted in
+    /// The rules of `rules` for `req` to `host`: `req` is counted in
     /// the host's budget, copied if it may be sent again, and set to learn
     /// its connection if the host speaks HTTP/2. A request that may be sent
     /// again has `spare` keep a clone of `service` (the first such request
@@ -82,7 +82,7 @@ impl<S, B> Attempts<S, B> {
     pub(crate) fn start(
         rules: &Rules,
         req: &mut Request<B>,
-        key: Option<&HostKey>,
+        host: Option<MemoKey>,
         spare: &Spare<S>,
         service: &S,
     ) -> Self
@@ -99,7 +99,7 @@ impl<S, B> Attempts<S, B> {
             spare.keep(service);
         }
         // Every request counts toward its host's retry budget.
-        let budget = on.then(|| RequestBudget::deposit(&rules.budgets, key));
+        let budget = on.then(|| RequestBudget::deposit(&rules.budgets, host));
         // A request to an HTTP/2 host learns its connection: the first to
         // come back on a connection arms its poison for a `GOAWAY`.
         let capture = budget
@@ -181,7 +181,7 @@ impl<S, B> Attempts<S, B> {
             stale::record(&rules.seen, response.extensions());
         }
         if let Some(budget) = self.budget.as_ref() {
-            budget.answered(response.version());
+            budget.answered(&rules.budgets, response.version());
         }
         if let Some(capture) = self.capture.take() {
             let _ = stale::learn(&capture);
@@ -223,7 +223,7 @@ impl<S, B> Attempts<S, B> {
         let Some(cause) = cause else {
             return Some(error);
         };
-        if self.budget.as_ref().is_some_and(|b| !b.withdraw()) {
+        if self.budget.is_some_and(|b| !b.withdraw(&rules.budgets)) {
             tracing::debug!(%error, ?cause, "retry budget spent; not sending the request again");
             if let Some(o) = rules.observer.as_ref() {
                 o.tell(RetryEvent::BudgetExhausted { cause });

@@ -18,13 +18,12 @@
 //! deposit of nothing).
 
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use tower::retry::budget::{Budget, TpsBudget};
 
-use crate::key::{HostKey, HostMemo};
+use crate::key::{HostMemo, MemoKey};
 
 /// How long a deposit counts (tower's default).
 const TTL: Duration = Duration::from_secs(10);
@@ -126,14 +125,14 @@ fn tower_share(ratio: f32) -> f64 {
 
 /// What the retry keeps of a host: its budget, and whether it speaks
 /// HTTP/2.
-pub(crate) struct HostRetry {
+struct HostRetry {
     budget: TpsBudget,
     /// Requests counted, for deposits a batch at a time (wraps: batches
     /// are powers of two).
-    requests: AtomicU32,
+    requests: u32,
     /// The host's last response came over HTTP/2: its requests learn their
     /// connection, so that a `GOAWAY` can take it out of the pool.
-    http2: AtomicBool,
+    http2: bool,
 }
 
 /// The budgets of every host, shared by a layer's services and their
@@ -142,9 +141,16 @@ pub(crate) struct Budgets {
     config: BudgetConfig,
     /// Requests a deposit counts (0: none deposits).
     batch: u32,
-    hosts: Mutex<HostMemo<Arc<HostRetry>>>,
+    /// A request holds no reference to its host's budget (no reference
+    /// count to change per request): it finds it again by its key's hash
+    /// for the rare retry.
+    hosts: Mutex<Hosts>,
+}
+
+struct Hosts {
+    memo: HostMemo<HostRetry>,
     /// The budget of requests without a host.
-    hostless: OnceLock<Arc<HostRetry>>,
+    hostless: Option<HostRetry>,
 }
 
 impl Budgets {
@@ -152,34 +158,26 @@ impl Budgets {
         Budgets {
             config,
             batch: config.batch(),
-            hosts: Mutex::new(HostMemo::new(MAX_HOSTS)),
-            hostless: OnceLock::new(),
+            hosts: Mutex::new(Hosts {
+                memo: HostMemo::new(MAX_HOSTS),
+                hostless: None,
+            }),
         }
     }
 
-    /// The budget of `key`'s host, made on first use. Requests without a
-    /// host share one budget.
-    pub(crate) fn of(&self, key: Option<&HostKey>) -> Arc<HostRetry> {
-        let Some(key) = key else {
-            return self
-                .hostless
-                .get_or_init(|| Arc::new(self.budget()))
-                .clone();
-        };
+    /// `f` of the budget of `host`, made on first use (and made afresh for
+    /// a host forgotten meanwhile). Requests without a host share one.
+    fn with<R>(&self, host: Option<MemoKey>, f: impl FnOnce(&mut HostRetry) -> R) -> R {
         let mut hosts = self.hosts.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(budget) = hosts.get(key) {
-            return budget.clone();
-        }
-        let budget = Arc::new(self.budget());
-        hosts.insert(key, budget.clone());
-        budget
-    }
-
-    fn budget(&self) -> HostRetry {
-        HostRetry {
+        let hosts = &mut *hosts;
+        let make = || HostRetry {
             budget: self.config.batched(self.batch),
-            requests: AtomicU32::new(0),
-            http2: AtomicBool::new(false),
+            requests: 0,
+            http2: false,
+        };
+        match host {
+            Some(memo) => f(hosts.memo.get_or_insert_with(memo, make)),
+            None => f(hosts.hostless.get_or_insert_with(make)),
         }
     }
 }
@@ -193,53 +191,63 @@ impl fmt::Debug for Budgets {
 }
 
 /// One request's budget: deposits when made, withdraws for each retry.
-#[derive(Clone)]
-pub(crate) struct RequestBudget(Arc<HostRetry>);
+/// Its host, not a reference to the host's budget.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct RequestBudget {
+    host: Option<MemoKey>,
+    /// The host's last response had come over HTTP/2 when the request was
+    /// made.
+    http2: bool,
+}
 
 impl RequestBudget {
     /// The budget of the request's host, with the request deposited (as
     /// the first of a batch, or counted in the batch already deposited).
-    pub(crate) fn deposit(budgets: &Budgets, key: Option<&HostKey>) -> Self {
-        let host = budgets.of(key);
-        let deposits = match budgets.batch {
-            0 => false,
-            1 => true,
-            batch => host.requests.fetch_add(1, Relaxed) % batch == 0,
-        };
-        if deposits {
-            host.budget.deposit();
-        }
-        RequestBudget(host)
+    pub(crate) fn deposit(budgets: &Budgets, host: Option<MemoKey>) -> Self {
+        let batch = budgets.batch;
+        let http2 = budgets.with(host, |h| {
+            let deposits = match batch {
+                0 => false,
+                1 => true,
+                batch => {
+                    let first = h.requests % batch == 0;
+                    h.requests = h.requests.wrapping_add(1);
+                    first
+                }
+            };
+            if deposits {
+                h.budget.deposit();
+            }
+            h.http2
+        });
+        RequestBudget { host, http2 }
     }
 
     /// Takes one retry; `false` when the budget is spent.
-    pub(crate) fn withdraw(&self) -> bool {
-        self.0.budget.withdraw()
+    pub(crate) fn withdraw(&self, budgets: &Budgets) -> bool {
+        budgets.with(self.host, |h| h.budget.withdraw())
     }
 
-    /// Whether the host's last response came over HTTP/2.
+    /// Whether the host's last response had come over HTTP/2 when the
+    /// request was made.
     pub(crate) fn http2(&self) -> bool {
-        self.0.http2.load(Relaxed)
+        self.http2
     }
 
-    /// A response of the host came over `version`.
-    pub(crate) fn answered(&self, version: http::Version) {
+    /// A response of the host came over `version` (the host's budget is
+    /// looked up only when that changes what it speaks).
+    pub(crate) fn answered(&self, budgets: &Budgets, version: http::Version) {
         let http2 = version >= http::Version::HTTP_2;
-        if self.0.http2.load(Relaxed) != http2 {
-            self.0.http2.store(http2, Relaxed);
+        if self.http2 != http2 {
+            budgets.with(self.host, |h| h.http2 = http2);
         }
-    }
-}
-
-impl fmt::Debug for RequestBudget {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.budget.fmt(f)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::key::HostKey;
 
     fn key(host: &str) -> HostKey {
         HostKey::from_uri(&format!("http://{host}/").parse().expect("uri")).expect("key")
@@ -251,19 +259,19 @@ mod tests {
         let a = key("a");
         let mut allowed = 0;
         for _ in 0..100 {
-            let b = RequestBudget::deposit(&budgets, Some(&a));
-            if b.withdraw() {
+            let b = RequestBudget::deposit(&budgets, Some(a.memo()));
+            if b.withdraw(&budgets) {
                 allowed += 1;
             }
         }
         // 20 % of 100, plus 1 a second over the 10 s window.
         assert_eq!(allowed, 30);
         // Another host has a budget of its own.
-        let other = RequestBudget::deposit(&budgets, Some(&key("b")));
-        assert!(other.withdraw());
+        let other = RequestBudget::deposit(&budgets, Some(key("b").memo()));
+        assert!(other.withdraw(&budgets));
         // The window passes: the spent retries count no more.
         tokio::time::advance(Duration::from_secs(11)).await;
-        assert!(RequestBudget::deposit(&budgets, Some(&a)).withdraw());
+        assert!(RequestBudget::deposit(&budgets, Some(a.memo())).withdraw(&budgets));
     }
 
     /// Retries a budget allows after `requests` deposits: ours (batched),
@@ -274,14 +282,14 @@ mod tests {
         let a = key("a");
         let mut ours = None;
         for _ in 0..requests {
-            ours = Some(RequestBudget::deposit(&budgets, Some(&a)));
+            ours = Some(RequestBudget::deposit(&budgets, Some(a.memo())));
         }
         let tower = config.tps_budget();
         for _ in 0..requests {
             tower.deposit();
         }
         let count = |withdraw: &dyn Fn() -> bool| (0..100_000).take_while(|_| withdraw()).count();
-        let ours = ours.map_or(0, |b| count(&|| b.withdraw()));
+        let ours = ours.map_or(0, |b| count(&|| b.withdraw(&budgets)));
         (ours, count(&|| tower.withdraw()))
     }
 
@@ -321,8 +329,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_zero_budget_allows_no_retry() {
         let budgets = Budgets::new(BudgetConfig::new(0.0, 0));
-        let b = RequestBudget::deposit(&budgets, Some(&key("a")));
-        assert!(!b.withdraw());
+        let b = RequestBudget::deposit(&budgets, Some(key("a").memo()));
+        assert!(!b.withdraw(&budgets));
     }
 
     #[test]
@@ -335,7 +343,7 @@ mod tests {
             (0.001, 0),
         ] {
             let budgets = Budgets::new(BudgetConfig::new(percent, min));
-            let _ = RequestBudget::deposit(&budgets, None).withdraw();
+            let _ = RequestBudget::deposit(&budgets, None).withdraw(&budgets);
         }
     }
 }

@@ -103,11 +103,11 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        let key = crate::key::HostKey::from_request(&req);
+        let host = crate::key::HostKey::from_request(&req).map(|k| k.memo());
         let attempts = Attempts::start(
             &self.shared.rules,
             &mut req,
-            key.as_ref(),
+            host,
             &self.shared.spare,
             &self.inner,
         );
