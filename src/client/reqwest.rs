@@ -455,7 +455,7 @@ impl PoolGuard {
     #[cfg_attr(docsrs, doc(cfg(feature = "reqwest")))]
     pub fn reqwest(&self, client: ::reqwest::Client) -> GuardedClient {
         GuardedClient {
-            inner: self.layer().nacks_below().layer(Execute {
+            inner: self.layer().over_reqwest().layer(Execute {
                 client,
                 turns: Arc::default(),
                 book: rotate::Book::new(self.lifecycle),
@@ -534,7 +534,7 @@ impl<S> Layer<S> for DialCountLayer {
 
     fn layer(&self, inner: S) -> Self::Service {
         DialCount {
-            inner,
+            inner: Arc::new(inner),
             metrics: self.metrics.clone(),
             turnover: self.turnover.clone(),
         }
@@ -543,9 +543,15 @@ impl<S> Layer<S> for DialCountLayer {
 
 /// Counts the dials of a reqwest connector, one at a time for an HTTP/2
 /// host; made by [`DialCountLayer`].
+///
+/// Always ready: a dial readies and calls its own clone of the connector
+/// below. reqwest clones its whole connector stack several times a request
+/// (each layer boxed, each box a fresh allocation per clone); a clone of
+/// this service shares the connector below instead of cloning it, so the
+/// stack under it is cloned only for a dial.
 #[derive(Clone, Debug)]
 pub struct DialCount<S> {
-    inner: S,
+    inner: Arc<S>,
     metrics: Metrics,
     turnover: Arc<Turnover>,
 }
@@ -562,65 +568,66 @@ where
     type Error = S::Error;
     type Future = BoxFuture<Result<S::Response, S::Error>>;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
+    /// Always ready: each dial readies a clone of the connector below
+    /// (see [`DialCount`]).
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, request: R) -> Self::Future {
+        let mut inner = S::clone(&self.inner);
         let scope = DialScope::current();
         let entered = scope
             .as_ref()
             .map(|scope| self.turnover.enter(&scope.key, scope.tls));
         let metrics = self.metrics.clone();
-        let (lead, dial) = match entered {
-            None => (None, Ok((self.inner.call(request), None))),
+        let start = match entered {
+            None => Start::Dial(None, None),
             Some(Entered::Now(None)) => match scope.as_ref().map(|s| s.hold_or_dial()) {
+                // An HTTP/1 connection of the host may be coming back to
+                // the pool: wait a moment for it (see `hold_for_a_return`).
                 Some(None) => {
-                    // An HTTP/1 connection of the host may be coming back
-                    // to the pool: wait a moment for it (see
-                    // `hold_for_a_return`).
-                    let clone = self.inner.clone();
-                    let mut ready = std::mem::replace(&mut self.inner, clone);
-                    let key = scope.as_ref().map(|s| s.key.clone()).unwrap_or_default();
-                    let metrics = self.metrics.clone();
-                    return Box::pin(async move {
-                        crate::client::hyper_util::hold_for_a_return(&key, || {
-                            DialScope::current().is_some()
-                        })
-                        .await?;
-                        let scope = DialScope::current();
-                        let dialing = scope.as_ref().map(|s| s.dialing(true));
-                        let dial = ready.call(request);
-                        count_dial(metrics, None, scope, dialing, dial).await
-                    });
+                    Start::Hold(scope.as_ref().map(|s| s.key.clone()).unwrap_or_default())
                 }
-                dialing => (None, Ok((self.inner.call(request), dialing.flatten()))),
+                dialing => Start::Dial(None, dialing.flatten()),
             },
-            Some(Entered::Now(lead)) => {
-                let dialing = scope.as_ref().map(|s| s.dialing(false));
-                (lead, Ok((self.inner.call(request), dialing)))
-            }
-            Some(Entered::Held(held)) => {
-                // Take the connector that was made ready into the future.
-                let clone = self.inner.clone();
-                (
-                    None,
-                    Err((held, std::mem::replace(&mut self.inner, clone), request)),
-                )
-            }
+            Some(Entered::Now(lead)) => Start::Dial(lead, scope.as_ref().map(|s| s.dialing(false))),
+            Some(Entered::Held(held)) => Start::Held(held),
         };
         Box::pin(async move {
-            let (lead, dial, dialing) = match dial {
-                Ok((dial, dialing)) => (lead, dial, dialing),
-                Err((held, mut ready, request)) => {
+            let (lead, scope, dialing) = match start {
+                Start::Dial(lead, dialing) => (lead, scope, dialing),
+                Start::Hold(key) => {
+                    crate::client::hyper_util::hold_for_a_return(&key, || {
+                        DialScope::current().is_some()
+                    })
+                    .await?;
+                    let scope = DialScope::current();
+                    let dialing = scope.as_ref().map(|s| s.dialing(true));
+                    (None, scope, dialing)
+                }
+                Start::Held(held) => {
                     let lead = held.wait().await?;
                     let dialing = scope.as_ref().map(|s| s.dialing(false));
-                    (lead, ready.call(request), dialing)
+                    (lead, scope, dialing)
                 }
             };
+            std::future::poll_fn(|cx| inner.poll_ready(cx)).await?;
+            let dial = inner.call(request);
             count_dial(metrics, lead, scope, dialing, dial).await
         })
     }
+}
+
+/// How a dial starts.
+enum Start {
+    /// At once, as its host's lead of a turnover or not, counted in the
+    /// host's book if it has one.
+    Dial(Option<crate::conn::turnover::Lead>, Option<scope::Dialing>),
+    /// After a moment's wait for the host's connection coming back.
+    Hold(Arc<str>),
+    /// After the lead dial of its host's turnover.
+    Held(crate::conn::turnover::Held),
 }
 
 /// Makes the dial `dial` of the request of `scope`, and counts it (with
@@ -691,6 +698,50 @@ mod tests {
         *copy.headers_mut() = request.headers().clone();
         *copy.extensions_mut() = request.extensions().clone();
         copy
+    }
+
+    /// A connector that counts its clones, and fails every dial.
+    #[derive(Debug)]
+    struct Clones(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+    impl Clone for Clones {
+        fn clone(&self) -> Self {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Clones(self.0.clone())
+        }
+    }
+
+    impl tower_service::Service<http::Uri> for Clones {
+        type Response = tokio::net::TcpStream;
+        type Error = crate::BoxError;
+        type Future = std::future::Ready<Result<Self::Response, Self::Error>>;
+
+        fn poll_ready(
+            &mut self,
+            _cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Result<(), Self::Error>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, _uri: http::Uri) -> Self::Future {
+            std::future::ready(Err("no dial here".into()))
+        }
+    }
+
+    #[tokio::test]
+    async fn the_connector_below_is_cloned_for_a_dial_not_with_the_stack() {
+        use tower::ServiceExt as _;
+        use tower_layer::Layer as _;
+        let clones = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let guard = crate::PoolGuard::builder().build();
+        let counted = guard.reqwest_connector_layer().layer(Clones(clones.clone()));
+        // reqwest clones its connector stack several times a request.
+        let copies: Vec<_> = (0..5).map(|_| counted.clone()).collect();
+        assert_eq!(clones.load(std::sync::atomic::Ordering::Relaxed), 0);
+        // A dial readies and calls a clone of its own.
+        let dial = copies[0].clone().oneshot("http://h/".parse().unwrap()).await;
+        assert!(dial.is_err());
+        assert_eq!(clones.load(std::sync::atomic::Ordering::Relaxed), 1);
     }
 
     #[test]

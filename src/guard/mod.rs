@@ -543,11 +543,15 @@ pub struct PoolGuardLayer {
 }
 
 impl PoolGuardLayer {
-    /// This stack over a client that resends HTTP/2 protocol NACKs itself
-    /// (reqwest): the retry leaves them to it.
+    /// This stack over reqwest: reqwest resends HTTP/2 protocol NACKs
+    /// itself (the retry leaves them to it), and does not hand a request's
+    /// extensions to hyper-util (a request cannot learn its connection, so
+    /// none is made to try: `capture_connection` costs two allocations and
+    /// an extension map a request).
     #[cfg(feature = "reqwest")]
-    pub(crate) fn nacks_below(mut self) -> Self {
+    pub(crate) fn over_reqwest(mut self) -> Self {
         self.retry.nacks_below = true;
+        self.retry.captures = false;
         self
     }
 

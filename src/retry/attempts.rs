@@ -32,6 +32,8 @@ pub(crate) struct Rules {
     pub(crate) budgets: Arc<Budgets>,
     /// The client below resends protocol NACKs itself.
     pub(crate) nacks_below: bool,
+    /// A request can learn its connection through the client below.
+    pub(crate) captures: bool,
 }
 
 /// One request's retries: the copy to send again (if its body replays),
@@ -104,7 +106,7 @@ impl<S, B> Attempts<S, B> {
         // come back on a connection arms its poison for a `GOAWAY`.
         let capture = budget
             .as_ref()
-            .filter(|b| b.http2())
+            .filter(|b| rules.captures && b.http2())
             .and_then(|_| stale::capture(req));
         Attempts {
             retry,
@@ -359,5 +361,27 @@ mod tests {
         assert!(!w.stranded(&mut cx));
         tokio::time::advance(STRANDED_CHECK).await;
         assert!(w.stranded(&mut cx));
+    }
+
+    #[test]
+    fn a_request_learns_its_connection_only_where_the_client_can_tell_it() {
+        let mut rules = crate::retry::RetryStaleLayer::new().rules();
+        let uri: http::Uri = "http://h2-host/".parse().unwrap();
+        let host = crate::key::HostKey::from_uri(&uri).map(|k| k.memo());
+        // The host answered over HTTP/2: its requests learn their
+        // connection, so that a GOAWAY can take it out of the pool.
+        RequestBudget::deposit(&rules.budgets, host)
+            .answered(&rules.budgets, http::Version::HTTP_2);
+        let spare = Spare::default();
+        let start = |rules: &Rules| {
+            let mut req = Request::get(uri.clone()).body(()).unwrap();
+            Attempts::start(rules, &mut req, host, &spare, &())
+                .capture
+                .is_some()
+        };
+        assert!(start(&rules));
+        // reqwest hands no extension to hyper-util: nothing to learn there.
+        rules.captures = false;
+        assert!(!start(&rules));
     }
 }

@@ -25,6 +25,10 @@ pub struct RetryStaleLayer {
     /// The client below resends HTTP/2 protocol NACKs itself (reqwest's
     /// retry): they are not resent here too.
     pub(crate) nacks_below: bool,
+    /// The client below hands a request's extensions to hyper-util, so
+    /// that a request can learn its connection (`capture_connection`);
+    /// reqwest does not.
+    pub(crate) captures: bool,
 }
 
 /// The connections a retry layer's responses came on, for clients whose
@@ -44,6 +48,7 @@ impl RetryStaleLayer {
             budget: BudgetConfig::DEFAULT,
             budgets: OnceLock::new(),
             nacks_below: false,
+            captures: true,
         }
     }
 
@@ -92,6 +97,7 @@ impl RetryStaleLayer {
             seen: self.seen(),
             budgets: self.budgets(),
             nacks_below: self.nacks_below,
+            captures: self.captures,
         }
     }
 

@@ -83,7 +83,7 @@ impl PoolGuard {
     #[cfg_attr(docsrs, doc(cfg(feature = "reqwest-middleware")))]
     pub fn middleware(&self) -> GuardMiddleware {
         GuardMiddleware {
-            layer: self.layer().nacks_below(),
+            layer: self.layer().over_reqwest(),
             turns: Arc::default(),
             book: super::rotate::Book::new(self.lifecycle),
         }
