@@ -734,12 +734,17 @@ mod tests {
         use tower_layer::Layer as _;
         let clones = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let guard = crate::PoolGuard::builder().build();
-        let counted = guard.reqwest_connector_layer().layer(Clones(clones.clone()));
+        let counted = guard
+            .reqwest_connector_layer()
+            .layer(Clones(clones.clone()));
         // reqwest clones its connector stack several times a request.
         let copies: Vec<_> = (0..5).map(|_| counted.clone()).collect();
         assert_eq!(clones.load(std::sync::atomic::Ordering::Relaxed), 0);
         // A dial readies and calls a clone of its own.
-        let dial = copies[0].clone().oneshot("http://h/".parse().unwrap()).await;
+        let dial = copies[0]
+            .clone()
+            .oneshot("http://h/".parse().unwrap())
+            .await;
         assert!(dial.is_err());
         assert_eq!(clones.load(std::sync::atomic::Ordering::Relaxed), 1);
     }
