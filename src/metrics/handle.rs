@@ -7,6 +7,7 @@ use tokio::time::Instant;
 
 use super::hosts::HostTable;
 use super::snapshot::{CloseCounts, DrainSkips, Snapshot};
+use super::striped::Hot;
 use super::CloseReason;
 use crate::drain::{DrainOutcome, OnDrain, SkipReason};
 use crate::limit::QueueEvent;
@@ -33,30 +34,23 @@ pub(crate) struct Inner {
     /// when they start (for `ConnInfo::idle_for`). Until then (reqwest, a
     /// client without a `GuardedConnector`) they do not.
     pub(crate) timed: std::sync::atomic::AtomicBool,
-    pub(crate) requests: AtomicU64,
-    pub(crate) responses: AtomicU64,
+    /// The figures every request moves, sharded by thread.
+    pub(crate) hot: Hot,
     pub(crate) errors: AtomicU64,
-    pub(crate) reused: AtomicU64,
-    pub(crate) reuse_unknown: AtomicU64,
     pub(crate) connections_opened: AtomicU64,
     pub(crate) connections_closed: AtomicU64,
     pub(crate) closes: [AtomicU64; CloseReason::ALL.len()],
-    pub(crate) drains_completed: AtomicU64,
-    pub(crate) drains_inline: AtomicU64,
     pub(crate) drains_gave_up_bytes: AtomicU64,
     pub(crate) drains_gave_up_time: AtomicU64,
     pub(crate) drains_gave_up_cost: AtomicU64,
     pub(crate) drains_failed: AtomicU64,
     pub(crate) drains_aborted: AtomicU64,
     pub(crate) drains_skipped: [AtomicU64; 4],
-    pub(crate) bytes_drained: AtomicU64,
     pub(crate) queue_waited: AtomicU64,
     pub(crate) queue_wait_nanos: AtomicU64,
     pub(crate) queue_full: AtomicU64,
     pub(crate) queue_timeout: AtomicU64,
     pub(crate) queue_cancelled: AtomicU64,
-    /// Requests whose flight ended (in flight: `requests` less these).
-    pub(crate) ended: AtomicU64,
     pub(crate) queued: AtomicUsize,
     pub(crate) retries: AtomicU64,
     pub(crate) retries_succeeded: AtomicU64,
@@ -87,29 +81,22 @@ impl Default for Inner {
         Inner {
             epoch: Instant::now(),
             timed: std::sync::atomic::AtomicBool::new(false),
-            requests: AtomicU64::new(0),
-            responses: AtomicU64::new(0),
+            hot: Hot::default(),
             errors: AtomicU64::new(0),
-            reused: AtomicU64::new(0),
-            reuse_unknown: AtomicU64::new(0),
             connections_opened: AtomicU64::new(0),
             connections_closed: AtomicU64::new(0),
             closes: Default::default(),
-            drains_completed: AtomicU64::new(0),
-            drains_inline: AtomicU64::new(0),
             drains_gave_up_bytes: AtomicU64::new(0),
             drains_gave_up_time: AtomicU64::new(0),
             drains_gave_up_cost: AtomicU64::new(0),
             drains_failed: AtomicU64::new(0),
             drains_aborted: AtomicU64::new(0),
             drains_skipped: Default::default(),
-            bytes_drained: AtomicU64::new(0),
             queue_waited: AtomicU64::new(0),
             queue_wait_nanos: AtomicU64::new(0),
             queue_full: AtomicU64::new(0),
             queue_timeout: AtomicU64::new(0),
             queue_cancelled: AtomicU64::new(0),
-            ended: AtomicU64::new(0),
             queued: AtomicUsize::new(0),
             retries: AtomicU64::new(0),
             retries_succeeded: AtomicU64::new(0),
@@ -280,19 +267,19 @@ impl Metrics {
         }
         // Ended first: a request ends after it starts, so in flight is
         // never read below what it was when `ended` was read.
-        let ended = load(&i.ended);
-        let requests = load(&i.requests);
+        let ended = i.hot.sum(|s| &s.ended);
+        let requests = i.hot.sum(|s| &s.requests);
         Snapshot {
             requests,
-            responses: load(&i.responses),
+            responses: i.hot.sum(|s| &s.responses),
             errors: load(&i.errors),
-            reused: load(&i.reused),
-            reuse_unknown: load(&i.reuse_unknown),
+            reused: i.hot.sum(|s| &s.reused),
+            reuse_unknown: i.hot.sum(|s| &s.reuse_unknown),
             connections_opened: load(&i.connections_opened),
             connections_closed: load(&i.connections_closed),
             closes,
-            drains_completed: load(&i.drains_completed),
-            drains_inline: load(&i.drains_inline),
+            drains_completed: i.hot.sum(|s| &s.drains_completed),
+            drains_inline: i.hot.sum(|s| &s.drains_inline),
             drains_gave_up_bytes: load(&i.drains_gave_up_bytes),
             drains_gave_up_time: load(&i.drains_gave_up_time),
             drains_gave_up_cost: load(&i.drains_gave_up_cost),
@@ -304,7 +291,7 @@ impl Metrics {
                 no_runtime: load(&i.drains_skipped[skip_index(SkipReason::NoRuntime)]),
                 too_many_drains: load(&i.drains_skipped[skip_index(SkipReason::TooManyDrains)]),
             },
-            bytes_drained: load(&i.bytes_drained),
+            bytes_drained: i.hot.sum(|s| &s.bytes_drained),
             queue_waited: load(&i.queue_waited),
             queue_wait_total: Duration::from_nanos(load(&i.queue_wait_nanos)),
             queue_full: load(&i.queue_full),
@@ -351,13 +338,17 @@ fn skip_index(reason: SkipReason) -> usize {
 impl OnDrain for Metrics {
     fn on_drain(&self, outcome: &DrainOutcome) {
         let i = &*self.inner;
-        i.bytes_drained.fetch_add(outcome.bytes(), Relaxed);
+        let hot = i.hot.here();
+        hot.bytes_drained.fetch_add(outcome.bytes(), Relaxed);
         let counter = match outcome {
             DrainOutcome::Completed { inline, .. } => {
                 if *inline {
-                    i.drains_inline.fetch_add(1, Relaxed);
+                    hot.drains_inline.fetch_add(1, Relaxed);
                 }
-                &i.drains_completed
+                hot.drains_completed.fetch_add(1, Relaxed);
+                #[cfg(feature = "metrics")]
+                i.emit.drain(outcome);
+                return;
             }
             DrainOutcome::GaveUpBytes { .. } => &i.drains_gave_up_bytes,
             DrainOutcome::GaveUpTime { .. } => &i.drains_gave_up_time,

@@ -133,7 +133,7 @@ impl Started {
     pub(crate) fn new<B>(metrics: &Metrics, req: &Request<B>) -> Self {
         let inner = &metrics.inner;
         // In flight from here: counted as `requests` less `ended`.
-        inner.requests.fetch_add(1, Relaxed);
+        inner.hot.here().requests.fetch_add(1, Relaxed);
         #[cfg(feature = "metrics")]
         inner.emit.request();
         Started {
@@ -187,7 +187,7 @@ impl Started {
             close,
         } = self;
         let inner = &f.metrics.inner;
-        inner.responses.fetch_add(1, Relaxed);
+        inner.hot.here().responses.fetch_add(1, Relaxed);
         let close = close || says_close(response.headers());
         let queue_wait = response
             .extensions()
@@ -226,11 +226,11 @@ impl Started {
         trace_response(response, reused, queue_wait);
         match reused {
             Some(true) => {
-                inner.reused.fetch_add(1, Relaxed);
+                inner.hot.here().reused.fetch_add(1, Relaxed);
             }
             Some(false) => {}
             None => {
-                inner.reuse_unknown.fetch_add(1, Relaxed);
+                inner.hot.here().reuse_unknown.fetch_add(1, Relaxed);
             }
         }
         f
@@ -256,7 +256,7 @@ impl Flight {
 
 impl Drop for Flight {
     fn drop(&mut self) {
-        self.metrics.inner.ended.fetch_add(1, Relaxed);
+        self.metrics.inner.hot.here().ended.fetch_add(1, Relaxed);
         // Still here: the body was dropped before its end.
         if let Some(exchange) = self.conn.take() {
             exchange.body_ended(BodyEnd::Dropped);

@@ -131,6 +131,7 @@ mod handle;
 mod hosts;
 mod layer;
 mod snapshot;
+mod striped;
 
 pub use self::conn::ConnInfo;
 pub use self::handle::Metrics;
