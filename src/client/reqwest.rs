@@ -347,7 +347,10 @@ struct Outgoing {
     request: ::reqwest::Request,
     ticket: Option<rotate::Ticket>,
     scope: Option<Arc<DialScope>>,
-    copy: Option<::reqwest::Request>,
+    /// Boxed: made only for an idempotent request to an HTTP/2 host, and
+    /// a `reqwest::Request` (280 bytes) moved with every request's future
+    /// otherwise, even as `None`.
+    copy: Option<Box<::reqwest::Request>>,
 }
 
 impl Outgoing {
@@ -368,7 +371,8 @@ impl Outgoing {
         let copy = (http2
             && crate::retry::service::idempotent(request.method(), request.headers()))
         .then(|| request.try_clone())
-        .flatten();
+        .flatten()
+        .map(Box::new);
         Ok(Outgoing {
             request,
             ticket,
@@ -437,7 +441,7 @@ impl Service<http::Request<::reqwest::Body>> for Execute {
             } = Outgoing::new(request, &book, turns)?;
             let again = copy.map(|copy| {
                 let client = client.clone();
-                move || client.execute(copy)
+                move || client.execute(*copy)
             });
             let response = DialScope::run_or_resend(scope, client.execute(request), again).await;
             book.settle(ticket, response.as_ref().ok());

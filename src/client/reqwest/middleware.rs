@@ -174,7 +174,7 @@ impl<'a> Service<http::Request<::reqwest::Body>> for RunNext<'a> {
             let extensions = lock(&shared).clone();
             let again = copy.map(|copy| {
                 let (next, extensions) = (next.clone(), extensions.clone());
-                move || attempt(next, copy, extensions)
+                move || attempt(next, *copy, extensions)
             });
             let (result, extensions) = match super::DialScope::run_or_resend(
                 scope,
