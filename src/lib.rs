@@ -99,6 +99,8 @@ mod key;
 pub mod limit;
 pub mod metrics;
 pub mod retry;
+#[cfg(test)]
+mod testing;
 mod timer;
 
 #[cfg(feature = "reqwest")]

@@ -704,43 +704,19 @@ mod tests {
         copy
     }
 
-    /// A connector that counts its clones, and fails every dial.
-    #[derive(Debug)]
-    struct Clones(std::sync::Arc<std::sync::atomic::AtomicUsize>);
-
-    impl Clone for Clones {
-        fn clone(&self) -> Self {
-            self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            Clones(self.0.clone())
-        }
-    }
-
-    impl tower_service::Service<http::Uri> for Clones {
-        type Response = tokio::net::TcpStream;
-        type Error = crate::BoxError;
-        type Future = std::future::Ready<Result<Self::Response, Self::Error>>;
-
-        fn poll_ready(
-            &mut self,
-            _cx: &mut std::task::Context<'_>,
-        ) -> std::task::Poll<Result<(), Self::Error>> {
-            std::task::Poll::Ready(Ok(()))
-        }
-
-        fn call(&mut self, _uri: http::Uri) -> Self::Future {
-            std::future::ready(Err("no dial here".into()))
-        }
-    }
-
     #[tokio::test]
     async fn the_connector_below_is_cloned_for_a_dial_not_with_the_stack() {
         use tower::ServiceExt as _;
         use tower_layer::Layer as _;
-        let clones = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        // A connector that fails every dial, and counts its clones.
+        let (connector, clones) =
+            crate::testing::CountsClones::new(tower::service_fn(|_: http::Uri| {
+                std::future::ready(Err::<tokio::net::TcpStream, crate::BoxError>(
+                    "no dial here".into(),
+                ))
+            }));
         let guard = crate::PoolGuard::builder().build();
-        let counted = guard
-            .reqwest_connector_layer()
-            .layer(Clones(clones.clone()));
+        let counted = guard.reqwest_connector_layer().layer(connector);
         // reqwest clones its connector stack several times a request.
         let copies: Vec<_> = (0..5).map(|_| counted.clone()).collect();
         assert_eq!(clones.load(std::sync::atomic::Ordering::Relaxed), 0);

@@ -115,30 +115,14 @@ async fn a_request_that_may_be_retried_does_not_clone_the_service() {
     // A client stack's clone is many reference counts (hyper-util's
     // `Client` a dozen); a retry's service is cloned from one spare kept
     // at the first request, not for every request that might be retried.
-    #[derive(Debug)]
-    struct Counted(std::sync::Arc<std::sync::atomic::AtomicUsize>);
-    impl Clone for Counted {
-        fn clone(&self) -> Self {
-            self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            Counted(self.0.clone())
-        }
-    }
-    impl Service<Request<Empty<Bytes>>> for Counted {
-        type Response = Response<Empty<Bytes>>;
-        type Error = std::convert::Infallible;
-        type Future = std::future::Ready<Result<Self::Response, Self::Error>>;
-        fn poll_ready(
-            &mut self,
-            _: &mut std::task::Context<'_>,
-        ) -> std::task::Poll<Result<(), Self::Error>> {
-            std::task::Poll::Ready(Ok(()))
-        }
-        fn call(&mut self, _: Request<Empty<Bytes>>) -> Self::Future {
-            std::future::ready(Ok(Response::new(Empty::new())))
-        }
-    }
-    let clones = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let mut svc = RetryStaleLayer::new().layer(Counted(clones.clone()));
+    let (client, clones) =
+        crate::testing::CountsClones::new(tower::service_fn(|_: Request<Empty<Bytes>>| {
+            std::future::ready(Ok::<_, std::convert::Infallible>(Response::new(Empty::<
+                Bytes,
+            >::new(
+            ))))
+        }));
+    let mut svc = RetryStaleLayer::new().layer(client);
     for _ in 0..100 {
         let response = svc
             .ready()
