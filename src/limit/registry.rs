@@ -818,6 +818,7 @@ impl Slot {
 
     /// How long the slot's holder waited in the queues for it (its host's
     /// and the cap's across hosts).
+    #[inline]
     pub(crate) fn waited(&self) -> Duration {
         let total = self.total.as_ref().map_or(Duration::ZERO, |t| t.waited);
         self.waited.saturating_add(total)
@@ -832,12 +833,17 @@ impl Slot {
 
     /// The response to the slot's request came over `version`: the host's
     /// limit follows its protocol. Takes the lock only when the protocol
-    /// is news to this slot.
+    /// is news to this slot (inlined: most responses are not news).
+    #[inline]
     pub(crate) fn learn(&mut self, version: http::Version) {
         let proto = Proto::of(version);
-        if proto == self.proto {
-            return;
+        if proto != self.proto {
+            self.learn_news(proto);
         }
+    }
+
+    #[cold]
+    fn learn_news(&mut self, proto: Proto) {
         self.proto = proto;
         self.registry.learn(&self.key, proto);
     }
@@ -845,17 +851,27 @@ impl Slot {
     /// The slot's request got its response head: the host's policy, if it
     /// reads samples, is told how long the request took since it got the
     /// slot, and its answer applies at once. `dialed`: whether the request
-    /// paid for a new connection (asked only for a sample).
+    /// paid for a new connection (asked only for a sample). Inlined down
+    /// to the look for a sampling policy: most slots have none.
+    #[inline]
     pub(crate) fn sample(
         &mut self,
         status: http::StatusCode,
         headers: &http::HeaderMap,
         dialed: impl FnOnce() -> bool,
     ) {
-        let Some(start) = self.sampling.take() else {
-            return;
-        };
-        let dialed = dialed();
+        if let Some(start) = self.sampling.take() {
+            self.take_sample(*start, status, headers, dialed());
+        }
+    }
+
+    fn take_sample(
+        &mut self,
+        start: Sampling,
+        status: http::StatusCode,
+        headers: &http::HeaderMap,
+        dialed: bool,
+    ) {
         let key = &self.key;
         let (overloaded, retry_after) = Sample::read(status, headers);
         let sample = Sample {
