@@ -41,11 +41,11 @@ impl HostKey {
         // the parse, the hash and the allocation.
         LAST.with(|last| {
             let mut last = last.borrow_mut();
-            if let Some(key) = last.find(scheme.as_str(), authority.as_str()) {
+            if let Some(key) = last.find(scheme, authority.as_str()) {
                 return Some(key);
             }
             let key = Self::new(scheme, authority)?;
-            last.remember(scheme.as_str(), authority.as_str(), &key);
+            last.remember(scheme, authority.as_str(), &key);
             Some(key)
         })
     }
@@ -164,9 +164,18 @@ impl HostKey {
 /// Keys a thread made last, by the scheme and authority they were made
 /// from, exactly as written.
 struct Last {
-    entries: [Option<(Box<str>, usize, HostKey)>; LAST_KEYS],
+    entries: [Option<Remembered>; LAST_KEYS],
     /// The entry the next new key replaces.
     next: usize,
+}
+
+/// A key and what it was made from: the scheme (compared as `http`
+/// compares schemes: the common ones without looking at bytes) and the
+/// authority as written.
+struct Remembered {
+    scheme: Scheme,
+    authority: Box<str>,
+    key: HostKey,
 }
 
 /// Keys remembered per thread.
@@ -179,25 +188,25 @@ thread_local! {
 }
 
 impl Last {
-    fn find(&self, scheme: &str, authority: &str) -> Option<HostKey> {
-        self.entries
-            .iter()
-            .flatten()
-            .find_map(|(raw, scheme_len, key)| {
-                let same = raw.len() == scheme.len() + authority.len()
-                    && *scheme_len == scheme.len()
-                    && raw.as_bytes().get(..scheme.len()) == Some(scheme.as_bytes())
-                    && raw.as_bytes().get(scheme.len()..) == Some(authority.as_bytes());
-                same.then(|| key.clone())
-            })
+    fn find(&self, scheme: &Scheme, authority: &str) -> Option<HostKey> {
+        self.entries.iter().flatten().find_map(|r| {
+            let same = r.authority.len() == authority.len()
+                // Schemes equal as `http` compares them (the common ones
+                // by kind, others ignoring case) make one key: the key is
+                // in lower case.
+                && r.scheme == *scheme
+                && *r.authority == *authority;
+            same.then(|| r.key.clone())
+        })
     }
 
-    fn remember(&mut self, scheme: &str, authority: &str, key: &HostKey) {
-        let mut raw = String::with_capacity(scheme.len() + authority.len());
-        raw.push_str(scheme);
-        raw.push_str(authority);
+    fn remember(&mut self, scheme: &Scheme, authority: &str, key: &HostKey) {
         if let Some(slot) = self.entries.get_mut(self.next) {
-            *slot = Some((raw.into_boxed_str(), scheme.len(), key.clone()));
+            *slot = Some(Remembered {
+                scheme: scheme.clone(),
+                authority: authority.into(),
+                key: key.clone(),
+            });
         }
         self.next = (self.next + 1) % LAST_KEYS;
     }
