@@ -6,8 +6,8 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::hosts::HostTable;
+use super::hot::Hot;
 use super::snapshot::{CloseCounts, DrainSkips, Snapshot};
-use super::striped::Hot;
 use super::CloseReason;
 use crate::drain::{DrainOutcome, OnDrain, SkipReason};
 use crate::limit::QueueEvent;

@@ -187,7 +187,6 @@ impl Started {
             close,
         } = self;
         let inner = &f.metrics.inner;
-        inner.hot.here().responses.fetch_add(1, Relaxed);
         let close = close || says_close(response.headers());
         let queue_wait = response
             .extensions()
@@ -224,13 +223,16 @@ impl Started {
         #[cfg(feature = "metrics")]
         inner.emit.response(reused == Some(true));
         trace_response(response, reused, queue_wait);
+        // The thread's shard, found once for the response's figures.
+        let hot = inner.hot.here();
+        hot.responses.fetch_add(1, Relaxed);
         match reused {
             Some(true) => {
-                inner.hot.here().reused.fetch_add(1, Relaxed);
+                hot.reused.fetch_add(1, Relaxed);
             }
             Some(false) => {}
             None => {
-                inner.hot.here().reuse_unknown.fetch_add(1, Relaxed);
+                hot.reuse_unknown.fetch_add(1, Relaxed);
             }
         }
         f

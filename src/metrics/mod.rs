@@ -129,9 +129,9 @@ mod export;
 pub mod future;
 mod handle;
 mod hosts;
+mod hot;
 mod layer;
 mod snapshot;
-mod striped;
 
 pub use self::conn::ConnInfo;
 pub use self::handle::Metrics;
