@@ -45,6 +45,8 @@ use super::digits;
 use super::keep_alive::KeepAlive;
 use super::Phase;
 
+mod scan;
+
 /// The HTTP/2 client connection preface (RFC 9113 §3.4).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
@@ -477,7 +479,7 @@ enum Method {
 }
 
 /// What the tracker needs of a request head.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct RequestHead {
     method: Method,
     framing: RequestFraming,
@@ -498,7 +500,7 @@ enum RequestFraming {
 }
 
 /// What the tracker needs of a response head, as hyper reads it.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct ResponseHead {
     body: ResponseBody,
     /// A final response's `Keep-Alive` header.
@@ -532,6 +534,7 @@ enum Step<H> {
     Complete(usize, H),
 }
 
+#[cfg_attr(test, derive(Debug, PartialEq, Eq))]
 enum Parsed<H> {
     Partial,
     Unsure,
@@ -570,7 +573,20 @@ fn take_head<H>(buf: &mut Vec<u8>, bytes: &[u8], parse: impl Fn(&[u8]) -> Parsed
     }
 }
 
+/// Reads a request head: its common form in one pass ([`scan`]), any
+/// other with httparse.
 fn parse_request(bytes: &[u8]) -> Parsed<RequestHead> {
+    let scanned = scan::request_line(bytes).and_then(|(at, method)| {
+        let mut fields = Fields::new(true);
+        let n = scan::fields(bytes, at, MAX_REQUEST_HEADERS, |name, value| {
+            fields.add(name, value);
+        })?;
+        Some(Parsed::Complete(n, request_head(method, &fields)))
+    });
+    scanned.unwrap_or_else(|| parse_request_httparse(bytes))
+}
+
+fn parse_request_httparse(bytes: &[u8]) -> Parsed<RequestHead> {
     // Uninitialised: 4 KiB of empty fields written for every head cost
     // more than the parse of a short one.
     let mut headers = [const { std::mem::MaybeUninit::uninit() }; MAX_REQUEST_HEADERS];
@@ -581,43 +597,78 @@ fn parse_request(bytes: &[u8]) -> Parsed<RequestHead> {
         &mut headers,
     ) {
         Ok(httparse::Status::Complete(n)) => {
-            let method = match req.method {
-                Some(m) if m.eq_ignore_ascii_case("HEAD") => Method::Head,
-                Some(m) if m.eq_ignore_ascii_case("CONNECT") => Method::Connect,
-                _ => Method::Other,
-            };
             let fields = Fields::read(req.headers, true);
-            let framing = if let Some(coding) = fields.transfer_encoding {
-                if is_chunked(coding) {
-                    RequestFraming::Chunked
-                } else {
-                    RequestFraming::Invalid
-                }
-            } else {
-                match fields.content_length {
-                    Length::None => RequestFraming::None,
-                    Length::Valid(n) => RequestFraming::Length(n),
-                    Length::Invalid => RequestFraming::Invalid,
-                }
-            };
-            Parsed::Complete(
-                n,
-                RequestHead {
-                    method,
-                    framing,
-                    close: fields.close,
-                    upgrade: fields.upgrade,
-                },
-            )
+            let method = req.method.unwrap_or_default().as_bytes();
+            Parsed::Complete(n, request_head(method, &fields))
         }
         Ok(httparse::Status::Partial) => Parsed::Partial,
         Err(_) => Parsed::Unsure,
     }
 }
 
+/// What a request head of `method` and `fields` tells the tracker.
+fn request_head(method: &[u8], fields: &Fields<'_>) -> RequestHead {
+    let method = if method.eq_ignore_ascii_case(b"HEAD") {
+        Method::Head
+    } else if method.eq_ignore_ascii_case(b"CONNECT") {
+        Method::Connect
+    } else {
+        Method::Other
+    };
+    let framing = if let Some(coding) = fields.transfer_encoding {
+        if is_chunked(coding) {
+            RequestFraming::Chunked
+        } else {
+            RequestFraming::Invalid
+        }
+    } else {
+        match fields.content_length {
+            Length::None => RequestFraming::None,
+            Length::Valid(n) => RequestFraming::Length(n),
+            Length::Invalid => RequestFraming::Invalid,
+        }
+    };
+    RequestHead {
+        method,
+        framing,
+        close: fields.close,
+        upgrade: fields.upgrade,
+    }
+}
+
 /// Reads a response head as hyper's `Client::parse` and `Client::decoder`
 /// do with their defaults.
 fn parse_response(bytes: &[u8], head_request: bool, connect: bool) -> Parsed<ResponseHead> {
+    let scanned = scan::status_line(bytes).and_then(|(at, http11, status)| {
+        let mut fields = Fields::new(http11);
+        let n = scan::fields(bytes, at, MAX_HEADERS, |name, value| {
+            fields.add(name, value)
+        })?;
+        let keep_alive = match fields.keep_alive {
+            KeepAliveFields::None => None,
+            KeepAliveFields::One(value) => Some(value),
+            // Gathered by httparse.
+            KeepAliveFields::More => return None,
+        };
+        let read = |_: ()| KeepAlive::parse(keep_alive);
+        Some(response_head(
+            n,
+            status,
+            http11,
+            &fields,
+            head_request,
+            connect,
+            read,
+        ))
+    });
+    scanned.unwrap_or_else(|| parse_response_httparse(bytes, head_request, connect))
+}
+
+fn parse_response_httparse(
+    bytes: &[u8],
+    head_request: bool,
+    connect: bool,
+) -> Parsed<ResponseHead> {
     let mut headers = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
     let mut res = httparse::Response::new(&mut []);
     let n = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
@@ -631,14 +682,35 @@ fn parse_response(bytes: &[u8], head_request: bool, connect: bool) -> Parsed<Res
         // client builder (or never).
         Err(_) => return Parsed::Unsure,
     };
-    // `StatusCode::from_u16`.
-    let Some(status) = res.code.filter(|c| (100..1000).contains(c)) else {
-        return Parsed::Unsure;
-    };
     let http11 = res.version == Some(1);
     let headers = &*res.headers;
     let fields = Fields::read(headers, http11);
-    if fields.long_name {
+    let read = |_: ()| {
+        KeepAlive::parse(
+            headers
+                .iter()
+                .filter(|h| h.name.eq_ignore_ascii_case("keep-alive"))
+                .map(|h| h.value),
+        )
+    };
+    let status = res.code.unwrap_or_default();
+    response_head(n, status, http11, &fields, head_request, connect, read)
+}
+
+/// What a complete response head of `n` bytes tells the tracker, as
+/// hyper's `Client::decoder` reads it; `keep_alive` reads its
+/// `Keep-Alive` fields.
+fn response_head(
+    n: usize,
+    status: u16,
+    http11: bool,
+    fields: &Fields<'_>,
+    head_request: bool,
+    connect: bool,
+    keep_alive: impl FnOnce(()) -> Option<KeepAlive>,
+) -> Parsed<ResponseHead> {
+    // `StatusCode::from_u16`.
+    if !(100..1000).contains(&status) || fields.long_name {
         return Parsed::Unsure;
     }
     let body = match status {
@@ -670,15 +742,10 @@ fn parse_response(bytes: &[u8], head_request: bool, connect: bool) -> Parsed<Res
         n,
         ResponseHead {
             body,
-            keep_alive: if interim || !fields.keep_alive_field {
-                None
-            } else {
-                KeepAlive::parse(
-                    headers
-                        .iter()
-                        .filter(|h| h.name.eq_ignore_ascii_case("keep-alive"))
-                        .map(|h| h.value),
-                )
+            keep_alive: match fields.keep_alive {
+                _ if interim => None,
+                KeepAliveFields::None => None,
+                KeepAliveFields::One(_) | KeepAliveFields::More => keep_alive(()),
             },
             keep_alive_hyper: fields.keep_alive_hyper,
         },
@@ -700,49 +767,72 @@ struct Fields<'a> {
     /// with `keep-alive`; once a `Connection` field says `close`, nothing
     /// undoes it.
     keep_alive_hyper: bool,
-    /// A `Keep-Alive` field is present.
-    keep_alive_field: bool,
+    /// The `Keep-Alive` fields.
+    keep_alive: KeepAliveFields<'a>,
     /// An `Upgrade` field is present.
     upgrade: bool,
 }
 
+/// The `Keep-Alive` fields of a head.
+#[derive(Clone, Copy)]
+enum KeepAliveFields<'a> {
+    None,
+    One(&'a [u8]),
+    More,
+}
+
 impl<'a> Fields<'a> {
-    /// Reads `headers` of a head of HTTP/1.1 (`http11`) or HTTP/1.0.
-    fn read(headers: &[httparse::Header<'a>], http11: bool) -> Self {
-        let mut fields = Fields {
+    /// No field yet, of a head of HTTP/1.1 (`http11`) or HTTP/1.0.
+    fn new(http11: bool) -> Self {
+        Fields {
             long_name: false,
             transfer_encoding: None,
             content_length: Length::None,
             close: false,
             keep_alive_hyper: http11,
-            keep_alive_field: false,
+            keep_alive: KeepAliveFields::None,
             upgrade: false,
-        };
+        }
+    }
+
+    /// Reads `headers` of a head of HTTP/1.1 (`http11`) or HTTP/1.0.
+    fn read(headers: &[httparse::Header<'a>], http11: bool) -> Self {
+        let mut fields = Fields::new(http11);
         for h in headers {
-            let name = h.name;
-            // Names compared by length first: most fields are none of these.
-            match name.len() {
-                7 if name.eq_ignore_ascii_case("upgrade") => fields.upgrade = true,
-                10 if name.eq_ignore_ascii_case("connection") => {
-                    if fields.close || list_has(h.value, "close") {
-                        fields.close = true;
-                        fields.keep_alive_hyper = false;
-                    } else if !fields.keep_alive_hyper {
-                        fields.keep_alive_hyper = list_has(h.value, "keep-alive");
-                    }
-                }
-                10 if name.eq_ignore_ascii_case("keep-alive") => fields.keep_alive_field = true,
-                14 if name.eq_ignore_ascii_case("content-length") => {
-                    fields.content_length = fields.content_length.and(h.value);
-                }
-                17 if name.eq_ignore_ascii_case("transfer-encoding") => {
-                    fields.transfer_encoding = Some(h.value);
-                }
-                n if n >= MAX_NAME => fields.long_name = true,
-                _ => {}
-            }
+            fields.add(h.name.as_bytes(), h.value);
         }
         fields
+    }
+
+    /// Reads the next field of the head.
+    #[inline]
+    fn add(&mut self, name: &[u8], value: &'a [u8]) {
+        // Names compared by length first: most fields are none of these.
+        match name.len() {
+            7 if name.eq_ignore_ascii_case(b"upgrade") => self.upgrade = true,
+            10 if name.eq_ignore_ascii_case(b"connection") => {
+                if self.close || list_has(value, "close") {
+                    self.close = true;
+                    self.keep_alive_hyper = false;
+                } else if !self.keep_alive_hyper {
+                    self.keep_alive_hyper = list_has(value, "keep-alive");
+                }
+            }
+            10 if name.eq_ignore_ascii_case(b"keep-alive") => {
+                self.keep_alive = match self.keep_alive {
+                    KeepAliveFields::None => KeepAliveFields::One(value),
+                    _ => KeepAliveFields::More,
+                };
+            }
+            14 if name.eq_ignore_ascii_case(b"content-length") => {
+                self.content_length = self.content_length.and(value);
+            }
+            17 if name.eq_ignore_ascii_case(b"transfer-encoding") => {
+                self.transfer_encoding = Some(value);
+            }
+            n if n >= MAX_NAME => self.long_name = true,
+            _ => {}
+        }
     }
 }
 
@@ -774,6 +864,7 @@ fn is_chunked(last: &[u8]) -> bool {
 }
 
 /// What the `Content-Length` fields of a head say.
+#[derive(Clone, Copy)]
 enum Length {
     None,
     Valid(u64),
@@ -784,8 +875,11 @@ impl Length {
     /// hyper's `content_length_parse_all`, one field at a time: every
     /// value of every field, digits only, all equal.
     fn and(self, value: &[u8]) -> Length {
-        if matches!(self, Length::Invalid) {
-            return self;
+        match (self, digits(value)) {
+            // The common field: one value, digits only.
+            (Length::None, Some(n)) => return Length::Valid(n),
+            (Length::Invalid, _) => return self,
+            _ => {}
         }
         let mut length = self;
         let Some(line) = visible(value) else {
@@ -999,6 +1093,181 @@ fn hex(b: u8) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    /// Pieces of heads: the common form, and each way out of it that
+    /// httparse or hyper treat otherwise.
+    fn head_pieces() -> impl Strategy<Value = Vec<u8>> {
+        let start = prop::sample::select(vec![
+            "HTTP/1.1 ",
+            "HTTP/1.0 ",
+            "HTTP/2.0 ",
+            "http/1.1 ",
+            "HTTP/1.1  ",
+            "\r\nHTTP/1.1 ",
+            "HTTP/1.1",
+            "GET / HTTP/1.1\r\n",
+            "HEAD /x?y=1 HTTP/1.1\r\n",
+            "CONNECT h:1 HTTP/1.1\r\n",
+            "GET  / HTTP/1.1\r\n",
+            "GET / HTTP/1.0\n",
+            "GET /é HTTP/1.1\r\n",
+            "G@T / HTTP/1.1\r\n",
+            "head / HTTP/1.1\r\n",
+        ]);
+        let code = prop::sample::select(vec![
+            "200 OK\r\n",
+            "204 No Content\r\n",
+            "304 \r\n",
+            "101 Switching\r\n",
+            "100 Continue\r\n",
+            "103 Hints\r\n",
+            "099 Low\r\n",
+            "999 High\r\n",
+            "200\r\n",
+            "200\n",
+            "2x0 OK\r\n",
+            "200 OK\n",
+            "200 é\r\n",
+            "200 a\tb\r\n",
+            "200 a\x7fb\r\n",
+            "404 Not Found\r\n",
+            "",
+        ]);
+        let name = prop::sample::select(vec![
+            "content-length",
+            "Content-Length",
+            "transfer-encoding",
+            "Transfer-Encoding",
+            "connection",
+            "Connection",
+            "keep-alive",
+            "Keep-Alive",
+            "upgrade",
+            "x-a",
+            "x a",
+            "",
+            "x-é",
+            "host",
+            "date",
+        ]);
+        let colon = prop::sample::select(vec![": ", ":", " : ", ":\t ", ":  ", " "]);
+        let value = prop::sample::select(vec![
+            "5",
+            "0",
+            " 5 \t",
+            "5, 5",
+            "5,6",
+            "+2",
+            "00002",
+            "18446744073709551616",
+            "chunked",
+            "gzip, chunked",
+            "chunked, gzip",
+            " Chunked ",
+            "close",
+            "keep-alive",
+            "Keep-Alive, Upgrade",
+            "timeout=5, max=100",
+            "",
+            "a\tb",
+            "é",
+            "a\x7fb",
+            "a\x00b",
+            " \t",
+            "h2c",
+            "0123456789abcdef01234",
+        ]);
+        let end = prop::sample::select(vec!["\r\n", "\r\n", "\r\n", "\n", "\r", "\r\n "]);
+        let field =
+            (name, colon, value, end).prop_map(|(n, c, v, e)| format!("{n}{c}{v}{e}").into_bytes());
+        let last = prop::sample::select(vec!["\r\n", "\r\n", "\n", "", "\r"]);
+        (
+            start,
+            code,
+            prop::collection::vec(field, 0..8),
+            last,
+            any::<bool>(),
+        )
+            .prop_map(|(start, code, fields, last, body)| {
+                let mut head = format!("{start}{code}").into_bytes();
+                head.extend(fields.concat());
+                head.extend_from_slice(last.as_bytes());
+                if body {
+                    head.extend_from_slice(b"2\r\nok");
+                }
+                head
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(4096))]
+
+        /// The one-pass reading of a head's common form gives what the
+        /// tracker makes of httparse's, for every head, whole or cut.
+        #[test]
+        fn the_common_form_reads_as_httparse_reads(
+            head in head_pieces(),
+            cut in any::<prop::sample::Index>(),
+            head_request in any::<bool>(),
+            connect in any::<bool>(),
+        ) {
+            for bytes in [&head[..], &head[..cut.index(head.len() + 1)]] {
+                prop_assert_eq!(
+                    parse_response(bytes, head_request, connect),
+                    parse_response_httparse(bytes, head_request, connect)
+                );
+                prop_assert_eq!(parse_request(bytes), parse_request_httparse(bytes));
+            }
+        }
+
+        #[test]
+        fn any_bytes_read_as_httparse_reads(bytes in prop::collection::vec(any::<u8>(), 0..64)) {
+            prop_assert_eq!(parse_response(&bytes, false, false), parse_response_httparse(&bytes, false, false));
+            prop_assert_eq!(parse_request(&bytes), parse_request_httparse(&bytes));
+        }
+    }
+
+    #[test]
+    fn field_counts_at_and_past_the_limits_read_as_httparse_reads() {
+        for n in [99, 100, 101, 127, 128, 129] {
+            let fields = "x-a: b\r\n".repeat(n);
+            let response = format!("HTTP/1.1 200 OK\r\n{fields}content-length: 0\r\n\r\n");
+            let request = format!("GET / HTTP/1.1\r\n{fields}\r\n");
+            assert_eq!(
+                parse_response(response.as_bytes(), false, false),
+                parse_response_httparse(response.as_bytes(), false, false),
+                "{n}"
+            );
+            assert_eq!(
+                parse_request(request.as_bytes()),
+                parse_request_httparse(request.as_bytes()),
+                "{n}"
+            );
+        }
+    }
+
+    /// The heads hyper writes and the common servers send take the one
+    /// pass (it is no stub that always leaves them to httparse).
+    #[test]
+    fn common_heads_take_the_one_pass() {
+        for head in [
+            &b"HTTP/1.1 200 OK\r\nserver: nginx\r\ndate: Mon, 07 Dec 2026 09:00:00 GMT\r\ncontent-type: text/plain\r\ncontent-length: 5\r\nconnection: keep-alive\r\n\r\n"[..],
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/plain; charset=utf-8\r\nDate: Mon, 07 Dec 2026 09:00:00 GMT\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"HTTP/1.1 204 No Content\r\nKeep-Alive: timeout=5, max=100\r\n\r\n",
+        ] {
+            let (at, _, _) = scan::status_line(head).unwrap();
+            assert_eq!(scan::fields(head, at, MAX_HEADERS, |_, _| {}), Some(head.len()));
+        }
+        let request =
+            b"POST /upload?x=1 HTTP/1.1\r\nhost: 127.0.0.1:8080\r\ncontent-length: 3\r\n\r\n";
+        let (at, method) = scan::request_line(request).unwrap();
+        assert_eq!(method, b"POST");
+        assert_eq!(
+            scan::fields(request, at, MAX_REQUEST_HEADERS, |_, _| {}),
+            Some(request.len())
+        );
+    }
 
     const GET: &[u8] = b"GET / HTTP/1.1\r\nhost: a\r\n\r\n";
     const OK_RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n";
