@@ -398,10 +398,10 @@ async fn short_ages_under_load_lose_nothing(wire: Wire) {
     let switch = Switch::new(A);
     let guard = PoolGuard::builder()
         .max_per_host(10)
-        .max_connection_age(Duration::from_millis(200))
+        .max_connection_age(SHORT_AGE)
         .build();
     let send = hyper_util_send(&guard, wire, &switch, &[&a], "/bytes/16384");
-    let run = support::drive(50, 5000, 0, move || send()).await;
+    let run = drive_past_ages(send, SHORT_AGE).await;
     settle(|| a.stats.open() <= 10).await;
     let closed = a.stats.accepted() - a.stats.open();
     println!(
@@ -409,9 +409,36 @@ async fn short_ages_under_load_lose_nothing(wire: Wire) {
         a.stats.accepted()
     );
     assert_eq!(run.errors, 0);
-    assert_eq!(run.ok, 5000);
-    assert_eq!(a.stats.requests(), 5000, "each request sent once");
+    assert!(run.ok >= 5000);
+    assert_eq!(a.stats.requests(), run.ok, "each request sent once");
     assert!(closed > 0, "connections retired during the load");
+}
+
+/// The connection age of the short-age tests.
+const SHORT_AGE: Duration = Duration::from_millis(200);
+
+/// Drives `send` from 50 tasks in rounds of 1,000 requests until at least
+/// 5,000 went out and three connection ages have passed, so that
+/// connections age out during the load however fast the machine runs it
+/// (a fixed count can end before the first age does); at most 200 rounds
+/// and 60 s.
+async fn drive_past_ages(send: Sender, age: Duration) -> support::Run {
+    let started = std::time::Instant::now();
+    let mut total = support::Run::default();
+    for _ in 0..200 {
+        let send = send.clone();
+        let run = support::drive(50, 1000, 0, move || send()).await;
+        total.ok += run.ok;
+        total.errors += run.errors;
+        total.hung += run.hung;
+        let elapsed = started.elapsed();
+        if (total.ok + total.errors >= 5000 && elapsed >= age * 3)
+            || elapsed >= Duration::from_secs(60)
+        {
+            break;
+        }
+    }
+    total
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -515,18 +542,18 @@ async fn reqwest_http1_short_ages_under_load_lose_nothing() {
     let switch = Switch::new(A);
     let guard = PoolGuard::builder()
         .max_per_host(10)
-        .max_connection_age(Duration::from_millis(200))
+        .max_connection_age(SHORT_AGE)
         .build();
     let send = reqwest_send(&guard, &switch, &server, "/bytes/16384");
-    let run = support::drive(50, 5000, 0, move || send()).await;
+    let run = drive_past_ages(send, SHORT_AGE).await;
     let closed = server.stats.accepted() - server.stats.open();
     println!(
         "reqwest: {run:?}, {} connections, {closed} closed",
         server.stats.accepted()
     );
     assert_eq!(run.errors, 0);
-    assert_eq!(run.ok, 5000);
-    assert_eq!(server.stats.requests(), 5000, "each request sent once");
+    assert!(run.ok >= 5000);
+    assert_eq!(server.stats.requests(), run.ok, "each request sent once");
     assert!(closed > 0, "connections retired during the load");
 }
 

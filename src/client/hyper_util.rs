@@ -6,7 +6,7 @@ use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 
 use std::time::Duration;
 
@@ -703,6 +703,9 @@ pub struct GuardedIo<T> {
 struct IoGuard {
     slot: Option<Slot>,
     link: Arc<Link>,
+    /// The task last parked with the link (which keeps it across wakes):
+    /// the same task parks again without the link's lock.
+    parked: Option<Waker>,
     tracker: Tracker,
     conn: Option<Arc<Record>>,
     honor_keep_alive: bool,
@@ -765,6 +768,7 @@ impl<T> GuardedIo<T> {
             guard: IoGuard {
                 slot,
                 link,
+                parked: None,
                 tracker: Tracker::new(),
                 conn,
                 honor_keep_alive: track.honor_keep_alive,
@@ -1121,6 +1125,17 @@ impl IoGuard {
 }
 
 impl IoGuard {
+    /// Remembers the task of the IO's read with the link, to be woken when
+    /// something it must act on changes elsewhere; the same task as last
+    /// time costs a comparison.
+    fn park(&mut self, waker: &Waker) {
+        if self.parked.as_ref().is_some_and(|w| w.will_wake(waker)) {
+            return;
+        }
+        self.link.park(waker);
+        self.parked = Some(waker.clone());
+    }
+
     /// The connection retires for `reason` (its age, its requests,
     /// `close_idle`): it takes no new request from now on (it leaves
     /// hyper-util's pool through its poison, and its IO closes it when it
@@ -1209,7 +1224,7 @@ impl<T: Read + Unpin> Read for GuardedIo<T> {
             // Parked before the look below: whatever changes after it wakes
             // this read, so a read that then finds nothing need not look
             // again.
-            guard.link.park(cx.waker());
+            guard.park(cx.waker());
         }
         if if http2 {
             guard.poll_h2_retire(cx)
@@ -1274,7 +1289,7 @@ impl<T: Read + Unpin> Read for GuardedIo<T> {
                 if guard.tracker.phase() == Phase::Http2 {
                     // For `close_idle`, which may have asked since the
                     // check above.
-                    guard.link.park(cx.waker());
+                    guard.park(cx.waker());
                     if guard.poll_h2_retire(cx) {
                         return Poll::Ready(Err(Retired::error()));
                     }

@@ -125,12 +125,23 @@ impl ReadWaker {
         }
     }
 
-    /// Wakes the remembered task, if any.
+    /// Wakes the remembered task, if any. The task stays remembered: its
+    /// IO, which remembers what it parked, parks again only with another
+    /// task (no lock on every read of an idle connection).
     pub(crate) fn wake(&self) {
-        let waker = self.0.lock().unwrap_or_else(PoisonError::into_inner).take();
+        let waker = self
+            .0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
         if let Some(waker) = waker {
             waker.wake();
         }
+    }
+
+    /// Forgets the remembered task (its IO is gone).
+    pub(crate) fn clear(&self) {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).take();
     }
 }
 
@@ -300,6 +311,7 @@ impl Link {
     /// hyper dropped the connection's IO.
     pub(crate) fn close(&self) {
         self.closed.store(true, Relaxed);
+        self.waker.clear();
     }
 
     /// Whether hyper dropped the connection's IO: every HTTP/2 stream on it

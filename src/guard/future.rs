@@ -305,14 +305,56 @@ where
 mod zz_sizes {
     #[test]
     fn zz_sizes() {
-        type S = tower::util::ServiceFn<fn(http::Request<()>) -> std::future::Ready<Result<http::Response<http_body_util::Full<bytes::Bytes>>, std::convert::Infallible>>>;
-        eprintln!("future {}", std::mem::size_of::<super::ResponseFuture<S, ()>>());
-        eprintln!("state {}", std::mem::size_of::<super::State<std::future::Ready<Result<http::Response<http_body_util::Full<bytes::Bytes>>, std::convert::Infallible>>>>());
-        eprintln!("attempts {}", std::mem::size_of::<crate::retry::attempts::Attempts<S, ()>>());
-        eprintln!("resend {}", std::mem::size_of::<Option<crate::retry::service::Resend<()>>>());
-        eprintln!("slot {}", std::mem::size_of::<Option<crate::limit::registry::Slot>>());
-        eprintln!("started {}", std::mem::size_of::<Option<crate::metrics::Started>>());
-        eprintln!("uri {} method {} headers {} ext {}", std::mem::size_of::<http::Uri>(), std::mem::size_of::<http::Method>(), std::mem::size_of::<http::HeaderMap>(), std::mem::size_of::<http::Extensions>());
+        type S = tower::util::ServiceFn<
+            fn(
+                http::Request<()>,
+            ) -> std::future::Ready<
+                Result<
+                    http::Response<http_body_util::Full<bytes::Bytes>>,
+                    std::convert::Infallible,
+                >,
+            >,
+        >;
+        eprintln!(
+            "future {}",
+            std::mem::size_of::<super::ResponseFuture<S, ()>>()
+        );
+        eprintln!(
+            "state {}",
+            std::mem::size_of::<
+                super::State<
+                    std::future::Ready<
+                        Result<
+                            http::Response<http_body_util::Full<bytes::Bytes>>,
+                            std::convert::Infallible,
+                        >,
+                    >,
+                >,
+            >()
+        );
+        eprintln!(
+            "attempts {}",
+            std::mem::size_of::<crate::retry::attempts::Attempts<S, ()>>()
+        );
+        eprintln!(
+            "resend {}",
+            std::mem::size_of::<Option<crate::retry::service::Resend<()>>>()
+        );
+        eprintln!(
+            "slot {}",
+            std::mem::size_of::<Option<crate::limit::registry::Slot>>()
+        );
+        eprintln!(
+            "started {}",
+            std::mem::size_of::<Option<crate::metrics::Started>>()
+        );
+        eprintln!(
+            "uri {} method {} headers {} ext {}",
+            std::mem::size_of::<http::Uri>(),
+            std::mem::size_of::<http::Method>(),
+            std::mem::size_of::<http::HeaderMap>(),
+            std::mem::size_of::<http::Extensions>()
+        );
         eprintln!("response {}", std::mem::size_of::<http::Response<()>>());
     }
 }
