@@ -541,3 +541,38 @@ pub(crate) struct ResetsResent;
 /// [`Stamp`]; its latency says nothing of the server's queue.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Dialed;
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use std::task::{Wake, Waker};
+
+    use super::ReadWaker;
+
+    /// Counts its wakes.
+    struct Count(AtomicUsize);
+
+    impl Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The IO parks its task again only when the task changed, so a task
+    /// parked once must be woken by every later wake, not only the first.
+    #[test]
+    fn a_parked_task_is_woken_by_every_wake_until_cleared() {
+        let count = Arc::new(Count(AtomicUsize::new(0)));
+        let waker = Waker::from(count.clone());
+        let read = ReadWaker::default();
+        read.wake();
+        read.park(&waker);
+        read.wake();
+        read.wake();
+        assert_eq!(count.0.load(Ordering::Relaxed), 2);
+        read.clear();
+        read.wake();
+        assert_eq!(count.0.load(Ordering::Relaxed), 2, "cleared: forgotten");
+    }
+}
