@@ -21,7 +21,9 @@
 //! - **"Answered" is any byte read** after the request's first byte went
 //!   out: no parse decides it, so no parser option can change it.
 //! - **Responses are read as hyper reads them** with its defaults, to know
-//!   when a connection is idle: httparse with a default `ParserConfig`,
+//!   when a connection is idle: httparse with a default `ParserConfig`
+//!   (a head's common form is read in one pass by [`scan`], which reads
+//!   only what httparse reads the same way and leaves the rest to it),
 //!   at most 100 header fields and a head of at most hyper's read buffer
 //!   limit (8 KiB + 400 KiB), hyper's status codes (100 to 999), its
 //!   rules for `Transfer-Encoding` (the coding after the last comma of the
