@@ -652,7 +652,7 @@ fn parse_response(bytes: &[u8], head_request: bool, connect: bool) -> Parsed<Res
             // Gathered by httparse.
             KeepAliveFields::More => return None,
         };
-        let read = |_: ()| KeepAlive::parse(keep_alive);
+        let read = || KeepAlive::parse(keep_alive);
         Some(response_head(
             n,
             status,
@@ -687,7 +687,7 @@ fn parse_response_httparse(
     let http11 = res.version == Some(1);
     let headers = &*res.headers;
     let fields = Fields::read(headers, http11);
-    let read = |_: ()| {
+    let read = || {
         KeepAlive::parse(
             headers
                 .iter()
@@ -709,7 +709,7 @@ fn response_head(
     fields: &Fields<'_>,
     head_request: bool,
     connect: bool,
-    keep_alive: impl FnOnce(()) -> Option<KeepAlive>,
+    keep_alive: impl FnOnce() -> Option<KeepAlive>,
 ) -> Parsed<ResponseHead> {
     // `StatusCode::from_u16`.
     if !(100..1000).contains(&status) || fields.long_name {
@@ -747,7 +747,7 @@ fn response_head(
             keep_alive: match fields.keep_alive {
                 _ if interim => None,
                 KeepAliveFields::None => None,
-                KeepAliveFields::One(_) | KeepAliveFields::More => keep_alive(()),
+                KeepAliveFields::One(_) | KeepAliveFields::More => keep_alive(),
             },
             keep_alive_hyper: fields.keep_alive_hyper,
         },
@@ -877,11 +877,15 @@ impl Length {
     /// hyper's `content_length_parse_all`, one field at a time: every
     /// value of every field, digits only, all equal.
     fn and(self, value: &[u8]) -> Length {
-        match (self, digits(value)) {
+        match self {
+            Length::Invalid => return self,
             // The common field: one value, digits only.
-            (Length::None, Some(n)) => return Length::Valid(n),
-            (Length::Invalid, _) => return self,
-            _ => {}
+            Length::None => {
+                if let Some(n) = digits(value) {
+                    return Length::Valid(n);
+                }
+            }
+            Length::Valid(_) => {}
         }
         let mut length = self;
         let Some(line) = visible(value) else {
