@@ -165,8 +165,12 @@ async fn never_ending_bodies_give_up_within_budget() {
                 .expect("response");
             drop(resp);
             // The drop returned while the drain still runs: it never waits
-            // for the peer.
-            assert!(layer.running() >= 1);
+            // for the peer. (Only the trickle's drain is sure to run on:
+            // it can end only at `max_time`, while the endless body's can
+            // reach its byte budget on another worker before this look.)
+            if path == "/trickle" {
+                assert!(layer.running() >= 1);
+            }
         }
     }
     drains_finish(&layer).await;

@@ -103,6 +103,7 @@
 
 mod adaptive;
 mod body;
+mod gate;
 pub(crate) mod layer;
 pub(crate) mod policy;
 pub(crate) mod registry;

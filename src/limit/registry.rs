@@ -1,21 +1,26 @@
-//! Per-host slots: a count and a FIFO queue of waiters per host, under one
-//! lock, and a map of hosts that holds only hosts with something in flight
-//! or queued.
+//! Per-host slots: a count and a FIFO queue of waiters per host, and a map
+//! of hosts that holds the hosts with something in flight or queued (and a
+//! few idle ones, kept for their next request).
 //!
-//! The uncontended path is one lock section to take a slot and one to give
-//! it back. A slot given back goes straight to the first waiter (FIFO), so
-//! a host with waiters always has all its slots taken: no request can pass
-//! the queue.
+//! A host's count lives in its [`Gate`], one atomic word: while the host
+//! has no waiters, a request takes a free slot and gives it back without
+//! the registry's lock, having found the gate in its thread's cache
+//! (the last hosts it sent to). Queueing, handing slots to waiters, new
+//! limits and forgetting hosts take the lock. A slot given back goes
+//! straight to the first waiter (FIFO), so a host with waiters always has
+//! all its slots taken: no request can pass the queue.
 
+use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
 
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use super::gate::{Gate, Taken};
 use super::observe::{QueueEvent, QueueHook};
 use super::policy::{LimitPolicy, Sample};
 #[cfg(feature = "hyper-util")]
@@ -136,13 +141,12 @@ pub(crate) struct Registry {
 
 #[derive(Debug, Default)]
 struct Host {
-    /// Slots taken (by requests, or handed to waiters not yet woken).
-    taken: usize,
-    /// The bounds of the last request admitted (clones of a layer share
-    /// the registry and may differ).
-    slots: HostSlots,
-    /// What the host speaks, as far as its responses showed.
-    proto: Proto,
+    /// Slots taken (by requests, or handed to waiters not yet woken), and
+    /// what a request needs to take one without the lock: the bounds of
+    /// the last request admitted (clones of a layer share the registry and
+    /// may differ), what the host speaks as far as its responses showed,
+    /// and the limit these make.
+    gate: Arc<Gate>,
     /// Reached over TLS (`https`).
     tls: bool,
     /// Waiters, first come first served; empty whenever a slot is free.
@@ -263,14 +267,45 @@ impl Registry {
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
+        #[cfg(test)]
+        LOCKS_TAKEN.with(|n| n.set(n.get().saturating_add(1)));
         // The map is consistent after every statement that touches it, so a
         // panic elsewhere while it was held leaves nothing to repair.
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Takes a slot for `key`, or a place in its queue.
+    /// Takes a slot for `key`, or a place in its queue: without the lock
+    /// when this thread knows the host's gate, the host has a free slot
+    /// and no waiters, and no policy decides its limit.
+    #[inline]
     pub(crate) fn acquire(self: &Arc<Self>, key: HostKey, policy: &Policy) -> Acquire {
-        self.acquire_for(key, None, policy)
+        match self.acquire_unlocked(key, policy) {
+            Ok(slot) => Acquire::Ready(slot),
+            Err(key) => self.acquire_for(key, None, policy),
+        }
+    }
+
+    /// A slot of `key` taken without the lock, or the key back.
+    #[inline]
+    fn acquire_unlocked(self: &Arc<Self>, key: HostKey, policy: &Policy) -> Result<Slot, HostKey> {
+        if policy.decider.is_some() {
+            return Err(key);
+        }
+        let Some(gate) = cached_gate(self, &key) else {
+            return Err(key);
+        };
+        // Under the bounds the host's limit was published for.
+        if gate.slots() != HostSlots::of(policy.bounds_for(&key)).packed() {
+            return Err(key);
+        }
+        match gate.try_take() {
+            Some(proto) => {
+                let mut slot = Slot::new(key, self.clone(), gate, Duration::ZERO);
+                slot.proto = proto;
+                Ok(slot)
+            }
+            None => Err(key),
+        }
     }
 
     /// [`acquire`](Registry::acquire) for a connector's dial for
@@ -298,25 +333,32 @@ impl Registry {
         let mut guard = self.state();
         let state = &mut *guard;
         let host = match state.hosts.get_mut(&key) {
-            Some(host) if !host.idle() => host,
-            Some(host) => {
-                // Kept while idle (see `MAX_IDLE`): in use again.
-                state.idle = state.idle.saturating_sub(1);
-                host.ask(policy, &key, bounds)
-            }
-            None => state.open(&key).ask(policy, &key, bounds),
+            Some(host) => host,
+            None => state.open(&key),
         };
-        host.slots = HostSlots::of(bounds);
-        let proto = host.proto;
+        if host.idle() {
+            // New, or kept while idle (see `MAX_IDLE`): taken into use.
+            host.ask(policy, &key, bounds);
+        }
+        let proto = host.proto();
+        host.publish_as(HostSlots::of(bounds), proto);
         let limit = host.limit();
-        if host.taken < limit {
-            // No waiters here: they exist only while every slot is taken.
-            host.taken += 1;
-            let in_flight = host.taken;
+        // No slot while others wait: they exist only while every slot is
+        // taken.
+        let taken = match host.waiters.is_empty() {
+            true => host.gate.take_or_close(limit),
+            false => Taken::Closed,
+        };
+        if let Taken::Slot(in_flight) = taken {
             let ceiling = host.ceiling();
-            state.in_flight = state.in_flight.saturating_add(1);
+            let gate = host.gate.clone();
             drop(guard);
-            let mut slot = Slot::new(key, self.clone(), Duration::ZERO);
+            // Remembered for the requests that may take the next slot
+            // without the lock (not a connector's dials, which never do).
+            if policy.decider.is_none() && pool_key.is_none() {
+                remember_gate(self, &key, &gate);
+            }
+            let mut slot = Slot::new(key, self.clone(), gate, Duration::ZERO);
             slot.proto = proto;
             slot.sampling = Sampling::of(policy.decider.as_ref(), in_flight, ceiling);
             return Acquire::Ready(slot);
@@ -336,6 +378,8 @@ impl Registry {
             }
         }
         if host.waiters.len() >= bounds.max_queued {
+            // No waiter after all: the gate opens again if none waits.
+            host.publish();
             drop(guard);
             if let Some(m) = &policy.observer {
                 m.tell(QueueEvent::Full);
@@ -352,6 +396,8 @@ impl Registry {
             ..Grant::default()
         });
         host.waiters.push_back(grant.clone());
+        host.publish();
+        let gate = host.gate.clone();
         // Counted before the lock is let go: a connection woken below looks
         // at this count first.
         self.queued.fetch_add(1, Ordering::Relaxed);
@@ -368,6 +414,7 @@ impl Registry {
         }
         Acquire::Queued(Waiter {
             grant,
+            gate,
             key,
             queued: true,
             timed_out: false,
@@ -392,21 +439,18 @@ impl Registry {
         };
         // A slot goes to the first waiter, unless the host holds more than
         // it may now (its protocol changed).
-        if host.taken <= host.limit() {
+        let limit = host.limit();
+        if host.taken() <= limit {
             if let Some(next) = host.waiters.pop_front() {
-                next.hand(host.limit());
+                next.hand(limit);
+                host.publish();
                 return;
             }
         }
-        host.taken = host.taken.saturating_sub(1);
+        host.gate.sub_taken();
+        host.publish();
         if host.idle() {
-            // A few idle hosts are kept: a host with one request at a time
-            // would otherwise be made and forgotten for every request.
-            if state.idle < MAX_IDLE {
-                state.idle += 1;
-            } else {
-                state.remove(key);
-            }
+            state.went_idle(key);
         }
     }
 
@@ -417,10 +461,10 @@ impl Registry {
         let Some(host) = state.hosts.get_mut(key) else {
             return;
         };
-        if host.proto == proto {
+        if host.proto() == proto {
             return;
         }
-        host.proto = proto;
+        host.publish_as(host.slots(), proto);
         host.admit_waiters();
     }
 
@@ -447,7 +491,7 @@ impl Registry {
             .filter(|(key, host)| !host.idle() && wanted(key.host()))
             .map(|(key, host)| Demand {
                 key: key.clone(),
-                taken: host.taken,
+                taken: host.taken(),
                 waiting: host.waiters.len(),
                 ceiling: host.ceiling(),
             })
@@ -494,12 +538,16 @@ impl Registry {
     /// not counted).
     pub(crate) fn hosts_tracked(&self) -> usize {
         let state = self.state();
-        state.hosts.len().saturating_sub(state.idle)
+        state.hosts.values().filter(|host| !host.idle()).count()
     }
 
     /// Slots held now, across hosts.
     pub(crate) fn in_flight(&self) -> usize {
-        self.state().in_flight
+        let state = self.state();
+        state
+            .hosts
+            .values()
+            .fold(0usize, |n, host| n.saturating_add(host.taken()))
     }
 
     /// Waiters now, across hosts.
@@ -521,11 +569,10 @@ impl crate::conn::Demand for Registry {
 #[derive(Debug)]
 struct State {
     hosts: HashMap<HostKey, Host, BuildKeyHasher>,
-    /// Slots held (counted under the lock each slot takes anyway).
-    in_flight: usize,
-    /// Hosts in `hosts` with nothing in flight or waiting, kept for their
-    /// next request (at most [`MAX_IDLE`]).
-    idle: usize,
+    /// Hosts in `hosts` kept while idle, for their next request (at most
+    /// [`MAX_IDLE`], the longest kept first): their gates let a request
+    /// give their last slot back without the lock.
+    kept: VecDeque<HostKey>,
     /// What hosts no longer tracked were last seen to speak, where it
     /// changes their limit (HTTP/2, or HTTP/1 over TLS), so that a host that
     /// goes quiet keeps its protocol (at most [`MAX_KNOWN`] hosts).
@@ -544,8 +591,7 @@ impl Default for State {
     fn default() -> Self {
         State {
             hosts: HashMap::default(),
-            in_flight: 0,
-            idle: 0,
+            kept: VecDeque::new(),
             known: HostMemo::new(MAX_KNOWN),
         }
     }
@@ -556,15 +602,44 @@ impl Host {
     /// from the policy, if any.
     fn ask(&mut self, policy: &Policy, key: &HostKey, bounds: Bounds) -> &mut Host {
         if let Some(decider) = &policy.decider {
-            let ceiling = bounds.slots_for(self.proto, self.tls);
+            let ceiling = bounds.slots_for(self.proto(), self.tls);
             self.cap = cap_of(decider.limit(key, ceiling));
         }
         self
     }
 
+    /// Slots taken now (by requests, or handed to waiters not yet woken).
+    fn taken(&self) -> usize {
+        self.gate.load().taken()
+    }
+
     /// Nothing in flight and nothing waiting.
     fn idle(&self) -> bool {
-        self.taken == 0 && self.waiters.is_empty()
+        self.taken() == 0 && self.waiters.is_empty()
+    }
+
+    /// The bounds of the last request admitted.
+    fn slots(&self) -> HostSlots {
+        HostSlots::unpacked(self.gate.slots())
+    }
+
+    /// What the host speaks, as far as its responses showed.
+    fn proto(&self) -> Proto {
+        self.gate.load().proto()
+    }
+
+    /// Under the lock, after a change of the host's policy limit or
+    /// waiters: tells its gate.
+    fn publish(&self) {
+        self.publish_as(self.slots(), self.proto());
+    }
+
+    /// Under the lock: the host's bounds are `slots` and it speaks
+    /// `proto` now; its gate is told, with the limit they make.
+    fn publish_as(&self, slots: HostSlots, proto: Proto) {
+        let limit = self.limit_below(slots.for_proto(proto, self.tls));
+        let waiters = !self.waiters.is_empty();
+        self.gate.publish(slots.packed(), limit, proto, waiters);
     }
 
     /// Chooses the idle connections to close for one more dial for
@@ -679,19 +754,24 @@ impl Host {
     /// first waiters (its limit rose: its protocol, or its policy).
     fn admit_waiters(&mut self) {
         let limit = self.limit();
-        while self.taken < limit {
+        while self.taken() < limit {
             let Some(next) = self.waiters.pop_front() else {
                 break;
             };
-            self.taken += 1;
+            self.gate.add_taken();
             next.hand(limit);
         }
+        self.publish();
     }
 
     /// Slots the host may hold now: its bounds, and below them its
     /// policy's limit.
     fn limit(&self) -> usize {
-        let ceiling = self.ceiling();
+        self.limit_below(self.ceiling())
+    }
+
+    /// `ceiling`, or the policy's limit below it.
+    fn limit_below(&self, ceiling: usize) -> usize {
         match self.cap {
             0 => ceiling,
             cap => ceiling.min(usize::try_from(cap - 1).unwrap_or(usize::MAX)),
@@ -700,7 +780,7 @@ impl Host {
 
     /// Slots the host's bounds allow (a policy's ceiling).
     fn ceiling(&self) -> usize {
-        self.slots.for_proto(self.proto, self.tls)
+        self.slots().for_proto(self.proto(), self.tls)
     }
 }
 
@@ -727,6 +807,19 @@ impl HostSlots {
         }
     }
 
+    /// Both counts in one word, as a [`Gate`] keeps them.
+    fn packed(self) -> u64 {
+        (u64::from(self.per_host) << 32) | u64::from(self.streams)
+    }
+
+    /// The counts of a [`packed`](HostSlots::packed) word.
+    fn unpacked(word: u64) -> Self {
+        HostSlots {
+            per_host: u32::try_from(word >> 32).unwrap_or(u32::MAX),
+            streams: u32::try_from(word & 0xFFFF_FFFF).unwrap_or(u32::MAX),
+        }
+    }
+
     fn for_proto(self, proto: Proto, tls: bool) -> usize {
         let wide = |n: u32| usize::try_from(n.max(1)).unwrap_or(usize::MAX);
         let bounds = Bounds {
@@ -743,27 +836,67 @@ impl State {
     fn open(&mut self, key: &HostKey) -> &mut Host {
         let proto = self.known.remove(key).unwrap_or_default();
         let tls = key.scheme() == "https";
-        self.hosts.entry(key.clone()).or_insert_with(|| Host {
-            proto,
-            tls,
-            ..Host::default()
+        self.hosts.entry(key.clone()).or_insert_with(|| {
+            let host = Host {
+                tls,
+                ..Host::default()
+            };
+            host.publish_as(HostSlots::default(), proto);
+            host
         })
     }
 
-    /// Forgets `key`, and gives memory back after a burst of hosts: a map
-    /// at a quarter of its capacity is halved (amortised, O(1) per removal).
+    /// `key`'s host has just gone idle (its last slot given back through
+    /// the lock): it is kept for its next request, and the host kept
+    /// longest gives way if [`MAX_IDLE`] are kept already. A host with one
+    /// request at a time would otherwise be made and forgotten for every
+    /// request, and a kept host's last slot is given back without the
+    /// lock.
+    fn went_idle(&mut self, key: &HostKey) {
+        let Some(host) = self.hosts.get(key) else {
+            return;
+        };
+        if host.gate.load().kept() {
+            return;
+        }
+        host.gate.set_kept(true);
+        if self.kept.len() >= MAX_IDLE {
+            if let Some(oldest) = self.kept.pop_front() {
+                self.unkeep(&oldest);
+            }
+        }
+        self.kept.push_back(key.clone());
+    }
+
+    /// `key`'s host is no longer kept while idle: forgotten if idle now,
+    /// or else when it next goes idle (its last slot then goes through the
+    /// lock).
+    fn unkeep(&mut self, key: &HostKey) {
+        let Some(host) = self.hosts.get(key) else {
+            return;
+        };
+        host.gate.set_kept(false);
+        // Retired in the same step that finds nothing taken, so that no
+        // request takes a slot of a host no longer tracked.
+        if host.waiters.is_empty() && host.gate.retire() {
+            self.remove(key);
+        }
+    }
+
+    /// Forgets `key` (retired: idle, and its gate closed for good), and
+    /// gives memory back after a burst of hosts: a map at a quarter of its
+    /// capacity is halved (amortised, O(1) per removal).
     fn remove(&mut self, key: &HostKey) {
         if let Some(host) = self.hosts.remove(key) {
-            // (Only a host that has just become idle is removed, never one
-            // counted in `idle`.)
-            let matters = match host.proto {
+            let proto = host.proto();
+            let matters = match proto {
                 Proto::Unknown => false,
                 Proto::Http1 => host.tls,
                 Proto::Http2 => true,
             };
             if matters {
                 // A host forgotten when full costs one held burst.
-                self.known.insert(key, host.proto);
+                self.known.insert(key, proto);
             }
         }
         const MIN_CAPACITY: usize = 64;
@@ -779,6 +912,8 @@ impl State {
 pub(crate) struct Slot {
     key: HostKey,
     registry: Arc<Registry>,
+    /// The host's gate (the host stays tracked while the slot is held).
+    gate: Arc<Gate>,
     waited: Duration,
     /// A slot of the cap across hosts, given back with this one.
     total: Option<Box<Slot>>,
@@ -796,10 +931,11 @@ pub(crate) struct Slot {
 }
 
 impl Slot {
-    fn new(key: HostKey, registry: Arc<Registry>, waited: Duration) -> Self {
+    fn new(key: HostKey, registry: Arc<Registry>, gate: Arc<Gate>, waited: Duration) -> Self {
         Slot {
             key,
             registry,
+            gate,
             waited,
             total: None,
             proto: Proto::Unknown,
@@ -977,9 +1113,16 @@ impl Slot {
 
 impl Drop for Slot {
     fn drop(&mut self) {
+        // A connection's slot has its link to detach under the lock.
+        #[cfg(feature = "hyper-util")]
+        let linked = self.link.is_some();
+        #[cfg(not(feature = "hyper-util"))]
+        let linked = false;
+        if !linked && self.gate.try_give_back() {
+            return;
+        }
         let key = &self.key;
         let mut state = self.registry.state();
-        state.in_flight = state.in_flight.saturating_sub(1);
         #[cfg(feature = "hyper-util")]
         if let Some(link) = self.link.take() {
             if let Some(host) = state.hosts.get_mut(key) {
@@ -997,6 +1140,8 @@ impl Drop for Slot {
 #[derive(Debug)]
 pub(crate) struct Waiter {
     grant: Arc<Grant>,
+    /// The host's gate (the host stays tracked while it has waiters).
+    gate: Arc<Gate>,
     key: HostKey,
     /// Still counted as a waiter of its host.
     queued: bool,
@@ -1136,17 +1281,18 @@ impl Waiter {
         // The host counted the slot as taken when it granted it.
         self.queued = false;
         self.registry.queued.fetch_sub(1, Ordering::Relaxed);
-        {
-            let mut state = self.registry.state();
-            state.in_flight = state.in_flight.saturating_add(1);
-        }
         if let Some(m) = &self.observer {
             m.tell(QueueEvent::Admitted { waited });
         }
         if let Some(decider) = &self.decider {
             decider.waited(&self.key, waited);
         }
-        let mut slot = Slot::new(self.key.clone(), self.registry.clone(), waited);
+        let mut slot = Slot::new(
+            self.key.clone(),
+            self.registry.clone(),
+            self.gate.clone(),
+            waited,
+        );
         // Handed on a full host: its in flight was its limit.
         let in_flight = self.grant.limit.load(Ordering::Relaxed);
         slot.sampling = Sampling::of(self.decider.as_ref(), in_flight, self.ceiling);
@@ -1184,6 +1330,99 @@ impl Drop for Waiter {
             if let Some(at) = at {
                 host.waiters.remove(at);
             }
+            // The gate opens again once no one waits.
+            host.publish();
         }
     }
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Lock sections this thread entered, for the tests of the lock-free
+    /// path.
+    pub(crate) static LOCKS_TAKEN: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// The gates a thread took slots of last, by registry and host: a request
+/// finds its host's gate here without the lock. A cached gate of a host
+/// since forgotten is marked so, and sends its request to the lock.
+struct Gates {
+    entries: [Option<Cached>; CACHED_GATES],
+    /// The entry the next new gate replaces.
+    next: usize,
+}
+
+struct Cached {
+    /// Which registry (held weakly, its address stays its own while the
+    /// entry is kept).
+    registry: Weak<Registry>,
+    key: HostKey,
+    gate: Arc<Gate>,
+}
+
+/// Gates remembered per thread.
+const CACHED_GATES: usize = 4;
+
+thread_local! {
+    static GATES: RefCell<Gates> = const {
+        RefCell::new(Gates { entries: [const { None }; CACHED_GATES], next: 0 })
+    };
+}
+
+impl Cached {
+    fn is(&self, registry: &Arc<Registry>, key: &HostKey) -> bool {
+        std::ptr::eq(self.registry.as_ptr(), Arc::as_ptr(registry)) && self.key == *key
+    }
+}
+
+/// The gate of `key` in `registry`, if this thread remembers it.
+#[inline]
+fn cached_gate(registry: &Arc<Registry>, key: &HostKey) -> Option<Arc<Gate>> {
+    GATES
+        .try_with(|gates| {
+            let gates = gates.try_borrow().ok()?;
+            let found = gates.entries.iter().flatten().find(|c| c.is(registry, key));
+            found.map(|c| c.gate.clone())
+        })
+        .ok()
+        .flatten()
+}
+
+/// Remembers `gate` as `key`'s in `registry` on this thread.
+fn remember_gate(registry: &Arc<Registry>, key: &HostKey, gate: &Arc<Gate>) {
+    let _ = GATES.try_with(|gates| {
+        let Ok(mut gates) = gates.try_borrow_mut() else {
+            return;
+        };
+        let at = gates
+            .entries
+            .iter()
+            .position(|c| c.as_ref().is_some_and(|c| c.is(registry, key)));
+        let at = match at {
+            Some(at) => {
+                let same = gates.entries.get(at).and_then(Option::as_ref);
+                if same.is_some_and(|c| Arc::ptr_eq(&c.gate, gate)) {
+                    return;
+                }
+                at
+            }
+            None => {
+                let at = gates.next;
+                gates.next = (at + 1) % CACHED_GATES;
+                at
+            }
+        };
+        let entry = Some(Cached {
+            registry: Arc::downgrade(registry),
+            key: key.clone(),
+            gate: gate.clone(),
+        });
+        // The entry it replaces is dropped after the borrow ends.
+        let old = gates
+            .entries
+            .get_mut(at)
+            .map(|e| std::mem::replace(e, entry));
+        drop(gates);
+        drop(old);
+    });
 }

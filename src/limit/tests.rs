@@ -810,3 +810,69 @@ fn slots_without_the_lock_keep_the_limit_under_contention() {
     assert_eq!(layer.queued(), 0);
     assert_eq!(layer.hosts_tracked(), 0);
 }
+
+/// Lock sections the calling thread enters while `f` runs.
+async fn locks_taken<T>(f: impl std::future::Future<Output = T>) -> (usize, T) {
+    let before = super::registry::LOCKS_TAKEN.with(std::cell::Cell::get);
+    let out = f.await;
+    let after = super::registry::LOCKS_TAKEN.with(std::cell::Cell::get);
+    (after.saturating_sub(before), out)
+}
+
+/// Once a host is known on a thread and kept while idle, its requests take
+/// and give back their slots without the registry's lock while the host
+/// has a free slot and no waiters; a host with waiters goes through the
+/// lock (FIFO), and so does the first request to a host.
+#[tokio::test(flavor = "current_thread")]
+async fn a_known_hosts_slots_are_taken_without_the_lock() {
+    let layer = PerHostLimitLayer::new(2);
+    let svc = layer.layer(tower::service_fn(|_req: Request<()>| async {
+        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"x"))))
+    }));
+    let one = |svc: &PerHostLimit<_>| {
+        let svc = svc.clone();
+        async move {
+            let response = svc.oneshot(get("http://kept.example/")).await.unwrap();
+            response.into_body().collect().await.unwrap();
+        }
+    };
+    // The first request takes the lock to make the host, to learn its
+    // protocol from the response, and to keep it.
+    let (first, ()) = locks_taken(one(&svc)).await;
+    assert_eq!(first, 3);
+    let (later, ()) = locks_taken(async {
+        for _ in 0..100 {
+            one(&svc).await;
+        }
+    })
+    .await;
+    assert_eq!(later, 0, "100 requests to a kept host");
+    assert_eq!(layer.in_flight(), 0);
+    // Both slots held: a third request queues (through the lock) and takes
+    // the first slot given back (through the lock too).
+    let a = svc
+        .clone()
+        .oneshot(get("http://kept.example/"))
+        .await
+        .unwrap();
+    let b = svc
+        .clone()
+        .oneshot(get("http://kept.example/"))
+        .await
+        .unwrap();
+    let mut third = task::spawn(svc.clone().oneshot(get("http://kept.example/")));
+    let (queued, ()) = locks_taken(async { assert_pending!(third.poll()) }).await;
+    assert!(queued >= 1);
+    assert_eq!(layer.queued(), 1);
+    let (handed, ()) = locks_taken(async { drop(a) }).await;
+    assert_eq!(handed, 1);
+    assert!(third.is_woken());
+    let c = assert_ready!(third.poll()).unwrap();
+    assert_eq!((layer.in_flight(), layer.queued()), (2, 0));
+    drop((b, c));
+    assert_eq!(layer.in_flight(), 0);
+    assert_eq!(layer.hosts_tracked(), 0);
+    // No waiter left: the lock-free path again.
+    let (again, ()) = locks_taken(one(&svc)).await;
+    assert_eq!(again, 0);
+}
