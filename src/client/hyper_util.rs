@@ -21,7 +21,9 @@ use crate::conn::lifecycle::{Lifecycle, Rotation};
 use crate::conn::turnover::{Entered, Lead, Turnover};
 use crate::conn::{CloseReason, Event, Link, LinkHandle, Phase, Record, Retired, Stamp, Tracker};
 use crate::key::HostKey;
-use crate::limit::registry::{Acquire, Bounds, Overrides, Policy, Registry, Slot, TimedOut};
+use crate::limit::registry::{
+    Acquire, Bounds, Overrides, Policy, Registry, Reusable, Slot, TimedOut,
+};
 use crate::limit::total::{join, queued, Joined, TotalCap, Wait};
 use crate::limit::{QueueFull, QueueTimeout};
 use crate::metrics::Metrics;
@@ -406,24 +408,35 @@ where
         let pool_key = pool_key(&dst);
         let tls = dst.scheme_str() == Some("https");
         match self.shared.turnover.enter(&pool_key, tls) {
-            Entered::Now(None) if self.races_a_return(&dst, &pool_key) => {
-                let clone = self.inner.clone();
-                let ready = std::mem::replace(&mut self.inner, clone);
-                let mut this = GuardedConnector {
-                    inner: ready,
-                    ..self.clone()
-                };
-                ConnectFuture::new(async move {
-                    hold_for_a_return(&pool_key, crate::conn::polled_for_a_request).await?;
-                    let dial = this.dial(dst, pool_key, None);
-                    // A dial waiting for a slot ends when the client is
-                    // dropped: this clone of the client's connector must
-                    // not keep the client alive while the dial waits.
-                    drop(this);
-                    dial.await
-                })
-            }
-            Entered::Now(lead) => self.dial(dst, pool_key, lead),
+            Entered::Now(lead) => match self.races_a_return(&dst, &pool_key) {
+                None => self.dial(dst, pool_key, lead),
+                Some(race) => {
+                    let clone = self.inner.clone();
+                    let ready = std::mem::replace(&mut self.inner, clone);
+                    let mut this = GuardedConnector {
+                        inner: ready,
+                        ..self.clone()
+                    };
+                    ConnectFuture::new(async move {
+                        // An HTTP/1 connection comes back when hyper-util's
+                        // task for it gets to it; a pooled HTTP/2 one was
+                        // handed to the request before its dial began, which
+                        // the request's next poll sees.
+                        let hold = match race {
+                            Reusable::Http1 => RETURN_HOLD,
+                            Reusable::Http2 => Duration::ZERO,
+                        };
+                        hold_for_a_return(&pool_key, crate::conn::polled_for_a_request, hold)
+                            .await?;
+                        let dial = this.dial(dst, pool_key, lead);
+                        // A dial waiting for a slot ends when the client is
+                        // dropped: this clone of the client's connector must
+                        // not keep the client alive while the dial waits.
+                        drop(this);
+                        dial.await
+                    })
+                }
+            },
             Entered::Held(held) => {
                 // Take the connector that was made ready into the future.
                 let clone = self.inner.clone();
@@ -446,28 +459,37 @@ where
 
 /// How long a dial waits for an HTTP/1 connection of its pool key coming
 /// back to the pool (see [`GuardedConnector::races_a_return`]).
-const RETURN_HOLD: Duration = Duration::from_millis(10);
+pub(crate) const RETURN_HOLD: Duration = Duration::from_millis(10);
 
-/// Holds a dial for `pool_key` while an HTTP/1 connection of the key comes
-/// back to the pool: if the dial's request gets it, hyper-util leaves the
-/// dial to finish in the background, polled outside the request
-/// (`for_a_request` says whether a poll is one of the request's), and the
-/// dial ends there with [`Coalesced`](crate::Coalesced) (which hyper-util
-/// drops) instead of making a connection nobody asked for. Otherwise the
-/// dial goes ahead after [`RETURN_HOLD`].
+/// Holds a dial for `pool_key` while a connection of the key is coming
+/// back to (or being put in) the pool: if the dial's request gets it,
+/// hyper-util leaves the dial to finish in the background, polled outside
+/// the request (`for_a_request` says whether a poll is one of the
+/// request's), and the dial ends there with [`Coalesced`](crate::Coalesced)
+/// (which hyper-util drops) instead of making a connection nobody asked
+/// for. Otherwise the dial goes ahead after `hold` ([`RETURN_HOLD`] for
+/// an HTTP/1 connection; zero: after the request's next poll).
 pub(crate) async fn hold_for_a_return(
     pool_key: &Arc<str>,
     for_a_request: impl Fn() -> bool,
+    hold: Duration,
 ) -> Result<(), crate::Coalesced> {
-    let mut hold = crate::timer::deadline_in(RETURN_HOLD)
-        .and_then(crate::timer::sleep_until)
+    let mut sleep = (!hold.is_zero())
+        .then(|| crate::timer::deadline_in(hold).and_then(crate::timer::sleep_until))
+        .flatten()
         .map(Box::pin);
+    let mut yielded = false;
     std::future::poll_fn(|cx| {
         if !for_a_request() {
-            return Poll::Ready(Err(crate::Coalesced::http1(pool_key.clone())));
+            return Poll::Ready(Err(crate::Coalesced::pooled(pool_key.clone())));
         }
-        match hold.as_mut() {
+        match sleep.as_mut() {
             Some(sleep) => sleep.as_mut().poll(cx).map(Ok),
+            None if hold.is_zero() && !yielded => {
+                yielded = true;
+                cx.waker().wake_by_ref();
+                Poll::Pending
+            }
             None => Poll::Ready(Ok(())),
         }
     })
@@ -475,19 +497,32 @@ pub(crate) async fn hold_for_a_return(
 }
 
 impl<C> GuardedConnector<C> {
-    /// Whether a dial for `dst` races an HTTP/1 connection of its pool key
-    /// coming back to the pool. hyper-util hands an HTTP/1 connection back
-    /// to its pool only once its dispatcher is ready again, from a task of
-    /// its own, after the response's body ended; a request sent meanwhile
-    /// (the next of a sequence, typically) finds no idle connection and
-    /// dials, and the dial, when its request then gets the returning
-    /// connection, still finishes and pools one more connection. Only for a
-    /// dial under the guard's layer (which marks a request's polls).
-    fn races_a_return(&self, dst: &Uri, pool_key: &Arc<str>) -> bool {
+    /// Whether a dial for `dst` races a connection of its pool key going
+    /// into the pool:
+    ///
+    /// - an HTTP/1 connection coming back: hyper-util hands one back to
+    ///   its pool only once its dispatcher is ready again, from a task of
+    ///   its own, after the response's body ended; a request sent meanwhile
+    ///   (the next of a sequence, typically) finds no idle connection and
+    ///   dials, and the dial, when its request then gets the returning
+    ///   connection, still finishes and pools one more connection;
+    /// - a live HTTP/2 connection: hyper-util looks for a pooled
+    ///   connection and then takes the key's "connecting" lock in two
+    ///   steps, and another task can pool the key's new HTTP/2 connection
+    ///   (and let go of the lock) between them; the request then dials
+    ///   although the connection is there, gets it, and the dial's
+    ///   connection is made only to be dropped (seen as a second
+    ///   connection, closed unused, in about 4 runs of 1,000 of
+    ///   `tests/adversarial.rs` `http2_prior_knowledge`).
+    ///
+    /// Only for a dial under the guard's layer (which marks a request's
+    /// polls).
+    fn races_a_return(&self, dst: &Uri, pool_key: &Arc<str>) -> Option<Reusable> {
         if !crate::conn::polled_for_a_request() {
-            return false;
+            return None;
         }
-        HostKey::from_uri(dst).is_some_and(|key| self.shared.registry.reusable_idle(&key, pool_key))
+        let key = HostKey::from_uri(dst)?;
+        self.shared.registry.reusable(&key, pool_key)
     }
 }
 
@@ -1643,6 +1678,71 @@ mod tests {
         // A first GOAWAY that names its last stream: a request it fails was
         // not processed.
         assert!(link(&io).goaway_refused());
+    }
+
+    /// hyper-util looks for a pooled connection, then takes its key's
+    /// "connecting" lock: a new HTTP/2 connection pooled by another task
+    /// in between (the lock let go with it) still gets a dial, although
+    /// the request gets the connection. Such a dial waits for the
+    /// request's next poll, and ends unmade if the request took the
+    /// pooled connection by then.
+    #[tokio::test]
+    async fn a_dial_racing_a_pooled_http2_connection_waits_for_the_next_poll() {
+        let registry = Arc::new(Registry::new());
+        let policy = Policy {
+            bounds: Bounds {
+                max_per_host: 4,
+                max_queued: 8,
+                max_streams: None,
+            },
+            observer: None,
+            overrides: None,
+            decider: None,
+        };
+        let key = HostKey::from_uri(&Uri::from_static("http://h/")).unwrap();
+        let pool_key: Arc<str> = Arc::from("http://h");
+        let Acquire::Ready(slot) = registry.acquire_dial(key.clone(), pool_key.clone(), &policy)
+        else {
+            panic!("a free slot");
+        };
+        let mut settings = PREFACE.to_vec();
+        settings.extend(frame(0x4, 0, 0, &[]));
+        let mock = Builder::new().write(&settings).build();
+        let mut io = io(mock, Some(slot), false);
+        assert_eq!(
+            registry.reusable(&key, &pool_key),
+            None,
+            "nothing written yet"
+        );
+        write(&mut io, &settings).await;
+        assert_eq!(registry.reusable(&key, &pool_key), Some(Reusable::Http2));
+        assert_eq!(registry.reusable(&key, &Arc::from("http://other")), None);
+
+        // The request still waits at its next poll: the dial goes ahead.
+        let mut hold =
+            tokio_test::task::spawn(hold_for_a_return(&pool_key, || true, Duration::ZERO));
+        assert!(hold.poll().is_pending());
+        assert!(hold.is_woken(), "polled again at once");
+        assert!(matches!(hold.poll(), Poll::Ready(Ok(()))));
+        // The request took the pooled connection meanwhile: no dial.
+        let waiting = std::sync::atomic::AtomicBool::new(true);
+        let mut hold = tokio_test::task::spawn(hold_for_a_return(
+            &pool_key,
+            || waiting.load(Relaxed),
+            Duration::ZERO,
+        ));
+        assert!(hold.poll().is_pending());
+        waiting.store(false, Relaxed);
+        assert!(matches!(
+            hold.poll(),
+            Poll::Ready(Err(crate::Coalesced { .. }))
+        ));
+        drop(hold);
+
+        // A connection that went away is no longer one to wait for.
+        link(&io).went_away();
+        assert_eq!(registry.reusable(&key, &pool_key), None);
+        let _mock: TokioIo<Mock> = io.into_inner();
     }
 
     #[tokio::test]

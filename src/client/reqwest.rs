@@ -602,9 +602,11 @@ where
             let (lead, scope, dialing) = match start {
                 Start::Dial(lead, dialing) => (lead, scope, dialing),
                 Start::Hold(key) => {
-                    crate::client::hyper_util::hold_for_a_return(&key, || {
-                        DialScope::current().is_some()
-                    })
+                    crate::client::hyper_util::hold_for_a_return(
+                        &key,
+                        || DialScope::current().is_some(),
+                        crate::client::hyper_util::RETURN_HOLD,
+                    )
                     .await?;
                     let scope = DialScope::current();
                     let dialing = scope.as_ref().map(|s| s.dialing(true));

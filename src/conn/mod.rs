@@ -408,6 +408,13 @@ impl Link {
             && !self.is_closed()
     }
 
+    /// Whether the connection speaks HTTP/2 and takes new streams: hyper-
+    /// util's pool shares it with every request of its key (nothing ends
+    /// it: no `GOAWAY`, no retirement, not closed).
+    pub(crate) fn live_http2(&self) -> bool {
+        self.phase() == Phase::Http2 && !self.closing() && !self.gone_away() && !self.is_closed()
+    }
+
     /// Whether a request or a final response said the connection ends
     /// after its exchange.
     pub(crate) fn closing(&self) -> bool {

@@ -99,9 +99,10 @@ pub(crate) struct Turnover {
     keys: Mutex<HashMap<Arc<str>, Entry>>,
 }
 
-/// A dial held because another for its key was under way ended: the
-/// connection that dial made speaks HTTP/2, and hyper-util's pool gives it
-/// to the requests that were waiting.
+/// A dial not made because its request got a connection from the pool
+/// meanwhile: the HTTP/2 connection another dial for its key was making,
+/// an HTTP/1 connection coming back to the pool, or an HTTP/2 connection
+/// just put in it.
 ///
 /// Returned as the source of hyper-util's connect error, which hyper-util
 /// drops when the request it raced for got the pooled connection. A request
@@ -109,18 +110,19 @@ pub(crate) struct Turnover {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Coalesced {
     pool_key: Arc<str>,
-    /// The pooled connection was an HTTP/1 one coming back to the pool
-    /// (not a new HTTP/2 one).
-    http1: bool,
+    /// The request took a connection from the pool (an HTTP/1 one coming
+    /// back, or a live HTTP/2 one), not the new HTTP/2 one a dial it waited
+    /// for made.
+    pooled: bool,
 }
 
 impl Coalesced {
-    /// A dial for `pool_key` not made: an HTTP/1 connection of the key was
-    /// coming back to the pool, and the request took it.
-    pub(crate) fn http1(pool_key: Arc<str>) -> Self {
+    /// A dial for `pool_key` not made: a connection of the key was coming
+    /// back to (or going into) the pool, and the request took it.
+    pub(crate) fn pooled(pool_key: Arc<str>) -> Self {
         Coalesced {
             pool_key,
-            http1: true,
+            pooled: true,
         }
     }
 
@@ -132,10 +134,10 @@ impl Coalesced {
 
 impl fmt::Display for Coalesced {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.http1 {
+        if self.pooled {
             return write!(
                 f,
-                "dial to {} not made: the request took a connection back from the pool",
+                "dial to {} not made: the request took a connection from the pool",
                 self.pool_key
             );
         }
@@ -293,7 +295,7 @@ impl Held {
                 if entry.served != self.served {
                     return Err(Coalesced {
                         pool_key: self.key.clone(),
-                        http1: false,
+                        pooled: false,
                     });
                 }
                 match entry.turn(self.tls) {

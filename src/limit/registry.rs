@@ -517,21 +517,27 @@ impl Registry {
         asked
     }
 
-    /// Whether `key` has an HTTP/1 connection pooled under `pool_key`
-    /// that is idle and reusable ([`Link::reusable_idle`]), not chosen to
-    /// close: one hyper-util is about to hand back to its pool.
+    /// A connection of `key` pooled under `pool_key` that a request of the
+    /// key can take, not chosen to close: an HTTP/1 one idle and reusable
+    /// ([`Link::reusable_idle`]), which hyper-util is about to hand back to
+    /// its pool, or else a live HTTP/2 one ([`Link::live_http2`]), which its
+    /// pool shares.
     #[cfg(feature = "hyper-util")]
-    pub(crate) fn reusable_idle(&self, key: &HostKey, pool_key: &Arc<str>) -> bool {
+    pub(crate) fn reusable(&self, key: &HostKey, pool_key: &Arc<str>) -> Option<Reusable> {
         let state = self.state();
-        let Some(host) = state.hosts.get(key) else {
-            return false;
-        };
+        let host = state.hosts.get(key)?;
         let conns = host.conns();
-        conns.links.iter().any(|l| {
-            l.pool_key() == pool_key
-                && l.reusable_idle()
-                && !conns.chosen.iter().any(|c| Arc::ptr_eq(c, l))
-        })
+        let mut links = conns.links.iter().filter(|l| {
+            l.pool_key() == pool_key && !conns.chosen.iter().any(|c| Arc::ptr_eq(c, l))
+        });
+        let mut http2 = false;
+        for link in links.by_ref() {
+            if link.reusable_idle() {
+                return Some(Reusable::Http1);
+            }
+            http2 = http2 || link.live_http2();
+        }
+        http2.then_some(Reusable::Http2)
     }
 
     /// Hosts with requests in flight or waiting (those kept while idle are
@@ -563,6 +569,16 @@ impl crate::conn::Demand for Registry {
             .get(key)
             .is_some_and(|host| !host.waiters.is_empty())
     }
+}
+
+/// What [`Registry::reusable`] found.
+#[cfg(feature = "hyper-util")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Reusable {
+    /// An idle HTTP/1 connection, coming back to the pool.
+    Http1,
+    /// A live HTTP/2 connection, in the pool.
+    Http2,
 }
 
 /// The hosts with something in flight or queued.
