@@ -389,6 +389,20 @@ impl<C: fmt::Debug> fmt::Debug for GuardedConnector<C> {
     }
 }
 
+impl<C: Clone> GuardedConnector<C> {
+    /// The connector that was made ready, taken for a dial that waits
+    /// before it dials (a fresh clone left behind for the next
+    /// `poll_ready`).
+    fn take_ready(&mut self) -> Self {
+        let clone = self.inner.clone();
+        let ready = std::mem::replace(&mut self.inner, clone);
+        GuardedConnector {
+            inner: ready,
+            ..self.clone()
+        }
+    }
+}
+
 impl<C> Service<Uri> for GuardedConnector<C>
 where
     C: Service<Uri> + Clone + Send + 'static,
@@ -411,12 +425,7 @@ where
             Entered::Now(lead) => match self.races_a_return(&dst, &pool_key) {
                 None => self.dial(dst, pool_key, lead),
                 Some(race) => {
-                    let clone = self.inner.clone();
-                    let ready = std::mem::replace(&mut self.inner, clone);
-                    let mut this = GuardedConnector {
-                        inner: ready,
-                        ..self.clone()
-                    };
+                    let mut this = self.take_ready();
                     ConnectFuture::new(async move {
                         // An HTTP/1 connection comes back when hyper-util's
                         // task for it gets to it; a pooled HTTP/2 one was
@@ -438,13 +447,7 @@ where
                 }
             },
             Entered::Held(held) => {
-                // Take the connector that was made ready into the future.
-                let clone = self.inner.clone();
-                let ready = std::mem::replace(&mut self.inner, clone);
-                let mut this = GuardedConnector {
-                    inner: ready,
-                    ..self.clone()
-                };
+                let mut this = self.take_ready();
                 ConnectFuture::new(async move {
                     let lead = held.wait().await?;
                     let dial = this.dial(dst, pool_key, lead);
@@ -1587,12 +1590,13 @@ mod tests {
         assert!(!link(&io).failed_unanswered_on_reused());
     }
 
-    #[tokio::test]
-    async fn an_upgrade_gives_the_slot_back() {
+    /// A registry of connection slots (`max_per_host` a host), and a
+    /// dial's slot in it for `http://h`.
+    fn dial_slot(max_per_host: usize) -> (Arc<Registry>, HostKey, Slot) {
         let registry = Arc::new(Registry::new());
         let policy = Policy {
             bounds: Bounds {
-                max_per_host: 1,
+                max_per_host,
                 max_queued: 8,
                 max_streams: None,
             },
@@ -1601,10 +1605,17 @@ mod tests {
             decider: None,
         };
         let key = HostKey::from_uri(&Uri::from_static("http://h/")).unwrap();
-        let Acquire::Ready(slot) = registry.acquire_dial(key, Arc::from("http://h"), &policy)
+        let Acquire::Ready(slot) =
+            registry.acquire_dial(key.clone(), Arc::from("http://h"), &policy)
         else {
             panic!("a free slot");
         };
+        (registry, key, slot)
+    }
+
+    #[tokio::test]
+    async fn an_upgrade_gives_the_slot_back() {
+        let (registry, _key, slot) = dial_slot(1);
         let upgrade: &[u8] = b"GET / HTTP/1.1\r\nconnection: upgrade\r\nupgrade: x\r\n\r\n";
         let mock = Builder::new()
             .write(upgrade)
@@ -1688,23 +1699,8 @@ mod tests {
     /// pooled connection by then.
     #[tokio::test]
     async fn a_dial_racing_a_pooled_http2_connection_waits_for_the_next_poll() {
-        let registry = Arc::new(Registry::new());
-        let policy = Policy {
-            bounds: Bounds {
-                max_per_host: 4,
-                max_queued: 8,
-                max_streams: None,
-            },
-            observer: None,
-            overrides: None,
-            decider: None,
-        };
-        let key = HostKey::from_uri(&Uri::from_static("http://h/")).unwrap();
+        let (registry, key, slot) = dial_slot(4);
         let pool_key: Arc<str> = Arc::from("http://h");
-        let Acquire::Ready(slot) = registry.acquire_dial(key.clone(), pool_key.clone(), &policy)
-        else {
-            panic!("a free slot");
-        };
         let mut settings = PREFACE.to_vec();
         settings.extend(frame(0x4, 0, 0, &[]));
         let mock = Builder::new().write(&settings).build();
