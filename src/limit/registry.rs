@@ -527,11 +527,11 @@ impl Registry {
         let state = self.state();
         let host = state.hosts.get(key)?;
         let conns = host.conns();
-        let mut links = conns.links.iter().filter(|l| {
+        let links = conns.links.iter().filter(|l| {
             l.pool_key() == pool_key && !conns.chosen.iter().any(|c| Arc::ptr_eq(c, l))
         });
         let mut http2 = false;
-        for link in links.by_ref() {
+        for link in links {
             if link.reusable_idle() {
                 return Some(Reusable::Http1);
             }
