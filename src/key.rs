@@ -41,7 +41,7 @@ impl HostKey {
         // the parse, the hash and the allocation.
         LAST.with(|last| {
             let mut last = last.borrow_mut();
-            if let Some(key) = last.find(scheme, authority.as_str()) {
+            if let Some(key) = last.find_key(scheme, authority.as_str()) {
                 return Some(key);
             }
             let key = Self::new(scheme, authority)?;
@@ -161,13 +161,51 @@ impl HostKey {
     }
 }
 
-/// Keys a thread made last, by the scheme and authority they were made
-/// from, exactly as written.
-struct Last {
-    entries: [Option<Remembered>; LAST_KEYS],
-    /// The entry the next new key replaces.
+/// The last few values a thread remembered, the oldest given up first:
+/// the per-thread memories of host keys (here) and of their limits' gates
+/// (`limit::registry`).
+pub(crate) struct Recent<T, const N: usize> {
+    entries: [Option<T>; N],
+    /// The entry the next new value replaces.
     next: usize,
 }
+
+impl<T, const N: usize> Recent<T, N> {
+    pub(crate) const fn new() -> Self {
+        Recent {
+            entries: [const { None }; N],
+            next: 0,
+        }
+    }
+
+    /// The first value `is` accepts.
+    pub(crate) fn find(&self, is: impl Fn(&T) -> bool) -> Option<&T> {
+        self.entries.iter().flatten().find(|value| is(value))
+    }
+
+    /// Puts `value` in place of the value `same` accepts, or else of the
+    /// oldest; returns the value replaced (for the caller to drop where it
+    /// likes).
+    pub(crate) fn put(&mut self, value: T, same: impl Fn(&T) -> bool) -> Option<T> {
+        let at = match self
+            .entries
+            .iter()
+            .position(|e| e.as_ref().is_some_and(&same))
+        {
+            Some(at) => at,
+            None => {
+                let at = self.next;
+                self.next = (at + 1) % N.max(1);
+                at
+            }
+        };
+        self.entries.get_mut(at).and_then(|e| e.replace(value))
+    }
+}
+
+/// Keys a thread made last, by the scheme and authority they were made
+/// from, exactly as written.
+type Last = Recent<Remembered, LAST_KEYS>;
 
 /// A key and what it was made from: the scheme (compared as `http`
 /// compares schemes: the common ones without looking at bytes) and the
@@ -182,33 +220,30 @@ struct Remembered {
 const LAST_KEYS: usize = 4;
 
 thread_local! {
-    static LAST: std::cell::RefCell<Last> = const {
-        std::cell::RefCell::new(Last { entries: [const { None }; LAST_KEYS], next: 0 })
-    };
+    static LAST: std::cell::RefCell<Last> = const { std::cell::RefCell::new(Last::new()) };
 }
 
 impl Last {
-    fn find(&self, scheme: &Scheme, authority: &str) -> Option<HostKey> {
-        self.entries.iter().flatten().find_map(|r| {
-            let same = r.authority.len() == authority.len()
+    fn find_key(&self, scheme: &Scheme, authority: &str) -> Option<HostKey> {
+        let found = self.find(|r| {
+            r.authority.len() == authority.len()
                 // Schemes equal as `http` compares them (the common ones
                 // by kind, others ignoring case) make one key: the key is
                 // in lower case.
                 && r.scheme == *scheme
-                && *r.authority == *authority;
-            same.then(|| r.key.clone())
-        })
+                && *r.authority == *authority
+        });
+        found.map(|r| r.key.clone())
     }
 
+    /// Remembers a key just made (not found: it replaces the oldest).
     fn remember(&mut self, scheme: &Scheme, authority: &str, key: &HostKey) {
-        if let Some(slot) = self.entries.get_mut(self.next) {
-            *slot = Some(Remembered {
-                scheme: scheme.clone(),
-                authority: authority.into(),
-                key: key.clone(),
-            });
-        }
-        self.next = (self.next + 1) % LAST_KEYS;
+        let remembered = Remembered {
+            scheme: scheme.clone(),
+            authority: authority.into(),
+            key: key.clone(),
+        };
+        self.put(remembered, |_| false);
     }
 }
 
@@ -389,6 +424,22 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn a_thread_memory_replaces_the_same_value_or_else_the_oldest() {
+        let mut recent = Recent::<(u8, u8), 3>::new();
+        for n in 0..3 {
+            assert_eq!(recent.put((n, 0), |v| v.0 == n), None);
+        }
+        // The same value's entry is replaced, the oldest kept.
+        assert_eq!(recent.put((1, 1), |v| v.0 == 1), Some((1, 0)));
+        assert_eq!(recent.find(|v| v.0 == 1), Some(&(1, 1)));
+        // A new value replaces the oldest: 0, then 1.
+        assert_eq!(recent.put((3, 0), |v| v.0 == 3), Some((0, 0)));
+        assert_eq!(recent.put((4, 0), |v| v.0 == 4), Some((1, 1)));
+        assert_eq!(recent.find(|v| v.0 == 0), None);
+        assert_eq!(recent.find(|v| v.0 == 2), Some(&(2, 0)));
     }
 
     #[test]

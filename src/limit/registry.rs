@@ -25,7 +25,7 @@ use super::observe::{QueueEvent, QueueHook};
 use super::policy::{LimitPolicy, Sample};
 #[cfg(feature = "hyper-util")]
 use crate::conn::{Link, Phase};
-use crate::key::{BuildKeyHasher, HostKey, HostMemo};
+use crate::key::{BuildKeyHasher, HostKey, HostMemo, Recent};
 
 /// The bounds a request (or dial) is admitted under.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -1362,11 +1362,7 @@ thread_local! {
 /// The gates a thread took slots of last, by registry and host: a request
 /// finds its host's gate here without the lock. A cached gate of a host
 /// since forgotten is marked so, and sends its request to the lock.
-struct Gates {
-    entries: [Option<Cached>; CACHED_GATES],
-    /// The entry the next new gate replaces.
-    next: usize,
-}
+type Gates = Recent<Cached, CACHED_GATES>;
 
 struct Cached {
     /// Which registry (held weakly, its address stays its own while the
@@ -1380,9 +1376,7 @@ struct Cached {
 const CACHED_GATES: usize = 4;
 
 thread_local! {
-    static GATES: RefCell<Gates> = const {
-        RefCell::new(Gates { entries: [const { None }; CACHED_GATES], next: 0 })
-    };
+    static GATES: RefCell<Gates> = const { RefCell::new(Gates::new()) };
 }
 
 impl Cached {
@@ -1397,8 +1391,7 @@ fn cached_gate(registry: &Arc<Registry>, key: &HostKey) -> Option<Arc<Gate>> {
     GATES
         .try_with(|gates| {
             let gates = gates.try_borrow().ok()?;
-            let found = gates.entries.iter().flatten().find(|c| c.is(registry, key));
-            found.map(|c| c.gate.clone())
+            gates.find(|c| c.is(registry, key)).map(|c| c.gate.clone())
         })
         .ok()
         .flatten()
@@ -1410,34 +1403,17 @@ fn remember_gate(registry: &Arc<Registry>, key: &HostKey, gate: &Arc<Gate>) {
         let Ok(mut gates) = gates.try_borrow_mut() else {
             return;
         };
-        let at = gates
-            .entries
-            .iter()
-            .position(|c| c.as_ref().is_some_and(|c| c.is(registry, key)));
-        let at = match at {
-            Some(at) => {
-                let same = gates.entries.get(at).and_then(Option::as_ref);
-                if same.is_some_and(|c| Arc::ptr_eq(&c.gate, gate)) {
-                    return;
-                }
-                at
-            }
-            None => {
-                let at = gates.next;
-                gates.next = (at + 1) % CACHED_GATES;
-                at
-            }
-        };
-        let entry = Some(Cached {
+        let remembered = gates.find(|c| c.is(registry, key) && Arc::ptr_eq(&c.gate, gate));
+        if remembered.is_some() {
+            return;
+        }
+        let entry = Cached {
             registry: Arc::downgrade(registry),
             key: key.clone(),
             gate: gate.clone(),
-        });
+        };
         // The entry it replaces is dropped after the borrow ends.
-        let old = gates
-            .entries
-            .get_mut(at)
-            .map(|e| std::mem::replace(e, entry));
+        let old = gates.put(entry, |c| c.is(registry, key));
         drop(gates);
         drop(old);
     });
