@@ -162,8 +162,8 @@ impl HostKey {
 }
 
 /// The last few values a thread remembered, the oldest given up first:
-/// the per-thread memories of host keys (here) and of their limits' gates
-/// (`limit::registry`).
+/// the per-thread memories of host keys (here), of their limits' gates
+/// (`limit::registry`) and of their retry budgets (`retry::budget`).
 pub(crate) struct Recent<T, const N: usize> {
     entries: [Option<T>; N],
     /// The entry the next new value replaces.
@@ -181,6 +181,11 @@ impl<T, const N: usize> Recent<T, N> {
     /// The first value `is` accepts.
     pub(crate) fn find(&self, is: impl Fn(&T) -> bool) -> Option<&T> {
         self.entries.iter().flatten().find(|value| is(value))
+    }
+
+    /// The first value `is` accepts, to change.
+    pub(crate) fn find_mut(&mut self, is: impl Fn(&T) -> bool) -> Option<&mut T> {
+        self.entries.iter_mut().flatten().find(|value| is(value))
     }
 
     /// Puts `value` in place of the value `same` accepts, or else of the

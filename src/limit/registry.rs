@@ -146,7 +146,7 @@ struct Host {
     /// the last request admitted (clones of a layer share the registry and
     /// may differ), what the host speaks as far as its responses showed,
     /// and the limit these make.
-    gate: Arc<Gate>,
+    gate: Arc<HostGate>,
     /// Reached over TLS (`https`).
     tls: bool,
     /// Waiters, first come first served; empty whenever a slot is free.
@@ -158,6 +158,24 @@ struct Host {
     /// host: its 8 bytes stay empty).
     #[cfg(feature = "hyper-util")]
     conns: Option<Box<Conns>>,
+}
+
+/// A host's [`Gate`], and the registry it is of: a request's slot holds
+/// the gate alone, and reaches the registry through it only when the slot
+/// goes back through the lock (held weakly: a registry gone has nobody to
+/// hand a slot to, and its waiters hold it).
+#[derive(Debug, Default)]
+pub(crate) struct HostGate {
+    gate: Gate,
+    registry: Weak<Registry>,
+}
+
+impl std::ops::Deref for HostGate {
+    type Target = Gate;
+
+    fn deref(&self) -> &Gate {
+        &self.gate
+    }
 }
 
 /// A host's waiters: 8 bytes and no allocation until one queues (every
@@ -300,7 +318,7 @@ impl Registry {
         }
         match gate.try_take() {
             Some(proto) => {
-                let mut slot = Slot::new(key, self.clone(), gate, Duration::ZERO);
+                let mut slot = Slot::new(key, None, gate, Duration::ZERO);
                 slot.proto = proto;
                 Ok(slot)
             }
@@ -334,7 +352,7 @@ impl Registry {
         let state = &mut *guard;
         let host = match state.hosts.get_mut(&key) {
             Some(host) => host,
-            None => state.open(&key),
+            None => state.open(&key, self),
         };
         if host.idle() {
             // New, or kept while idle (see `MAX_IDLE`): taken into use.
@@ -358,7 +376,10 @@ impl Registry {
             if policy.decider.is_none() && pool_key.is_none() {
                 remember_gate(self, &key, &gate);
             }
-            let mut slot = Slot::new(key, self.clone(), gate, Duration::ZERO);
+            // A dial's slot, held by its connection and asked at each of
+            // its idle times whether a dial waits, keeps the registry.
+            let registry = pool_key.is_some().then(|| self.clone());
+            let mut slot = Slot::new(key, registry, gate, Duration::ZERO);
             slot.proto = proto;
             slot.sampling = Sampling::of(policy.decider.as_ref(), in_flight, ceiling);
             return Acquire::Ready(slot);
@@ -849,12 +870,16 @@ impl HostSlots {
 
 impl State {
     /// Starts tracking `key`, with the protocol it was last seen to speak.
-    fn open(&mut self, key: &HostKey) -> &mut Host {
+    fn open(&mut self, key: &HostKey, registry: &Arc<Registry>) -> &mut Host {
         let proto = self.known.remove(key).unwrap_or_default();
         let tls = key.scheme() == "https";
         self.hosts.entry(key.clone()).or_insert_with(|| {
             let host = Host {
                 tls,
+                gate: Arc::new(HostGate {
+                    gate: Gate::default(),
+                    registry: Arc::downgrade(registry),
+                }),
                 ..Host::default()
             };
             host.publish_as(HostSlots::default(), proto);
@@ -927,9 +952,11 @@ impl State {
 #[derive(Debug)]
 pub(crate) struct Slot {
     key: HostKey,
-    registry: Arc<Registry>,
+    /// The registry, held by a dial's slot; a request's slot reaches it
+    /// through its gate (one reference count less to change a request).
+    registry: Option<Arc<Registry>>,
     /// The host's gate (the host stays tracked while the slot is held).
-    gate: Arc<Gate>,
+    gate: Arc<HostGate>,
     waited: Duration,
     /// A slot of the cap across hosts, given back with this one.
     total: Option<Box<Slot>>,
@@ -947,7 +974,12 @@ pub(crate) struct Slot {
 }
 
 impl Slot {
-    fn new(key: HostKey, registry: Arc<Registry>, gate: Arc<Gate>, waited: Duration) -> Self {
+    fn new(
+        key: HostKey,
+        registry: Option<Arc<Registry>>,
+        gate: Arc<HostGate>,
+        waited: Duration,
+    ) -> Self {
         Slot {
             key,
             registry,
@@ -966,6 +998,15 @@ impl Slot {
     /// The host the slot is of.
     pub(crate) fn key(&self) -> &HostKey {
         &self.key
+    }
+
+    /// The slot's registry, unless it is gone (then nobody waits for the
+    /// slot: waiters hold the registry).
+    fn registry(&self) -> Option<std::borrow::Cow<'_, Arc<Registry>>> {
+        match &self.registry {
+            Some(registry) => Some(std::borrow::Cow::Borrowed(registry)),
+            None => self.gate.registry.upgrade().map(std::borrow::Cow::Owned),
+        }
     }
 
     /// How long the slot's holder waited in the queues for it (its host's
@@ -997,7 +1038,9 @@ impl Slot {
     #[cold]
     fn learn_news(&mut self, proto: Proto) {
         self.proto = proto;
-        self.registry.learn(&self.key, proto);
+        if let Some(registry) = self.registry() {
+            registry.learn(&self.key, proto);
+        }
     }
 
     /// The slot's request got its response head: the host's policy, if it
@@ -1034,7 +1077,9 @@ impl Slot {
             retry_after,
         };
         if let Some(limit) = start.decider.sample(key, &sample, start.ceiling) {
-            self.registry.set_cap(key, limit);
+            if let Some(registry) = self.registry() {
+                registry.set_cap(key, limit);
+            }
         }
     }
 
@@ -1045,12 +1090,12 @@ impl Slot {
         if let Some(total) = self.total.as_mut() {
             total.attach(link.clone());
         }
-        let key = &self.key;
-        let mut state = self.registry.state();
-        if let Some(host) = state.hosts.get_mut(key) {
-            host.conns_mut().links.push(link.clone());
+        if let Some(registry) = self.registry() {
+            let mut state = registry.state();
+            if let Some(host) = state.hosts.get_mut(&self.key) {
+                host.conns_mut().links.push(link.clone());
+            }
         }
-        drop(state);
         self.link = Some(link);
     }
 
@@ -1079,20 +1124,25 @@ impl Slot {
     /// Whether a dial waits in this slot's registry or the cap's.
     #[cfg(feature = "hyper-util")]
     pub(crate) fn dial_waits(&self) -> bool {
-        self.registry.queued() > 0 || self.total.as_ref().is_some_and(|t| t.registry.queued() > 0)
+        let waits = |slot: &Slot| slot.registry().is_some_and(|r| r.queued() > 0);
+        waits(self) || self.total.as_deref().is_some_and(waits)
     }
 
     /// [`should_retire`](Slot::should_retire) for this slot's registry.
     #[cfg(feature = "hyper-util")]
     fn retire_here(&mut self) -> bool {
         // One load when no dial waits: the common case.
-        if self.registry.queued() == 0 {
+        let Some(registry) = self.registry() else {
+            return false;
+        };
+        if registry.queued() == 0 {
             return false;
         }
+        let registry = registry.into_owned();
         let (key, Some(link)) = (&self.key, &self.link) else {
             return false;
         };
-        let mut state = self.registry.state();
+        let mut state = registry.state();
         let Some(host) = state.hosts.get_mut(key) else {
             return false;
         };
@@ -1137,8 +1187,11 @@ impl Drop for Slot {
         if !linked && self.gate.try_give_back() {
             return;
         }
+        let Some(registry) = self.registry().map(std::borrow::Cow::into_owned) else {
+            return;
+        };
         let key = &self.key;
-        let mut state = self.registry.state();
+        let mut state = registry.state();
         #[cfg(feature = "hyper-util")]
         if let Some(link) = self.link.take() {
             if let Some(host) = state.hosts.get_mut(key) {
@@ -1157,7 +1210,7 @@ impl Drop for Slot {
 pub(crate) struct Waiter {
     grant: Arc<Grant>,
     /// The host's gate (the host stays tracked while it has waiters).
-    gate: Arc<Gate>,
+    gate: Arc<HostGate>,
     key: HostKey,
     /// Still counted as a waiter of its host.
     queued: bool,
@@ -1303,12 +1356,9 @@ impl Waiter {
         if let Some(decider) = &self.decider {
             decider.waited(&self.key, waited);
         }
-        let mut slot = Slot::new(
-            self.key.clone(),
-            self.registry.clone(),
-            self.gate.clone(),
-            waited,
-        );
+        // A dial's slot keeps the registry (see `acquire_for`).
+        let registry = self.grant.pool_key.is_some().then(|| self.registry.clone());
+        let mut slot = Slot::new(self.key.clone(), registry, self.gate.clone(), waited);
         // Handed on a full host: its in flight was its limit.
         let in_flight = self.grant.limit.load(Ordering::Relaxed);
         slot.sampling = Sampling::of(self.decider.as_ref(), in_flight, self.ceiling);
@@ -1369,7 +1419,7 @@ struct Cached {
     /// entry is kept).
     registry: Weak<Registry>,
     key: HostKey,
-    gate: Arc<Gate>,
+    gate: Arc<HostGate>,
 }
 
 /// Gates remembered per thread.
@@ -1387,7 +1437,7 @@ impl Cached {
 
 /// The gate of `key` in `registry`, if this thread remembers it.
 #[inline]
-fn cached_gate(registry: &Arc<Registry>, key: &HostKey) -> Option<Arc<Gate>> {
+fn cached_gate(registry: &Arc<Registry>, key: &HostKey) -> Option<Arc<HostGate>> {
     GATES
         .try_with(|gates| {
             let gates = gates.try_borrow().ok()?;
@@ -1398,7 +1448,7 @@ fn cached_gate(registry: &Arc<Registry>, key: &HostKey) -> Option<Arc<Gate>> {
 }
 
 /// Remembers `gate` as `key`'s in `registry` on this thread.
-fn remember_gate(registry: &Arc<Registry>, key: &HostKey, gate: &Arc<Gate>) {
+fn remember_gate(registry: &Arc<Registry>, key: &HostKey, gate: &Arc<HostGate>) {
     let _ = GATES.try_with(|gates| {
         let Ok(mut gates) = gates.try_borrow_mut() else {
             return;

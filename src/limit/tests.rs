@@ -876,3 +876,44 @@ async fn a_known_hosts_slots_are_taken_without_the_lock() {
     let (again, ()) = locks_taken(one(&svc)).await;
     assert_eq!(again, 0);
 }
+
+/// A request's slot reaches its registry through its host's gate: it holds
+/// no reference to the registry (one count less to change a request), and
+/// one that outlives its layer goes back without one.
+#[tokio::test(flavor = "current_thread")]
+async fn a_requests_slot_holds_no_reference_to_its_registry() {
+    let layer = PerHostLimitLayer::new(1);
+    let registry = std::sync::Arc::downgrade(&layer.registry);
+    let svc = layer
+        .clone()
+        .layer(tower::service_fn(|_req: Request<()>| async {
+            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"x"))))
+        }));
+    let counts = || registry.strong_count();
+    let before = counts();
+    // Through the lock (the host's first request), then without it.
+    let first = svc
+        .clone()
+        .oneshot(get("http://slot.example/"))
+        .await
+        .unwrap();
+    assert_eq!(counts(), before);
+    drop(first);
+    let second = svc
+        .clone()
+        .oneshot(get("http://slot.example/"))
+        .await
+        .unwrap();
+    assert_eq!(counts(), before);
+    // A waiter holds the registry; the slot handed to it does not.
+    let mut third = task::spawn(svc.clone().oneshot(get("http://slot.example/")));
+    assert_pending!(third.poll());
+    assert_eq!(counts(), before + 1);
+    drop(second);
+    let third = assert_ready!(third.poll()).unwrap();
+    assert_eq!(counts(), before);
+    // The layer and its services gone: the slot still goes back.
+    drop((svc, layer));
+    assert_eq!(counts(), 0);
+    drop(third);
+}

@@ -269,12 +269,20 @@ impl Metrics {
         // never read below what it was when `ended` was read.
         let ended = i.hot.sum(|s| &s.ended);
         let requests = i.hot.sum(|s| &s.requests);
+        let reused = i.hot.sum(|s| &s.reused);
+        let reuse_unknown = i.hot.sum(|s| &s.reuse_unknown);
+        // Each response counts in one of the three (one add a response).
+        let responses = i
+            .hot
+            .sum(|s| &s.fresh)
+            .wrapping_add(reused)
+            .wrapping_add(reuse_unknown);
         Snapshot {
             requests,
-            responses: i.hot.sum(|s| &s.responses),
+            responses,
             errors: load(&i.errors),
-            reused: i.hot.sum(|s| &s.reused),
-            reuse_unknown: i.hot.sum(|s| &s.reuse_unknown),
+            reused,
+            reuse_unknown,
             connections_opened: load(&i.connections_opened),
             connections_closed: load(&i.connections_closed),
             closes,

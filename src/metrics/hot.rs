@@ -22,7 +22,10 @@ pub(crate) struct Hot(Box<[Shard; SHARDS]>);
 #[repr(align(128))]
 pub(crate) struct Shard {
     pub(crate) requests: AtomicU64,
-    pub(crate) responses: AtomicU64,
+    /// Responses on a connection's first exchange. Each response counts in
+    /// one of `fresh`, `reused` and `reuse_unknown`, one add a response;
+    /// the responses are their sum.
+    pub(crate) fresh: AtomicU64,
     pub(crate) reused: AtomicU64,
     pub(crate) reuse_unknown: AtomicU64,
     /// Requests whose flight ended (in flight: `requests` less these).
@@ -93,7 +96,7 @@ mod tests {
         }
         assert_eq!(hot.sum(|s| &s.requests), 12_000);
         assert_eq!(hot.sum(|s| &s.bytes_drained), 60);
-        assert_eq!(hot.sum(|s| &s.responses), 0);
+        assert_eq!(hot.sum(|s| &s.fresh), 0);
         // Threads were spread over more than one shard.
         let used = hot
             .0

@@ -225,16 +225,13 @@ impl Started {
         trace_response(response, reused, queue_wait);
         // The thread's shard, found once for the response's figures.
         let hot = inner.hot.here();
-        hot.responses.fetch_add(1, Relaxed);
+        // One add: the responses are the sum of the three.
         match reused {
-            Some(true) => {
-                hot.reused.fetch_add(1, Relaxed);
-            }
-            Some(false) => {}
-            None => {
-                hot.reuse_unknown.fetch_add(1, Relaxed);
-            }
+            Some(true) => &hot.reused,
+            Some(false) => &hot.fresh,
+            None => &hot.reuse_unknown,
         }
+        .fetch_add(1, Relaxed);
         f
     }
 }

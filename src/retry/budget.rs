@@ -7,23 +7,30 @@
 //! `min_per_sec` a second (a floor, for hosts with little traffic and for
 //! the burst that follows a server closing every idle connection at once).
 //!
-//! Requests are deposited a batch at a time: the first request of each
-//! batch of 8 to 64 (the fewest that keep the share within 1 % of tower's
-//! own rounding) deposits the whole batch's share, and the others only
-//! count. A deposit takes tower's lock and reads the clock; most requests
-//! then do neither. A host's share is so counted up to a batch ahead (at
-//! 20 %, at most 1.4 retries more than per-request deposits would allow).
-//! A share that no batch keeps that close (above 125 %, below about 1.6 %)
+//! Requests are deposited a batch at a time: a batch is 8 to 64 requests
+//! (the fewest that keep the share within 1 % of tower's own rounding),
+//! and the request that opens one deposits the whole batch's share. A
+//! thread holds the rest of the batch it opened, its lease of the host's
+//! budget: its next requests to the host are paid from the lease without
+//! a lock, an atomic operation or a clock read (a thread keeps leases of
+//! the last four hosts it sent to). A lease let go (its thread sent to four
+//! other hosts since, or ended) hands what is left of it to the host's
+//! next requests, on any thread, before another batch is deposited. A
+//! host's share is so counted at most a batch ahead per thread (at 20 %,
+//! 1.4 retries a thread more than per-request deposits would allow). A
+//! share that no batch keeps that close (above 125 %, below about 1.6 %)
 //! is deposited request by request; a share of 0 deposits nothing (tower's
 //! deposit of nothing).
 
+use std::cell::RefCell;
 use std::fmt;
-use std::sync::{Mutex, PoisonError};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use tower::retry::budget::{Budget, TpsBudget};
 
-use crate::key::{HostMemo, MemoKey};
+use crate::key::{HostMemo, MemoKey, Recent};
 
 /// How long a deposit counts (tower's default).
 const TTL: Duration = Duration::from_secs(10);
@@ -124,38 +131,53 @@ fn tower_share(ratio: f32) -> f64 {
 }
 
 /// What the retry keeps of a host: its budget, and whether it speaks
-/// HTTP/2.
+/// HTTP/2. Shared by the map of hosts and the threads' leases.
 struct HostRetry {
     budget: TpsBudget,
-    /// Requests counted, for deposits a batch at a time (wraps: batches
-    /// are powers of two).
-    requests: u32,
+    /// Requests deposited for that no request has taken yet: what leases
+    /// let go had left.
+    credit: AtomicU32,
     /// The host's last response came over HTTP/2: its requests learn their
     /// connection, so that a `GOAWAY` can take it out of the pool.
-    http2: bool,
+    http2: AtomicBool,
+    /// The map forgot the host (see [`MAX_HOSTS`]): a lease of it is let
+    /// go, and the host's requests deposit into its new budget.
+    forgotten: AtomicBool,
+}
+
+/// A host in the map of hosts: marks it forgotten when the map lets it go.
+struct Kept(Arc<HostRetry>);
+
+impl Drop for Kept {
+    fn drop(&mut self) {
+        self.0.forgotten.store(true, Relaxed);
+    }
 }
 
 /// The budgets of every host, shared by a layer's services and their
 /// clones.
 pub(crate) struct Budgets {
+    /// Which budgets a thread's lease is of (unique in the process).
+    id: u64,
     config: BudgetConfig,
     /// Requests a deposit counts (0: none deposits).
     batch: u32,
-    /// A request holds no reference to its host's budget (no reference
-    /// count to change per request): it finds it again by its key's hash
-    /// for the rare retry.
+    /// Looked up by a request without a lease of its host, and for the
+    /// rare retry (a request holds no reference to its host's budget).
     hosts: Mutex<Hosts>,
 }
 
 struct Hosts {
-    memo: HostMemo<HostRetry>,
+    memo: HostMemo<Kept>,
     /// The budget of requests without a host.
-    hostless: Option<HostRetry>,
+    hostless: Option<Kept>,
 }
 
 impl Budgets {
     pub(crate) fn new(config: BudgetConfig) -> Self {
+        static NEXT_ID: AtomicU64 = AtomicU64::new(0);
         Budgets {
+            id: NEXT_ID.fetch_add(1, Relaxed),
             config,
             batch: config.batch(),
             hosts: Mutex::new(Hosts {
@@ -165,21 +187,79 @@ impl Budgets {
         }
     }
 
-    /// `f` of the budget of `host`, made on first use (and made afresh for
-    /// a host forgotten meanwhile). Requests without a host share one.
-    fn with<R>(&self, host: Option<MemoKey>, f: impl FnOnce(&mut HostRetry) -> R) -> R {
+    /// The budget of `host`, made on first use (and made afresh for a host
+    /// forgotten meanwhile). Requests without a host share one.
+    fn host(&self, host: Option<MemoKey>) -> Arc<HostRetry> {
         let mut hosts = self.hosts.lock().unwrap_or_else(PoisonError::into_inner);
         let hosts = &mut *hosts;
-        let make = || HostRetry {
-            budget: self.config.batched(self.batch),
-            requests: 0,
-            http2: false,
+        let make = || {
+            Kept(Arc::new(HostRetry {
+                budget: self.config.batched(self.batch),
+                credit: AtomicU32::new(0),
+                http2: AtomicBool::new(false),
+                forgotten: AtomicBool::new(false),
+            }))
         };
-        match host {
-            Some(memo) => f(hosts.memo.get_or_insert_with(memo, make)),
-            None => f(hosts.hostless.get_or_insert_with(make)),
+        let kept = match host {
+            Some(memo) => hosts.memo.get_or_insert_with(memo, make),
+            None => hosts.hostless.get_or_insert_with(make),
+        };
+        kept.0.clone()
+    }
+}
+
+/// A thread's lease of a host's budget: the requests of the batch it
+/// deposited last that none of its requests took yet.
+struct Lease {
+    budgets: u64,
+    host: Option<MemoKey>,
+    retry: Arc<HostRetry>,
+    left: u32,
+}
+
+impl Lease {
+    fn is(&self, budgets: &Budgets, host: Option<MemoKey>) -> bool {
+        self.budgets == budgets.id && self.host == host
+    }
+
+    /// Pays for one request of the host: from the lease, else from what
+    /// leases let go, else with a new batch deposited (the lease holding
+    /// the rest).
+    fn pay(&mut self, batch: u32) {
+        match batch {
+            0 => {}
+            1 => self.retry.budget.deposit(),
+            batch => {
+                if self.left > 0 {
+                    self.left = self.left.saturating_sub(1);
+                } else if self
+                    .retry
+                    .credit
+                    .fetch_update(Relaxed, Relaxed, |c| c.checked_sub(1))
+                    .is_err()
+                {
+                    self.retry.budget.deposit();
+                    self.left = batch.saturating_sub(1);
+                }
+            }
         }
     }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        // What is left goes to the host's next requests.
+        if self.left > 0 {
+            self.retry.credit.fetch_add(self.left, Relaxed);
+        }
+    }
+}
+
+/// Leases a thread holds.
+const LEASES: usize = 4;
+
+thread_local! {
+    static THREAD_LEASES: RefCell<Recent<Lease, LEASES>> = const { RefCell::new(Recent::new()) };
 }
 
 impl fmt::Debug for Budgets {
@@ -205,28 +285,46 @@ impl RequestBudget {
     /// the first of a batch, or counted in the batch already deposited).
     pub(crate) fn deposit(budgets: &Budgets, host: Option<MemoKey>) -> Self {
         let batch = budgets.batch;
-        let http2 = budgets.with(host, |h| {
-            let deposits = match batch {
-                0 => false,
-                1 => true,
-                batch => {
-                    // A power of two: the remainder without a division.
-                    let first = h.requests & batch.saturating_sub(1) == 0;
-                    h.requests = h.requests.wrapping_add(1);
-                    first
+        // The thread's lease of the host, if it holds one.
+        let leased = THREAD_LEASES
+            .try_with(|leases| {
+                let mut leases = leases.try_borrow_mut().ok()?;
+                let lease = leases.find_mut(|l| l.is(budgets, host))?;
+                if lease.retry.forgotten.load(Relaxed) {
+                    return None;
                 }
-            };
-            if deposits {
-                h.budget.deposit();
-            }
-            h.http2
-        });
+                lease.pay(batch);
+                Some(lease.retry.http2.load(Relaxed))
+            })
+            .ok()
+            .flatten();
+        if let Some(http2) = leased {
+            return RequestBudget { host, http2 };
+        }
+        let mut lease = Lease {
+            budgets: budgets.id,
+            host,
+            retry: budgets.host(host),
+            left: 0,
+        };
+        lease.pay(batch);
+        let http2 = lease.retry.http2.load(Relaxed);
+        // Kept for the thread's next requests to the host; the lease it
+        // replaces (or this one, if the thread keeps none) is let go after
+        // the borrow ends.
+        let _let_go = THREAD_LEASES
+            .try_with(|leases| {
+                let mut leases = leases.try_borrow_mut().ok()?;
+                leases.put(lease, |l| l.is(budgets, host))
+            })
+            .ok()
+            .flatten();
         RequestBudget { host, http2 }
     }
 
     /// Takes one retry; `false` when the budget is spent.
     pub(crate) fn withdraw(&self, budgets: &Budgets) -> bool {
-        budgets.with(self.host, |h| h.budget.withdraw())
+        budgets.host(self.host).budget.withdraw()
     }
 
     /// Whether the host's last response had come over HTTP/2 when the
@@ -240,7 +338,7 @@ impl RequestBudget {
     pub(crate) fn answered(&self, budgets: &Budgets, version: http::Version) {
         let http2 = version >= http::Version::HTTP_2;
         if self.http2 != http2 {
-            budgets.with(self.host, |h| h.http2 = http2);
+            budgets.host(self.host).http2.store(http2, Relaxed);
         }
     }
 }
@@ -325,6 +423,94 @@ mod tests {
         // Tower's rounding at 10 % per batch of 8 (0.8: a retry per 1.25
         // deposits, rounded to 1) would be 25 % too generous: 16 it is.
         assert_eq!(BudgetConfig::new(10.0, 10).batch(), 16);
+    }
+
+    /// Retries `host`'s budget allows now.
+    fn retries_left(budgets: &Budgets, host: Option<MemoKey>) -> usize {
+        let b = RequestBudget { host, http2: false };
+        (0..100_000).take_while(|_| b.withdraw(budgets)).count()
+    }
+
+    #[test]
+    fn leases_let_go_hand_their_requests_on() {
+        // More hosts than a thread holds leases of, in turn: every lease is
+        // let go before its batch is used up, and what is left of it pays
+        // for the host's next requests (not another batch deposited).
+        let config = BudgetConfig::new(20.0, 0);
+        let budgets = Budgets::new(config);
+        let hosts: Vec<_> = (0..10).map(|i| key(&format!("h{i}")).memo()).collect();
+        for _ in 0..640 {
+            for host in &hosts {
+                RequestBudget::deposit(&budgets, Some(*host));
+            }
+        }
+        let tower = config.tps_budget();
+        for _ in 0..640 {
+            tower.deposit();
+        }
+        let expected = (0..100_000).take_while(|_| tower.withdraw()).count();
+        for host in &hosts {
+            let allowed = retries_left(&budgets, Some(*host));
+            assert!(
+                allowed.abs_diff(expected) <= (expected / 100).max(1),
+                "{allowed} retries allowed, tower {expected}"
+            );
+        }
+    }
+
+    #[test]
+    fn each_thread_counts_at_most_a_batch_ahead() {
+        const THREADS: usize = 4;
+        let config = BudgetConfig::new(20.0, 0);
+        let budgets = Arc::new(Budgets::new(config));
+        let a = key("a").memo();
+        let threads: Vec<_> = (0..THREADS)
+            .map(|_| {
+                let budgets = budgets.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..163 {
+                        RequestBudget::deposit(&budgets, Some(a));
+                    }
+                })
+            })
+            .collect();
+        for thread in threads {
+            thread.join().expect("thread");
+        }
+        let tower = config.tps_budget();
+        for _ in 0..THREADS * 163 {
+            tower.deposit();
+        }
+        let expected = (0..100_000).take_while(|_| tower.withdraw()).count();
+        let allowed = retries_left(&budgets, Some(a));
+        // A batch of 8 at 20 %: 1.6 retries, so at most 2 a thread ahead.
+        assert!(
+            allowed >= expected && allowed <= expected + 2 * THREADS,
+            "{allowed} retries allowed, tower {expected}"
+        );
+    }
+
+    #[test]
+    fn a_forgotten_hosts_lease_is_let_go() {
+        let config = BudgetConfig::new(20.0, 0);
+        let budgets = Budgets::new(config);
+        let a = key("a");
+        RequestBudget::deposit(&budgets, Some(a.memo()));
+        // The map forgets the host (as past `MAX_HOSTS`): the thread's
+        // lease must not keep paying into the budget no retry reads.
+        drop(
+            budgets
+                .hosts
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .memo
+                .remove(&a),
+        );
+        for _ in 0..80 {
+            RequestBudget::deposit(&budgets, Some(a.memo()));
+        }
+        // 80 requests at 20 %: 16 retries, all in the host's new budget.
+        assert_eq!(retries_left(&budgets, Some(a.memo())), 16);
     }
 
     #[tokio::test(start_paused = true)]
