@@ -196,8 +196,24 @@ async fn reqwest_h2_early_drops_lose_no_request() {
     // 64 KiB in 1 KiB frames: not all there when the body is dropped.
     let url = bare_server.url("/chunked/65536");
     let bare = reqwest_client(&bare_server, reqwest::Client::builder());
-    let bare_run = support::drive(8, TOTAL, 0, reqwest_h2(bare, None, url, Body::Drop)).await;
-    let bare_dials = bare_server.stats.accepted();
+    // Whether h2's limit on resets ends a connection within a round depends
+    // on how many resets are pending at once, so on the machine's speed:
+    // the premise gets up to three rounds (the dials of the last one count).
+    let mut rounds = 0;
+    let (bare_run, bare_dials) = loop {
+        let before = bare_server.stats.accepted();
+        let run = support::drive(
+            8,
+            TOTAL,
+            0,
+            reqwest_h2(bare.clone(), None, url.clone(), Body::Drop),
+        )
+        .await;
+        rounds += 1;
+        if run.errors > 0 || rounds == 3 {
+            break (run, bare_server.stats.accepted() - before);
+        }
+    };
 
     // Over HTTP/2 a dropped body's stream is reset, not drained: reqwest's
     // connection cannot be taken out of its pool before h2's own limit on
@@ -220,7 +236,7 @@ async fn reqwest_h2_early_drops_lose_no_request() {
     let snap = guard.metrics().snapshot();
     println!(
         "reqwest, TLS + ALPN h2, {TOTAL} early drops: bare {} failed over {bare_dials} \
-         connections; guarded {} failed over {dials}; {} streams reset, {} drains \
+         connections (round {rounds}); guarded {} failed over {dials}; {} streams reset, {} drains \
          completed, {} requests resent ({} not processed), {} refused by the budget",
         bare_run.errors,
         run.errors,

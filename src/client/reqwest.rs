@@ -248,9 +248,9 @@ where
 /// which would cost three allocations a request each way).
 struct Carried {
     /// reqwest's request, kept (without its headers and body) for the way
-    /// back, with the URI it was converted to: rebuilt from it, the request
-    /// needs no URL parse. The first attempt takes it.
-    shell: Option<(::reqwest::Request, http::Uri)>,
+    /// back: rebuilt from it, the request needs no URL parse, if its URI is
+    /// still the URL as written. The first attempt takes it.
+    shell: Option<::reqwest::Request>,
     /// The request's own timeout (reqwest's one per-request setting, kept
     /// in its private extensions), for the attempts after the first,
     /// converted from the retry's copy.
@@ -283,12 +283,12 @@ fn into_http_request(
     let uri = http::Uri::try_from(request.url().as_str())?;
     let mut http = http::Request::new(body);
     *http.method_mut() = request.method().clone();
-    *http.uri_mut() = uri.clone();
+    *http.uri_mut() = uri;
     *http.version_mut() = request.version();
     *http.headers_mut() = std::mem::take(request.headers_mut());
     let carried = Carried {
         timeout: request.timeout().copied(),
-        shell: Some((request, uri)),
+        shell: Some(request),
         url: None,
     };
     Ok((http, Box::new(std::cell::RefCell::new(carried))))
@@ -312,7 +312,7 @@ fn into_reqwest_request(
     match shell {
         // Compared exactly (`Uri`'s own `==` folds case, at some cost): a
         // URI a layer changed in any way is parsed again.
-        Some((mut shell, uri)) if same_uri(&uri, &parts.uri) => {
+        Some(mut shell) if written_as(&parts.uri, shell.url().as_str()) => {
             *shell.method_mut() = parts.method;
             *shell.headers_mut() = parts.headers;
             *shell.version_mut() = parts.version;
@@ -329,13 +329,21 @@ fn into_reqwest_request(
     }
 }
 
-/// Whether two URIs are written the same, byte for byte.
-fn same_uri(a: &http::Uri, b: &http::Uri) -> bool {
-    a.scheme_str() == b.scheme_str()
-        && a.authority().map(http::uri::Authority::as_str)
-            == b.authority().map(http::uri::Authority::as_str)
-        && a.path_and_query().map(http::uri::PathAndQuery::as_str)
-            == b.path_and_query().map(http::uri::PathAndQuery::as_str)
+/// Whether `uri` is `url` written the same, byte for byte: the URI a
+/// request's URL was converted to, as no layer changed it. (The URI is not
+/// kept beside the URL to compare: its clone would turn its bytes into
+/// shared ones, an allocation a request.)
+fn written_as(uri: &http::Uri, url: &str) -> bool {
+    let (Some(scheme), Some(authority)) = (uri.scheme_str(), uri.authority()) else {
+        return false;
+    };
+    let path = uri
+        .path_and_query()
+        .map_or("", http::uri::PathAndQuery::as_str);
+    url.strip_prefix(scheme)
+        .and_then(|rest| rest.strip_prefix("://"))
+        .and_then(|rest| rest.strip_prefix(authority.as_str()))
+        .is_some_and(|rest| rest == path)
 }
 
 /// A request on its way from the guard's layers to reqwest (or the rest of
@@ -695,7 +703,7 @@ where
 mod tests {
     use std::time::Duration;
 
-    use super::{into_http_request, into_reqwest_request};
+    use super::{into_http_request, into_reqwest_request, written_as};
 
     fn copy(request: &http::Request<::reqwest::Body>) -> http::Request<::reqwest::Body> {
         let mut copy = http::Request::new(::reqwest::Body::from(""));
@@ -760,5 +768,26 @@ mod tests {
             assert_eq!(back.url().as_str(), "http://other.example/");
             assert_eq!(back.timeout(), Some(&Duration::from_secs(7)));
         });
+    }
+
+    #[test]
+    fn a_uri_is_its_url_only_written_the_same() {
+        let url = "http://example.com:8080/a/b?c=d";
+        let uri = |s: &str| s.parse::<http::Uri>().unwrap();
+        assert!(written_as(&uri(url), url));
+        for other in [
+            "http://EXAMPLE.com:8080/a/b?c=d",
+            "https://example.com:8080/a/b?c=d",
+            "http://example.com:8081/a/b?c=d",
+            "http://example.com/a/b?c=d",
+            "http://example.com:8080/a/b?c=e",
+            "http://example.com:8080/a/b",
+            "http://example.com:8080/a/b?c=d&e",
+            "/a/b?c=d",
+        ] {
+            assert!(!written_as(&uri(other), url), "{other}");
+        }
+        // A URL with a fragment has no URI written the same: parsed again.
+        assert!(!written_as(&uri(url), "http://example.com:8080/a/b?c=d#f"));
     }
 }

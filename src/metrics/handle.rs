@@ -269,6 +269,7 @@ impl Metrics {
         // never read below what it was when `ended` was read.
         let ended = i.hot.sum(|s| &s.ended);
         let requests = i.hot.sum(|s| &s.requests);
+        let drains_inline = i.hot.sum(|s| &s.drains_inline);
         let reused = i.hot.sum(|s| &s.reused);
         let reuse_unknown = i.hot.sum(|s| &s.reuse_unknown);
         // Each response counts in one of the three (one add a response).
@@ -286,8 +287,8 @@ impl Metrics {
             connections_opened: load(&i.connections_opened),
             connections_closed: load(&i.connections_closed),
             closes,
-            drains_completed: i.hot.sum(|s| &s.drains_completed),
-            drains_inline: i.hot.sum(|s| &s.drains_inline),
+            drains_completed: drains_inline.wrapping_add(i.hot.sum(|s| &s.drains_tasked)),
+            drains_inline,
             drains_gave_up_bytes: load(&i.drains_gave_up_bytes),
             drains_gave_up_time: load(&i.drains_gave_up_time),
             drains_gave_up_cost: load(&i.drains_gave_up_cost),
@@ -347,13 +348,18 @@ impl OnDrain for Metrics {
     fn on_drain(&self, outcome: &DrainOutcome) {
         let i = &*self.inner;
         let hot = i.hot.here();
-        hot.bytes_drained.fetch_add(outcome.bytes(), Relaxed);
+        let bytes = outcome.bytes();
+        if bytes > 0 {
+            hot.bytes_drained.fetch_add(bytes, Relaxed);
+        }
         let counter = match outcome {
             DrainOutcome::Completed { inline, .. } => {
-                if *inline {
-                    hot.drains_inline.fetch_add(1, Relaxed);
+                // One add: completed drains are the sum of the two.
+                match inline {
+                    true => &hot.drains_inline,
+                    false => &hot.drains_tasked,
                 }
-                hot.drains_completed.fetch_add(1, Relaxed);
+                .fetch_add(1, Relaxed);
                 #[cfg(feature = "metrics")]
                 i.emit.drain(outcome);
                 return;

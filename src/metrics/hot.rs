@@ -30,7 +30,9 @@ pub(crate) struct Shard {
     pub(crate) reuse_unknown: AtomicU64,
     /// Requests whose flight ended (in flight: `requests` less these).
     pub(crate) ended: AtomicU64,
-    pub(crate) drains_completed: AtomicU64,
+    /// Drains completed in a task; those completed inline are
+    /// `drains_inline` (completed: the sum, one add a drain).
+    pub(crate) drains_tasked: AtomicU64,
     pub(crate) drains_inline: AtomicU64,
     pub(crate) bytes_drained: AtomicU64,
 }
@@ -104,5 +106,32 @@ mod tests {
             .filter(|s| s.requests.load(Relaxed) > 0)
             .count();
         assert!(used > 1, "{used} shards used");
+    }
+}
+
+#[cfg(test)]
+mod sums {
+    use std::time::Duration;
+
+    use crate::drain::{DrainOutcome, OnDrain, SkipReason};
+    use crate::Metrics;
+
+    #[test]
+    fn figures_kept_as_sums_read_as_their_parts_add_up() {
+        let metrics = Metrics::new();
+        let completed = |inline| DrainOutcome::Completed {
+            bytes: 10,
+            elapsed: Duration::ZERO,
+            inline,
+        };
+        metrics.on_drain(&completed(true));
+        metrics.on_drain(&completed(false));
+        metrics.on_drain(&completed(true));
+        metrics.on_drain(&DrainOutcome::Skipped(SkipReason::Http2));
+        let snap = metrics.snapshot();
+        assert_eq!(snap.drains_completed, 3);
+        assert_eq!(snap.drains_inline, 2);
+        assert_eq!(snap.bytes_drained, 30);
+        assert_eq!(snap.drains_skipped.http2, 1);
     }
 }
