@@ -1124,21 +1124,30 @@ impl Slot {
     /// Whether a dial waits in this slot's registry or the cap's.
     #[cfg(feature = "hyper-util")]
     pub(crate) fn dial_waits(&self) -> bool {
-        let waits = |slot: &Slot| slot.registry().is_some_and(|r| r.queued() > 0);
-        waits(self) || self.total.as_deref().is_some_and(waits)
+        self.queued_here() > 0 || self.total.as_deref().is_some_and(|t| t.queued_here() > 0)
+    }
+
+    /// Dials waiting in this slot's registry: one load for a dial's slot,
+    /// which holds its registry.
+    #[cfg(feature = "hyper-util")]
+    #[inline]
+    fn queued_here(&self) -> usize {
+        match &self.registry {
+            Some(registry) => registry.queued(),
+            None => self.gate.registry.upgrade().map_or(0, |r| r.queued()),
+        }
     }
 
     /// [`should_retire`](Slot::should_retire) for this slot's registry.
     #[cfg(feature = "hyper-util")]
     fn retire_here(&mut self) -> bool {
         // One load when no dial waits: the common case.
-        let Some(registry) = self.registry() else {
-            return false;
-        };
-        if registry.queued() == 0 {
+        if self.queued_here() == 0 {
             return false;
         }
-        let registry = registry.into_owned();
+        let Some(registry) = self.registry().map(std::borrow::Cow::into_owned) else {
+            return false;
+        };
         let (key, Some(link)) = (&self.key, &self.link) else {
             return false;
         };
