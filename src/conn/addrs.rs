@@ -5,6 +5,12 @@ use std::net::SocketAddr;
 use std::sync::{Mutex, PoisonError};
 
 const SHARDS: usize = 16;
+
+#[cfg(test)]
+thread_local! {
+    /// Pairs recorded on this thread (tests only).
+    pub(crate) static LOOKUPS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
 /// Address pairs remembered per shard; the oldest are forgotten first.
 const PER_SHARD: usize = 4096;
 
@@ -127,6 +133,8 @@ impl AddrTracker {
 
     /// Records the pair and returns whether it was seen before.
     pub(crate) fn seen_before(&self, local: SocketAddr, remote: SocketAddr) -> bool {
+        #[cfg(test)]
+        LOOKUPS.with(|n| n.set(n.get() + 1));
         let shard = &self.shards[usize::from(local.port()) % SHARDS];
         let mut shard = shard.lock().unwrap_or_else(PoisonError::into_inner);
         let pair = (local, remote);

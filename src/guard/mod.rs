@@ -482,7 +482,8 @@ impl PoolGuardBuilder {
                 let retry = RetryStaleLayer::new()
                     .max_retries(u32::from(self.retry_stale))
                     .budget(self.retry_budget.0, self.retry_budget.1)
-                    .on_retry(metrics.clone());
+                    .on_retry(metrics.clone())
+                    .recording_in(&metrics);
                 // Made now, so that every `layer()` of the guard shares
                 // its hosts' budgets and what it learnt of connections
                 // (the layer makes them on first use, per copy).
@@ -579,6 +580,7 @@ impl<S> Layer<S> for PoolGuardLayer {
         Guarded::new(
             inner,
             service::Shared {
+                one_record: self.retry.records_in(self.metrics.metrics()),
                 metrics: self.metrics.metrics().clone(),
                 rules: self.retry.rules(),
                 limit: self.limit.clone(),

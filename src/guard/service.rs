@@ -50,6 +50,9 @@ pub(crate) struct Shared<S> {
     /// The clone of the client that retries are cloned from, made at the
     /// first request that may be retried.
     pub(crate) spare: Spare<S>,
+    /// The retry records connections by address in the metrics' record:
+    /// a response's pair is looked up once, for both.
+    pub(crate) one_record: bool,
 }
 
 impl<S> Guarded<S> {
@@ -147,5 +150,41 @@ mod tests {
             std::task::Poll::Ready(Err(_))
         ));
         assert_eq!(calls.load(std::sync::atomic::Ordering::Relaxed), 1);
+    }
+}
+
+#[cfg(all(test, feature = "hyper-util"))]
+mod one_record {
+    use http_body_util::{BodyExt, Empty};
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::TokioExecutor;
+    use tower::ServiceExt;
+    use tower_layer::Layer;
+
+    /// Over a client without a tracking connector, a response's connection
+    /// is known by its address pair: the guard's retry and metrics share
+    /// one record of the pairs and look each response's pair up once.
+    #[tokio::test]
+    async fn a_responses_address_pair_is_looked_up_once() {
+        let server = poolguard_testkit::serve().await;
+        for retry in [true, false] {
+            let guard = crate::PoolGuard::builder().retry_stale(retry).build();
+            let client = Client::builder(TokioExecutor::new()).build_http::<Empty<bytes::Bytes>>();
+            let svc = guard.layer().layer(client);
+            assert!(svc.shared.one_record);
+            let before = crate::conn::addrs::LOOKUPS.with(std::cell::Cell::get);
+            for _ in 0..3 {
+                let request = http::Request::get(server.uri("/bytes/10"))
+                    .body(Empty::new())
+                    .unwrap();
+                let response = svc.clone().oneshot(request).await.unwrap();
+                response.into_body().collect().await.unwrap();
+            }
+            let lookups = crate::conn::addrs::LOOKUPS.with(std::cell::Cell::get) - before;
+            assert_eq!(lookups, 3, "retry {retry}: one look-up a response");
+            let snap = guard.metrics().snapshot();
+            assert_eq!((snap.responses, snap.reused), (3, 2), "retry {retry}");
+            assert_eq!(server.stats.accepted(), if retry { 1 } else { 2 });
+        }
     }
 }

@@ -69,8 +69,10 @@ pub(crate) struct Inner {
     /// What a new connection to each host costs, as the connectors timed
     /// their dials.
     pub(crate) dial_costs: Arc<crate::conn::DialCosts>,
+    /// The connections of responses without a tracked connection, by
+    /// address pair (shared with a guard's retry, which records them).
     #[cfg(feature = "hyper-util")]
-    pub(crate) addrs: crate::conn::addrs::AddrTracker,
+    pub(crate) addrs: Arc<crate::conn::addrs::AddrTracker>,
     /// Events as they happen, to the `metrics` facade.
     #[cfg(feature = "metrics")]
     pub(crate) emit: super::emit::Emitter,

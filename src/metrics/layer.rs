@@ -159,7 +159,7 @@ impl Started {
     ) -> Result<Response<ResponseBody<B>>, E> {
         match result {
             Ok(mut response) => {
-                let flight = self.answered(&mut response);
+                let flight = self.answered(&mut response, None);
                 Ok(response.map(|b| ResponseBody::new(b, Some(flight))))
             }
             Err(e) => {
@@ -180,7 +180,14 @@ impl Started {
     /// Counts the request as answered with `response`, whose connection and
     /// reuse are read (into a [`ConnInfo`] extension for a tracked
     /// connection): the flight to keep in the response's body.
-    pub(crate) fn answered<B>(self, response: &mut Response<B>) -> Flight {
+    /// `seen_before`: whether the metrics' record of address pairs had the
+    /// response's pair, as the guard's retry found when it recorded it
+    /// (`None`: not recorded yet).
+    pub(crate) fn answered<B>(
+        self,
+        response: &mut Response<B>,
+        seen_before: Option<bool>,
+    ) -> Flight {
         let Started {
             flight: mut f,
             started,
@@ -217,7 +224,7 @@ impl Started {
             f.conn = Some(exchange);
             Some(info.reused)
         } else {
-            reused_by_address(&f.metrics, response, close)
+            reused_by_address(&f.metrics, response, close, seen_before)
         };
         let inner = &f.metrics.inner;
         #[cfg(feature = "metrics")]
@@ -324,13 +331,18 @@ fn trace_response<B>(response: &Response<B>, reused: Option<bool>, queue_wait: D
 /// connection that will close (`Connection: close`) is forgotten, so that a
 /// later connection on the same local port counts as new.
 #[cfg(feature = "hyper-util")]
-fn reused_by_address<B>(metrics: &Metrics, response: &Response<B>, close: bool) -> Option<bool> {
+fn reused_by_address<B>(
+    metrics: &Metrics,
+    response: &Response<B>,
+    close: bool,
+    seen_before: Option<bool>,
+) -> Option<bool> {
     let info = response
         .extensions()
         .get::<hyper_util::client::legacy::connect::HttpInfo>()?;
     let addrs = &metrics.inner.addrs;
     let pair = (info.local_addr(), info.remote_addr());
-    let seen = addrs.seen_before(pair.0, pair.1);
+    let seen = seen_before.unwrap_or_else(|| addrs.seen_before(pair.0, pair.1));
     if close {
         addrs.forget(pair.0, pair.1);
     }
@@ -338,7 +350,12 @@ fn reused_by_address<B>(metrics: &Metrics, response: &Response<B>, close: bool) 
 }
 
 #[cfg(not(feature = "hyper-util"))]
-fn reused_by_address<B>(_metrics: &Metrics, _response: &Response<B>, _close: bool) -> Option<bool> {
+fn reused_by_address<B>(
+    _metrics: &Metrics,
+    _response: &Response<B>,
+    _close: bool,
+    _seen_before: Option<bool>,
+) -> Option<bool> {
     None
 }
 

@@ -171,17 +171,24 @@ impl<S, B> Attempts<S, B> {
 
     /// The attempt under way was answered with `response`: its connection
     /// is recorded, its host's protocol noted, and a retried request's
-    /// response says so.
-    pub(crate) fn answered<ResB>(&mut self, rules: &Rules, response: &mut Response<ResB>) {
+    /// response says so. Whether the connection was seen before, if it was
+    /// recorded by its addresses (so that a guard's metrics, which share
+    /// the record, need not look again).
+    pub(crate) fn answered<ResB>(
+        &mut self,
+        rules: &Rules,
+        response: &mut Response<ResB>,
+    ) -> Option<bool> {
         self.watch = None;
         if self.retries > 0 {
             if let Some(o) = rules.observer.as_ref() {
                 o.tell(RetryEvent::Succeeded);
             }
         }
-        if self.on {
-            stale::record(&rules.seen, response.extensions());
-        }
+        let seen_before = match self.on {
+            true => stale::record(&rules.seen, response.extensions()),
+            false => None,
+        };
         if let Some(budget) = self.budget.as_ref() {
             budget.answered(&rules.budgets, response.version());
         }
@@ -193,6 +200,7 @@ impl<S, B> Attempts<S, B> {
                 retries: self.retries,
             });
         }
+        seen_before
     }
 
     /// The attempt under way failed with `error`: the error, for good, or

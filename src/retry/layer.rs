@@ -105,6 +105,37 @@ impl RetryStaleLayer {
     fn seen(&self) -> Arc<Seen> {
         self.seen.get_or_init(Arc::default).clone()
     }
+
+    /// Records connections by address in `metrics`' own record (a guard's
+    /// retry and metrics: one look-up a response for both).
+    pub(crate) fn recording_in(self, metrics: &crate::Metrics) -> Self {
+        #[cfg(feature = "hyper-util")]
+        {
+            let mut this = self;
+            this.seen = OnceLock::from(metrics.inner.addrs.clone());
+            this
+        }
+        #[cfg(not(feature = "hyper-util"))]
+        {
+            let _ = metrics;
+            self
+        }
+    }
+
+    /// Whether this layer records connections in `metrics`' record.
+    pub(crate) fn records_in(&self, metrics: &crate::Metrics) -> bool {
+        #[cfg(feature = "hyper-util")]
+        {
+            self.seen
+                .get()
+                .is_some_and(|seen| Arc::ptr_eq(seen, &metrics.inner.addrs))
+        }
+        #[cfg(not(feature = "hyper-util"))]
+        {
+            let _ = metrics;
+            false
+        }
+    }
 }
 
 impl Default for RetryStaleLayer {

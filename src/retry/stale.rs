@@ -6,8 +6,9 @@ use super::layer::Seen;
 
 /// Records the connection a response came on, when the client's
 /// connections cannot be seen (no [`GuardedConnector`](crate::GuardedConnector)):
-/// by its socket address pair.
-pub(crate) fn record(seen: &Seen, extensions: &http::Extensions) {
+/// by its socket address pair. Whether the pair was seen before (the
+/// connection reused), if recorded.
+pub(crate) fn record(seen: &Seen, extensions: &http::Extensions) -> Option<bool> {
     #[cfg(feature = "hyper-util")]
     {
         use hyper_util::client::legacy::connect::HttpInfo;
@@ -15,14 +16,16 @@ pub(crate) fn record(seen: &Seen, extensions: &http::Extensions) {
         use crate::conn::LinkHandle;
 
         if extensions.get::<LinkHandle>().is_some() {
-            return;
+            return None;
         }
-        if let Some(info) = extensions.get::<HttpInfo>() {
-            seen.seen_before(info.local_addr(), info.remote_addr());
-        }
+        let info = extensions.get::<HttpInfo>()?;
+        Some(seen.seen_before(info.local_addr(), info.remote_addr()))
     }
     #[cfg(not(feature = "hyper-util"))]
-    let _ = (seen, extensions);
+    {
+        let _ = (seen, extensions);
+        None
+    }
 }
 
 /// What a request learns of the connection it goes out on.
