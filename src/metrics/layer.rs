@@ -327,9 +327,11 @@ fn trace_response<B>(response: &Response<B>, reused: Option<bool>, queue_wait: D
     );
 }
 
-/// Reuse from hyper-util's `HttpInfo`: the address pair was seen before. A
-/// connection that will close (`Connection: close`) is forgotten, so that a
-/// later connection on the same local port counts as new.
+/// Reuse from hyper-util's `HttpInfo`: the address pair was seen before
+/// (`seen_before`, when a guard's retry already looked it up in the same
+/// record). A connection that will close (`Connection: close`) is
+/// forgotten, so that a later connection on the same local port counts as
+/// new.
 #[cfg(feature = "hyper-util")]
 fn reused_by_address<B>(
     metrics: &Metrics,
