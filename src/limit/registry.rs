@@ -139,7 +139,7 @@ pub(crate) struct Registry {
     queued: AtomicUsize,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Host {
     /// Slots taken (by requests, or handed to waiters not yet woken), and
     /// what a request needs to take one without the lock: the bounds of
@@ -164,7 +164,7 @@ struct Host {
 /// the gate alone, and reaches the registry through it only when the slot
 /// goes back through the lock (held weakly: a registry gone has nobody to
 /// hand a slot to, and its waiters hold it).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct HostGate {
     gate: Gate,
     registry: Weak<Registry>,
@@ -880,7 +880,10 @@ impl State {
                     gate: Gate::default(),
                     registry: Arc::downgrade(registry),
                 }),
-                ..Host::default()
+                waiters: Waiters::default(),
+                cap: 0,
+                #[cfg(feature = "hyper-util")]
+                conns: None,
             };
             host.publish_as(HostSlots::default(), proto);
             host
