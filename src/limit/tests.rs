@@ -892,19 +892,18 @@ async fn a_requests_slot_holds_no_reference_to_its_registry() {
     let counts = || registry.strong_count();
     let before = counts();
     // Through the lock (the host's first request), then without it.
-    let first = svc
-        .clone()
-        .oneshot(get("http://slot.example/"))
-        .await
-        .unwrap();
-    assert_eq!(counts(), before);
-    drop(first);
-    let second = svc
-        .clone()
-        .oneshot(get("http://slot.example/"))
-        .await
-        .unwrap();
-    assert_eq!(counts(), before);
+    let mut held = None;
+    for _ in 0..2 {
+        drop(held.take());
+        held = Some(
+            svc.clone()
+                .oneshot(get("http://slot.example/"))
+                .await
+                .unwrap(),
+        );
+        assert_eq!(counts(), before);
+    }
+    let second = held;
     // A waiter holds the registry; the slot handed to it does not.
     let mut third = task::spawn(svc.clone().oneshot(get("http://slot.example/")));
     assert_pending!(third.poll());

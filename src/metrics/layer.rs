@@ -331,34 +331,31 @@ fn trace_response<B>(response: &Response<B>, reused: Option<bool>, queue_wait: D
 /// (`seen_before`, when a guard's retry already looked it up in the same
 /// record). A connection that will close (`Connection: close`) is
 /// forgotten, so that a later connection on the same local port counts as
-/// new.
-#[cfg(feature = "hyper-util")]
+/// new. (Without hyper-util there is no `HttpInfo`: `None`.)
 fn reused_by_address<B>(
     metrics: &Metrics,
     response: &Response<B>,
     close: bool,
     seen_before: Option<bool>,
 ) -> Option<bool> {
-    let info = response
-        .extensions()
-        .get::<hyper_util::client::legacy::connect::HttpInfo>()?;
-    let addrs = &metrics.inner.addrs;
-    let pair = (info.local_addr(), info.remote_addr());
-    let seen = seen_before.unwrap_or_else(|| addrs.seen_before(pair.0, pair.1));
-    if close {
-        addrs.forget(pair.0, pair.1);
+    #[cfg(feature = "hyper-util")]
+    {
+        let info = response
+            .extensions()
+            .get::<hyper_util::client::legacy::connect::HttpInfo>()?;
+        let addrs = &metrics.inner.addrs;
+        let pair = (info.local_addr(), info.remote_addr());
+        let seen = seen_before.unwrap_or_else(|| addrs.seen_before(pair.0, pair.1));
+        if close {
+            addrs.forget(pair.0, pair.1);
+        }
+        Some(seen)
     }
-    Some(seen)
-}
-
-#[cfg(not(feature = "hyper-util"))]
-fn reused_by_address<B>(
-    _metrics: &Metrics,
-    _response: &Response<B>,
-    _close: bool,
-    _seen_before: Option<bool>,
-) -> Option<bool> {
-    None
+    #[cfg(not(feature = "hyper-util"))]
+    {
+        let _ = (metrics, response, close, seen_before);
+        None
+    }
 }
 
 pin_project! {
