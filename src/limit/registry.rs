@@ -1135,10 +1135,7 @@ impl Slot {
     #[cfg(feature = "hyper-util")]
     #[inline]
     fn queued_here(&self) -> usize {
-        match &self.registry {
-            Some(registry) => registry.queued(),
-            None => self.gate.registry.upgrade().map_or(0, |r| r.queued()),
-        }
+        self.registry().map_or(0, |r| r.queued())
     }
 
     /// [`should_retire`](Slot::should_retire) for this slot's registry.
@@ -1427,10 +1424,9 @@ thread_local! {
 type Gates = Recent<Cached, CACHED_GATES>;
 
 struct Cached {
-    /// Which registry (held weakly, its address stays its own while the
-    /// entry is kept).
-    registry: Weak<Registry>,
     key: HostKey,
+    /// The gate, which holds its registry weakly (so the registry's
+    /// address stays its own while the entry is kept).
     gate: Arc<HostGate>,
 }
 
@@ -1443,7 +1439,7 @@ thread_local! {
 
 impl Cached {
     fn is(&self, registry: &Arc<Registry>, key: &HostKey) -> bool {
-        std::ptr::eq(self.registry.as_ptr(), Arc::as_ptr(registry)) && self.key == *key
+        std::ptr::eq(self.gate.registry.as_ptr(), Arc::as_ptr(registry)) && self.key == *key
     }
 }
 
@@ -1470,7 +1466,6 @@ fn remember_gate(registry: &Arc<Registry>, key: &HostKey, gate: &Arc<HostGate>) 
             return;
         }
         let entry = Cached {
-            registry: Arc::downgrade(registry),
             key: key.clone(),
             gate: gate.clone(),
         };
