@@ -182,11 +182,10 @@ where
         let mut slot = this.slot.take();
         crate::limit::future::answered(slot.as_mut(), &mut response);
         let head = Head::of(&response);
+        // The guard's retry records connections in its metrics' own record
+        // of address pairs (`PoolGuardBuilder::build`): what it found there
+        // stands for the metrics' look.
         let seen_before = this.attempts.answered(&shared.rules, &mut response);
-        // The retry recorded the connection in the metrics' own record of
-        // address pairs (see `PoolGuardBuilder::build`): its finding stands
-        // for the metrics' look.
-        let seen_before = seen_before.filter(|_| shared.one_record);
         let flight = started.answered(&mut response, seen_before);
         // A priced drain reads its host off the slot in the body, and only
         // if the body is dropped early.

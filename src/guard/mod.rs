@@ -580,7 +580,6 @@ impl<S> Layer<S> for PoolGuardLayer {
         Guarded::new(
             inner,
             service::Shared {
-                one_record: self.retry.records_in(self.metrics.metrics()),
                 metrics: self.metrics.metrics().clone(),
                 rules: self.retry.rules(),
                 limit: self.limit.clone(),

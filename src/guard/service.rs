@@ -50,9 +50,6 @@ pub(crate) struct Shared<S> {
     /// The clone of the client that retries are cloned from, made at the
     /// first request that may be retried.
     pub(crate) spare: Spare<S>,
-    /// The retry records connections by address in the metrics' record:
-    /// a response's pair is looked up once, for both.
-    pub(crate) one_record: bool,
 }
 
 impl<S> Guarded<S> {
@@ -171,7 +168,11 @@ mod one_record {
             let guard = crate::PoolGuard::builder().retry_stale(retry).build();
             let client = Client::builder(TokioExecutor::new()).build_http::<Empty<bytes::Bytes>>();
             let svc = guard.layer().layer(client);
-            assert!(svc.shared.one_record);
+            // One record, the metrics': the retry's is the same.
+            assert!(std::sync::Arc::ptr_eq(
+                &svc.shared.rules.seen,
+                &guard.metrics().inner.addrs
+            ));
             let before = crate::conn::addrs::LOOKUPS.with(std::cell::Cell::get);
             for _ in 0..3 {
                 let request = http::Request::get(server.uri("/bytes/10"))

@@ -125,21 +125,6 @@ impl RetryStaleLayer {
             self
         }
     }
-
-    /// Whether this layer records connections in `metrics`' record.
-    pub(crate) fn records_in(&self, metrics: &crate::Metrics) -> bool {
-        #[cfg(feature = "hyper-util")]
-        {
-            self.seen
-                .get()
-                .is_some_and(|seen| Arc::ptr_eq(seen, &metrics.inner.addrs))
-        }
-        #[cfg(not(feature = "hyper-util"))]
-        {
-            let _ = metrics;
-            false
-        }
-    }
 }
 
 impl Default for RetryStaleLayer {
