@@ -24,19 +24,19 @@ use tower::{Layer, ServiceExt};
 
 type Tracked = Client<GuardedConnector<HttpConnector>, Empty<Bytes>>;
 
+/// A client over a tracking connector: at most `idle` idle connections a
+/// host, and up to 64 connections a host.
 fn tracked(metrics: &Metrics, idle: usize) -> Tracked {
-    Client::builder(TokioExecutor::new())
-        .pool_max_idle_per_host(idle)
-        .build(GuardedConnector::new(HttpConnector::new(), 64).track(metrics.clone()))
+    tracked_capped(metrics, idle, 64)
 }
 
-/// [`tracked`] with one connection per host at most: a second request
-/// waits for the first's connection instead of racing hyper-util's pool
-/// with a dial of its own.
-fn tracked_one(metrics: &Metrics) -> Tracked {
+/// [`tracked`] with at most `cap` connections a host: with 1, a second
+/// request waits for the first's connection instead of racing hyper-util's
+/// pool with a dial of its own.
+fn tracked_capped(metrics: &Metrics, idle: usize, cap: usize) -> Tracked {
     Client::builder(TokioExecutor::new())
-        .pool_max_idle_per_host(8)
-        .build(GuardedConnector::new(HttpConnector::new(), 1).track(metrics.clone()))
+        .pool_max_idle_per_host(idle)
+        .build(GuardedConnector::new(HttpConnector::new(), cap).track(metrics.clone()))
 }
 
 fn get(uri: http::Uri) -> Request<Empty<Bytes>> {
@@ -489,7 +489,7 @@ async fn close_reasons_do_not_depend_on_the_stacking_order() {
         // One connection: the second request must be its second exchange
         // (with more, hyper-util's checkout can race a dial under load and
         // send it on a new connection).
-        let client = tracked_one(&metrics);
+        let client = tracked_capped(&metrics, 8, 1);
         let drain = DrainLayer::new().max_bytes(1024).on_drain(metrics.clone());
         let reuse = ReuseMetricsLayer::new(metrics.clone());
         let svc = if drain_outside {
