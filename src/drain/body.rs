@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use http::{header, Response};
 use http_body::{Body, Frame, SizeHint};
+use pin_project_lite::pin_project;
 use tokio::time::Instant;
 
 use super::hook::{DrainOutcome, SkipReason};
@@ -30,27 +31,58 @@ const INLINE_FRAMES: usize = 16;
 /// and `Sync` whenever that body is. The wrapped body lives in one heap
 /// allocation, so that it can be moved into a drain task whatever its type.
 pub struct DrainBody<B> {
-    /// `None` once the body is known to be complete, or has been handed to a
-    /// drain.
-    body: Option<Pin<Box<B>>>,
-    /// Bytes of data the caller has read.
-    read: u64,
-    /// The response's `Content-Length`, if any.
-    content_length: Option<u64>,
-    shared: Arc<Shared>,
-    /// The tracked connection the body arrives on, and the request it
-    /// answers there (taken when the response arrived), told how a drain
-    /// ends.
-    conn: Option<Exchange>,
-    /// The host the body comes from, when the drain is priced.
-    host: Host<B>,
-    /// An HTTP/2 response on a tracked connection, which leaves the pool
-    /// before h2's limit on resets: dropped early, its stream is reset,
-    /// not drained.
-    reset: bool,
-    /// The drop logic, instantiated where `B: Body + Send + 'static` holds, so
-    /// that the type itself needs no bounds.
-    on_drop: fn(Pin<Box<B>>, Dropped<'_, B>),
+    /// The wrapped body and what a drain needs, in the one allocation a
+    /// drain task takes over (the body stays small to move: a response
+    /// passes through many hands). `None` once the body is known to be
+    /// complete, or has been handed to a drain.
+    inner: Option<Pin<Box<Inner<B>>>>,
+}
+
+pin_project! {
+    /// What a [`DrainBody`] holds: the body, and what a drain of it needs.
+    struct Inner<B> {
+        #[pin]
+        body: B,
+        // Bytes of data the caller has read.
+        read: u64,
+        // The response's `Content-Length`, if any.
+        content_length: Option<u64>,
+        shared: Arc<Shared>,
+        // The tracked connection the body arrives on, and the request it
+        // answers there (taken when the response arrived), told how a
+        // drain ends.
+        conn: Option<Exchange>,
+        // The host the body comes from, when the drain is priced.
+        host: Host<B>,
+        // An HTTP/2 response on a tracked connection, which leaves the
+        // pool before h2's limit on resets: dropped early, its stream is
+        // reset, not drained.
+        reset: bool,
+        // The drop logic, instantiated where `B: Body + Send + 'static`
+        // holds, so that the type itself needs no bounds.
+        on_drop: fn(Pin<Box<Inner<B>>>),
+    }
+}
+
+/// A drain task drains the whole `Inner`: its frames are the body's.
+impl<B: Body> Body for Inner<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        self.project().body.poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
 }
 
 /// Where a priced drain finds the host its body comes from.
@@ -81,21 +113,6 @@ impl<B> From<Option<HostKey>> for Host<B> {
     }
 }
 
-/// What a [`DrainBody`] knows when it is dropped early.
-pub(crate) struct Dropped<'a, B> {
-    read: u64,
-    content_length: Option<u64>,
-    /// Cloned only for a drain task.
-    shared: &'a Arc<Shared>,
-    conn: Option<Exchange>,
-    /// Found only if the drain comes to be priced.
-    host: Host<B>,
-    /// An HTTP/2 response on a tracked connection, which leaves the pool
-    /// before h2's limit on resets: dropped early, its stream is reset,
-    /// not drained.
-    reset: bool,
-}
-
 impl<B> DrainBody<B>
 where
     B: Body + Send + 'static,
@@ -113,17 +130,19 @@ where
     pub(crate) fn new(body: B, head: Head, shared: Arc<Shared>, host: Host<B>) -> Self {
         // A body already at its end when wrapped is complete from the
         // start: it never needs a drain.
-        let body = (!body.is_end_stream()).then(|| Box::pin(body));
-        DrainBody {
-            body,
-            read: 0,
-            content_length: head.content_length,
-            shared,
-            conn: head.conn,
-            host,
-            reset: head.reset,
-            on_drop: drop_early::<B>,
-        }
+        let inner = (!body.is_end_stream()).then(|| {
+            Box::pin(Inner {
+                body,
+                read: 0,
+                content_length: head.content_length,
+                shared,
+                conn: head.conn,
+                host,
+                reset: head.reset,
+                on_drop: drop_early::<B>,
+            })
+        });
+        DrainBody { inner }
     }
 }
 
@@ -159,7 +178,7 @@ impl<B> DrainBody<B> {
     /// Whether the wrapped body is known to have reached its end (and so
     /// will not be drained when dropped).
     pub fn is_complete(&self) -> bool {
-        self.body.is_none()
+        self.inner.is_none()
     }
 }
 
@@ -175,26 +194,28 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let this = self.get_mut();
-        let Some(body) = this.body.as_mut() else {
+        let Some(inner) = this.inner.as_mut() else {
             return Poll::Ready(None);
         };
+        let inner = inner.as_mut().project();
+        let mut body = inner.body;
         let polled = body.as_mut().poll_frame(cx);
         let step = Polled::of(&polled, || body.is_end_stream());
-        this.read = this.read.saturating_add(step.data());
+        *inner.read = inner.read.saturating_add(step.data());
         // At the end, or failed: either way there is nothing to drain.
         if step.is_done() {
-            this.body = None;
+            this.inner = None;
         }
         polled
     }
 
     fn is_end_stream(&self) -> bool {
-        self.body.as_ref().is_none_or(|b| b.is_end_stream())
+        self.inner.as_ref().is_none_or(|i| i.body.is_end_stream())
     }
 
     fn size_hint(&self) -> SizeHint {
-        match &self.body {
-            Some(body) => body.size_hint(),
+        match &self.inner {
+            Some(inner) => inner.body.size_hint(),
             None => SizeHint::with_exact(0),
         }
     }
@@ -202,29 +223,19 @@ where
 
 impl<B> Drop for DrainBody<B> {
     fn drop(&mut self) {
-        if let Some(body) = self.body.take() {
-            let host = std::mem::replace(&mut self.host, Host::None);
-            (self.on_drop)(
-                body,
-                Dropped {
-                    read: self.read,
-                    content_length: self.content_length,
-                    shared: &self.shared,
-                    conn: self.conn.take(),
-                    host,
-                    reset: self.reset,
-                },
-            );
+        if let Some(inner) = self.inner.take() {
+            (inner.on_drop)(inner);
         }
     }
 }
 
 impl<B> fmt::Debug for DrainBody<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let inner = self.inner.as_deref();
         f.debug_struct("DrainBody")
-            .field("complete", &self.body.is_none())
-            .field("read", &self.read)
-            .field("content_length", &self.content_length)
+            .field("complete", &inner.is_none())
+            .field("read", &inner.map_or(0, |i| i.read))
+            .field("content_length", &inner.and_then(|i| i.content_length))
             .finish_non_exhaustive()
     }
 }
@@ -250,28 +261,23 @@ fn resets_cheaply<B>(response: &Response<B>) -> bool {
 }
 
 /// Decides what to do with a body dropped before its end, and does it.
-fn drop_early<B>(mut body: Pin<Box<B>>, dropped: Dropped<'_, B>)
+fn drop_early<B>(mut inner: Pin<Box<Inner<B>>>)
 where
     B: Body + Send + 'static,
 {
-    let shared = dropped.shared;
-    let conn = dropped.conn;
-    let report = |outcome: DrainOutcome| {
-        if !outcome.is_completed() {
-            tracing::debug!(?outcome, "response body dropped early and not drained");
-        }
-        if let Some(exchange) = &conn {
-            exchange.body_ended(outcome.body_end());
-        }
-        shared.hook.on_drain(&outcome);
-    };
+    let this = inner.as_mut().project();
+    let (read, content_length, reset) = (*this.read, *this.content_length, *this.reset);
+    let shared = &*this.shared;
+    let conn = this.conn.take();
+    let host = std::mem::replace(this.host, Host::None);
+    let mut body = this.body;
+    let report = |outcome: DrainOutcome| report_to(shared, conn.as_ref(), outcome);
     if body.is_end_stream() {
         return;
     }
     let config = shared.config;
-    let known_remaining = dropped
-        .content_length
-        .map_or(0, |len| len.saturating_sub(dropped.read))
+    let known_remaining = content_length
+        .map_or(0, |len| len.saturating_sub(read))
         .max(body.size_hint().lower());
     if known_remaining > config.max_bytes {
         return report(DrainOutcome::Skipped(SkipReason::TooLarge));
@@ -311,17 +317,15 @@ where
     // HTTP/2 on a tracked connection: a reset costs no connection, nor
     // the time a drain takes (the connection leaves the pool before h2's
     // limit on resets would end it).
-    if dropped.reset {
+    if reset {
         return report(DrainOutcome::Skipped(SkipReason::Http2));
     }
 
-    let remaining = dropped
-        .content_length
-        .map(|len| len.saturating_sub(dropped.read).saturating_sub(bytes));
+    let remaining = content_length.map(|len| len.saturating_sub(read).saturating_sub(bytes));
     let rent = shared
         .pricing
         .as_ref()
-        .and_then(|pricing| Some((dropped.host.of(&body)?, pricing)))
+        .and_then(|pricing| Some((host.of(&body)?, pricing)))
         .map(|(host, pricing)| Rent::new(host, remaining, pricing));
     if let (Some(rent), Some(pricing)) = (&rent, &shared.pricing) {
         if rent.buy_now(pricing) {
@@ -350,11 +354,30 @@ where
     }
     // The drain's clock starts here, where it starts to wait.
     let start = Instant::now();
-    match DrainTask::new(body, shared.clone(), conn.clone(), bytes, start, rent) {
+    // The task takes the body's allocation over: what is reported if it
+    // cannot be made is reported through owned copies.
+    let shared = Arc::clone(shared);
+    match DrainTask::new(inner, shared.clone(), conn.clone(), bytes, start, rent) {
         Some(task) => drop(handle.spawn(task)),
         // The runtime has no timer: a drain without a deadline is a hole.
-        None => report(DrainOutcome::Skipped(SkipReason::NoRuntime)),
+        None => report_to(
+            &shared,
+            conn.as_ref(),
+            DrainOutcome::Skipped(SkipReason::NoRuntime),
+        ),
     }
+}
+
+/// Tells how a body dropped early ended: the connection it came on, and
+/// the drain's hook.
+fn report_to(shared: &Shared, conn: Option<&Exchange>, outcome: DrainOutcome) {
+    if !outcome.is_completed() {
+        tracing::debug!(?outcome, "response body dropped early and not drained");
+    }
+    if let Some(exchange) = conn {
+        exchange.body_ended(outcome.body_end());
+    }
+    shared.hook.on_drain(&outcome);
 }
 
 #[cfg(test)]

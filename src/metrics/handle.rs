@@ -352,16 +352,18 @@ impl OnDrain for Metrics {
         let hot = i.hot.here();
         let bytes = outcome.bytes();
         if bytes > 0 {
-            hot.bytes_drained.fetch_add(bytes, Relaxed);
+            hot.add(|s| &s.bytes_drained, bytes);
         }
         let counter = match outcome {
             DrainOutcome::Completed { inline, .. } => {
                 // One add: completed drains are the sum of the two.
-                match inline {
-                    true => &hot.drains_inline,
-                    false => &hot.drains_tasked,
-                }
-                .fetch_add(1, Relaxed);
+                hot.add(
+                    |s| match inline {
+                        true => &s.drains_inline,
+                        false => &s.drains_tasked,
+                    },
+                    1,
+                );
                 #[cfg(feature = "metrics")]
                 i.emit.drain(outcome);
                 return;

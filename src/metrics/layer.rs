@@ -133,7 +133,7 @@ impl Started {
     pub(crate) fn new<B>(metrics: &Metrics, req: &Request<B>) -> Self {
         let inner = &metrics.inner;
         // In flight from here: counted as `requests` less `ended`.
-        inner.hot.here().requests.fetch_add(1, Relaxed);
+        inner.hot.here().add(|s| &s.requests, 1);
         #[cfg(feature = "metrics")]
         inner.emit.request();
         Started {
@@ -231,14 +231,15 @@ impl Started {
         inner.emit.response(reused == Some(true));
         trace_response(response, reused, queue_wait);
         // The thread's shard, found once for the response's figures.
-        let hot = inner.hot.here();
         // One add: the responses are the sum of the three.
-        match reused {
-            Some(true) => &hot.reused,
-            Some(false) => &hot.fresh,
-            None => &hot.reuse_unknown,
-        }
-        .fetch_add(1, Relaxed);
+        inner.hot.here().add(
+            |hot| match reused {
+                Some(true) => &hot.reused,
+                Some(false) => &hot.fresh,
+                None => &hot.reuse_unknown,
+            },
+            1,
+        );
         f
     }
 }
@@ -262,7 +263,7 @@ impl Flight {
 
 impl Drop for Flight {
     fn drop(&mut self) {
-        self.metrics.inner.hot.here().ended.fetch_add(1, Relaxed);
+        self.metrics.inner.hot.here().add(|s| &s.ended, 1);
         // Still here: the body was dropped before its end.
         if let Some(exchange) = self.conn.take() {
             exchange.body_ended(BodyEnd::Dropped);
