@@ -32,6 +32,7 @@ pub struct HostKey {
 impl HostKey {
     /// The key of an absolute URI, or `None` when it has no host, or no port
     /// and a scheme whose default port is unknown.
+    #[inline]
     pub fn from_uri(uri: &Uri) -> Option<Self> {
         let scheme = uri.scheme().unwrap_or(&Scheme::HTTP);
         let authority = uri.authority()?;

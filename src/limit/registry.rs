@@ -318,9 +318,9 @@ impl Registry {
         }
         match gate.try_take() {
             Some(proto) => {
-                let mut slot = Slot::new(key, None, gate, Duration::ZERO);
-                slot.proto = proto;
-                Ok(slot)
+                // Built whole: a field written after the struct, then the
+                // struct moved, makes the move wait for that store.
+                Ok(Slot::new(key, None, gate, Duration::ZERO, proto))
             }
             None => Err(key),
         }
@@ -379,8 +379,7 @@ impl Registry {
             // A dial's slot, held by its connection and asked at each of
             // its idle times whether a dial waits, keeps the registry.
             let registry = pool_key.is_some().then(|| self.clone());
-            let mut slot = Slot::new(key, registry, gate, Duration::ZERO);
-            slot.proto = proto;
+            let mut slot = Slot::new(key, registry, gate, Duration::ZERO, proto);
             slot.sampling = Sampling::of(policy.decider.as_ref(), in_flight, ceiling);
             return Acquire::Ready(slot);
         }
@@ -982,6 +981,7 @@ impl Slot {
         registry: Option<Arc<Registry>>,
         gate: Arc<HostGate>,
         waited: Duration,
+        proto: Proto,
     ) -> Self {
         Slot {
             key,
@@ -989,7 +989,7 @@ impl Slot {
             gate,
             waited,
             total: None,
-            proto: Proto::Unknown,
+            proto,
             sampling: None,
             #[cfg(feature = "hyper-util")]
             link: None,
@@ -1367,7 +1367,13 @@ impl Waiter {
         }
         // A dial's slot keeps the registry (see `acquire_for`).
         let registry = self.grant.pool_key.is_some().then(|| self.registry.clone());
-        let mut slot = Slot::new(self.key.clone(), registry, self.gate.clone(), waited);
+        let mut slot = Slot::new(
+            self.key.clone(),
+            registry,
+            self.gate.clone(),
+            waited,
+            Proto::Unknown,
+        );
         // Handed on a full host: its in flight was its limit.
         let in_flight = self.grant.limit.load(Ordering::Relaxed);
         slot.sampling = Sampling::of(self.decider.as_ref(), in_flight, self.ceiling);

@@ -105,6 +105,7 @@ pub(crate) enum Admit {
 impl PerHostLimitLayer {
     /// A slot of `key`'s host (and of the cap across hosts) for one
     /// request, now or after a wait.
+    #[inline]
     pub(crate) fn admit(&self, key: HostKey) -> Admit {
         let config = &self.config;
         // `Duration::MAX` (past the end of time) is no deadline. Read the

@@ -283,6 +283,7 @@ pub(crate) struct RequestBudget {
 impl RequestBudget {
     /// The budget of the request's host, with the request deposited (as
     /// the first of a batch, or counted in the batch already deposited).
+    #[inline]
     pub(crate) fn deposit(budgets: &Budgets, host: Option<MemoKey>) -> Self {
         let batch = budgets.batch;
         // The thread's lease of the host, if it holds one.
