@@ -1,5 +1,7 @@
 //! Adaptive limits through real clients: what the limit learns from a
 //! loopback server, where it is reported, and which requests it leaves out.
+// Every test here needs a real client.
+#![cfg(any(feature = "reqwest", all(feature = "metrics", feature = "hyper-util")))]
 
 use poolguard_testkit as support;
 
