@@ -40,7 +40,7 @@ pub struct DrainBody<B> {
 
 pin_project! {
     /// What a [`DrainBody`] holds: the body, and what a drain of it needs.
-    struct Inner<B> {
+    pub(super) struct Inner<B> {
         #[pin]
         body: B,
         // Bytes of data the caller has read.
@@ -64,24 +64,16 @@ pin_project! {
     }
 }
 
-/// A drain task drains the whole `Inner`: its frames are the body's.
-impl<B: Body> Body for Inner<B> {
-    type Data = B::Data;
-    type Error = B::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        self.project().body.poll_frame(cx)
+impl<B> Inner<B> {
+    /// The wrapped body, pinned where the allocation is (a drain task polls
+    /// it there).
+    pub(super) fn body_mut(self: Pin<&mut Self>) -> Pin<&mut B> {
+        self.project().body
     }
 
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
+    /// The wrapped body.
+    pub(super) fn body(&self) -> &B {
+        &self.body
     }
 }
 

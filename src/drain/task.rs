@@ -10,6 +10,7 @@ use tokio::time::{Instant, Sleep};
 
 use std::time::Duration;
 
+use super::body::Inner;
 use super::hook::DrainOutcome;
 use super::layer::Shared;
 use crate::body_end::Polled;
@@ -88,7 +89,7 @@ pin_project! {
         // When a priced drain next looks at its price.
         #[pin]
         check: Option<Sleep>,
-        body: Option<Pin<Box<B>>>,
+        body: Option<Pin<Box<Inner<B>>>>,
         guard: TaskGuard,
         rent: Option<Rent>,
     }
@@ -147,7 +148,7 @@ where
     /// Returns `None` when the current runtime has no timer: a drain without
     /// a deadline would let a slow peer pin it forever.
     pub(crate) fn new(
-        body: Pin<Box<B>>,
+        body: Pin<Box<Inner<B>>>,
         shared: Arc<Shared>,
         conn: Option<Exchange>,
         bytes: u64,
@@ -209,8 +210,8 @@ where
             let Some(body) = this.body.as_mut() else {
                 return Poll::Ready(());
             };
-            let polled = body.as_mut().poll_frame(cx);
-            let step = Polled::of(&polled, || body.is_end_stream());
+            let polled = body.as_mut().body_mut().poll_frame(cx);
+            let step = Polled::of(&polled, || body.body().is_end_stream());
             guard.bytes = guard.bytes.saturating_add(step.data());
             let (bytes, elapsed) = (guard.bytes, guard.start.elapsed());
             outcome = match step {
