@@ -223,12 +223,16 @@ impl<B> Drop for DrainBody<B> {
 
 impl<B> fmt::Debug for DrainBody<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let inner = self.inner.as_deref();
-        f.debug_struct("DrainBody")
-            .field("complete", &inner.is_none())
-            .field("read", &inner.map_or(0, |i| i.read))
-            .field("content_length", &inner.and_then(|i| i.content_length))
-            .finish_non_exhaustive()
+        // A complete body let go of what it knew with its allocation.
+        let mut f = f.debug_struct("DrainBody");
+        match self.inner.as_deref() {
+            Some(inner) => f
+                .field("complete", &false)
+                .field("read", &inner.read)
+                .field("content_length", &inner.content_length),
+            None => f.field("complete", &true),
+        }
+        .finish_non_exhaustive()
     }
 }
 

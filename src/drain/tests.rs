@@ -851,3 +851,34 @@ async fn a_drain_finished_on_drop_reports_no_wait_and_reads_no_clock() {
         }]
     );
 }
+
+/// A body shows what it has read until it is complete; a complete one
+/// shows only that (what it knew went with its allocation).
+#[tokio::test(start_paused = true)]
+async fn debug_shows_what_the_body_knows() {
+    let layer = DrainLayer::new();
+    let (tx, body, _probe) = scripted();
+    tx.send(data(5)).unwrap();
+    let mut resp = through(&layer, Response::new(body)).await;
+    resp.body_mut().frame().await.unwrap().unwrap();
+    assert_eq!(
+        format!("{:?}", resp.body()),
+        "DrainBody { complete: false, read: 5, content_length: None, .. }"
+    );
+    let response = Response::builder()
+        .header(http::header::CONTENT_LENGTH, "10")
+        .body(Full::new(Bytes::from_static(b"0123456789")))
+        .unwrap();
+    let mut resp = through(&layer, response).await;
+    assert_eq!(
+        format!("{:?}", resp.body()),
+        "DrainBody { complete: false, read: 0, content_length: Some(10), .. }"
+    );
+    resp.body_mut().frame().await.unwrap().unwrap();
+    assert!(resp.body().is_complete());
+    assert_eq!(
+        format!("{:?}", resp.body()),
+        "DrainBody { complete: true, .. }"
+    );
+    drop(tx);
+}
