@@ -76,6 +76,7 @@ thread_local! {
 
 /// Runs `poll`, one poll of a request's future, marked as such for the
 /// dials it makes ([`polled_for_a_request`]).
+#[inline(always)]
 pub(crate) fn in_request<R>(poll: impl FnOnce() -> R) -> R {
     /// Counts the poll out again, also when it unwinds.
     struct Out;

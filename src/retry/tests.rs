@@ -73,6 +73,10 @@ fn the_copy_keeps_method_uri_version_headers_and_extensions() {
     let mut req = Request::put("http://h:8080/p?q=1")
         .version(http::Version::HTTP_10)
         .header("x-a", "1")
+        .header("cookie", "a=1")
+        .header(http::header::ACCEPT, "text/plain")
+        .header("cookie", "b=2")
+        .header("x-a", "2")
         .body(Full::new(Bytes::from("b")))
         .unwrap();
     req.extensions_mut().insert(Tag(7));
@@ -81,6 +85,15 @@ fn the_copy_keeps_method_uri_version_headers_and_extensions() {
     assert_eq!(copy.uri(), req.uri());
     assert_eq!(copy.version(), http::Version::HTTP_10);
     assert_eq!(copy.headers(), req.headers());
+    // Every value of a name, in order; the names in their order.
+    let all = |r: &Request<_>| {
+        r.headers()
+            .iter()
+            .map(|(n, v)| format!("{n}: {}", v.to_str().unwrap()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(all(&copy), all(&req));
+    assert_eq!(copy.headers().get_all("cookie").iter().count(), 2);
     assert_eq!(copy.extensions().get::<Tag>(), Some(&Tag(7)));
 }
 
