@@ -276,7 +276,9 @@ where
         let (Some(service), Some(copy)) = (self.ready.take(), self.retry.take()) else {
             return Poll::Ready(Err(MISSING.into()));
         };
-        let req = copy.into_request();
+        let Some(req) = copy.into_request() else {
+            return Poll::Ready(Err(UNREADABLE.into()));
+        };
         match self.cause {
             RetryCause::NotProcessed => {
                 self.unprocessed_left = self.unprocessed_left.saturating_sub(1)
@@ -309,6 +311,10 @@ impl<S, B> std::fmt::Debug for Attempts<S, B> {
 
 /// Cannot happen: a retry is made only with a request to send.
 const MISSING: &str = "poolguard: retry without a request";
+
+/// The copy of a request to send again did not read back: a header held
+/// bytes no header may hold (which only `unsafe` code can put in one).
+const UNREADABLE: &str = "poolguard: the request's copy for its retry did not read back";
 
 /// A request awaiting its response on a tracked connection.
 #[cfg_attr(not(feature = "hyper-util"), allow(dead_code))]

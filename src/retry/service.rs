@@ -145,11 +145,9 @@ pub(crate) struct Resend<B> {
     method: Method,
     uri: http::Uri,
     version: http::Version,
-    /// The request's headers, each value with its name, in order: one
-    /// allocation (a `HeaderMap`'s clone makes two) and 16 bytes in the
-    /// request's future (a `HeaderMap` is 96), made into a map again only
-    /// for a retry. `None`: the request had no header.
-    headers: Option<Box<[(http::HeaderName, http::HeaderValue)]>>,
+    /// The request's headers as bytes, made into a map again only for a
+    /// retry. `None`: the request had no header.
+    headers: Option<HeaderCopy>,
     extensions: http::Extensions,
     body: B,
 }
@@ -163,11 +161,11 @@ impl<B: ReplayBody> Resend<B> {
             method: req.method().clone(),
             uri: req.uri().clone(),
             version: req.version(),
-            headers: (!req.headers().is_empty()).then(|| {
-                let mut pairs = Vec::with_capacity(req.headers().len());
-                pairs.extend(req.headers().iter().map(|(n, v)| (n.clone(), v.clone())));
-                pairs.into_boxed_slice()
-            }),
+            headers: match req.headers().is_empty() {
+                true => None,
+                // Headers too large to copy: not sent again.
+                false => Some(HeaderCopy::of(req.headers())?),
+            },
             extensions: req.extensions().clone(),
             body,
         })
@@ -175,21 +173,109 @@ impl<B: ReplayBody> Resend<B> {
 }
 
 impl<B> Resend<B> {
-    /// The request to send.
-    pub(crate) fn into_request(self) -> Request<B> {
+    /// The request to send; `None` if its headers do not read back (bytes
+    /// a header could not hold, which only `unsafe` code can put in one).
+    pub(crate) fn into_request(self) -> Option<Request<B>> {
         let mut req = Request::new(self.body);
         *req.method_mut() = self.method;
         *req.uri_mut() = self.uri;
         *req.version_mut() = self.version;
-        if let Some(pairs) = self.headers {
-            let headers = req.headers_mut();
-            for (name, value) in pairs.into_vec() {
-                // Appended: a name's values stay in their order. The names
-                // were a map's entries already: no more than its limit.
-                headers.append(name, value);
-            }
+        if let Some(headers) = self.headers {
+            *req.headers_mut() = headers.into_map()?;
         }
         *req.extensions_mut() = self.extensions;
-        req
+        Some(req)
+    }
+}
+
+/// A request's headers, copied as bytes into one allocation: for each
+/// value, in order, its name's length and its own (4 bytes each, little
+/// endian), whether it is sensitive (1 byte), the name and the value.
+///
+/// Cloning the headers themselves would cost every value an allocation
+/// the first time (a `HeaderValue` built from a string holds bytes of its
+/// own, which a clone turns into shared bytes) and a reference count to
+/// change twice after that, and the map two allocations; most copies are
+/// never sent.
+struct HeaderCopy(Box<[u8]>);
+
+impl HeaderCopy {
+    /// The copy of `headers`; `None` if a name or value is longer than
+    /// 4 GiB or their total overflows.
+    fn of(headers: &http::HeaderMap) -> Option<Self> {
+        const FIXED: usize = 4 + 4 + 1;
+        let size = headers.iter().try_fold(0usize, |size, (name, value)| {
+            size.checked_add(FIXED)?
+                .checked_add(name.as_str().len())?
+                .checked_add(value.len())
+        })?;
+        let mut bytes = Vec::with_capacity(size);
+        for (name, value) in headers {
+            let name = name.as_str().as_bytes();
+            bytes.extend_from_slice(&u32::try_from(name.len()).ok()?.to_le_bytes());
+            bytes.extend_from_slice(&u32::try_from(value.len()).ok()?.to_le_bytes());
+            bytes.push(u8::from(value.is_sensitive()));
+            bytes.extend_from_slice(name);
+            bytes.extend_from_slice(value.as_bytes());
+        }
+        Some(HeaderCopy(bytes.into_boxed_slice()))
+    }
+
+    /// The headers again: every value of a name in its order, the names in
+    /// theirs.
+    fn into_map(self) -> Option<http::HeaderMap> {
+        let mut map = http::HeaderMap::new();
+        let mut rest = &self.0[..];
+        while !rest.is_empty() {
+            let (name_len, after) = rest.split_first_chunk::<4>()?;
+            let (value_len, after) = after.split_first_chunk::<4>()?;
+            let (&sensitive, after) = after.split_first()?;
+            let name_len = usize::try_from(u32::from_le_bytes(*name_len)).ok()?;
+            let value_len = usize::try_from(u32::from_le_bytes(*value_len)).ok()?;
+            let (name, after) = after.split_at_checked(name_len)?;
+            let (value, after) = after.split_at_checked(value_len)?;
+            let name = http::HeaderName::from_bytes(name).ok()?;
+            let mut value = http::HeaderValue::from_bytes(value).ok()?;
+            value.set_sensitive(sensitive == 1);
+            map.try_append(name, value).ok()?;
+            rest = after;
+        }
+        Some(map)
+    }
+}
+
+#[cfg(test)]
+mod header_copy {
+    use super::HeaderCopy;
+
+    /// A copy reads back record by record: cut inside a record, or holding
+    /// bytes no header may hold, it is `None`, never a panic or a value
+    /// cut short.
+    #[test]
+    fn a_copy_reads_back_whole_or_not_at_all() {
+        let mut headers = http::HeaderMap::new();
+        headers.append("x-a", "1".parse().unwrap());
+        headers.append("x-a", "2".parse().unwrap());
+        headers.append(http::header::ACCEPT, "*/*".parse().unwrap());
+        let copy = HeaderCopy::of(&headers).unwrap();
+        let bytes = copy.0.clone();
+        assert_eq!(copy.into_map().unwrap(), headers);
+        // Records: 4 + 4 + 1 bytes, then the name and the value.
+        let ends = [13, 26];
+        for cut in 1..bytes.len() {
+            let copy = HeaderCopy(bytes[..cut].to_vec().into_boxed_slice());
+            match copy.into_map() {
+                Some(map) => assert!(ends.contains(&cut), "cut at {cut}: {map:?}"),
+                None => assert!(!ends.contains(&cut), "cut at {cut}"),
+            }
+        }
+        // A value with a line feed in it (4 + 4 + 1 + "x-a" + "1").
+        let mut bad = bytes.to_vec();
+        bad[12] = b'\n';
+        assert!(HeaderCopy(bad.into_boxed_slice()).into_map().is_none());
+        assert_eq!(
+            HeaderCopy(Box::default()).into_map(),
+            Some(http::HeaderMap::new())
+        );
     }
 }

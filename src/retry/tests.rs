@@ -80,7 +80,16 @@ fn the_copy_keeps_method_uri_version_headers_and_extensions() {
         .body(Full::new(Bytes::from("b")))
         .unwrap();
     req.extensions_mut().insert(Tag(7));
-    let copy = Resend::of(&req).unwrap().into_request();
+    let mut secret = http::HeaderValue::from_static("Bearer t");
+    secret.set_sensitive(true);
+    req.headers_mut()
+        .insert(http::header::AUTHORIZATION, secret);
+    // Bytes beyond ASCII ("obs-text"), which a header may hold.
+    req.headers_mut().insert(
+        "x-latin",
+        http::HeaderValue::from_bytes(b"caf\xe9").unwrap(),
+    );
+    let copy = Resend::of(&req).unwrap().into_request().unwrap();
     assert_eq!(copy.method(), Method::PUT);
     assert_eq!(copy.uri(), req.uri());
     assert_eq!(copy.version(), http::Version::HTTP_10);
@@ -89,11 +98,14 @@ fn the_copy_keeps_method_uri_version_headers_and_extensions() {
     let all = |r: &Request<_>| {
         r.headers()
             .iter()
-            .map(|(n, v)| format!("{n}: {}", v.to_str().unwrap()))
+            .map(|(n, v)| format!("{n}: {v:?} {}", v.is_sensitive()))
             .collect::<Vec<_>>()
     };
     assert_eq!(all(&copy), all(&req));
     assert_eq!(copy.headers().get_all("cookie").iter().count(), 2);
+    assert!(copy.headers()[http::header::AUTHORIZATION].is_sensitive());
+    assert!(!copy.headers()["x-a"].is_sensitive());
+    assert_eq!(copy.headers()["x-latin"].as_bytes(), b"caf\xe9");
     assert_eq!(copy.extensions().get::<Tag>(), Some(&Tag(7)));
 }
 
