@@ -5,6 +5,7 @@
 # runs on a shared VM drift by tens of per cent.
 #
 #   scripts/ab.sh 61b5898 read     # or drop; then rounds, requests a batch
+#   HEADERS=1 scripts/ab.sh 61b5898 read    # requests with four headers
 #
 # Checks REV out into target/ab-base (a git worktree, version set to 0.0.1
 # there so that both builds can be linked into one binary).

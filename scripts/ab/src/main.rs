@@ -6,7 +6,9 @@
 //!
 //! Arguments: `read` or `drop`, rounds, requests a batch; or, with a
 //! fourth argument (`bare`, `base` or `new`), one batch of that alone (for
-//! a profiler).
+//! a profiler). With `HEADERS=1` in the environment each request has four
+//! headers (`accept`, `user-agent`, `x-request-id`, `authorization`), as
+//! real clients send; without, none (the `overhead` bench's request).
 
 use std::convert::Infallible;
 
@@ -35,9 +37,18 @@ where
     B: http_body::Body,
     B::Error: std::fmt::Debug,
 {
+    let headers = std::env::var_os("HEADERS").is_some();
     let started = std::time::Instant::now();
     for _ in 0..n {
-        let req = Request::get(uri.clone()).body(()).expect("request");
+        let mut req = Request::get(uri.clone());
+        if headers {
+            req = req
+                .header("accept", "*/*")
+                .header("user-agent", "poolguard-ab/1")
+                .header("x-request-id", "0123456789abcdef")
+                .header("authorization", "Bearer abcdefghijklmnop");
+        }
+        let req = req.body(()).expect("request");
         let resp = svc.clone().oneshot(req).await.expect("response");
         if read {
             resp.into_body().collect().await.expect("body");
