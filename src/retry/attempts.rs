@@ -81,7 +81,6 @@ impl<S, B> Attempts<S, B> {
     /// its connection if the host speaks HTTP/2. A request that may be sent
     /// again has `spare` keep a clone of `service` (the first such request
     /// does), which its retry's service is cloned from.
-    #[inline(always)]
     pub(crate) fn start(
         rules: &Rules,
         req: &mut Request<B>,

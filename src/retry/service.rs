@@ -154,7 +154,6 @@ pub(crate) struct Resend<B> {
 
 impl<B: ReplayBody> Resend<B> {
     /// A copy of `req`, if its body can be replayed.
-    #[inline(always)]
     pub(crate) fn of(req: &Request<B>) -> Option<Self> {
         let body = req.body().replay()?;
         Some(Resend {
