@@ -550,6 +550,17 @@ pub(crate) struct ResetsResent;
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Dialed;
 
+/// Whether a head's `Connection` fields list `close` (hyper's
+/// `connection_has`): the connection ends after the exchange.
+pub(crate) fn says_close(headers: &http::HeaderMap) -> bool {
+    !headers.is_empty()
+        && headers.get_all(http::header::CONNECTION).iter().any(|v| {
+            v.to_str()
+                .map(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("close")))
+                .unwrap_or(false)
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};

@@ -4,7 +4,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
-use http::{header, HeaderMap, Request, Response};
+use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 use tower_layer::Layer;
@@ -84,15 +84,6 @@ impl<S> ReuseMetrics<S> {
     }
 }
 
-fn says_close(headers: &HeaderMap) -> bool {
-    !headers.is_empty()
-        && headers.get_all(header::CONNECTION).iter().any(|v| {
-            v.to_str()
-                .map(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("close")))
-                .unwrap_or(false)
-        })
-}
-
 impl<S, ReqB, B> Service<Request<ReqB>> for ReuseMetrics<S>
 where
     S: Service<Request<ReqB>, Response = Response<B>>,
@@ -146,7 +137,7 @@ impl Started {
             } else {
                 0
             },
-            close: says_close(req.headers()),
+            close: crate::conn::says_close(req.headers()),
         }
     }
 
@@ -194,7 +185,7 @@ impl Started {
             close,
         } = self;
         let inner = &f.metrics.inner;
-        let close = close || says_close(response.headers());
+        let close = close || crate::conn::says_close(response.headers());
         let queue_wait = response
             .extensions()
             .get::<QueueWait>()

@@ -27,10 +27,14 @@
 //! forgotten while idle as such requests, one is on its way back to the
 //! pool (hyper-util returns an HTTP/1 connection from a task of its own
 //! after its body ended, and which requests still read their bodies cannot
-//! be seen from here): the dial waits 10 ms for it and ends unmade if its
-//! request took one (see the connector layer). With fewer, none is coming
-//! for it, and it dials at once. A wait that saw no connection come back
-//! counts one forgotten connection fewer (it was closed).
+//! be seen from here): the dial waits for it while the host answered
+//! within the last 50 ms (100 ms at most), and ends unmade if its request
+//! took one (see the connector layer). With fewer, none is coming for it,
+//! and it dials at once; so does a dial of a host that answered nothing
+//! lately (what it missed in the pool was closed). A wait that saw no
+//! connection come back counts one forgotten connection fewer (it was
+//! closed). A response that says `Connection: close` takes its connection
+//! out of the book.
 
 use std::collections::HashMap;
 
@@ -77,6 +81,10 @@ struct Host {
     dormant: usize,
     /// A clock of the host's responses, for "seen longest ago".
     tick: u64,
+    /// When the host last answered over an HTTP/1 connection that stays
+    /// open: the connections that come back to the pool come back soon
+    /// after.
+    answered_at: Option<Instant>,
 }
 
 #[derive(Debug)]
@@ -87,6 +95,30 @@ struct Conn {
     requests: u64,
     /// The host's tick when it was last seen.
     seen: u64,
+}
+
+/// What a response tells the book of its connection.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Answer {
+    /// It came over HTTP/1 (an HTTP/2 connection is no connection to
+    /// rotate or to wait for).
+    pub(super) http1: bool,
+    /// It said `Connection: close`: hyper closes its connection after it.
+    pub(super) closes: bool,
+    /// Its connection's socket addresses, if known.
+    pub(super) pair: Option<Pair>,
+}
+
+#[cfg(test)]
+impl Answer {
+    /// An HTTP/1 answer on `pair` that keeps its connection.
+    pub(super) fn http1(pair: Pair) -> Answer {
+        Answer {
+            http1: true,
+            closes: false,
+            pair: Some(pair),
+        }
+    }
 }
 
 /// What a request took from the book.
@@ -120,7 +152,10 @@ impl Book {
     /// [`after`](Book::after) for what a reqwest request ended with.
     pub(crate) fn settle(&self, ticket: Option<Ticket>, response: Option<&::reqwest::Response>) {
         if let Some(ticket) = ticket {
-            self.after(ticket, response.map(|r| (r.version(), r.extensions())));
+            self.after(
+                ticket,
+                response.map(|r| (r.version(), r.headers(), r.extensions())),
+            );
         }
     }
 
@@ -166,25 +201,36 @@ impl Book {
     pub(crate) fn after(
         &self,
         ticket: Ticket,
-        response: Option<(http::Version, &http::Extensions)>,
+        response: Option<(http::Version, &http::HeaderMap, &http::Extensions)>,
     ) {
-        let (http1, pair) = match response {
-            Some((version, extensions)) => (
-                matches!(version, http::Version::HTTP_10 | http::Version::HTTP_11),
-                extensions
+        let answer = match response {
+            Some((version, headers, extensions)) => Answer {
+                http1: matches!(version, http::Version::HTTP_10 | http::Version::HTTP_11),
+                closes: crate::conn::says_close(headers),
+                pair: extensions
                     .get::<HttpInfo>()
                     .map(|info| (info.local_addr(), info.remote_addr())),
-            ),
-            None => (false, None),
+            },
+            None => Answer {
+                http1: false,
+                closes: false,
+                pair: None,
+            },
         };
+        self.answered(ticket, answer);
+    }
+
+    /// [`after`](Book::after), with what the response said of its
+    /// connection.
+    pub(super) fn answered(&self, ticket: Ticket, answer: Answer) {
         let mut hosts = self.lock();
         let host = Self::host(&mut hosts, &ticket.key);
         if ticket.close {
             host.closing = host.closing.saturating_sub(1);
         }
         host.in_flight = host.in_flight.saturating_sub(1);
-        let Some(pair) = pair else { return };
-        if !http1 {
+        let Some(pair) = answer.pair else { return };
+        if !answer.http1 {
             // An HTTP/2 connection without ALPN (prior knowledge), known
             // from its dial as a connection like any other: it is no
             // HTTP/1 connection to rotate or to wait for.
@@ -203,9 +249,10 @@ impl Book {
             let forgotten = before.saturating_sub(host.conns.len());
             host.dormant = host.dormant.saturating_add(forgotten);
         }
-        if ticket.close {
+        if ticket.close || answer.closes {
             // That connection closes after this response (on a due one or
-            // not: a due one the pool did not hand out stays due).
+            // not: a due one the pool did not hand out stays due; or the
+            // server said so): it is not coming back to the pool.
             host.conns.remove(&pair);
             return;
         }
@@ -214,6 +261,7 @@ impl Book {
             // forgotten while idle.
             host.dormant = host.dormant.saturating_sub(1);
         }
+        host.answered_at = Some(Instant::now());
         let conn = host.know(pair, self.life);
         conn.requests = conn.requests.saturating_add(1);
         conn.seen = tick;
@@ -238,29 +286,40 @@ impl Book {
     ///
     /// A connection comes back for it when the host has as many
     /// connections known, being dialed, or forgotten while idle as
-    /// requests awaiting their response heads (each of those holds one, or waits for one; this one
-    /// among them): hyper-util hands an HTTP/1 connection back to its pool
-    /// from a task of its own after its body ended, so a request sent
+    /// requests awaiting their response heads (each of those holds one, or
+    /// waits for one; this one among them), and answered within the last
+    /// [`RETURN_RECENT`]: hyper-util hands an HTTP/1 connection back to its
+    /// pool from a task of its own after its body ended, so a request sent
     /// meanwhile finds none idle and dials, and the dial, when the request
-    /// then gets the returning connection, still pools one more. With fewer
-    /// connections than such requests, the dial is needed, and waiting
-    /// would keep the host on fewer connections than its requests. The
-    /// decision and the count of dials under way change under one lock, so
-    /// that requests dialing at once do not all dial for one missing
+    /// then gets the returning connection, still pools one more. With
+    /// fewer connections than such requests, the dial is needed, and
+    /// waiting would keep the host on fewer connections than its requests;
+    /// a host that answered nothing lately has nothing on its way back (the
+    /// connections known that are not in the pool were closed: a server's
+    /// idle timeout, between two requests of a quiet client). The decision
+    /// and the count of dials under way change under one lock, so that
+    /// requests dialing at once do not all dial for one missing
     /// connection.
     pub(crate) fn hold_or_dial(&self, key: &HostKey) -> bool {
+        let now = Instant::now();
         let mut hosts = self.lock();
         let host = Self::host(&mut hosts, key);
-        let coming = host
-            .conns
-            .len()
-            .saturating_add(host.dormant)
-            .saturating_add(host.dialing);
-        if coming > 0 && coming >= host.in_flight {
+        if host.one_coming_back(now) {
             return false;
         }
         host.dialing = host.dialing.saturating_add(1);
         true
+    }
+
+    /// Whether a dial of the host `key` held for a connection coming back
+    /// is to hold on: as [`hold_or_dial`](Book::hold_or_dial) decides, now.
+    /// A host that keeps answering other requests keeps its connections in
+    /// use, and the next one back goes to the held dial's request, which
+    /// waits in the pool first.
+    pub(crate) fn still_coming(&self, key: &HostKey) -> bool {
+        let now = Instant::now();
+        let mut hosts = self.lock();
+        Self::host(&mut hosts, key).one_coming_back(now)
     }
 
     /// A request of the host `key` dials (whatever the connections known);
@@ -289,11 +348,31 @@ impl Book {
     }
 }
 
+/// How long after its host's last answer a connection may still be on its
+/// way back to the pool (hyper-util's return runs on a task of its own,
+/// which a busy scheduler may run tens of milliseconds late).
+pub(crate) const RETURN_RECENT: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// How often a host's connections not seen recently are forgotten (in
 /// responses of the host).
 const SWEEP_EVERY: u64 = 256;
 
 impl Host {
+    /// Whether a connection is coming back to the pool for a request that
+    /// found none idle, at `now` (see [`Book::hold_or_dial`]).
+    fn one_coming_back(&self, now: Instant) -> bool {
+        let coming = self
+            .conns
+            .len()
+            .saturating_add(self.dormant)
+            .saturating_add(self.dialing);
+        coming > 0
+            && coming >= self.in_flight
+            && self
+                .answered_at
+                .is_some_and(|at| now.saturating_duration_since(at) < RETURN_RECENT)
+    }
+
     /// The connection `pair`, made known (seen now) if it was not, the
     /// one seen longest ago forgotten past [`MAX_CONNS`].
     fn know(&mut self, pair: Pair, life: Lifecycle) -> &mut Conn {
@@ -343,6 +422,7 @@ impl Conn {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[tokio::test(start_paused = true)]
     async fn a_host_never_answered_over_http1_is_never_asked_to_close() {
@@ -358,10 +438,83 @@ mod tests {
         // learnt, nothing due.
         book.after(
             ticket,
-            Some((http::Version::HTTP_11, &http::Extensions::new())),
+            Some((
+                http::Version::HTTP_11,
+                &http::HeaderMap::new(),
+                &http::Extensions::new(),
+            )),
         );
         let ticket = book.before(key, &mut headers);
         assert!(!ticket.close);
         assert!(headers.get(http::header::CONNECTION).is_none());
+    }
+
+    /// A dial waits for a connection coming back only soon after its host
+    /// answered: the connection a quiet client finds gone from the pool
+    /// was closed by the server's idle timeout, and waiting for it cost
+    /// each of its requests 10 ms.
+    #[tokio::test(start_paused = true)]
+    async fn a_dial_waits_for_a_connection_only_soon_after_its_host_answered() {
+        let book = Book::new(Lifecycle::default());
+        let key = HostKey::from_uri(&"http://a:80".parse().unwrap()).unwrap();
+        let pair: Pair = (
+            "127.0.0.1:40000".parse().unwrap(),
+            "127.0.0.1:80".parse().unwrap(),
+        );
+        let ask = || book.before(key.clone(), &mut http::HeaderMap::new());
+        assert!(book.hold_or_dial(&key));
+        book.dial_ended(&key, Some(pair));
+        book.answered(ask(), Answer::http1(pair));
+        // A request just after finds the connection out of the pool: it is
+        // coming back.
+        let waiting = ask();
+        assert!(!book.hold_or_dial(&key), "coming back: the dial waits");
+        tokio::time::advance(Duration::from_millis(40)).await;
+        assert!(book.still_coming(&key));
+        tokio::time::advance(Duration::from_millis(20)).await;
+        assert!(!book.still_coming(&key), "60 ms without an answer");
+        // More requests awaiting heads than connections: none comes back
+        // for this one.
+        let other = ask();
+        assert!(!book.still_coming(&key));
+        book.answered(other, Answer::http1(pair));
+        assert!(book.still_coming(&key), "answered again, one request waits");
+        book.answered(waiting, Answer::http1(pair));
+        // A quiet client: the next request, 100 ms after the last answer,
+        // dials at once.
+        tokio::time::advance(Duration::from_millis(100)).await;
+        let _next = ask();
+        assert!(book.hold_or_dial(&key), "nothing answered lately: dial now");
+    }
+
+    /// A response that says `Connection: close` ends its connection: a
+    /// dial of the host then waits for no connection coming back (it held
+    /// 10 ms for each such response before, for every request to a server
+    /// that closes each connection).
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_its_server_closes_is_not_waited_for() {
+        let book = Book::new(Lifecycle::default());
+        let key = HostKey::from_uri(&"http://a:80".parse().unwrap()).unwrap();
+        let pair: Pair = (
+            "127.0.0.1:40000".parse().unwrap(),
+            "127.0.0.1:80".parse().unwrap(),
+        );
+        assert!(book.hold_or_dial(&key));
+        book.dial_ended(&key, Some(pair));
+        let first = book.before(key.clone(), &mut http::HeaderMap::new());
+        let mut headers = http::HeaderMap::new();
+        headers.insert(
+            http::header::CONNECTION,
+            http::HeaderValue::from_static("keep-alive, Close"),
+        );
+        book.answered(
+            first,
+            Answer {
+                closes: crate::conn::says_close(&headers),
+                ..Answer::http1(pair)
+            },
+        );
+        let _next = book.before(key.clone(), &mut http::HeaderMap::new());
+        assert!(book.hold_or_dial(&key), "no connection left to wait for");
     }
 }
