@@ -110,6 +110,23 @@ pub(super) struct Answer {
 }
 
 #[cfg(test)]
+impl Book {
+    /// A book that knows one HTTP/1 connection of `http://a:80`, from its
+    /// dial (no request under way).
+    pub(super) fn with_one_connection() -> (Arc<Book>, HostKey, Pair) {
+        let book = Book::new(Lifecycle::default());
+        let key = HostKey::from_uri(&"http://a:80".parse().unwrap()).unwrap();
+        let pair: Pair = (
+            "127.0.0.1:40000".parse().unwrap(),
+            "127.0.0.1:80".parse().unwrap(),
+        );
+        assert!(book.hold_or_dial(&key), "nothing known: the dial goes");
+        book.dial_ended(&key, Some(pair));
+        (book, key, pair)
+    }
+}
+
+#[cfg(test)]
 impl Answer {
     /// An HTTP/1 answer on `pair` that keeps its connection.
     pub(super) fn http1(pair: Pair) -> Answer {
@@ -455,15 +472,8 @@ mod tests {
     /// each of its requests 10 ms.
     #[tokio::test(start_paused = true)]
     async fn a_dial_waits_for_a_connection_only_soon_after_its_host_answered() {
-        let book = Book::new(Lifecycle::default());
-        let key = HostKey::from_uri(&"http://a:80".parse().unwrap()).unwrap();
-        let pair: Pair = (
-            "127.0.0.1:40000".parse().unwrap(),
-            "127.0.0.1:80".parse().unwrap(),
-        );
+        let (book, key, pair) = Book::with_one_connection();
         let ask = || book.before(key.clone(), &mut http::HeaderMap::new());
-        assert!(book.hold_or_dial(&key));
-        book.dial_ended(&key, Some(pair));
         book.answered(ask(), Answer::http1(pair));
         // A request just after finds the connection out of the pool: it is
         // coming back.
@@ -493,14 +503,7 @@ mod tests {
     /// that closes each connection).
     #[tokio::test(start_paused = true)]
     async fn a_connection_its_server_closes_is_not_waited_for() {
-        let book = Book::new(Lifecycle::default());
-        let key = HostKey::from_uri(&"http://a:80".parse().unwrap()).unwrap();
-        let pair: Pair = (
-            "127.0.0.1:40000".parse().unwrap(),
-            "127.0.0.1:80".parse().unwrap(),
-        );
-        assert!(book.hold_or_dial(&key));
-        book.dial_ended(&key, Some(pair));
+        let (book, key, pair) = Book::with_one_connection();
         let first = book.before(key.clone(), &mut http::HeaderMap::new());
         let mut headers = http::HeaderMap::new();
         headers.insert(

@@ -558,13 +558,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_held_dial_holds_on_while_its_host_answers_and_no_longer() {
         use super::super::rotate::{Answer, Book};
-        let book = Book::new(crate::conn::lifecycle::Lifecycle::default());
-        let host = crate::HostKey::from_uri(&"http://a:80".parse().unwrap()).unwrap();
+        let (book, host, pair) = Book::with_one_connection();
         let key: Arc<str> = Arc::from("http://a:80");
-        let pair: (std::net::SocketAddr, std::net::SocketAddr) = (
-            "127.0.0.1:40000".parse().unwrap(),
-            "127.0.0.1:80".parse().unwrap(),
-        );
         let answer = {
             let host = host.clone();
             move |book: &Book| {
@@ -574,8 +569,6 @@ mod tests {
         };
         // One connection known, out of the pool; one request awaiting its
         // head, whose dial holds.
-        assert!(book.hold_or_dial(&host));
-        book.dial_ended(&host, Some(pair));
         let _waiting = book.before(host.clone(), &mut http::HeaderMap::new());
         let scope = DialScope::new(key.clone(), false, None, Some((book.clone(), host.clone())));
         // Other requests answered as the hold starts, then 3, 8, 13, ...
