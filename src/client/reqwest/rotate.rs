@@ -240,6 +240,8 @@ impl Book {
     /// [`after`](Book::after), with what the response said of its
     /// connection.
     pub(super) fn answered(&self, ticket: Ticket, answer: Answer) {
+        // Read before the lock, which every request of the client takes.
+        let now = Instant::now();
         let mut hosts = self.lock();
         let host = Self::host(&mut hosts, &ticket.key);
         if ticket.close {
@@ -278,7 +280,7 @@ impl Book {
             // forgotten while idle.
             host.dormant = host.dormant.saturating_sub(1);
         }
-        host.answered_at = Some(Instant::now());
+        host.answered_at = Some(now);
         let conn = host.know(pair, self.life);
         conn.requests = conn.requests.saturating_add(1);
         conn.seen = tick;
