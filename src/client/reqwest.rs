@@ -67,22 +67,23 @@
 //!   another's body ends finds that connection not yet back in the pool):
 //!   a dial for a host with as many HTTP/1 connections known or being
 //!   dialed as requests awaiting their response heads, and that answered
-//!   within the last 50 ms, waits for a connection coming back (10 ms at a
-//!   time, on while the host keeps answering, 100 ms at most: a busy
-//!   scheduler may run hyper-util's return late), and is not made when its
-//!   request took one; with fewer, it dials at once (each of those
-//!   requests holds a connection or waits for one, so none is coming back
-//!   for it), and so does a dial of a host that answered nothing lately
-//!   (what it missed in the pool was closed: a quiet client behind a
-//!   server's idle timeout). A response that says `Connection: close`
-//!   takes its connection out of the count. Bursty load (100 tasks
-//!   pausing 0–20 ms, `max_per_host(10)`), the whole test binary in a
-//!   debug build beside two busy loops: 10 connections in 60 of 60 runs
-//!   (with a fixed 10 ms wait, 11 in 4 of 42); 8 tasks of short requests
-//!   get 8 connections (a hold whenever a connection was known kept them
-//!   on 1 or 2, about half the runs). A server that closes idle
-//!   connections without saying so while the host is busy, or a scheduler
-//!   that delays the pool's return past the wait, can still take it over.
+//!   within the last 50 ms, waits 10 ms for a connection coming back, and
+//!   is not made when its request took one; with fewer, it dials at once
+//!   (each of those requests holds a connection or waits for one, so none
+//!   is coming back for it), and so does a dial of a host that answered
+//!   nothing lately (what it missed in the pool was closed: a quiet client
+//!   behind a server's idle timeout), or whose last wait, within a second,
+//!   saw none come back (bodies dropped early and not drained close their
+//!   connections unseen). A response that says `Connection: close` takes
+//!   its connection out of the count. Bursty load (100 tasks pausing
+//!   0–20 ms, `max_per_host(10)`) beside two busy loops: 10 connections in
+//!   30 of 30 runs of the test alone; run with the rest of its test binary
+//!   in a debug build, 11 in about one run of ten (hyper-util's return ran
+//!   later than the wait); 8 tasks of short requests get 8 connections (a
+//!   hold whenever a connection was known kept them on 1 or 2, about half
+//!   the runs). A server that closes idle connections without saying so
+//!   while the host is busy, or a scheduler that delays the pool's return
+//!   past the wait, can still take it over.
 //!
 //! The smallest reqwest API that would close all three: a public
 //! constructor `Conn::new(io: impl AsyncConn)` (or a connector layer
@@ -135,7 +136,6 @@ use std::pin::Pin;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use http::Extensions;
 use hyper_util::client::legacy::connect::{Connection, HttpInfo};
@@ -618,7 +618,12 @@ where
             let (lead, scope, dialing) = match start {
                 Start::Dial(lead, dialing) => (lead, scope, dialing),
                 Start::Hold(key) => {
-                    hold_while_coming(&key, scope.as_deref()).await?;
+                    crate::client::hyper_util::hold_for_a_return(
+                        &key,
+                        || DialScope::current().is_some(),
+                        crate::client::hyper_util::RETURN_HOLD,
+                    )
+                    .await?;
                     let scope = DialScope::current();
                     let dialing = scope.as_ref().map(|s| s.dialing(true));
                     (None, scope, dialing)
@@ -633,41 +638,6 @@ where
             let dial = inner.call(request);
             count_dial(metrics, lead, scope, dialing, dial).await
         })
-    }
-}
-
-/// The longest a dial is held for a connection coming back to the pool
-/// while its host keeps answering (see [`hold_while_coming`]).
-const RETURN_HOLD_MAX: Duration = Duration::from_millis(100);
-
-/// Holds the dial of the request of `scope` (host `key`) while an HTTP/1
-/// connection of its host may be coming back to the pool, the request
-/// waiting there for it: [`RETURN_HOLD`](crate::client::hyper_util::RETURN_HOLD)
-/// at a time, on while the host answered within the last
-/// [`RETURN_RECENT`](rotate::RETURN_RECENT) (see
-/// [`Book::still_coming`](rotate::Book::still_coming)), to
-/// [`RETURN_HOLD_MAX`] in all. hyper-util hands a connection back to its
-/// pool from a task of its own, which a busy scheduler may run well after
-/// the body ended: a fixed 10 ms let a dial through past the host's cap
-/// then (about one run in ten of a bursty load in a loaded debug build).
-/// Ends with [`Coalesced`](crate::Coalesced) when the request took a
-/// connection from the pool meanwhile.
-async fn hold_while_coming(
-    key: &Arc<str>,
-    scope: Option<&DialScope>,
-) -> Result<(), crate::Coalesced> {
-    let mut held = Duration::ZERO;
-    loop {
-        crate::client::hyper_util::hold_for_a_return(
-            key,
-            || DialScope::current().is_some(),
-            crate::client::hyper_util::RETURN_HOLD,
-        )
-        .await?;
-        held = held.saturating_add(crate::client::hyper_util::RETURN_HOLD);
-        if held >= RETURN_HOLD_MAX || !scope.is_some_and(DialScope::still_coming) {
-            return Ok(());
-        }
     }
 }
 

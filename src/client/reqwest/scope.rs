@@ -231,15 +231,6 @@ impl DialScope {
         Some(self.counted())
     }
 
-    /// Whether the request's dial, held for a connection coming back, is
-    /// to hold on (see
-    /// [`Book::still_coming`](super::rotate::Book::still_coming)).
-    pub(crate) fn still_coming(&self) -> bool {
-        self.book
-            .as_ref()
-            .is_some_and(|(book, key)| book.still_coming(key))
-    }
-
     /// A dial of the request, counted under way until dropped; `in_vain`:
     /// it waited for a connection coming back, and none came.
     pub(crate) fn dialing(&self, in_vain: bool) -> Dialing {
@@ -547,60 +538,5 @@ mod tests {
             Some(30),
             "looked at 1 s (saw the turnover at 1 s), stranded at 3 s"
         );
-    }
-
-    /// A dial held for a connection coming back holds on while its host
-    /// answers other requests (its connections are in use, and the next
-    /// back goes to the waiting request), and goes ahead 50 ms after the
-    /// host's last answer (nothing is coming back: closed), or at 100 ms.
-    /// A fixed 10 ms let a dial past the host's cap when a busy scheduler
-    /// ran hyper-util's return late.
-    #[tokio::test(start_paused = true)]
-    async fn a_held_dial_holds_on_while_its_host_answers_and_no_longer() {
-        use super::super::rotate::{Answer, Book};
-        let (book, host, pair) = Book::with_one_connection();
-        let key: Arc<str> = Arc::from("http://a:80");
-        let answer = {
-            let host = host.clone();
-            move |book: &Book| {
-                let ticket = book.before(host.clone(), &mut http::HeaderMap::new());
-                book.answered(ticket, Answer::http1(pair));
-            }
-        };
-        // One connection known, out of the pool; one request awaiting its
-        // head, whose dial holds.
-        let _waiting = book.before(host.clone(), &mut http::HeaderMap::new());
-        let scope = DialScope::new(key.clone(), false, None, Some((book.clone(), host.clone())));
-        // Other requests answered as the hold starts, then 3, 8, 13, ...
-        // ms into it.
-        for (answers, held_ms) in [(0u64, 50u64), (3, 70), (30, 100)] {
-            answer(&book);
-            let answering = {
-                let (book, answer) = (book.clone(), answer.clone());
-                tokio::spawn(async move {
-                    tokio::time::sleep(Duration::from_millis(3)).await;
-                    for _ in 0..answers {
-                        answer(&book);
-                        tokio::time::sleep(Duration::from_millis(5)).await;
-                    }
-                })
-            };
-            let started = tokio::time::Instant::now();
-            let held = SCOPE.scope(
-                scope.clone(),
-                super::super::hold_while_coming(&key, Some(&scope)),
-            );
-            assert!(
-                held.await.is_ok(),
-                "no connection came back: the dial goes ahead"
-            );
-            assert_eq!(
-                started.elapsed(),
-                Duration::from_millis(held_ms),
-                "{answers} answers"
-            );
-            answering.abort();
-            tokio::time::advance(Duration::from_millis(200)).await;
-        }
     }
 }
