@@ -46,6 +46,7 @@
 use super::digits;
 use super::keep_alive::KeepAlive;
 use super::Phase;
+use super::{list_has, visible};
 
 mod scan;
 
@@ -836,25 +837,6 @@ impl<'a> Fields<'a> {
             _ => {}
         }
     }
-}
-
-/// A field value as `HeaderValue::to_str` gives it: only when every byte
-/// is visible ASCII or a tab.
-fn visible(value: &[u8]) -> Option<&[u8]> {
-    value
-        .iter()
-        .all(|&b| b == b'\t' || (32..127).contains(&b))
-        .then_some(value)
-}
-
-/// Whether a comma-separated field value lists `token` (hyper's
-/// `connection_has`). The only white space a visible value can hold is a
-/// space or a tab, so an ASCII trim is `str::trim` here.
-fn list_has(value: &[u8], token: &str) -> bool {
-    visible(value).is_some_and(|v| {
-        v.split(|&b| b == b',')
-            .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
-    })
 }
 
 /// hyper's `is_chunked`, given the last `Transfer-Encoding` field's value:

@@ -554,11 +554,29 @@ pub(crate) struct Dialed;
 /// `connection_has`): the connection ends after the exchange.
 pub(crate) fn says_close(headers: &http::HeaderMap) -> bool {
     !headers.is_empty()
-        && headers.get_all(http::header::CONNECTION).iter().any(|v| {
-            v.to_str()
-                .map(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("close")))
-                .unwrap_or(false)
-        })
+        && headers
+            .get_all(http::header::CONNECTION)
+            .iter()
+            .any(|v| list_has(v.as_bytes(), "close"))
+}
+
+/// A field value as `HeaderValue::to_str` gives it: only when every byte
+/// is visible ASCII or a tab.
+fn visible(value: &[u8]) -> Option<&[u8]> {
+    value
+        .iter()
+        .all(|&b| b == b'\t' || (32..127).contains(&b))
+        .then_some(value)
+}
+
+/// Whether a comma-separated field value lists `token` (hyper's
+/// `connection_has`). The only white space a visible value can hold is a
+/// space or a tab, so an ASCII trim is `str::trim` here.
+fn list_has(value: &[u8], token: &str) -> bool {
+    visible(value).is_some_and(|v| {
+        v.split(|&b| b == b',')
+            .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+    })
 }
 
 #[cfg(test)]

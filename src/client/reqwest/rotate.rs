@@ -28,14 +28,14 @@
 //! pool (hyper-util returns an HTTP/1 connection from a task of its own
 //! after its body ended, and which requests still read their bodies cannot
 //! be seen from here): the dial waits 10 ms for it if the host answered
-//! within the last 50 ms, and ends unmade if its request
-//! took one (see the connector layer). With fewer, none is coming for it,
-//! and it dials at once; so does a dial of a host that answered nothing
-//! lately (what it missed in the pool was closed). A wait that saw no
-//! connection come back counts one forgotten connection fewer (it was
-//! closed), and the host's dials go at once for a second after it (bodies
-//! dropped early and not drained close their connections unseen). A response that says `Connection: close` takes its connection
-//! out of the book.
+//! within the last 50 ms, and ends unmade if its request took one (see
+//! the connector layer). With fewer, none is coming for it, and it dials
+//! at once; so does a dial of a host that answered nothing lately (what it
+//! missed in the pool was closed). A wait that saw no connection come back
+//! counts one forgotten connection fewer (it was closed), and the host's
+//! dials go at once for a second after it (bodies dropped early and not
+//! drained close their connections unseen). A response that says
+//! `Connection: close` takes its connection out of the book.
 
 use std::collections::HashMap;
 
@@ -105,43 +105,14 @@ struct Conn {
 
 /// What a response tells the book of its connection.
 #[derive(Clone, Copy, Debug)]
-pub(super) struct Answer {
+struct Answer {
     /// It came over HTTP/1 (an HTTP/2 connection is no connection to
     /// rotate or to wait for).
-    pub(super) http1: bool,
+    http1: bool,
     /// It said `Connection: close`: hyper closes its connection after it.
-    pub(super) closes: bool,
+    closes: bool,
     /// Its connection's socket addresses, if known.
-    pub(super) pair: Option<Pair>,
-}
-
-#[cfg(test)]
-impl Book {
-    /// A book that knows one HTTP/1 connection of `http://a:80`, from its
-    /// dial (no request under way).
-    pub(super) fn with_one_connection() -> (Arc<Book>, HostKey, Pair) {
-        let book = Book::new(Lifecycle::default());
-        let key = HostKey::from_uri(&"http://a:80".parse().unwrap()).unwrap();
-        let pair: Pair = (
-            "127.0.0.1:40000".parse().unwrap(),
-            "127.0.0.1:80".parse().unwrap(),
-        );
-        assert!(book.hold_or_dial(&key), "nothing known: the dial goes");
-        book.dial_ended(&key, Some(pair));
-        (book, key, pair)
-    }
-}
-
-#[cfg(test)]
-impl Answer {
-    /// An HTTP/1 answer on `pair` that keeps its connection.
-    pub(super) fn http1(pair: Pair) -> Answer {
-        Answer {
-            http1: true,
-            closes: false,
-            pair: Some(pair),
-        }
-    }
+    pair: Option<Pair>,
 }
 
 /// What a request took from the book.
@@ -245,7 +216,7 @@ impl Book {
 
     /// [`after`](Book::after), with what the response said of its
     /// connection.
-    pub(super) fn answered(&self, ticket: Ticket, answer: Answer) {
+    fn answered(&self, ticket: Ticket, answer: Answer) {
         // Read before the lock, which every request of the client takes.
         let now = Instant::now();
         let mut hosts = self.lock();
@@ -378,7 +349,7 @@ impl Book {
 /// How long after its host's last answer a connection may still be on its
 /// way back to the pool (hyper-util's return runs on a task of its own,
 /// which a busy scheduler may run tens of milliseconds late).
-pub(crate) const RETURN_RECENT: std::time::Duration = std::time::Duration::from_millis(50);
+const RETURN_RECENT: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// How long a host's dials go at once after one waited in vain for a
 /// connection coming back: bodies dropped early and not drained (an
@@ -461,6 +432,29 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
+    /// A book that knows one HTTP/1 connection of `http://a:80`, from its
+    /// dial (no request under way).
+    fn one_connection() -> (Arc<Book>, HostKey, Pair) {
+        let book = Book::new(Lifecycle::default());
+        let key = HostKey::from_uri(&"http://a:80".parse().unwrap()).unwrap();
+        let pair: Pair = (
+            "127.0.0.1:40000".parse().unwrap(),
+            "127.0.0.1:80".parse().unwrap(),
+        );
+        assert!(book.hold_or_dial(&key), "nothing known: the dial goes");
+        book.dial_ended(&key, Some(pair));
+        (book, key, pair)
+    }
+
+    /// An HTTP/1 answer on `pair` that keeps its connection.
+    fn kept(pair: Pair) -> Answer {
+        Answer {
+            http1: true,
+            closes: false,
+            pair: Some(pair),
+        }
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_host_never_answered_over_http1_is_never_asked_to_close() {
         let book = Book::new(Lifecycle {
@@ -492,9 +486,9 @@ mod tests {
     /// each of its requests 10 ms.
     #[tokio::test(start_paused = true)]
     async fn a_dial_waits_for_a_connection_only_soon_after_its_host_answered() {
-        let (book, key, pair) = Book::with_one_connection();
+        let (book, key, pair) = one_connection();
         let ask = || book.before(key.clone(), &mut http::HeaderMap::new());
-        book.answered(ask(), Answer::http1(pair));
+        book.answered(ask(), kept(pair));
         // A request just after finds the connection out of the pool: it is
         // coming back.
         let waiting = ask();
@@ -507,9 +501,9 @@ mod tests {
         // for this one.
         let other = ask();
         assert!(!book.still_coming(&key));
-        book.answered(other, Answer::http1(pair));
+        book.answered(other, kept(pair));
         assert!(book.still_coming(&key), "answered again, one request waits");
-        book.answered(waiting, Answer::http1(pair));
+        book.answered(waiting, kept(pair));
         // A quiet client: the next request, 100 ms after the last answer,
         // dials at once.
         tokio::time::advance(Duration::from_millis(100)).await;
@@ -523,7 +517,7 @@ mod tests {
     /// that closes each connection).
     #[tokio::test(start_paused = true)]
     async fn a_connection_its_server_closes_is_not_waited_for() {
-        let (book, key, pair) = Book::with_one_connection();
+        let (book, key, pair) = one_connection();
         let first = book.before(key.clone(), &mut http::HeaderMap::new());
         let mut headers = http::HeaderMap::new();
         headers.insert(
@@ -534,7 +528,7 @@ mod tests {
             first,
             Answer {
                 closes: crate::conn::says_close(&headers),
-                ..Answer::http1(pair)
+                ..kept(pair)
             },
         );
         let _next = book.before(key.clone(), &mut http::HeaderMap::new());
@@ -546,17 +540,17 @@ mod tests {
     /// dials go at once for a second; before, each of them waited 10 ms.
     #[tokio::test(start_paused = true)]
     async fn after_a_wait_in_vain_the_host_s_dials_go_at_once_for_a_while() {
-        let (book, key, pair) = Book::with_one_connection();
+        let (book, key, pair) = one_connection();
         let ask = || book.before(key.clone(), &mut http::HeaderMap::new());
-        book.answered(ask(), Answer::http1(pair));
+        book.answered(ask(), kept(pair));
         let _waiting = ask();
         assert!(!book.hold_or_dial(&key), "coming back: the dial waits");
         tokio::time::advance(Duration::from_millis(10)).await;
         book.dial_started(&key, true);
-        book.answered(ask(), Answer::http1(pair));
+        book.answered(ask(), kept(pair));
         assert!(!book.still_coming(&key), "waited in vain: dials go at once");
         tokio::time::advance(Duration::from_secs(1)).await;
-        book.answered(ask(), Answer::http1(pair));
+        book.answered(ask(), kept(pair));
         assert!(book.still_coming(&key), "a second later, dials wait again");
     }
 }
