@@ -217,8 +217,11 @@ impl Book {
     /// [`after`](Book::after), with what the response said of its
     /// connection.
     fn answered(&self, ticket: Ticket, answer: Answer) {
-        // Read before the lock, which every request of the client takes.
-        let now = Instant::now();
+        // Read before the lock, which every request of the client takes,
+        // and only for an answer that may keep its HTTP/1 connection (none
+        // over HTTP/2).
+        let now = (answer.http1 && answer.pair.is_some() && !answer.closes && !ticket.close)
+            .then(Instant::now);
         let mut hosts = self.lock();
         let host = Self::host(&mut hosts, &ticket.key);
         if ticket.close {
@@ -257,7 +260,7 @@ impl Book {
             // forgotten while idle.
             host.dormant = host.dormant.saturating_sub(1);
         }
-        host.answered_at = Some(now);
+        host.answered_at = now;
         let conn = host.know(pair, self.life);
         conn.requests = conn.requests.saturating_add(1);
         conn.seen = tick;
