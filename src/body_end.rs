@@ -47,6 +47,13 @@ impl Polled {
         )
     }
 
+    /// Whether the body reached its end (not failed): ended, or at its end
+    /// after a frame.
+    #[cfg(feature = "reqwest")]
+    pub(crate) fn is_end(self) -> bool {
+        matches!(self, Polled::End | Polled::Frame { last: true, .. })
+    }
+
     /// Bytes of data in the frame.
     pub(crate) fn data(self) -> u64 {
         match self {

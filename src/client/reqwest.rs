@@ -67,8 +67,12 @@
 //!   another's body ends finds that connection not yet back in the pool):
 //!   a dial for a host with as many HTTP/1 connections known or being
 //!   dialed as requests awaiting their response heads, and that answered
-//!   within the last 50 ms, waits 10 ms for a connection coming back, and
-//!   is not made when its request took one; with fewer, it dials at once
+//!   within the last 50 ms, waits 10 ms for a connection coming back (and
+//!   on, 10 ms at a time and 100 ms at most, while a body of the host was
+//!   read to its end within the last 50 ms on a connection that stays
+//!   open: hyper-util hands that connection back from a task of its own,
+//!   which a busy scheduler may run late), and is not made when its
+//!   request took one; with fewer, it dials at once
 //!   (each of those requests holds a connection or waits for one, so none
 //!   is coming back for it), and so does a dial of a host that answered
 //!   nothing lately (what it missed in the pool was closed: a quiet client
@@ -76,14 +80,14 @@
 //!   saw none come back (bodies dropped early and not drained close their
 //!   connections unseen). A response that says `Connection: close` takes
 //!   its connection out of the count. Bursty load (100 tasks pausing
-//!   0–20 ms, `max_per_host(10)`) beside two busy loops: 10 connections in
-//!   30 of 30 runs of the test alone; run with the rest of its test binary
-//!   in a debug build, 11 in about one run of ten (hyper-util's return ran
-//!   later than the wait); 8 tasks of short requests get 8 connections (a
+//!   0–20 ms, `max_per_host(10)`, `tests/middleware.rs`, a debug build)
+//!   beside four busy loops: 10 connections in 160 of 160 runs (11–14 in
+//!   5 of 60 before the wait went on while bodies ended: hyper-util's
+//!   return ran later than 10 ms); 8 tasks of short requests get 8 connections (a
 //!   hold whenever a connection was known kept them on 1 or 2, about half
 //!   the runs). A server that closes idle connections without saying so
 //!   while the host is busy, or a scheduler that delays the pool's return
-//!   past the wait, can still take it over.
+//!   past 100 ms, can still take it over.
 //!
 //! The smallest reqwest API that would close all three: a public
 //! constructor `Conn::new(io: impl AsyncConn)` (or a connector layer
@@ -221,14 +225,16 @@ where
     let (request, carried) = into_http_request(request)?;
     // reqwest's request and the response's final URL travel beside the
     // guard's layers, in the task (no extension, no allocation for them).
-    let (response, url) = CARRIED
+    let (response, (url, returning)) = CARRIED
         .scope(carried, async move {
             let response = svc.oneshot(request).await;
-            let url = CARRIED
-                .try_with(|carried| carried.borrow_mut().url.take())
-                .ok()
-                .flatten();
-            (response, url)
+            let back = CARRIED
+                .try_with(|carried| {
+                    let mut carried = carried.borrow_mut();
+                    (carried.url.take(), carried.returning.take())
+                })
+                .unwrap_or_default();
+            (response, back)
         })
         .await;
     let (parts, body) = response?.into_parts();
@@ -247,8 +253,57 @@ where
     if let Some(url) = url {
         builder = ::reqwest::ResponseBuilderExt::url(builder, url);
     }
-    let response = builder.body(::reqwest::Body::wrap(body))?;
+    // A body whose HTTP/1 connection stays open tells the client's book
+    // when it ends (its connection is then on its way back to the pool).
+    let body = match returning {
+        Some(returning) => ::reqwest::Body::wrap(Ends {
+            body,
+            returning: Some(returning),
+        }),
+        None => ::reqwest::Body::wrap(body),
+    };
+    let response = builder.body(body)?;
     Ok(::reqwest::Response::from(response))
+}
+
+pin_project_lite::pin_project! {
+    /// A response body that tells its client's book when it was read to
+    /// its end (see [`rotate::Returning`]).
+    struct Ends<B> {
+        #[pin]
+        body: B,
+        // Taken when told.
+        returning: Option<rotate::Returning>,
+    }
+}
+
+impl<B: http_body::Body> http_body::Body for Ends<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let this = self.project();
+        let mut body = this.body;
+        let polled = body.as_mut().poll_frame(cx);
+        let step = crate::body_end::Polled::of(&polled, || body.is_end_stream());
+        if step.is_end() {
+            if let Some(returning) = this.returning.take() {
+                returning.ended();
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
 }
 
 /// What travels beside a request through the guard's layers, in its task
@@ -266,6 +321,9 @@ struct Carried {
     /// The URL of the response (after redirects), for reqwest's response:
     /// `http::Response` has no place for it.
     url: Option<::reqwest::Url>,
+    /// The response's HTTP/1 connection stays open: what its body tells
+    /// the client's book when it ends.
+    returning: Option<rotate::Returning>,
 }
 
 tokio::task_local! {
@@ -298,6 +356,7 @@ fn into_http_request(
         timeout: request.timeout().copied(),
         shell: Some(request),
         url: None,
+        returning: None,
     };
     Ok((http, Box::new(std::cell::RefCell::new(carried))))
 }
@@ -403,9 +462,16 @@ impl Outgoing {
 /// its body is dropped early: the guard's retry resends the idempotent
 /// requests that h2's limit on resets fails (reqwest's connections cannot
 /// be taken out of the pool before it, as hyper-util's are).
-fn into_http(response: ::reqwest::Response) -> http::Response<::reqwest::Body> {
+fn into_http(
+    response: ::reqwest::Response,
+    returning: Option<rotate::Returning>,
+) -> http::Response<::reqwest::Body> {
     let url = response.url().clone();
-    let _ = CARRIED.try_with(|carried| carried.borrow_mut().url = Some(url));
+    let _ = CARRIED.try_with(|carried| {
+        let mut carried = carried.borrow_mut();
+        carried.url = Some(url);
+        carried.returning = returning;
+    });
     let mut response = http::Response::from(response);
     if response.version() >= http::Version::HTTP_2 {
         response.extensions_mut().insert(crate::conn::ResetsResent);
@@ -460,8 +526,8 @@ impl Service<http::Request<::reqwest::Body>> for Execute {
                 move || client.execute(*copy)
             });
             let response = DialScope::run_or_resend(scope, client.execute(request), again).await;
-            book.settle(ticket, response.as_ref().ok());
-            Ok(into_http(response?))
+            let returning = book.settle(ticket, response.as_ref().ok());
+            Ok(into_http(response?, returning))
         })
     }
 }
@@ -618,12 +684,25 @@ where
             let (lead, scope, dialing) = match start {
                 Start::Dial(lead, dialing) => (lead, scope, dialing),
                 Start::Hold(key) => {
-                    crate::client::hyper_util::hold_for_a_return(
-                        &key,
-                        || DialScope::current().is_some(),
-                        crate::client::hyper_util::RETURN_HOLD,
-                    )
-                    .await?;
+                    // A step at a time, on while the host's bodies end
+                    // with their connections kept (hyper-util's return of
+                    // one may run late), up to `RETURN_WAIT`.
+                    let step = crate::client::hyper_util::RETURN_HOLD;
+                    let mut waited = std::time::Duration::ZERO;
+                    loop {
+                        crate::client::hyper_util::hold_for_a_return(
+                            &key,
+                            || DialScope::current().is_some(),
+                            step,
+                        )
+                        .await?;
+                        waited = waited.saturating_add(step);
+                        let on = waited < RETURN_WAIT
+                            && DialScope::current().is_some_and(|s| s.still_returning());
+                        if !on {
+                            break;
+                        }
+                    }
                     let scope = DialScope::current();
                     let dialing = scope.as_ref().map(|s| s.dialing(true));
                     (None, scope, dialing)
@@ -640,6 +719,11 @@ where
         })
     }
 }
+
+/// How long a dial waits at most for a connection coming back to the
+/// pool, while its host's bodies end with their connections kept (see
+/// [`Book::still_returning`](rotate::Book::still_returning)).
+const RETURN_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// How a dial starts.
 enum Start {

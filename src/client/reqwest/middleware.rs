@@ -187,9 +187,9 @@ impl<'a> Service<http::Request<::reqwest::Body>> for RunNext<'a> {
                 Err(Attempt(error, extensions)) => (Err(error), extensions),
             };
             *lock(&shared) = extensions;
-            book.settle(ticket, result.as_ref().ok());
+            let returning = book.settle(ticket, result.as_ref().ok());
             let response = result?;
-            Ok(super::into_http(response))
+            Ok(super::into_http(response, returning))
         })
     }
 }

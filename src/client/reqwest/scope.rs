@@ -231,6 +231,15 @@ impl DialScope {
         Some(self.counted())
     }
 
+    /// Whether the request's dial, which waited for a connection coming
+    /// back, is to wait on (see
+    /// [`Book::still_returning`](super::rotate::Book::still_returning)).
+    pub(crate) fn still_returning(&self) -> bool {
+        self.book
+            .as_ref()
+            .is_some_and(|(book, key)| book.still_returning(key))
+    }
+
     /// A dial of the request, counted under way until dropped; `in_vain`:
     /// it waited for a connection coming back, and none came.
     pub(crate) fn dialing(&self, in_vain: bool) -> Dialing {
