@@ -68,9 +68,9 @@
 //!   a dial for a host with as many HTTP/1 connections known or being
 //!   dialed as requests awaiting their response heads, and that answered
 //!   within the last 50 ms, waits 10 ms for a connection coming back (and
-//!   on, 10 ms at a time and 100 ms at most, while a body of the host was
-//!   read to its end within the last 50 ms on a connection that stays
-//!   open: hyper-util hands that connection back from a task of its own,
+//!   on, 10 ms at a time and 100 ms at most, while a response of the host
+//!   that answered within the last 50 ms on a connection that stays open
+//!   was read to its end: hyper-util hands that connection back from a task of its own,
 //!   which a busy scheduler may run late), and is not made when its
 //!   request took one; with fewer, it dials at once
 //!   (each of those requests holds a connection or waits for one, so none
@@ -225,19 +225,36 @@ where
     let (request, carried) = into_http_request(request)?;
     // reqwest's request and the response's final URL travel beside the
     // guard's layers, in the task (no extension, no allocation for them).
-    let (response, (url, returning)) = CARRIED
+    // The response is made reqwest's within the scope: what the task
+    // carried back is read there, not moved out with the response.
+    CARRIED
         .scope(carried, async move {
             let response = svc.oneshot(request).await;
-            let back = CARRIED
+            let (url, returning) = CARRIED
                 .try_with(|carried| {
                     let mut carried = carried.borrow_mut();
                     (carried.url.take(), carried.returning.take())
                 })
                 .unwrap_or_default();
-            (response, back)
+            into_reqwest_response(response?, url, returning)
         })
-        .await;
-    let (parts, body) = response?.into_parts();
+        .await
+}
+
+/// The guarded `response` as reqwest's, with its final `url`; its body
+/// tells the client's book when it ends if its HTTP/1 connection stays
+/// open (`returning`).
+fn into_reqwest_response<B>(
+    response: http::Response<B>,
+    url: Option<::reqwest::Url>,
+    returning: Option<rotate::Returning>,
+) -> Result<::reqwest::Response, BoxError>
+where
+    B: http_body::Body + Send + Sync + 'static,
+    B::Data: Into<bytes::Bytes>,
+    B::Error: Into<BoxError>,
+{
+    let (parts, body) = response.into_parts();
     // The wrapped body keeps its drain and its slot; reqwest gets it back as
     // its own body.
     let mut builder = http::Response::builder()

@@ -28,16 +28,16 @@
 //! pool (hyper-util returns an HTTP/1 connection from a task of its own
 //! after its body ended): the dial waits 10 ms for it if the host answered
 //! within the last 50 ms, and on, 10 ms at a time and 100 ms at most,
-//! while a body of the host was read to its end within the last 50 ms on
-//! a connection that stays open (the guarded reqwest body tells the book,
-//! [`Returning`]; the return of its connection may run late on a busy
-//! scheduler); it ends unmade if its request took one (see the connector
-//! layer). With fewer, none is coming for it, and it dials
-//! at once; so does a dial of a host that answered nothing lately (what it
-//! missed in the pool was closed). A wait that saw no connection come back
-//! counts one forgotten connection fewer (it was closed), and the host's
-//! dials go at once for a second after it (bodies dropped early and not
-//! drained close their connections unseen). A response that says
+//! while a response of the host that answered within the last 50 ms on a
+//! connection that stays open was read to its end (the guarded reqwest
+//! body tells the book, [`Returning`]; the return of its connection may
+//! run late on a busy scheduler); it ends unmade if its request took one
+//! (see the connector layer). With fewer, none is coming for it, and it
+//! dials at once; so does a dial of a host that answered nothing lately
+//! (what it missed in the pool was closed). A wait that saw no connection
+//! come back counts one forgotten connection fewer (it was closed), and
+//! the host's dials go at once for a second after it (bodies dropped early
+//! and not drained close their connections unseen). A response that says
 //! `Connection: close` takes its connection out of the book.
 
 use std::collections::HashMap;
@@ -128,17 +128,29 @@ struct Answer {
 #[derive(Debug)]
 pub(crate) struct Returning {
     book: Arc<Book>,
+    /// The response's host, and when it answered.
+    kept: Kept,
+}
+
+/// An answer whose HTTP/1 connection stays open: its host, and when it
+/// came.
+#[derive(Debug)]
+struct Kept {
     key: HostKey,
+    at: Instant,
 }
 
 impl Returning {
     /// The response's body was read to its end: its connection is on its
     /// way back to the pool (a dial of the host waiting for one waits on,
-    /// see [`Book::still_returning`]).
+    /// see [`Book::still_returning`]). The end counts from when the
+    /// response answered: no clock is read for it.
     pub(crate) fn ended(self) {
-        let now = Instant::now();
+        let Kept { key, at } = self.kept;
         let mut hosts = self.book.lock();
-        Book::host(&mut hosts, &self.key).ended_at = Some(now);
+        if let Some(host) = hosts.get_mut(&key) {
+            host.ended_at = host.ended_at.max(Some(at));
+        }
     }
 }
 
@@ -178,15 +190,13 @@ impl Book {
         ticket: Option<Ticket>,
         response: Option<&::reqwest::Response>,
     ) -> Option<Returning> {
-        let ticket = ticket?;
-        let key = ticket.key.clone();
-        self.after(
-            ticket,
+        let kept = self.after(
+            ticket?,
             response.map(|r| (r.version(), r.headers(), r.extensions())),
-        )
-        .then(|| Returning {
+        )?;
+        Some(Returning {
             book: self.clone(),
-            key,
+            kept,
         })
     }
 
@@ -228,13 +238,13 @@ impl Book {
     }
 
     /// The request of `ticket` ended, with a response whose `extensions`
-    /// carry its connection's addresses (HTTP/1 only) if it got one:
-    /// whether that HTTP/1 connection stays open.
-    pub(crate) fn after(
+    /// carry its connection's addresses (HTTP/1 only) if it got one: if
+    /// that HTTP/1 connection stays open, its host and when it answered.
+    fn after(
         &self,
         ticket: Ticket,
         response: Option<(http::Version, &http::HeaderMap, &http::Extensions)>,
-    ) -> bool {
+    ) -> Option<Kept> {
         let answer = match response {
             Some((version, headers, extensions)) => Answer {
                 http1: matches!(version, http::Version::HTTP_10 | http::Version::HTTP_11),
@@ -253,8 +263,8 @@ impl Book {
     }
 
     /// [`after`](Book::after), with what the response said of its
-    /// connection: whether it stays open.
-    fn answered(&self, ticket: Ticket, answer: Answer) -> bool {
+    /// connection: if it stays open, the host and when it answered.
+    fn answered(&self, ticket: Ticket, answer: Answer) -> Option<Kept> {
         // Read before the lock, which every request of the client takes,
         // and only for an answer that may keep its HTTP/1 connection (none
         // over HTTP/2).
@@ -266,15 +276,13 @@ impl Book {
             host.closing = host.closing.saturating_sub(1);
         }
         host.in_flight = host.in_flight.saturating_sub(1);
-        let Some(pair) = answer.pair else {
-            return false;
-        };
+        let pair = answer.pair?;
         if !answer.http1 {
             // An HTTP/2 connection without ALPN (prior knowledge), known
             // from its dial as a connection like any other: it is no
             // HTTP/1 connection to rotate or to wait for.
             host.conns.remove(&pair);
-            return false;
+            return None;
         }
         host.tick = host.tick.saturating_add(1);
         let tick = host.tick;
@@ -293,7 +301,7 @@ impl Book {
             // not: a due one the pool did not hand out stays due; or the
             // server said so): it is not coming back to the pool.
             host.conns.remove(&pair);
-            return false;
+            return None;
         }
         if !host.conns.contains_key(&pair) {
             // Every connection is known from its dial on: one seen anew was
@@ -304,7 +312,11 @@ impl Book {
         let conn = host.know(pair, self.life);
         conn.requests = conn.requests.saturating_add(1);
         conn.seen = tick;
-        true
+        drop(hosts);
+        Some(Kept {
+            key: ticket.key,
+            at: now?,
+        })
     }
 
     /// `key`'s host in `hosts`, made if new (a client talking to more than
@@ -365,8 +377,9 @@ impl Book {
     /// Whether a dial of the host `key` that waited for a connection coming
     /// back is to wait on: the host has as many connections as requests
     /// awaiting their heads (as [`hold_or_dial`](Book::hold_or_dial)
-    /// counts), and a body of the host was read to its end within the last
-    /// [`RETURN_RECENT`] on a connection that stays open.
+    /// counts), and a response of the host that answered within the last
+    /// [`RETURN_RECENT`] on a connection that stays open was read to its
+    /// end.
     /// hyper-util hands that connection back from a task of its own, which
     /// a busy scheduler may run later than the first wait; a connection
     /// closed unseen (a body dropped early and not drained) comes with no
@@ -615,13 +628,10 @@ mod tests {
     async fn a_dial_waits_on_while_its_host_s_bodies_end_with_connections_kept() {
         let (book, key, pair) = one_connection();
         let ask = || book.before(key.clone(), &mut http::HeaderMap::new());
-        assert!(
-            book.answered(ask(), kept(pair)),
-            "its connection stays open"
-        );
+        let answered = book.answered(ask(), kept(pair));
         let returning = Returning {
             book: book.clone(),
-            key: key.clone(),
+            kept: answered.expect("its connection stays open"),
         };
         let _waiting = ask();
         assert!(!book.hold_or_dial(&key), "coming back: the dial waits");
@@ -632,20 +642,23 @@ mod tests {
             book.still_returning(&key),
             "a body ended: its connection comes"
         );
-        tokio::time::advance(Duration::from_millis(40)).await;
+        // Counted from the answer, 10 ms before the end.
+        tokio::time::advance(Duration::from_millis(30)).await;
         assert!(book.still_returning(&key));
         tokio::time::advance(Duration::from_millis(20)).await;
         assert!(!book.still_returning(&key), "60 ms since: none is coming");
-        // An answer that closes its connection has no body end to tell.
-        let mut close = http::HeaderMap::new();
-        close.insert(
-            http::header::CONNECTION,
-            http::HeaderValue::from_static("close"),
-        );
-        assert!(!book.after(
-            ask(),
-            Some((http::Version::HTTP_11, &close, &http::Extensions::new()))
-        ));
+        // An answer that closes its connection, or one over HTTP/2, has no
+        // body end to tell.
+        let closes = Answer {
+            closes: true,
+            ..kept(pair)
+        };
+        assert!(book.answered(ask(), closes).is_none());
+        let http2 = Answer {
+            http1: false,
+            ..kept(pair)
+        };
+        assert!(book.answered(ask(), http2).is_none());
     }
 
     /// A dial that waited in vain (the connection it waited for was closed
