@@ -823,6 +823,45 @@ mod tests {
         copy
     }
 
+    /// The wiring of a body's end to the client's book, through
+    /// `GuardedClient` and through `GuardMiddleware`: a body read to its
+    /// end on a kept HTTP/1 connection tells it (a dial waiting for that
+    /// connection then waits on); one dropped unread tells nothing.
+    #[tokio::test]
+    async fn a_body_read_to_its_end_tells_the_client_s_book() {
+        let server = poolguard_testkit::serve().await;
+        let url = server.url("/bytes/10");
+        let key = crate::HostKey::from_uri(&url.parse().unwrap()).unwrap();
+        let guard = crate::PoolGuard::builder().build();
+        let client = |guard: &crate::PoolGuard| {
+            ::reqwest::Client::builder()
+                .connector_layer(guard.reqwest_connector_layer())
+                .build()
+                .unwrap()
+        };
+        let direct = guard.reqwest(client(&guard));
+        let book = &direct.inner.get_ref().book;
+        let get = || ::reqwest::Request::new(::reqwest::Method::GET, url.parse().unwrap());
+        drop(direct.execute(get()).await.unwrap());
+        assert_eq!(book.ended_at(&key), None, "dropped unread: nothing told");
+        direct.execute(get()).await.unwrap().bytes().await.unwrap();
+        assert!(book.ended_at(&key).is_some(), "read to its end: told");
+
+        #[cfg(feature = "reqwest-middleware")]
+        {
+            let middleware = guard.middleware();
+            let book = middleware.book.clone();
+            let chained = reqwest_middleware::ClientBuilder::new(client(&guard))
+                .with(middleware)
+                .build();
+            drop(chained.get(url.as_str()).send().await.unwrap());
+            assert_eq!(book.ended_at(&key), None, "dropped unread: nothing told");
+            let response = chained.get(url.as_str()).send().await.unwrap();
+            response.bytes().await.unwrap();
+            assert!(book.ended_at(&key).is_some(), "read to its end: told");
+        }
+    }
+
     #[tokio::test]
     async fn the_connector_below_is_cloned_for_a_dial_not_with_the_stack() {
         use tower::ServiceExt as _;

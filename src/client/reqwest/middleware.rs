@@ -68,7 +68,7 @@ pub struct GuardMiddleware {
     /// clones).
     turns: Arc<super::scope::TurnLog>,
     /// The client's HTTP/1 connections against the guard's lifecycle.
-    book: Arc<super::rotate::Book>,
+    pub(super) book: Arc<super::rotate::Book>,
 }
 
 impl fmt::Debug for GuardMiddleware {

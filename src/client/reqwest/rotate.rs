@@ -391,6 +391,13 @@ impl Book {
         host.enough_coming(now) && recent(host.ended_at, now)
     }
 
+    /// When a body of the host `key` last ended read to its end on a
+    /// connection that stays open (the answer's time), if one did.
+    #[cfg(test)]
+    pub(crate) fn ended_at(&self, key: &HostKey) -> Option<Instant> {
+        self.lock().get(key).and_then(|host| host.ended_at)
+    }
+
     /// A request of the host `key` dials (whatever the connections known);
     /// `in_vain`: after waiting for a connection coming back, and none came
     /// (one connection fewer is counted for the host's dials, of those
