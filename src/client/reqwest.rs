@@ -70,10 +70,10 @@
 //!   within the last 50 ms, waits 10 ms for a connection coming back (and
 //!   on, 10 ms at a time and 100 ms at most, while a response of the host
 //!   that answered within the last 50 ms on a connection that stays open
-//!   was read to its end: hyper-util hands that connection back from a task of its own,
-//!   which a busy scheduler may run late), and is not made when its
-//!   request took one; with fewer, it dials at once
-//!   (each of those requests holds a connection or waits for one, so none
+//!   was read to its end: hyper-util hands that connection back from a
+//!   task of its own, which a busy scheduler may run late), and is not
+//!   made when its request took one; with fewer, it dials at once (each
+//!   of those requests holds a connection or waits for one, so none
 //!   is coming back for it), and so does a dial of a host that answered
 //!   nothing lately (what it missed in the pool was closed: a quiet client
 //!   behind a server's idle timeout), or whose last wait, within a second,
@@ -83,9 +83,9 @@
 //!   0–20 ms, `max_per_host(10)`, `tests/middleware.rs`, a debug build)
 //!   beside four busy loops: 10 connections in 160 of 160 runs (11–14 in
 //!   5 of 60 before the wait went on while bodies ended: hyper-util's
-//!   return ran later than 10 ms); 8 tasks of short requests get 8 connections (a
-//!   hold whenever a connection was known kept them on 1 or 2, about half
-//!   the runs). A server that closes idle connections without saying so
+//!   return ran later than 10 ms); 8 tasks of short requests get 8
+//!   connections (a hold whenever a connection was known kept them on 1 or
+//!   2, about half the runs). A server that closes idle connections without saying so
 //!   while the host is busy, or a scheduler that delays the pool's return
 //!   past 100 ms, can still take it over.
 //!
