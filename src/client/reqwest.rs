@@ -85,9 +85,9 @@
 //!   5 of 60 before the wait went on while bodies ended: hyper-util's
 //!   return ran later than 10 ms); 8 tasks of short requests get 8
 //!   connections (a hold whenever a connection was known kept them on 1 or
-//!   2, about half the runs). A server that closes idle connections without saying so
-//!   while the host is busy, or a scheduler that delays the pool's return
-//!   past 100 ms, can still take it over.
+//!   2, about half the runs). A server that closes idle connections
+//!   without saying so while the host is busy, or a scheduler that delays
+//!   the pool's return past 100 ms, can still take it over.
 //!
 //! The smallest reqwest API that would close all three: a public
 //! constructor `Conn::new(io: impl AsyncConn)` (or a connector layer
@@ -701,25 +701,7 @@ where
             let (lead, scope, dialing) = match start {
                 Start::Dial(lead, dialing) => (lead, scope, dialing),
                 Start::Hold(key) => {
-                    // A step at a time, on while the host's bodies end
-                    // with their connections kept (hyper-util's return of
-                    // one may run late), up to `RETURN_WAIT`.
-                    let step = crate::client::hyper_util::RETURN_HOLD;
-                    let mut waited = std::time::Duration::ZERO;
-                    loop {
-                        crate::client::hyper_util::hold_for_a_return(
-                            &key,
-                            || DialScope::current().is_some(),
-                            step,
-                        )
-                        .await?;
-                        waited = waited.saturating_add(step);
-                        let on = waited < RETURN_WAIT
-                            && DialScope::current().is_some_and(|s| s.still_returning());
-                        if !on {
-                            break;
-                        }
-                    }
+                    hold_while_returning(&key).await?;
                     let scope = DialScope::current();
                     let dialing = scope.as_ref().map(|s| s.dialing(true));
                     (None, scope, dialing)
@@ -741,6 +723,26 @@ where
 /// pool, while its host's bodies end with their connections kept (see
 /// [`Book::still_returning`](rotate::Book::still_returning)).
 const RETURN_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Holds the dial of the current request (pool key `key`) for a connection
+/// of its host coming back to the pool:
+/// [`RETURN_HOLD`](crate::client::hyper_util::RETURN_HOLD) at a time, on
+/// while the host's bodies end with their connections kept (hyper-util's
+/// return of one may run late), up to [`RETURN_WAIT`]. Ends with
+/// [`Coalesced`](crate::Coalesced) when the request took a connection from
+/// the pool meanwhile.
+async fn hold_while_returning(key: &Arc<str>) -> Result<(), crate::Coalesced> {
+    let step = crate::client::hyper_util::RETURN_HOLD;
+    let mut waited = std::time::Duration::ZERO;
+    loop {
+        crate::client::hyper_util::hold_for_a_return(key, || DialScope::current().is_some(), step)
+            .await?;
+        waited = waited.saturating_add(step);
+        if waited >= RETURN_WAIT || !DialScope::current().is_some_and(|s| s.still_returning()) {
+            return Ok(());
+        }
+    }
+}
 
 /// How a dial starts.
 enum Start {
