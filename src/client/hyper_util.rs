@@ -1416,6 +1416,8 @@ mod tests {
     //! (`tokio_test::io`, as hyper-util's own tests do): what the bytes that
     //! cross a connection make of it.
 
+    use std::sync::atomic::AtomicBool;
+    use std::sync::Mutex;
     use std::time::Duration;
 
     use hyper_util::rt::TokioIo;
@@ -1594,7 +1596,20 @@ mod tests {
     /// dial's slot in it for `http://h`.
     fn dial_slot(max_per_host: usize) -> (Arc<Registry>, HostKey, Slot) {
         let registry = Arc::new(Registry::new());
-        let policy = Policy {
+        let key = HostKey::from_uri(&Uri::from_static("http://h/")).unwrap();
+        let Acquire::Ready(slot) = registry.acquire_dial(
+            key.clone(),
+            Arc::from("http://h"),
+            &dial_policy(max_per_host),
+        ) else {
+            panic!("a free slot");
+        };
+        (registry, key, slot)
+    }
+
+    /// The policy of [`dial_slot`]'s dials.
+    fn dial_policy(max_per_host: usize) -> Policy {
+        Policy {
             bounds: Bounds {
                 max_per_host,
                 max_queued: 8,
@@ -1603,14 +1618,83 @@ mod tests {
             observer: None,
             overrides: None,
             decider: None,
-        };
-        let key = HostKey::from_uri(&Uri::from_static("http://h/")).unwrap();
-        let Acquire::Ready(slot) =
-            registry.acquire_dial(key.clone(), Arc::from("http://h"), &policy)
+        }
+    }
+
+    /// A waker that counts its wakes.
+    #[derive(Default)]
+    struct Wakes(std::sync::atomic::AtomicUsize);
+
+    impl std::task::Wake for Wakes {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// A dial that must wait for a slot held by a connection pooled under
+    /// another key, queuing just as that connection goes idle: whichever
+    /// of the two looks second must see the other (the dial chooses the
+    /// idle connection and wakes it, or the connection, looking for
+    /// waiting dials, sees the dial), or the connection stays idle in its
+    /// slot and the dial waits until the pool's idle timeout. The
+    /// connection goes idle, and looks, between the dial's look at the
+    /// connections' phases and the end of its queuing (a hook): there,
+    /// the dial once saw it busy and it saw no dial (the dial counted
+    /// itself last). A hyper-util request under `max_total` hung so (CI,
+    /// 2026-12-07: `tests/total.rs`, one request of 400).
+    #[tokio::test]
+    async fn a_connection_going_idle_as_a_dial_queues_makes_room_for_it() {
+        let (registry, key, slot) = dial_slot(1);
+        let mock = Builder::new()
+            .write(GET)
+            .read(&OK[..20])
+            .read(&OK[20..])
+            .build();
+        let mut io = io(mock, Some(slot), false);
+        write(&mut io, GET).await;
+        let _ = read(&mut io).await.expect("the head's first bytes");
+        assert_ne!(link(&io).phase(), Phase::Idle, "mid-response");
+        // Woken if the dial chooses it.
+        let wakes = Arc::new(Wakes::default());
+        link(&io).park(&Waker::from(wakes.clone()));
+
+        let io = Arc::new(Mutex::new(io));
+        let saw_dial = Arc::new(AtomicBool::new(false));
+        {
+            let (io, saw_dial) = (io.clone(), saw_dial.clone());
+            crate::limit::registry::hook::set_after_choosing(move || {
+                let mut io = io.lock().unwrap();
+                // The rest of the response: the connection goes idle.
+                let mut storage = [0u8; 64];
+                let mut buf = hyper::rt::ReadBuf::new(&mut storage);
+                let mut cx = Context::from_waker(Waker::noop());
+                let read = Pin::new(&mut *io).poll_read(&mut cx, buf.unfilled());
+                assert!(matches!(read, Poll::Ready(Ok(()))));
+                assert_eq!(io.guard.link.phase(), Phase::Idle);
+                // Its look (`retire_for_dial`) goes on only if a dial waits.
+                let slot = io.guard.slot.as_ref().expect("the slot");
+                saw_dial.store(slot.dial_waits(), Relaxed);
+            });
+        }
+        let Acquire::Queued(waiter) =
+            registry.acquire_dial(key, Arc::from("http://other"), &dial_policy(1))
         else {
-            panic!("a free slot");
+            panic!("the dial must wait");
         };
-        (registry, key, slot)
+        let woken = wakes.0.load(Relaxed) > 0;
+        let saw = saw_dial.load(Relaxed);
+        assert!(
+            woken || saw,
+            "neither saw the other: the dial woke nothing, the connection saw no dial"
+        );
+        // The connection's next read retires it, and its slot goes to the
+        // dial.
+        let mut io = Arc::into_inner(io).unwrap().into_inner().unwrap();
+        let retired = read(&mut io).await.expect_err("retired for the dial");
+        assert!(retired.get_ref().is_some_and(|e| e.is::<Retired>()));
+        drop(io);
+        let granted = tokio::time::timeout(Duration::from_secs(5), waiter.wait(None)).await;
+        assert!(matches!(granted, Ok(Ok(_))), "the dial got the slot");
     }
 
     #[tokio::test]

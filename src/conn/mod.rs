@@ -374,6 +374,14 @@ impl Link {
         Self::phase_of(self.state.load(Relaxed))
     }
 
+    /// [`phase`](Link::phase) for a dial choosing the idle connections to
+    /// close: in one total order with the idle phase's publication and the
+    /// dial's count (see [`publish`](Link::publish)).
+    #[cfg(feature = "hyper-util")]
+    pub(crate) fn phase_for_dial(&self) -> Phase {
+        Self::phase_of(self.state.load(std::sync::atomic::Ordering::SeqCst))
+    }
+
     /// Exchanges the connection completed.
     pub(crate) fn completed(&self) -> u64 {
         self.state.load(Relaxed) >> 8
@@ -435,8 +443,17 @@ impl Link {
         }
         // Exchanges beyond 2^56 saturate there.
         let completed = tracker.completed().min(u64::MAX >> 8);
-        self.state
-            .store((completed << 8) | tracker.phase() as u64, Relaxed);
+        let state = (completed << 8) | tracker.phase() as u64;
+        if tracker.phase() == Phase::Idle {
+            // In one total order with a queuing dial's count and its read
+            // of this phase (`Registry::acquire_for`), before this
+            // connection reads that count: the dial sees the connection
+            // idle, or the connection sees the dial. Once an exchange (an
+            // `xchg` on x86, where a store is a plain move).
+            self.state.swap(state, std::sync::atomic::Ordering::SeqCst);
+        } else {
+            self.state.store(state, Relaxed);
+        }
     }
 
     /// Whether a request that failed on this connection got no byte of a

@@ -406,11 +406,23 @@ impl Registry {
             }
             return Acquire::Full(key);
         }
+        // Counted before the connections' phases are read, and both in one
+        // total order (`SeqCst`), as a connection going idle publishes its
+        // phase and then reads this count (`Link::publish`,
+        // `Slot::dial_waits`): one of the two sees the other. Counted
+        // after, a connection could go idle between the two steps, unseen,
+        // and see no dial: never chosen nor woken, it would hold its slot
+        // while the dial waited for the pool's idle timeout. Under the
+        // lock: a connection that sees the count and looks at the waiters
+        // finds this one among them.
+        self.queued.fetch_add(1, Ordering::SeqCst);
         #[cfg(feature = "hyper-util")]
         let wake = match &pool_key {
             Some(pool_key) => host.choose_retirees(pool_key),
             None => Vec::new(),
         };
+        #[cfg(all(test, feature = "hyper-util"))]
+        hook::after_choosing();
         let grant = Arc::new(Grant {
             pool_key,
             ..Grant::default()
@@ -418,9 +430,6 @@ impl Registry {
         host.waiters.push_back(grant.clone());
         host.publish();
         let gate = host.gate.clone();
-        // Counted before the lock is let go: a connection woken below looks
-        // at this count first.
-        self.queued.fetch_add(1, Ordering::Relaxed);
         drop(guard);
         #[cfg(feature = "hyper-util")]
         for link in wake {
@@ -576,9 +585,34 @@ impl Registry {
             .fold(0usize, |n, host| n.saturating_add(host.taken()))
     }
 
-    /// Waiters now, across hosts.
+    /// Waiters now, across hosts. `SeqCst`: a connection that went idle
+    /// reads it to look for a waiting dial (see `acquire_for`); a plain
+    /// load on x86.
     pub(crate) fn queued(&self) -> usize {
-        self.queued.load(Ordering::Relaxed)
+        self.queued.load(Ordering::SeqCst)
+    }
+}
+
+/// A test's hook into a dial's queuing, to force an interleaving.
+#[cfg(all(test, feature = "hyper-util"))]
+pub(crate) mod hook {
+    use std::cell::RefCell;
+
+    thread_local! {
+        static AFTER_CHOOSING: RefCell<Option<Box<dyn FnOnce()>>> = RefCell::new(None);
+    }
+
+    /// `f` runs (once, on this thread, under the registry's lock) when
+    /// the next dial that must wait has chosen the idle connections to
+    /// wake.
+    pub(crate) fn set_after_choosing(f: impl FnOnce() + 'static) {
+        AFTER_CHOOSING.with(|h| *h.borrow_mut() = Some(Box::new(f)));
+    }
+
+    pub(super) fn after_choosing() {
+        if let Some(f) = AFTER_CHOOSING.with(|h| h.borrow_mut().take()) {
+            f();
+        }
     }
 }
 
@@ -708,7 +742,7 @@ impl Host {
             .iter()
             .filter(|l| {
                 l.pool_key() != pool_key
-                    && l.phase() == Phase::Idle
+                    && l.phase_for_dial() == Phase::Idle
                     && !chosen.iter().any(|c| Arc::ptr_eq(c, l))
             })
             .partition(|l| l.may_retire(now));
