@@ -324,6 +324,18 @@ async fn a_body_read_until_the_close_is_never_cut_short() {
     );
 }
 
+#[tokio::test]
+async fn trailers_hyper_rejects_fail_once() {
+    // A trailer line ended by a bare `\n`, and a bare `\n` ending the
+    // trailer section: hyper (since 1.13) fails the body.
+    for trailers in ["x-t: a\ny: b\r\n\r\n", "x-t: a\r\n\n"] {
+        let response = format!(
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n{trailers}"
+        );
+        rejected(Script::once(response.into_bytes()), Method::GET).await;
+    }
+}
+
 // ---- 3. Requests lost where hyper reuses the connection.
 
 #[tokio::test]

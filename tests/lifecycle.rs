@@ -394,14 +394,21 @@ async fn close_idle_leaves_busy_connections_alone() {
 }
 
 async fn short_ages_under_load_lose_nothing(wire: Wire) {
+    ages_under_load_lose_nothing(wire, SHORT_AGE, 5000).await;
+}
+
+/// `requests` (at least) from 50 tasks through a guarded hyper-util client
+/// whose connections live `age`, past three ages: none is lost, none sent
+/// twice, and connections retired.
+async fn ages_under_load_lose_nothing(wire: Wire, age: Duration, requests: usize) {
     let (a, _b) = backends(wire).await;
     let switch = Switch::new(A);
     let guard = PoolGuard::builder()
         .max_per_host(10)
-        .max_connection_age(SHORT_AGE)
+        .max_connection_age(age)
         .build();
     let send = hyper_util_send(&guard, wire, &switch, &[&a], "/bytes/16384");
-    let run = drive_past_ages(send, SHORT_AGE).await;
+    let run = drive_past_ages(send, age, requests).await;
     settle(|| a.stats.open() <= 10).await;
     let closed = a.stats.accepted() - a.stats.open();
     println!(
@@ -409,7 +416,7 @@ async fn short_ages_under_load_lose_nothing(wire: Wire) {
         a.stats.accepted()
     );
     assert_eq!(run.errors, 0);
-    assert!(run.ok >= 5000);
+    assert!(run.ok >= requests);
     assert_eq!(a.stats.requests(), run.ok, "each request sent once");
     assert!(closed > 0, "connections retired during the load");
 }
@@ -418,11 +425,11 @@ async fn short_ages_under_load_lose_nothing(wire: Wire) {
 const SHORT_AGE: Duration = Duration::from_millis(200);
 
 /// Drives `send` from 50 tasks in rounds of 1,000 requests until at least
-/// 5,000 went out and three connection ages have passed, so that
+/// `requests` went out and three connection ages have passed, so that
 /// connections age out during the load however fast the machine runs it
 /// (a fixed count can end before the first age does); at most 200 rounds
 /// and 60 s.
-async fn drive_past_ages(send: Sender, age: Duration) -> support::Run {
+async fn drive_past_ages(send: Sender, age: Duration, requests: usize) -> support::Run {
     let started = std::time::Instant::now();
     let mut total = support::Run::default();
     for _ in 0..200 {
@@ -432,7 +439,7 @@ async fn drive_past_ages(send: Sender, age: Duration) -> support::Run {
         total.errors += run.errors;
         total.hung += run.hung;
         let elapsed = started.elapsed();
-        if (total.ok + total.errors >= 5000 && elapsed >= age * 3)
+        if (total.ok + total.errors >= requests && elapsed >= age * 3)
             || elapsed >= Duration::from_secs(60)
         {
             break;
@@ -449,6 +456,19 @@ async fn http1_short_ages_under_load_lose_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_short_ages_under_load_lose_nothing() {
     short_ages_under_load_lose_nothing(Wire::Http2).await;
+}
+
+/// Connections living 20 ms, turned over by the thousand: a request sent
+/// to a connection as hyper's dispatcher closed it waited for ever with
+/// hyper 1.12 (its callback stranded in the closed channel; hyper 1.13
+/// drains the channel before the dispatcher ends): here about one request
+/// in 25,000; the 200 ms test above hung one request in 1 run of 40.
+/// Ignored (60 s of load); run it with
+/// `cargo test --all-features --test lifecycle -- --ignored churning`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "60 s of load: cargo test --all-features --test lifecycle -- --ignored churning"]
+async fn http1_churning_ages_under_load_lose_nothing() {
+    ages_under_load_lose_nothing(Wire::Http1, Duration::from_millis(20), 20_000).await;
 }
 
 /// A `GuardedClient` of `guard` whose resolver is `switch`, for the port
@@ -545,7 +565,7 @@ async fn reqwest_http1_short_ages_under_load_lose_nothing() {
         .max_connection_age(SHORT_AGE)
         .build();
     let send = reqwest_send(&guard, &switch, &server, "/bytes/16384");
-    let run = drive_past_ages(send, SHORT_AGE).await;
+    let run = drive_past_ages(send, SHORT_AGE, 5000).await;
     let closed = server.stats.accepted() - server.stats.open();
     println!(
         "reqwest: {run:?}, {} connections, {closed} closed",

@@ -994,6 +994,10 @@ impl Chunked {
                     if b == b'\r' {
                         self.trailer_byte(&mut trailers, b)?;
                         Chunk::EndLf
+                    } else if b == b'\n' {
+                        // A bare `\n` ending the trailers, or as a line of
+                        // its own: hyper (since 1.13) fails the body.
+                        return None;
                     } else {
                         if !self.in_trailers {
                             self.in_trailers = true;
@@ -1007,10 +1011,12 @@ impl Chunked {
                 }
                 Chunk::Trailer => {
                     self.trailer_byte(&mut trailers, b)?;
-                    if b == b'\r' {
-                        Chunk::TrailerLf
-                    } else {
-                        Chunk::Trailer
+                    match b {
+                        b'\r' => Chunk::TrailerLf,
+                        // A trailer line ended by a bare `\n`: hyper
+                        // (since 1.13) fails the body.
+                        b'\n' => return None,
+                        _ => Chunk::Trailer,
                     }
                 }
                 Chunk::TrailerLf => match b {
@@ -1653,6 +1659,25 @@ mod tests {
         let mut t = answered(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n0\r\n");
         t.read("x-t: a\r\n".repeat(100).as_bytes());
         assert_eq!(t.read(b"\r\n"), Event::Completed, "100 trailers");
+    }
+
+    /// hyper (since 1.13) fails a chunked body whose trailer section has a
+    /// line ended by a bare `\n`, or a bare `\n` where the section ends.
+    #[test]
+    fn trailer_lines_ended_by_a_bare_lf_fail_the_body() {
+        for rest in [
+            &b"x-t: a\ny: b\r\n\r\n"[..],
+            b"x-t: a\n\r\n",
+            b"\n",
+            b"x-t: a\r\n\n",
+        ] {
+            let mut t = answered(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n0\r\n");
+            t.read(rest);
+            t.read(b"\r\n\r\n");
+            let shown = String::from_utf8_lossy(rest);
+            assert_eq!(t.phase(), Phase::Responding, "{shown:?}");
+            assert_eq!(t.completed(), 0, "{shown:?}");
+        }
     }
 
     #[test]
