@@ -84,13 +84,13 @@
 //! wait, so the channel lives and the request's response never comes, nor
 //! an error. `poolguard_testkit::stranded_runs` reproduces it (a server
 //! ending every connection after 100 streams, 50 tasks, 3000 GETs a run:
-//! about 1 run in 100 strands requests, bare). hyper 1.13, which poolguard
-//! requires, closes and drains that channel before its client tasks end
-//! (HTTP/1's hung so too: one request in about 25,000 on connections
-//! retired every 20 ms); the watch below stays as a net. Through this layer, a
-//! request to an HTTP/2 host learns its connection when hyper-util picks
-//! it (`capture_connection`); one still waiting for its response head a
-//! whole second ([`STRANDED_CHECK`](future::STRANDED_CHECK), checked once
+//! about 1 run in 100 strands requests, bare). hyper 1.13, which
+//! poolguard requires, closes and drains that channel before its client
+//! tasks end (HTTP/1's hung so too: one request in about 25,000 on
+//! connections retired every 20 ms); the watch below stays as a net.
+//! Through this layer, a request to an HTTP/2 host learns its connection
+//! when hyper-util picks it (`capture_connection`); one still waiting for
+//! its response head a whole second ([`STRANDED_CHECK`](future::STRANDED_CHECK), checked once
 //! a second) after hyper dropped that connection's IO, when every stream
 //! on it had ended, was never written: it is sent again as a request never
 //! processed, or fails with [`Stranded`]. The first attempt only, and only
